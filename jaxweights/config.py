@@ -1,0 +1,137 @@
+"""Zoo configuration: defaults, validation and the hyperparameter grid.
+
+Configs are Python files whose `get_config(arg=None)` returns an `ml_collections.ConfigDict`
+built on `default_config()`. `validate` turns a ConfigDict into checked values with errors
+that name the offending key; `hyperparameter_grid` expands the dynamic grid into one row per
+network.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from jaxweights import models
+
+# Dynamic hyperparameters: entries of the networks axis, traced values in the compiled program.
+# config list field -> column name in the grid and in metrics.csv.
+DYNAMIC = {
+    "learning_rates": "learning_rate",
+    "init_scales": "init_scale",
+    "weight_decays": "weight_decay",
+    "label_noises": "label_noise",
+    "train_fractions": "train_fraction",
+}
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the key."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every config field with its default; config files override what they need."""
+    c = ml_collections.ConfigDict()
+    c.dataset = "mnist"
+    c.data_dir = ""  # "" = $JAXWEIGHTS_DATA_DIR, then system locations, then tfds.
+    c.max_train = 0  # 0 = the whole split; >0 keeps the first examples (smoke runs, tests).
+    c.max_test = 0
+    c.model = ml_collections.ConfigDict({"name": "mlp", "init": "fan_in", "hidden": (128, 64)})
+    c.optimizer = "sgd"
+    c.momentum = 0.9  # used by "momentum"
+    c.schedule = "constant"
+    c.warmup_epochs = 0.0
+    c.batch_size = 128
+    c.num_epochs = 5
+    c.num_seeds = 2
+    c.seed = 0  # root seed; network seeds are 0..num_seeds-1 folded into it.
+    c.learning_rates = [0.01]
+    c.init_scales = [1.0]
+    c.weight_decays = [0.0]
+    c.label_noises = [0.0]
+    c.train_fractions = [1.0]
+    c.eval_batch_size = 1000
+    c.compute_dtype = "float32"
+    c.checkpoint_every = 1  # epochs between orbax checkpoints of the stacked state.
+    c.keep_checkpoints = 0  # 0 = keep every checkpoint (per-epoch snapshots for the dynamics).
+    c.groups = ()  # static variants: a tuple of {"dotted.key": value} overrides, one compiled group each.
+    return c
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The model's own options from `config.model` (everything but `name` and `init`)."""
+    kw = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "init")}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks a config, raising `ConfigError` naming the first bad key."""
+    for key in ("num_seeds", "num_epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
+        v = config[key]
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"config.{key}: must be a positive integer, got {v!r}")
+    for key in ("max_train", "max_test", "keep_checkpoints"):
+        if not isinstance(config[key], (int, np.integer)) or config[key] < 0:
+            raise ConfigError(f"config.{key}: must be an integer >= 0, got {config[key]!r}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"config.optimizer: unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if config.schedule not in SCHEDULES:
+        raise ConfigError(f"config.schedule: unknown schedule {config.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.compute_dtype: expected 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+    for key, col in DYNAMIC.items():
+        values = config[key]
+        if isinstance(values, (int, float)):
+            raise ConfigError(f"config.{key}: must be a list of values, got the single value {values!r}")
+        values = list(values)
+        if not values:
+            raise ConfigError(f"config.{key}: empty grid; give at least one value")
+        arr = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise ConfigError(f"config.{key}: values must be finite, got {values}")
+        if key in ("learning_rates", "init_scales") and np.any(arr <= 0):
+            raise ConfigError(f"config.{key}: values must be > 0, got {values}")
+        if key == "weight_decays" and np.any(arr < 0):
+            raise ConfigError(f"config.{key}: values must be >= 0, got {values}")
+        if key == "label_noises" and np.any((arr < 0) | (arr > 1)):
+            raise ConfigError(f"config.{key}: values must lie in [0, 1], got {values}")
+        if key == "train_fractions" and np.any((arr <= 0) | (arr > 1)):
+            raise ConfigError(f"config.{key}: values must lie in (0, 1], got {values}")
+    if "name" not in config.model:
+        raise ConfigError("config.model.name: missing; expected one of " + ", ".join(models.MODELS))
+
+
+def hyperparameter_grid(config: ml_collections.ConfigDict) -> pd.DataFrame:
+    """One row per network: `network`, `seed` and one column per dynamic hyperparameter.
+
+    The product runs over the dynamic lists in `DYNAMIC` order with the seed innermost, so
+    networks `k*num_seeds ... (k+1)*num_seeds-1` share their hyperparameters.
+    """
+    lists = [list(config[k]) for k in DYNAMIC] + [list(range(config.num_seeds))]
+    rows = list(itertools.product(*lists))
+    df = pd.DataFrame(rows, columns=list(DYNAMIC.values()) + ["seed"])
+    df.insert(0, "network", np.arange(len(df)))
+    df = df[["network", "seed"] + list(DYNAMIC.values())]
+    return df.astype({"seed": np.int64, **{c: np.float64 for c in DYNAMIC.values()}})
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with dotted-key overrides applied (used for static groups)."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.groups = ()
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = c
+        for p in parents:
+            if p not in node:
+                raise ConfigError(f"config.groups: unknown key {dotted!r}")
+            node = node[p]
+        if leaf not in node and not (parents and parents[0] == "model"):
+            raise ConfigError(f"config.groups: unknown key {dotted!r}")
+        node[leaf] = list(value) if isinstance(value, tuple) and leaf in DYNAMIC else value
+    return c

@@ -1,0 +1,373 @@
+"""Image classification datasets as uint8 NHWC numpy arrays, loaded offline first.
+
+`load(name)` looks for the data in this order and logs every attempt at INFO:
+
+1. A data directory: the `data_dir` argument, else the `JAXWEIGHTS_DATA_DIR` environment
+   variable. Accepted there, directly or in a `NAME/` (or `NAME` with `-` for `_`) subfolder:
+   a Keras-style `NAME.npz` (x_train, y_train, x_test, y_test); the four official IDX files,
+   gzipped or not (mnist, fashion_mnist); the CIFAR-10 python batches
+   (`cifar-10-batches-py/`, cifar10). IDX files sitting directly in the data directory are
+   ambiguous between MNIST and Fashion-MNIST (same file names); a full-size train split is
+   therefore checked against the dataset's known mean pixel value.
+2. The system location `/usr/share/datasets/<name with - for _>` (Debian's
+   `dataset-fashion-mnist` package installs `/usr/share/datasets/fashion-mnist`).
+3. `digits` comes from scikit-learn's bundled copy; the others from `tfds.data_source`
+   (downloads only when no data directory was given).
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import logging
+import os
+import pickle
+import zipfile
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+ENV_VAR = "JAXWEIGHTS_DATA_DIR"
+SYSTEM_DIR = Path("/usr/share/datasets")
+_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, pickle.UnpicklingError)
+
+
+class DataError(ValueError):
+    """A dataset is missing, malformed or unknown; the message names the file or dataset."""
+
+
+class Dataset(NamedTuple):
+    """A train/test split: images uint8 (n, H, W, C), labels int32 (n,)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    source: str
+
+
+class DatasetSpec(NamedTuple):
+    """Static facts about a dataset; mean/std are per channel in 0..255 pixel units."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    num_train: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# mean/std: computed once over every pixel of the full train split (population std) from
+# /work/shared/data/mnist.npz (official MNIST), the official Fashion-MNIST IDX files (Debian
+# dataset-fashion-mnist), /work/shared/data/cifar10.npz (official CIFAR-10) and the digits
+# train split below (load_digits()[:1500] scaled to 0..255).
+SPECS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec((28, 28, 1), 10, 60000, (33.3184,), (78.5675,)),
+    "fashion_mnist": DatasetSpec((28, 28, 1), 10, 60000, (72.9404,), (90.0212,)),
+    "cifar10": DatasetSpec((32, 32, 3), 10, 50000, (125.3069, 122.9504, 113.8654), (62.9932, 62.0887, 66.7049)),
+    "digits": DatasetSpec((8, 8, 1), 10, 1500, (77.8151,), (95.5902,)),
+}
+DATASETS = tuple(SPECS)
+_TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
+_IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned-byte images (3-D) / labels (1-D)
+_DIGITS_TRAIN = 1500  # digits split: first 1500 of load_digits() train, remaining 297 test
+
+
+def spec(name: str) -> DatasetSpec:
+    """Return the static spec of a dataset.
+
+    Args:
+      name: one of `DATASETS`.
+
+    Returns:
+      Its `DatasetSpec`; raises `DataError` for an unknown name.
+    """
+    if name not in SPECS:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return SPECS[name]
+
+
+def normalization(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return per-channel train-split mean and std in 0..255 pixel units.
+
+    Args:
+      name: one of `DATASETS`.
+
+    Returns:
+      (mean, std), each a float32 array of shape (C,).
+    """
+    s = spec(name)
+    return np.asarray(s.mean, np.float32), np.asarray(s.std, np.float32)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Read a file, transparently gunzipping `.gz`; any read error becomes a DataError."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except _READ_ERRORS as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); truncated or corrupted file?") from e
+
+
+def _read_idx(path: Path, ndim: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """Parse an unsigned-byte IDX file (images if ndim == 3, labels if ndim == 1)."""
+    data = _read_bytes(path)
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: only {len(data)} bytes, too short for an IDX header")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != _IDX_MAGIC[ndim]:
+        raise DataError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{_IDX_MAGIC[ndim]:08x}")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) - header != int(np.prod(dims)):
+        raise DataError(f"{path}: header dims {dims} need {int(np.prod(dims))} bytes of data, "
+                        f"file has {len(data) - header}")
+    if ndim == 3 and dims[1:] != image_hw:
+        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {image_hw[0]}x{image_hw[1]}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def _npy_member(zf: zipfile.ZipFile, key: str, path: Path, limit: int | None) -> tuple[np.ndarray, int]:
+    """Read the first `limit` rows of `key` from an npz; return them and the full row count."""
+    fmt = np.lib.format
+    try:
+        with zf.open(key + ".npy") as f:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise DataError(f"{path}: {key} has unsupported .npy version {version}")
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran or dtype.hasobject or not shape:
+                raise DataError(f"{path}: {key} must be a C-ordered numeric array with a batch axis")
+            k = shape[0] if limit is None else min(limit, shape[0])
+            nbytes = k * int(np.prod(shape[1:])) * dtype.itemsize
+            buf = f.read(nbytes)
+            if k == shape[0] and len(buf) == nbytes and f.read(1):  # also reaches EOF: checks the CRC
+                raise DataError(f"{path}: {key} has bytes beyond its header shape {shape}")
+    except DataError:
+        raise
+    except _READ_ERRORS as e:
+        raise DataError(f"{path}: corrupted npz member {key} ({type(e).__name__}: {e})") from e
+    if len(buf) != nbytes:
+        raise DataError(f"{path}: {key} is truncated ({len(buf)} of {nbytes} bytes)")
+    return np.frombuffer(buf, dtype).reshape((k, *shape[1:])), shape[0]
+
+
+def _load_npz(path: Path, limits: tuple[int | None, int | None]) -> dict:
+    """Read a Keras-style npz, only the first `limits` rows of each split."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except _READ_ERRORS as e:
+        raise DataError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from e
+    with zf:
+        present = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+        missing = [k for k in _KEYS if k not in present]
+        if missing:
+            raise DataError(f"{path}: missing keys {missing} (has {sorted(present)})")
+        parts = {}
+        for split, limit in zip(("train", "test"), limits):
+            (x, nx), (y, ny) = (_npy_member(zf, f"{a}_{split}", path, limit) for a in "xy")
+            if nx != ny:
+                raise DataError(f"{path}: x_{split} has {nx} images but y_{split} has {ny} labels")
+            parts[f"x_{split}"], parts[f"y_{split}"] = (x, f"{path}[x_{split}]"), (y, f"{path}[y_{split}]")
+    return parts
+
+
+def _load_idx(paths: dict[str, Path], image_hw: tuple[int, int]) -> dict:
+    """Read the four IDX files of an MNIST-like dataset."""
+    return {k: (_read_idx(p, 3 if k[0] == "x" else 1, image_hw), str(p)) for k, p in paths.items()}
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as used by protocol-2 pickles of bytes, restricted to latin-1."""
+    if encoding.lower() not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"forbidden codec {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR-10 batches that only allows what numpy arrays need."""
+
+    _ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+                ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+                ("_codecs", "encode"): _latin1_encode}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        return self._ALLOWED[module, name]
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 python batch: images (n, 32, 32, 3) uint8, labels (n,)."""
+    try:
+        with path.open("rb") as f:
+            d = _BatchUnpickler(f, encoding="bytes").load()
+    except _READ_ERRORS + (AttributeError, TypeError, IndexError, KeyError) as e:
+        raise DataError(f"{path}: corrupted pickle ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DataError(f"{path}: expected a dict with b'data' and b'labels'")
+    x, y = d[b"data"], np.asarray(d[b"labels"])
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        raise DataError(f"{path}: b'data' must be uint8 (n, 3072), got {type(x).__name__} "
+                        f"{getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}")
+    if y.shape != (len(x),) or y.dtype.kind not in "iu":
+        raise DataError(f"{path}: b'labels' must be {len(x)} integers, got {y.dtype} {y.shape}")
+    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y  # rows are CHW -> NHWC
+
+
+def _load_batches(d: Path, limits: tuple[int | None, int | None]) -> dict:
+    """Read the CIFAR-10 python batches; train batches past `limits[0]` images are skipped."""
+    files = [d / f"data_batch_{i}" for i in range(1, 6)] + [d / "test_batch"]
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"{f}: missing file (CIFAR-10 python batches in {d})")
+    xs, ys = [], []
+    for f in files[:5]:
+        if limits[0] is not None and sum(map(len, xs)) >= limits[0]:
+            break
+        x, y = _read_batch(f)
+        xs.append(x), ys.append(y)
+    x_test, y_test = _read_batch(files[5])
+    train = f"{d}/data_batch_*"
+    return {"x_train": (np.concatenate(xs), train), "y_train": (np.concatenate(ys), train),
+            "x_test": (x_test, str(files[5])), "y_test": (y_test, str(files[5]))}
+
+
+def _search_dir(name: str, s: DatasetSpec, root: Path, limits) -> tuple[dict, str] | None:
+    """Look for `name` in `root` (and its `NAME/` subfolders); None if no format is there."""
+    subs = dict.fromkeys([root / name, root / name.replace("_", "-"), root])
+    for d in (d for d in subs if d.is_dir()):
+        npz = d / f"{name}.npz"
+        if npz.is_file():
+            return _load_npz(npz, limits), f"{npz} (Keras npz)"
+        if name in ("mnist", "fashion_mnist"):
+            paths = {k: next((p for p in (d / (b + ".gz"), d / b) if p.is_file()), None)
+                     for k, b in _IDX_FILES.items()}
+            if any(paths.values()):
+                for k, p in paths.items():
+                    if p is None:
+                        raise DataError(f"{d / _IDX_FILES[k]}[.gz]: missing file (other {name} IDX files are in {d})")
+                return _load_idx(paths, s.image_shape[:2]), f"{d} (IDX files)"
+        if name == "cifar10":
+            for b in (d / "cifar-10-batches-py", d):
+                if (b / "data_batch_1").is_file():
+                    return _load_batches(b, limits), f"{b} (CIFAR-10 python batches)"
+    return None
+
+
+def _from_tfds(name: str, s: DatasetSpec, data_dir: Path | None, limits) -> dict:
+    """Read `name` with `tfds.data_source`; downloads only when `data_dir` is None."""
+    import tensorflow_datasets as tfds  # lazy: heavy, and only needed as a last resort
+
+    parts = {}
+    for split, limit in zip(("train", "test"), limits):
+        src = tfds.data_source(_TFDS_NAMES[name], split=split, data_dir=data_dir, download=data_dir is None)
+        n = len(src) if limit is None else min(limit, len(src))
+        recs = [src[i] for i in range(n)]  # one by one: the tfds mock's __getitems__ is broken
+        x = np.stack([np.asarray(r["image"]) for r in recs]) if recs else np.zeros((0, *s.image_shape), np.uint8)
+        y = np.asarray([r["label"] for r in recs], dtype=np.int64)
+        parts[f"x_{split}"], parts[f"y_{split}"] = (x, f"tfds:{name}/{split}"), (y, f"tfds:{name}/{split}")
+    return parts
+
+
+def _from_sklearn() -> dict:
+    """Read scikit-learn's digits, scaled from 0..16 to 0..255; first 1500 train, rest test."""
+    from sklearn.datasets import load_digits  # lazy: slow import
+
+    d = load_digits()
+    x, y, src = np.rint(d.images * (255 / 16)).astype(np.uint8)[..., None], d.target, "sklearn load_digits"
+    n = _DIGITS_TRAIN
+    return {"x_train": (x[:n], src), "y_train": (y[:n], src), "x_test": (x[n:], src), "y_test": (y[n:], src)}
+
+
+def _finish(name: str, s: DatasetSpec, parts: dict, source: str, limits) -> Dataset:
+    """Validate shapes, dtypes, counts and labels, apply the limits, and build a Dataset."""
+    out = {}
+    for split, limit in zip(("train", "test"), limits):
+        (x, xw), (y, yw) = parts[f"x_{split}"], parts[f"y_{split}"]
+        if x.ndim == 3 and s.image_shape[2] == 1:
+            x = x[..., None]
+        if x.dtype != np.uint8 or x.shape[1:] != s.image_shape:
+            raise DataError(f"{xw}: images are {x.dtype} {x.shape}, expected uint8 (n, {s.image_shape})")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise DataError(f"{yw}: labels are {y.dtype} {y.shape}, expected integers (n,)")
+        if len(x) != len(y):
+            raise DataError(f"{xw} has {len(x)} images but {yw} has {len(y)} labels")
+        bad = y[(y < 0) | (y >= s.num_classes)]
+        if bad.size:
+            raise DataError(f"{yw}: {bad.size} labels outside [0, {s.num_classes}), e.g. {bad[0]}")
+        x, y = x[:limit], y[:limit]
+        out[f"x_{split}"] = np.require(x, np.uint8, ["C", "W", "O"])
+        out[f"y_{split}"] = np.require(y, np.int32, ["C", "W", "O"])
+    x = out["x_train"]
+    if len(x) == s.num_train:  # full official split: guard against e.g. Fashion-MNIST read as MNIST
+        mean = x[:10000].mean(axis=(0, 1, 2))
+        if np.any(np.abs(mean - np.asarray(s.mean)) > 3.0):
+            raise DataError(f"{source}: train pixel mean {np.round(mean, 2).tolist()} does not match {name} "
+                            f"(expected {list(s.mean)}); is this a different dataset?")
+    return Dataset(name, num_classes=s.num_classes, source=source, **out)
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, *, max_train: int | None = None,
+         max_test: int | None = None, use_tfds: bool = True, log: logging.Logger = _LOG) -> Dataset:
+    """Load a dataset from the first place that has it (see the module docstring).
+
+    Args:
+      name: one of `DATASETS`.
+      data_dir: folder with the data; defaults to $JAXWEIGHTS_DATA_DIR when that is set.
+      max_train: keep only the first `max_train` train examples (None: all).
+      max_test: keep only the first `max_test` test examples (None: all).
+      use_tfds: whether to fall back to tensorflow-datasets.
+      log: logger that receives one INFO line per place tried.
+
+    Returns:
+      A `Dataset` with uint8 (n, H, W, C) images and int32 labels, C-contiguous.
+    """
+    s = spec(name)
+    limits = (max_train, max_test)
+    for lim in limits:
+        if lim is not None and (not isinstance(lim, (int, np.integer)) or lim < 0):
+            raise DataError(f"{name}: max_train/max_test must be None or a non-negative int, got {lim!r}")
+    root = data_dir if data_dir is not None else (os.environ.get(ENV_VAR) or None)
+    root = Path(root).expanduser().absolute() if root is not None else None
+    tried = []
+    for d in ([root] if root else []) + [SYSTEM_DIR / name.replace("_", "-")]:
+        found = _search_dir(name, s, d, limits) if d.is_dir() else None
+        if found:
+            log.info("%s: loaded from %s", name, found[1])
+            return _finish(name, s, found[0], found[1], limits)
+        why = f"no {name}.npz, IDX files or CIFAR batches" if d.is_dir() else "no such directory"
+        tried.append(f"{d} ({why})")
+        log.info("%s: not found in %s (%s)", name, d, why)
+    if name == "digits":
+        log.info("%s: loaded from scikit-learn load_digits", name)
+        return _finish(name, s, _from_sklearn(), "sklearn.datasets.load_digits (first 1500 train, 297 test)", limits)
+    if use_tfds:
+        try:
+            parts = _from_tfds(name, s, root, limits)
+        except Exception as e:  # tfds raises many types: not found, no network, missing deps
+            msg = (str(e).strip().splitlines() or [""])[0][:200]
+            tried.append(f"tfds (data_dir={root or 'default'}, download={root is None}: {type(e).__name__}: {msg})")
+            log.info("%s: not found with %s", name, tried[-1])
+        else:
+            source = f"tfds.data_source({_TFDS_NAMES[name]!r}, data_dir={root or 'default'})"
+            log.info("%s: loaded from %s", name, source)
+            return _finish(name, s, parts, source, limits)
+    else:
+        tried.append("tfds (disabled: use_tfds=False)")
+    raise DataError(f"{name}: dataset not found; looked in: {'; '.join(tried)}. Provide it with --data_dir or "
+                    f"{ENV_VAR} pointing to a folder with {name}.npz (or the IDX / CIFAR batch files), "
+                    f"or install tensorflow-datasets and allow internet access")

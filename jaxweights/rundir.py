@@ -1,0 +1,136 @@
+"""The run directory: atomic writes, the metrics table, parameters and orbax checkpoints.
+
+Layout of a run directory (the contract users rely on):
+
+    config.json         resolved config
+    metrics.csv         one row per network per epoch
+    params.npz          final parameters, keys like "Dense_0/kernel", networks axis first
+    hparams.csv         one row per network: network, seed and its dynamic hyperparameters
+    checkpoints/<epoch>/  orbax checkpoints of the stacked train state (epoch 0 = initialisation)
+
+A zoo with static groups writes one such directory per group under `groups/<name>/` and a
+combined `metrics.csv` (with a `group` column) at the top.
+
+Every file is written to a temporary file in the same directory and renamed into place, so a
+crash never leaves a half-written file and an earlier complete file survives a failed write.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from flax import traverse_util
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, (np.ndarray, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    atomic_write_bytes(path, df.to_csv(index=False).encode())
+
+
+def flatten_params(params: Any) -> dict[str, np.ndarray]:
+    """Nested parameter dict → {"Dense_0/kernel": array} (numpy)."""
+    if not any(isinstance(v, dict) for v in params.values()):  # already flat
+        return {k: np.asarray(v) for k, v in params.items()}
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Inverse of `flatten_params`."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def write_params(path: str | os.PathLike, params: Any) -> None:
+    """Writes stacked parameters to an `.npz` keyed by parameter path."""
+    buf = io.BytesIO()
+    np.savez(buf, **flatten_params(params))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_params(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a `params.npz` back into a nested dict with the networks axis first."""
+    with np.load(path) as z:
+        return unflatten_params({k: z[k] for k in z.files})
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def config_differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two (nested) config dicts."""
+    out = []
+    for k in sorted(set(saved) | set(new)):
+        a, b = saved.get(k, "<missing>"), new.get(k, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif _norm(a) != _norm(b):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _norm(v: Any) -> Any:
+    return json.loads(json.dumps(v, default=_json_default))
+
+
+class Checkpoints:
+    """Per-epoch orbax checkpoints of the stacked train state in `<rundir>/checkpoints`."""
+
+    def __init__(self, rundir: str | os.PathLike, keep: int = 0):
+        import orbax.checkpoint as ocp  # heavy import, only when checkpoints are used
+        self._ocp = ocp
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
+                                               enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(Path(rundir).absolute() / "checkpoints", options=options)
+
+    def save(self, epoch: int, state: Any) -> None:
+        self.manager.save(epoch, args=self._ocp.args.StandardSave(state), force=True)
+        self.manager.wait_until_finished()
+
+    def latest_epoch(self) -> int | None:
+        return self.manager.latest_step()
+
+    def epochs(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore(self, epoch: int, like: Any) -> Any:
+        import jax
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        return self.manager.restore(epoch, args=self._ocp.args.StandardRestore(abstract))
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,250 @@
+"""Training a zoo: one network's step, vmapped over the networks axis, scanned over an epoch.
+
+Everything here is written for one network and `jax.vmap`-ed outside. A network is one row of
+the hyperparameter grid: its seed and its dynamic hyperparameters (learning rate, init scale,
+weight decay, label-noise fraction, train-data fraction) are traced values, so the whole grid
+trains in one compiled program. PRNG keys are derived, never stored:
+
+    net_key   = fold_in(PRNGKey(config.seed), seed)
+    init      = fold_in(net_key, 0)
+    data order= fold_in(fold_in(net_key, 1), epoch)
+    subset    = fold_in(net_key, 2)       (which examples a train_fraction < 1 keeps)
+    label noise = fold_in(fold_in(net_key, 3), example index)
+
+so networks with the same seed start from the same weights (scaled by their init scale), see the
+data in the same order and the same noisy labels: a grid compares like with like.
+
+A network whose loss or parameters become non-finite is marked diverged at that step and its
+parameters and optimizer state stay frozen at the last finite values; nothing it does reaches
+another network, since vmapped networks share no arithmetic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxweights import models
+
+Array = jax.Array
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+    """State of one network (or, stacked, of N networks with the networks axis first)."""
+    params: PyTree
+    opt_state: PyTree
+    diverged: Array  # bool scalar
+    step: Array  # int32 scalar
+
+
+class Hyper(NamedTuple):
+    """Dynamic hyperparameters of one network (stacked: each field has shape (N,))."""
+    seed: Array
+    learning_rate: Array
+    init_scale: Array
+    weight_decay: Array
+    label_noise: Array
+    train_fraction: Array
+
+
+def hyper_from_grid(grid) -> Hyper:
+    """Stacked `Hyper` from a `config.hyperparameter_grid` DataFrame."""
+    f32 = lambda c: jnp.asarray(grid[c].to_numpy(), jnp.float32)
+    return Hyper(seed=jnp.asarray(grid["seed"].to_numpy(), jnp.int32),
+                 learning_rate=f32("learning_rate"), init_scale=f32("init_scale"),
+                 weight_decay=f32("weight_decay"), label_noise=f32("label_noise"),
+                 train_fraction=f32("train_fraction"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Static choices of one compiled group (everything that changes shapes or code)."""
+    model: Any  # flax.linen.Module
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 1
+    batch_size: int = 128
+    num_classes: int = 10
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    root_seed: int = 0
+    compute_dtype: Any = jnp.float32
+
+
+def make_optimizer(setup: Setup, hp: Hyper) -> optax.GradientTransformation:
+    """The optimizer of one network, with its traced learning rate and weight decay.
+
+    sgd / momentum / adam add L2 weight decay to the gradient (`optax.add_decayed_weights`
+    before the update); adamw decouples it (Loshchilov & Hutter 2019).
+    """
+    lr = hp.learning_rate
+    if setup.schedule == "constant":
+        rate: Any = lr
+    else:
+        if setup.schedule == "cosine":
+            shape = optax.cosine_decay_schedule(1.0, setup.total_steps)
+        else:
+            warm = min(max(setup.warmup_steps, 1), setup.total_steps - 1)
+            shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warm, setup.total_steps)
+        rate = lambda count: lr * shape(count)
+    if setup.optimizer == "adamw":
+        return optax.adamw(rate, weight_decay=hp.weight_decay)
+    base = {"sgd": lambda: optax.sgd(rate),
+            "momentum": lambda: optax.sgd(rate, momentum=setup.momentum),
+            "adam": lambda: optax.adam(rate)}[setup.optimizer]()
+    return optax.chain(optax.add_decayed_weights(hp.weight_decay), base)
+
+
+def _net_key(setup: Setup, hp: Hyper) -> Array:
+    return jax.random.fold_in(jax.random.PRNGKey(setup.root_seed), hp.seed)
+
+
+def normalize(setup: Setup, x_uint8: Array) -> Array:
+    """uint8 images → per-channel standardised floats in the compute dtype."""
+    mean = jnp.asarray(setup.mean, jnp.float32)
+    std = jnp.asarray(setup.std, jnp.float32)
+    return ((x_uint8.astype(jnp.float32) - mean) / std).astype(setup.compute_dtype)
+
+
+def init_network(setup: Setup, hp: Hyper, image_shape: tuple[int, ...]) -> TrainState:
+    """Initial state of one network: parameters from its seed, kernels scaled by its init scale."""
+    key = jax.random.fold_in(_net_key(setup, hp), 0)
+    params = setup.model.init(key, jnp.zeros((1, *image_shape), setup.compute_dtype))["params"]
+    params = models.scale_kernels(params, hp.init_scale)
+    tx = make_optimizer(setup, hp)
+    return TrainState(params, tx.init(params), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+
+
+def _all_finite(tree: PyTree) -> Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _tree_where(cond: Array, a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def loss_and_logits(setup: Setup, params: PyTree, x: Array, y: Array) -> tuple[Array, Array]:
+    """Mean softmax cross-entropy (float32) and logits of one network on one batch."""
+    logits = setup.model.apply({"params": params}, x).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+
+def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
+                x_train: Array, y_train: Array) -> tuple[TrainState, dict[str, Array]]:
+    """One epoch of one network: `len(x_train) // batch_size` steps in a `lax.scan`.
+
+    With `train_fraction` f < 1 the network trains on a fixed subset of round(f·n) examples
+    (chosen by its seed) for the same number of steps, so every network gets the same compute
+    and sees its subset about 1/f times per epoch.
+
+    Returns:
+      The new state and the epoch's mean train loss and accuracy (on the labels it trained on,
+      noisy ones included; NaN loss once the network diverged).
+    """
+    n, b = x_train.shape[0], setup.batch_size
+    steps = n // b
+    key = _net_key(setup, hp)
+    order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
+    subset = jax.random.permutation(jax.random.fold_in(key, 2), n)
+    m = jnp.clip(jnp.round(hp.train_fraction * n).astype(jnp.int32), b, n)
+    noise_key = jax.random.fold_in(key, 3)
+    tx = make_optimizer(setup, hp)
+
+    def noisy_labels(idx, y):
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(noise_key, idx)
+        u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0)))(keys)
+        r = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 1), (), 0, setup.num_classes))(keys)
+        return jnp.where(u < hp.label_noise, r, y)
+
+    def step(carry, i):
+        state, loss_sum, correct = carry
+        idx = subset[jax.lax.dynamic_slice_in_dim(order, i * b, b) % m]
+        x = normalize(setup, x_train[idx])
+        y = noisy_labels(idx, y_train[idx].astype(jnp.int32))
+        (loss, logits), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
+            setup, state.params, x, y)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(loss) & _all_finite(params) & ~state.diverged
+        new = TrainState(_tree_where(ok, params, state.params), _tree_where(ok, opt_state, state.opt_state),
+                         ~ok, state.step + 1)
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return (new, loss_sum + loss, correct + acc), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (state, loss_sum, correct), _ = jax.lax.scan(step, (state, zero, zero), jnp.arange(steps))
+    return state, {"train_loss": loss_sum / steps, "train_acc": correct / steps}
+
+
+def evaluate(setup: Setup, params: PyTree, x: Array, y: Array, mask: Array, eval_batch: int) -> dict[str, Array]:
+    """Test loss and accuracy of N stacked networks on a padded split, in chunks of `eval_batch`.
+
+    The scan runs over chunks with the networks vmapped inside, so the working set is
+    N × eval_batch activations. `mask` marks real (1) and padding (0) examples.
+    """
+    chunks = x.shape[0] // eval_batch
+
+    def body(carry, c):
+        loss_sum, correct = carry
+        xb = normalize(setup, jax.lax.dynamic_slice_in_dim(x, c * eval_batch, eval_batch))
+        yb = jax.lax.dynamic_slice_in_dim(y, c * eval_batch, eval_batch).astype(jnp.int32)
+        mb = jax.lax.dynamic_slice_in_dim(mask, c * eval_batch, eval_batch)
+        logits = jax.vmap(lambda p: setup.model.apply({"params": p}, xb))(params).astype(jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb[None, :])
+        return (loss_sum + (ce * mb).sum(-1), correct + ((jnp.argmax(logits, -1) == yb) * mb).sum(-1)), None
+
+    n_nets = jax.tree.leaves(params)[0].shape[0]
+    zero = jnp.zeros((n_nets,), jnp.float32)
+    (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), jnp.arange(chunks))
+    total = mask.sum()
+    return {"test_loss": loss_sum / total, "test_acc": correct / total}
+
+
+def pad_split(x: np.ndarray, y: np.ndarray, eval_batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pads a split to a multiple of `eval_batch`; returns (x, y, mask)."""
+    n = x.shape[0]
+    pad = -n % eval_batch
+    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    return x, y, mask
+
+
+class ZooFns(NamedTuple):
+    """The jitted functions of one compiled group, vmapped over the networks axis."""
+    init: Callable[[Hyper], TrainState]
+    train_epoch: Callable[..., tuple[TrainState, dict[str, Array]]]
+    evaluate: Callable[..., dict[str, Array]]
+
+
+def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int) -> ZooFns:
+    """Jitted, vmapped init / train-epoch / evaluate for one static setup.
+
+    Keep the returned object and call it every epoch: a second call with the same shapes does
+    not recompile.
+    """
+    init = jax.jit(jax.vmap(lambda hp: init_network(setup, hp, image_shape)))
+    epoch = jax.jit(jax.vmap(lambda s, hp, e, x, y: train_epoch(setup, s, hp, e, x, y),
+                             in_axes=(0, 0, None, None, None)), donate_argnums=(0,))
+    ev = jax.jit(lambda p, x, y, m: evaluate(setup, p, x, y, m, eval_batch))
+    return ZooFns(init, epoch, ev)
+
+
+def step_flops(setup: Setup, params_one: PyTree, image_shape: tuple[int, ...]) -> float:
+    """FLOPs of one training step of one network, from XLA's cost analysis of forward+backward."""
+    x = jnp.zeros((setup.batch_size, *image_shape), setup.compute_dtype)
+    y = jnp.zeros((setup.batch_size,), jnp.int32)
+    f = jax.jit(jax.grad(lambda p: loss_and_logits(setup, p, x, y)[0]))
+    cost = f.lower(params_one).compile().cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0]
+    return float(cost.get("flops", 0.0)) if cost else 0.0

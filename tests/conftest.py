@@ -1,0 +1,31 @@
+"""Shared fixtures: the real data folder and small slices of it."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The folder with mnist.npz and cifar10.npz ($JAXWEIGHTS_TEST_DATA, else ../shared/data)."""
+    env = os.environ.get("JAXWEIGHTS_TEST_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if not (d / "mnist.npz").exists():
+        pytest.skip(f"real data not found in {d} (set JAXWEIGHTS_TEST_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def mnist_slice(data_dir):
+    """2048 train and 1000 test MNIST images, (n, 28, 28, 1) uint8 and int32 labels."""
+    with np.load(data_dir / "mnist.npz") as z:
+        return (z["x_train"][:2048, :, :, None], z["y_train"][:2048].astype(np.int32),
+                z["x_test"][:1000, :, :, None], z["y_test"][:1000].astype(np.int32))

@@ -1,0 +1,72 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxweights import models
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw", [(28, 28), (7, 9)])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_im2col_conv_equals_lax_conv(stride, hw, padding):
+    kx, kk = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, (2, *hw, 3))
+    k = jax.random.normal(kk, (3, 3, 3, 5))
+    ours = models._conv_im2col(x, k, stride, padding)
+    ref = jax.lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_impls_share_parameters_and_outputs():
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 28, 28, 1))
+    a = models.make_model("cnn", num_classes=10, image_shape=(28, 28, 1), channels=(4, 8), dense=(16,))
+    b = models.make_model("cnn", num_classes=10, image_shape=(28, 28, 1), channels=(4, 8), dense=(16,), conv_impl="xla")
+    p = a.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(a.apply(p, x), b.apply(p, x), rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_paths_and_shapes():
+    x = jnp.zeros((1, 28, 28, 1))
+    mlp = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(5, 7))
+    p = mlp.init(jax.random.PRNGKey(0), x)["params"]
+    assert {k: v["kernel"].shape for k, v in p.items()} == {"Dense_0": (784, 5), "Dense_1": (5, 7), "Dense_2": (7, 10)}
+    zoo = models.make_model("small_cnn_zoo", num_classes=10, image_shape=(28, 28, 1))
+    p = zoo.init(jax.random.PRNGKey(0), x)["params"]
+    assert [p[f"Conv_{i}"]["kernel"].shape for i in range(3)] == [(3, 3, 1, 16), (3, 3, 16, 16), (3, 3, 16, 16)]
+    assert p["Dense_0"]["kernel"].shape == (16, 10)
+    vit = models.make_model("vit", num_classes=10, image_shape=(32, 32, 3), patch_size=4, width=32, depth=2, num_heads=4)
+    p = vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert p["embedding"]["kernel"].shape == (48, 32)
+    assert p["pos_embedding"].shape == (1, 65, 32)  # 64 patches + class token
+    assert set(p) >= {"encoder_0", "encoder_1", "norm", "head", "cls"}
+
+
+@pytest.mark.parametrize("scheme,std", [("normal", 1.0), ("truncated_normal", 1.0), ("uniform", 1 / np.sqrt(3)),
+                                        ("fan_in", 1 / np.sqrt(400)), ("fan_out", 1 / np.sqrt(300)),
+                                        ("fan_avg", 1 / np.sqrt(350))])
+def test_init_schemes_have_the_documented_scale(scheme, std):
+    w = models.kernel_init(scheme)(jax.random.PRNGKey(0), (400, 300))
+    assert abs(float(jnp.std(w)) / std - 1) < 0.03
+
+
+def test_scale_kernels_only_touches_kernels():
+    p = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "norm": {"scale": jnp.ones(2)}}
+    s = models.scale_kernels(p, jnp.float32(3.0))
+    assert float(s["Dense_0"]["kernel"][0, 0]) == 3.0
+    assert float(s["Dense_0"]["bias"][0]) == 1.0 and float(s["norm"]["scale"][0]) == 1.0
+
+
+@pytest.mark.parametrize("name,kw,match", [
+    ("resnet", {}, "model.name: unknown model 'resnet'"),
+    ("vit", {"patch_size": 5}, "model.patch_size: 5 does not divide the 28×28 images"),
+    ("vit", {"width": 30, "num_heads": 4}, "model.num_heads: 4 does not divide model.width=30"),
+    ("mlp", {"hidden": (10, 0)}, "model.hidden: widths must be positive"),
+    ("mlp", {"channels": (3,)}, "model.channels: not an option of model 'mlp'"),
+    ("mlp", {"activation": "swish2"}, "model.activation: unknown activation"),
+    ("cnn", {"conv_impl": "fft"}, "model.conv_impl"),
+])
+def test_bad_model_options_name_the_key(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        models.make_model(name, num_classes=10, image_shape=(28, 28, 1), **kw)

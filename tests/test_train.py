@@ -1,0 +1,114 @@
+"""The vmapped zoo trainer: vmapped == looped, no recompiles, isolation of diverging networks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxweights import config as config_lib
+from jaxweights import models, train
+
+
+def _setup(**kw):
+    model = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(32,))
+    return train.Setup(model=model, batch_size=64, mean=(33.3,), std=(78.6,), **kw)
+
+
+def _grid(**lists):
+    c = config_lib.default_config()
+    c.num_seeds = lists.pop("num_seeds", 2)
+    for k, v in lists.items():
+        c[k] = v
+    return config_lib.hyperparameter_grid(c)
+
+
+def _run(setup, grid, x, y, epochs=1):
+    fns = train.make_zoo_fns(setup, (28, 28, 1), 500)
+    hp = train.hyper_from_grid(grid)
+    state = fns.init(hp)
+    for e in range(1, epochs + 1):
+        state, m = fns.train_epoch(state, hp, jnp.int32(e), x, y)
+    return state, m, fns
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_vmapped_equals_one_at_a_time(mnist_slice, optimizer):
+    x, y, _, _ = mnist_slice
+    setup = _setup(optimizer=optimizer, schedule="cosine", total_steps=64)
+    # Adam is near sign-descent: with a large step, float32 rounding differences between a
+    # batched and a single matmul flip the sign of tiny updates, so it gets small rates.
+    lrs = [0.01, 0.1] if optimizer == "sgd" else [1e-4, 1e-3]
+    grid = _grid(learning_rates=lrs, init_scales=[0.5, 1.0], label_noises=[0.0, 0.3],
+                 train_fractions=[1.0, 0.5], weight_decays=[0.0, 1e-3], num_seeds=1)
+    grid = grid.iloc[::5].reset_index(drop=True)  # 7 networks spread over the grid
+    together, m_all, _ = _run(setup, grid, x, y, epochs=2)
+    rtol, atol = (2e-5, 2e-6) if optimizer == "sgd" else (1e-3, 2e-4)  # Adam moves a weight up to 0.26 here
+    for i in range(len(grid)):
+        alone, m_one, _ = _run(setup, grid.iloc[[i]], x, y, epochs=2)
+        for a, b in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone.params)):
+            np.testing.assert_allclose(a[i], b[0], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(m_all["train_loss"][i], m_one["train_loss"][0], rtol=1e-5)
+
+
+def test_second_epoch_does_not_recompile(mnist_slice):
+    x, y, xt, yt = mnist_slice
+    setup = _setup()
+    grid = _grid(learning_rates=[0.1])
+    state, _, fns = _run(setup, grid, x, y, epochs=3)
+    xp, yp, mp = train.pad_split(xt, yt, 500)
+    fns.evaluate(state.params, xp, yp, mp)
+    fns.evaluate(state.params, xp, yp, mp)
+    assert fns.train_epoch._cache_size() == 1
+    assert fns.evaluate._cache_size() == 1
+
+
+def test_training_learns_and_hyperparameters_matter(mnist_slice):
+    x, y, xt, yt = mnist_slice
+    setup = _setup()
+    grid = _grid(learning_rates=[1e-4, 0.1], num_seeds=2)
+    state, m, fns = _run(setup, grid, x, y, epochs=3)
+    ev = fns.evaluate(state.params, *train.pad_split(xt, yt, 500))
+    acc = np.asarray(ev["test_acc"])
+    assert acc[2:].min() > 0.8  # lr 0.1 learns MNIST
+    assert acc[:2].max() < acc[2:].min() - 0.2  # lr 1e-4 barely moves in 96 steps
+    # same seed -> same initial weights and data order; the two seeds differ
+    init = fns.init(train.hyper_from_grid(grid))
+    k = init.params["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(k[0], k[2])
+    assert not np.allclose(k[0], k[1])
+
+
+def test_diverging_network_is_frozen_and_isolated(mnist_slice):
+    x, y, _, _ = mnist_slice
+    setup = _setup()
+    good = _grid(learning_rates=[0.05], num_seeds=2)
+    mixed = _grid(learning_rates=[0.05, 1e4], num_seeds=2)
+    s_good, m_good, _ = _run(setup, good, x, y, epochs=2)
+    s_mix, m_mix, _ = _run(setup, mixed, x, y, epochs=2)
+    div = np.asarray(s_mix.diverged)
+    assert div.tolist() == [False, False, True, True]
+    for a, b in zip(jax.tree.leaves(s_good.params), jax.tree.leaves(s_mix.params)):
+        np.testing.assert_allclose(a, b[:2], rtol=1e-6, atol=1e-7)
+        assert np.all(np.isfinite(b))  # frozen at the last finite values
+
+
+def test_label_noise_and_train_fraction_change_training(mnist_slice):
+    x, y, _, _ = mnist_slice
+    setup = _setup()
+    grid = _grid(learning_rates=[0.1], label_noises=[0.0, 0.5], train_fractions=[1.0, 0.25], num_seeds=1)
+    state, m, _ = _run(setup, grid, x, y, epochs=1)
+    acc = np.asarray(m["train_acc"])  # networks: (noise 0, f 1), (0, .25), (.5, 1), (.5, .25)
+    assert acc[2] < acc[0] - 0.25  # half the labels are random
+    k = np.asarray(state.params["Dense_0"]["kernel"])
+    assert not np.allclose(k[0], k[1])
+
+
+def test_step_flops_counts_the_matmuls():
+    model = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(512, 256, 128))
+    setup = train.Setup(model=model, batch_size=128)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    macs = 784 * 512 + 512 * 256 + 256 * 128 + 128 * 10
+    flops = train.step_flops(setup, params, (28, 28, 1))
+    # forward 2·MACs, backward 4·MACs, less the input gradient of the first layer, which is not needed
+    expected = 128 * (6 * macs - 2 * 784 * 512)
+    assert abs(flops / expected - 1) < 0.05
