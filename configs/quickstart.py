@@ -21,8 +21,8 @@ def get_config(arg=None):
     c.batch_size = 128
     c.num_epochs = 3
     c.num_seeds = 4
-    c.learning_rates = [0.001, 0.01, 0.1, 0.5, 2.0]
-    c.init_scales = [0.1, 1.0, 3.0]
+    c.learning_rates = (0.001, 0.01, 0.1, 0.5, 2.0)
+    c.init_scales = (0.1, 1.0, 3.0)
     if arg == "quick":
         c.num_seeds, c.num_epochs, c.max_train, c.max_test = 2, 1, 4096, 1000
     return c

@@ -35,14 +35,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             PermissionError, IsADirectoryError)
 
 
-def _flag_values(command: str):
+def _flag_values(command: str, argv: list[str]):
     from absl import flags
     fv = flags.FlagValues()
     flags.DEFINE_string("workdir", None, "Run directory.", flag_values=fv)
     if command == "train":
         from ml_collections import config_flags
         config_flags.DEFINE_config_file("config", None, "Config file (a Python file with get_config).",
-                                        flag_values=fv, lock_config=True)
+                                        flag_values=fv, lock_config=False, sys_argv=argv,
+                                        accept_new_attributes=True)  # checked by config.validate
         flags.DEFINE_string("data_dir", None, "Folder with the dataset files (overrides config.data_dir).",
                             flag_values=fv)
         flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds instead of resuming.", flag_values=fv)
@@ -56,11 +57,17 @@ def _flag_values(command: str):
 
 def _parse(command: str, args: Sequence[str]):
     from absl import flags
-    fv = _flag_values(command)
+    argv = [f"jaxweights {command}", *args]
+    fv = _flag_values(command, argv)
     try:
-        fv([f"jaxweights {command}", *args])
-    except flags.Error as e:
-        raise flags.Error(f"{e}") from None
+        fv(argv)
+    except flags.Error:
+        raise
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config lacks
+        key = str(e).strip("\"'")
+        raise flags.Error(f"--config.{key}: the config has no key {key!r}") from None
+    except (TypeError, ValueError, SyntaxError) as e:
+        raise flags.Error(f"bad --config override: {e}") from None
     if fv.help:
         print(f"usage: jaxweights {command} [options]\n")
         print(fv.main_module_help() or fv.get_help())
@@ -75,7 +82,12 @@ def cmd_train(args: Sequence[str]) -> int:
     fv = _parse("train", args)
     if fv["config"].value is None:
         raise flags.Error("--config: required (a Python file such as configs/quickstart.py)")
-    config = fv.config
+    try:
+        config = fv.config
+        config.keys()
+    except OSError as e:  # ml_collections defers a failed load until first use
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise flags.Error(f"--config: cannot load {fv['config'].value!r}: {lines[-1]}") from None
     if fv.data_dir:
         with config.unlocked():
             config.data_dir = fv.data_dir

@@ -50,11 +50,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_epochs = 5
     c.num_seeds = 2
     c.seed = 0  # root seed; network seeds are 0..num_seeds-1 folded into it.
-    c.learning_rates = [0.01]
-    c.init_scales = [1.0]
-    c.weight_decays = [0.0]
-    c.label_noises = [0.0]
-    c.train_fractions = [1.0]
+    c.learning_rates = (0.01,)
+    c.init_scales = (1.0,)
+    c.weight_decays = (0.0,)
+    c.label_noises = (0.0,)
+    c.train_fractions = (1.0,)
     c.eval_batch_size = 1000
     c.compute_dtype = "float32"
     c.checkpoint_every = 1  # epochs between orbax checkpoints of the stacked state.
@@ -71,6 +71,9 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks a config, raising `ConfigError` naming the first bad key."""
+    unknown = sorted(set(config.keys()) - set(default_config().keys()))
+    if unknown:
+        raise ConfigError(f"config.{unknown[0]}: not a config key; known keys are {', '.join(sorted(default_config().keys()))}")
     for key in ("num_seeds", "num_epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
         v = config[key]
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
@@ -133,5 +136,5 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
             node = node[p]
         if leaf not in node and not (parents and parents[0] == "model"):
             raise ConfigError(f"config.groups: unknown key {dotted!r}")
-        node[leaf] = list(value) if isinstance(value, tuple) and leaf in DYNAMIC else value
+        node[leaf] = tuple(value) if isinstance(value, list) else value
     return c

@@ -77,6 +77,8 @@ _TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "c
 _IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
               "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned-byte images (3-D) / labels (1-D)
+_FORMATS = {k: f"{k}.npz or IDX files" for k in ("mnist", "fashion_mnist")} | {
+    "cifar10": "cifar10.npz or cifar-10-batches-py/"}
 _DIGITS_TRAIN = 1500  # digits split: first 1500 of load_digits() train, remaining 297 test
 
 
@@ -182,11 +184,6 @@ def _load_npz(path: Path, limits: tuple[int | None, int | None]) -> dict:
     return parts
 
 
-def _load_idx(paths: dict[str, Path], image_hw: tuple[int, int]) -> dict:
-    """Read the four IDX files of an MNIST-like dataset."""
-    return {k: (_read_idx(p, 3 if k[0] == "x" else 1, image_hw), str(p)) for k, p in paths.items()}
-
-
 def _latin1_encode(text: str, encoding: str) -> bytes:
     """`_codecs.encode` as used by protocol-2 pickles of bytes, restricted to latin-1."""
     if encoding.lower() not in ("latin1", "latin-1"):
@@ -200,7 +197,7 @@ class _BatchUnpickler(pickle.Unpickler):
     _ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                 ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
                 ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
-                ("_codecs", "encode"): _latin1_encode}
+                ("_codecs", "encode"): _latin1_encode, ("__builtin__", "bytes"): bytes}
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
@@ -237,7 +234,8 @@ def _load_batches(d: Path, limits: tuple[int | None, int | None]) -> dict:
         if limits[0] is not None and sum(map(len, xs)) >= limits[0]:
             break
         x, y = _read_batch(f)
-        xs.append(x), ys.append(y)
+        xs.append(x)
+        ys.append(y)
     x_test, y_test = _read_batch(files[5])
     train = f"{d}/data_batch_*"
     return {"x_train": (np.concatenate(xs), train), "y_train": (np.concatenate(ys), train),
@@ -258,7 +256,8 @@ def _search_dir(name: str, s: DatasetSpec, root: Path, limits) -> tuple[dict, st
                 for k, p in paths.items():
                     if p is None:
                         raise DataError(f"{d / _IDX_FILES[k]}[.gz]: missing file (other {name} IDX files are in {d})")
-                return _load_idx(paths, s.image_shape[:2]), f"{d} (IDX files)"
+                return {k: (_read_idx(p, 3 if k[0] == "x" else 1, s.image_shape[:2]), str(p))
+                        for k, p in paths.items()}, f"{d} (IDX files)"
         if name == "cifar10":
             for b in (d / "cifar-10-batches-py", d):
                 if (b / "data_batch_1").is_file():
@@ -299,7 +298,7 @@ def _finish(name: str, s: DatasetSpec, parts: dict, source: str, limits) -> Data
         if x.ndim == 3 and s.image_shape[2] == 1:
             x = x[..., None]
         if x.dtype != np.uint8 or x.shape[1:] != s.image_shape:
-            raise DataError(f"{xw}: images are {x.dtype} {x.shape}, expected uint8 (n, {s.image_shape})")
+            raise DataError(f"{xw}: images are {x.dtype} {x.shape}, expected uint8 (n, {str(s.image_shape)[1:-1]})")
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1 or y.dtype.kind not in "iu":
@@ -349,7 +348,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, max_train: int
         if found:
             log.info("%s: loaded from %s", name, found[1])
             return _finish(name, s, found[0], found[1], limits)
-        why = f"no {name}.npz, IDX files or CIFAR batches" if d.is_dir() else "no such directory"
+        why = f"no {_FORMATS.get(name, name + '.npz')}" if d.is_dir() else "no such directory"
         tried.append(f"{d} ({why})")
         log.info("%s: not found in %s (%s)", name, d, why)
     if name == "digits":

@@ -42,34 +42,34 @@ def study_config(dataset: str, family: str, arg: str | None = None) -> ml_collec
     c.model = ml_collections.ConfigDict(_model(family, dataset))
     c.batch_size = 128
     c.num_seeds = 4
-    c.init_scales = [0.25, 1.0, 2.0]
+    c.init_scales = (0.25, 1.0, 2.0)
     if family == "vit":
         c.optimizer = "adamw"
         c.schedule = "warmup_cosine"
         c.warmup_epochs = 2.0
-        c.learning_rates = [3e-4, 1e-3, 3e-3, 3e-2]
-        c.weight_decays = [0.05]
-        c.init_scales = [0.5, 1.0, 2.0]
+        c.learning_rates = (3e-4, 1e-3, 3e-3, 3e-2)
+        c.weight_decays = (0.05,)
+        c.init_scales = (0.5, 1.0, 2.0)
         c.num_epochs = 60 if dataset == "cifar10" else 20
         c.eval_batch_size = 500
     elif family == "cnn":
         c.optimizer = "momentum"
         c.schedule = "cosine"
-        c.learning_rates = [1e-3, 1e-2, 5e-2, 0.5]
-        c.weight_decays = [5e-4]
+        c.learning_rates = (1e-3, 1e-2, 5e-2, 0.5)
+        c.weight_decays = (5e-4,)
         c.num_epochs = 40 if dataset == "cifar10" else 15
         c.eval_batch_size = 250
     else:
         c.optimizer = "adam"
         c.schedule = "cosine"
-        c.learning_rates = [1e-4, 1e-3, 1e-2, 5e-2]
+        c.learning_rates = (1e-4, 1e-3, 1e-2, 5e-2)
         c.num_epochs = 40 if dataset == "cifar10" else 20
     if arg == "quick":
         c.num_seeds = 2
         c.num_epochs = 1
         c.max_train = 2048
         c.max_test = 1000
-        c.init_scales = [1.0]
+        c.init_scales = (1.0,)
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; expected nothing or 'quick'")
     return c

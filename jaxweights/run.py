@@ -133,6 +133,8 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
         state = ckpt.restore(start, state)
         if start > 0 and (workdir / "metrics.csv").exists():
             old = pd.read_csv(workdir / "metrics.csv")
+            # Metrics are float32 on device; keep them float32 so rewritten rows read the same.
+            old = old.astype({k: np.float32 for k in METRIC_COLUMNS if k != "diverged"})
             frames.append(old[old.epoch <= start])
         log.info("%s: resuming after epoch %d", workdir, start)
     elif start == 0:

@@ -1,0 +1,214 @@
+r"""Training throughput of a zoo: jaxweights (vmapped + scanned) vs PyTorch, side by side.
+
+    python benchmarks/train_throughput.py                      # MLP, CNN, ViT at the default N
+    python benchmarks/train_throughput.py --models mlp --ns 1,8,64 --steps 50
+    python benchmarks/train_throughput.py --dtype bfloat16     # bf16 compute (GPU)
+
+For each model and N it prints networks·steps/s and achieved FLOP/s of one jitted epoch (a
+`lax.scan` over `--steps` SGD steps of N vmapped networks, batch 128, MNIST- or CIFAR-shaped
+random data), the fraction of the machine's matmul ceiling (a large `jnp.dot` timed in the same
+run), and the same training done by a plain PyTorch loop over networks (one model and optimizer
+per seed, as users write it) and by a `torch.func` vmapped ensemble (`stack_module_state` +
+`vmap(grad(...))`). FLOPs per step come from XLA's cost analysis of one network's
+forward+backward; all three columns train the same architecture. Ratios are measured in one
+run on the same machine; absolute numbers mean little on a shared CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxweights import config as config_lib
+from jaxweights import models, train
+
+SHAPES = {"mlp": (28, 28, 1), "cnn": (28, 28, 1), "vit": (32, 32, 3)}
+KWARGS = {
+    "mlp": dict(hidden=(512, 256, 128)),
+    "cnn": dict(channels=(32, 64), dense=(128,)),
+    "vit": dict(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=2.0, pooling="mean"),
+}
+
+
+def matmul_ceiling(dtype, n: int = 4096, reps: int = 5) -> float:
+    """FLOP/s of a large square `jnp.dot` (the machine's practical matmul ceiling)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(reps):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def bench_jax(name: str, n_nets: int, steps: int, batch: int, dtype, reps: int) -> tuple[float, float]:
+    """(networks·steps/s, FLOP/s) of one jitted epoch of `n_nets` vmapped networks."""
+    shape = SHAPES[name]
+    model = models.make_model(name, num_classes=10, image_shape=shape, dtype=dtype, **KWARGS[name])
+    setup = train.Setup(model=model, batch_size=batch, mean=(127.0,) * shape[-1], std=(64.0,) * shape[-1],
+                        compute_dtype=dtype or jnp.float32)
+    c = config_lib.default_config()
+    c.num_seeds, c.learning_rates = n_nets, [0.01]
+    hp = train.hyper_from_grid(config_lib.hyperparameter_grid(c))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (steps * batch, *shape), dtype=np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, steps * batch, dtype=np.int32))
+    fns = train.make_zoo_fns(setup, shape, 500)
+    state = fns.init(hp)
+    flops = train.step_flops(setup, jax.tree.map(lambda a: a[0], state.params), shape)
+    state, m = fns.train_epoch(state, hp, jnp.int32(0), x, y)  # compile
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for e in range(reps):
+        state, m = fns.train_epoch(state, hp, jnp.int32(e + 1), x, y)
+    jax.block_until_ready((state, m))
+    dt = (time.perf_counter() - t) / reps
+    return n_nets * steps / dt, flops * n_nets * steps / dt
+
+
+# ------------------------------ PyTorch baselines ------------------------------
+
+def torch_model(name: str):
+    import torch.nn as tnn
+
+    if name == "mlp":
+        return tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 512), tnn.ReLU(), tnn.Linear(512, 256), tnn.ReLU(),
+                              tnn.Linear(256, 128), tnn.ReLU(), tnn.Linear(128, 10))
+    if name == "cnn":
+        return tnn.Sequential(tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+                              tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+                              tnn.Linear(64 * 7 * 7, 128), tnn.ReLU(), tnn.Linear(128, 10))
+    if name == "vit":
+        import torch
+
+        class ViT(tnn.Module):
+            def __init__(self, p=4, d=128, depth=4, heads=4):
+                super().__init__()
+                self.p = p
+                self.embed = tnn.Linear(p * p * 3, d)
+                self.pos = tnn.Parameter(torch.zeros(1, (32 // p) ** 2, d))
+                layer = tnn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, activation="gelu",
+                                                    batch_first=True, norm_first=True)
+                self.enc = tnn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+                self.norm, self.head = tnn.LayerNorm(d), tnn.Linear(d, 10)
+
+            def forward(self, x):  # x: (B, 3, 32, 32)
+                b, p = x.shape[0], self.p
+                x = x.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(b, -1, 3 * p * p)
+                x = self.enc(self.embed(x) + self.pos)
+                return self.head(self.norm(x).mean(1))
+        return ViT()
+    raise ValueError(name)
+
+
+def _torch_device():
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync():
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench_torch_loop(name: str, n_nets: int, steps: int, batch: int) -> float:
+    """networks·steps/s of a Python loop over networks, each with its own model and SGD."""
+    import torch
+    shape, dev = SHAPES[name], _torch_device()
+    x = torch.randn(steps, batch, shape[2], shape[0], shape[1], device=dev)
+    y = torch.randint(0, 10, (steps, batch), device=dev)
+    nets = [torch_model(name).to(dev) for _ in range(n_nets)]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01) for m in nets]
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def run(k):
+        for net, opt in zip(nets, opts):
+            for s in range(k):
+                opt.zero_grad(set_to_none=True)
+                loss_fn(net(x[s]), y[s]).backward()
+                opt.step()
+    run(2)
+    _sync()
+    t = time.perf_counter()
+    run(steps)
+    _sync()
+    return n_nets * steps / (time.perf_counter() - t)
+
+
+def bench_torch_func(name: str, n_nets: int, steps: int, batch: int) -> float:
+    """networks·steps/s of a `torch.func` ensemble: stacked parameters, vmap(grad), manual SGD."""
+    import torch
+    from torch.func import functional_call, grad, stack_module_state, vmap
+    shape, dev = SHAPES[name], _torch_device()
+    x = torch.randn(steps, batch, shape[2], shape[0], shape[1], device=dev)
+    y = torch.randint(0, 10, (steps, batch), device=dev)
+    nets = [torch_model(name).to(dev) for _ in range(n_nets)]
+    params, buffers = stack_module_state(nets)
+    base = torch_model(name).to("meta")
+
+    def loss(p, b, xb, yb):
+        return torch.nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
+
+    g = vmap(grad(loss), in_dims=(0, 0, None, None))
+
+    def run(k):
+        for s in range(k):
+            grads = g(params, buffers, x[s], y[s])
+            with torch.no_grad():
+                for key in params:
+                    params[key].sub_(0.01 * grads[key])
+    run(2)
+    _sync()
+    t = time.perf_counter()
+    run(steps)
+    _sync()
+    return n_nets * steps / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="mlp,cnn,vit")
+    ap.add_argument("--ns", default="", help="networks counts, e.g. 1,8,64 (default: per model)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-steps", type=int, default=10)
+    ap.add_argument("--torch-max-n", type=int, default=64, help="skip the PyTorch columns above this N")
+    args = ap.parse_args()
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
+    defaults = {"mlp": "1,8,64", "cnn": "1,8", "vit": "1,8"}
+    try:
+        import torch
+        have_torch = not args.no_torch
+    except ImportError:
+        have_torch = False
+    dev = jax.devices()[0]
+    ceiling = matmul_ceiling(dtype or jnp.float32)
+    print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
+          f"batch {args.batch}, {args.steps} steps/epoch")
+    print(f"matmul ceiling (4096² jnp.dot): {ceiling / 1e12:.3f} TFLOP/s")
+    head = f"{'model':<5} {'N':>5} {'jax nets·steps/s':>17} {'TFLOP/s':>8} {'% ceil':>7} " \
+           f"{'torch loop':>11} {'torch.func':>11} {'×loop':>7} {'×func':>7}"
+    print(head)
+    print("-" * len(head))
+    for name in args.models.split(","):
+        for n in [int(v) for v in (args.ns or defaults[name]).split(",")]:
+            nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps)
+            tl = tf = float("nan")
+            if have_torch and n <= args.torch_max_n:
+                tl = bench_torch_loop(name, n, args.torch_steps, args.batch)
+                tf = bench_torch_func(name, n, args.torch_steps, args.batch)
+            print(f"{name:<5} {n:>5} {nsps:>17,.1f} {fl / 1e12:>8.3f} {100 * fl / ceiling:>6.1f}% "
+                  f"{tl:>11,.1f} {tf:>11,.1f} {nsps / tl:>7.2f} {nsps / tf:>7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,490 @@
+"""Weight statistics of a population of N networks, as jitted tree reductions.
+
+Parameters are a pytree whose leaves carry the networks axis first (``kernel`` of
+shape ``(N, din, dout)`` or ``(N, kh, kw, cin, cout)``). Every statistic is written
+for one network's weight vector ``w_D`` and ``jax.vmap``-ed over the networks axis;
+all groups (leaves, layers, the whole network) are reduced by one ``jax.tree.map``
+inside one ``jax.jit``, so there is one compile per tree structure and no Python
+loop over networks or layers.
+
+Groups:
+  * ``"leaf"``: one parameter, keyed by its path (``"Dense_0/kernel"``).
+  * ``"layer"``: every parameter of one module, keyed by the module path (``"Dense_0"``).
+  * ``"network"``: every parameter of the network, keyed ``"__all__"``.
+
+Undefined values: a statistic that is undefined for a group (skewness or kurtosis
+when the variance is zero by scipy's criterion ``m2 <= (eps * mean)**2``, the stable
+rank of an all-zero kernel, anything non-finite) is reported as ``value = NaN`` with
+``undefined = True`` in the DataFrame, is listed in ``df.attrs["undefined"]`` as
+``(layer, statistic, n_networks)`` and is logged as a warning. It never raises.
+
+References:
+  Zheng et al., "Weight statistics of optimal and suboptimal networks", arXiv 2408.11720.
+  Unterthiner et al., "Predicting neural network accuracy from weights", arXiv 2002.11448.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ALL = "__all__"
+QUANTILES = (0, 1, 5, 25, 50, 75, 95, 99, 100)
+NEAR_ZERO = 1e-3
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+def flatten(params: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Flattens a (possibly nested) parameter dict to ``{"a/b/kernel": array}``.
+
+  Accepts nested dicts / FrozenDicts (a Flax ``params`` collection), a dict with a
+  single top-level ``"params"`` key (unwrapped), or an already-flat dict with
+  '/'-joined keys (returned as is, e.g. the contents of ``params.npz``).
+
+  Args:
+    params: pytree of arrays, networks axis first.
+
+  Returns:
+    Dict from '/'-joined path to array, in the pytree's key order.
+  """
+  if hasattr(params, "unfreeze"):
+    params = params.unfreeze()
+  params = dict(params)
+  if set(params) == {"params"} and isinstance(params["params"], Mapping):
+    params = dict(params["params"])
+  out = {}
+
+  def visit(prefix, node):
+    if isinstance(node, Mapping):
+      for k, v in node.items():
+        visit(f"{prefix}/{k}" if prefix else str(k), v)
+    else:
+      out[prefix] = node
+
+  visit("", params)
+  return out
+
+
+def layer_of(path: str) -> str:
+  """Module path of a leaf path: ``"Dense_0/kernel" -> "Dense_0"``."""
+  return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+def is_kernel(path: str, x: Any) -> bool:
+  """True for a stacked kernel leaf: named ``kernel`` with >= 2 dims per network."""
+  return path.rsplit("/", 1)[-1] == "kernel" and np.ndim(x) >= 3
+
+
+def as_matrix(w: jax.Array) -> jax.Array:
+  """One network's kernel as a 2-D matrix ``(fan_in, out)`` (conv: ``(kh*kw*cin, cout)``)."""
+  return w.reshape(-1, w.shape[-1])
+
+
+def _normalise_per(per) -> tuple[str, ...]:
+  per = (per,) if isinstance(per, str) else tuple(per)
+  bad = set(per) - {"leaf", "layer", "network"}
+  if bad:
+    raise ValueError(f"per must be among 'leaf', 'layer', 'network'; got {sorted(bad)}")
+  return per
+
+
+def groups(params: Mapping[str, Any], per="leaf") -> dict[str, jax.Array]:
+  """Groups the weights of every network into ``{name: w_NxD}`` flat vectors.
+
+  Args:
+    params: parameters, networks axis first (nested or flat dict).
+    per: "leaf", "layer", "network" or a tuple of them.
+
+  Returns:
+    Dict from group name (leaf path, layer path or ``"__all__"``) to an ``(N, D)`` array.
+    Layer groups concatenate their leaves in path order. Traceable (usable under jit).
+  """
+  flat = flatten(params)
+  per = _normalise_per(per)
+  flat_ND = {k: jnp.reshape(v, (v.shape[0], -1)) for k, v in flat.items()}
+  out = {}
+  if "leaf" in per:
+    out.update(flat_ND)
+  if "layer" in per:
+    by_layer: dict[str, list] = {}
+    for k in sorted(flat_ND):
+      by_layer.setdefault(layer_of(k), []).append(flat_ND[k])
+    for name, ws in by_layer.items():
+      out[name] = jnp.concatenate(ws, axis=1) if len(ws) > 1 else ws[0]
+  if "network" in per:
+    out[ALL] = jnp.concatenate([flat_ND[k] for k in sorted(flat_ND)], axis=1)
+  return out
+
+
+# ----------------------------------------------------------------------- statistics
+
+
+def _moments(w):
+  mean = jnp.mean(w)
+  d = w - mean
+  return mean, jnp.mean(d * d), d
+
+
+def _zero_var(mean, m2):
+  # scipy.stats.skew/kurtosis: variance counts as zero when m2 <= (eps * mean)**2.
+  return m2 <= (jnp.finfo(m2.dtype).eps * mean) ** 2
+
+
+def mean(w_D):
+  """Arithmetic mean."""
+  return jnp.mean(w_D)
+
+
+def var(w_D):
+  """Variance, ddof 0 (two-pass)."""
+  return _moments(w_D)[1]
+
+
+def std(w_D):
+  """Standard deviation, ddof 0."""
+  return jnp.sqrt(var(w_D))
+
+
+def skewness(w_D):
+  """Biased skewness ``m3 / m2**1.5`` (scipy.stats.skew default); NaN if variance is zero."""
+  mu, m2, d = _moments(w_D)
+  return jnp.where(_zero_var(mu, m2), jnp.nan, jnp.mean(d**3) / m2**1.5)
+
+
+def kurtosis(w_D):
+  """Biased excess kurtosis ``m4 / m2**2 - 3`` (scipy.stats.kurtosis default); NaN if variance is zero."""
+  mu, m2, d = _moments(w_D)
+  return jnp.where(_zero_var(mu, m2), jnp.nan, jnp.mean(d**4) / m2**2 - 3.0)
+
+
+def quantiles(w_D):
+  """Percentiles {0, 1, 5, 25, 50, 75, 95, 99, 100}, linear interpolation (numpy default)."""
+  return jnp.quantile(w_D, jnp.asarray(QUANTILES, w_D.dtype) / 100.0)
+
+
+def l1(w_D):
+  """L1 norm."""
+  return jnp.sum(jnp.abs(w_D))
+
+
+def l2(w_D):
+  """L2 (Frobenius) norm."""
+  return jnp.sqrt(jnp.sum(w_D * w_D))
+
+
+def max_abs(w_D):
+  """Largest absolute weight (L-infinity norm)."""
+  return jnp.max(jnp.abs(w_D))
+
+
+def rms(w_D):
+  """Root mean square."""
+  return jnp.sqrt(jnp.mean(w_D * w_D))
+
+
+@functools.lru_cache(maxsize=None)
+def near_zero_fraction(threshold: float = NEAR_ZERO) -> Callable:
+  """Statistic factory: fraction of weights with ``|w| < threshold`` (absolute threshold)."""
+
+  def near_zero(w_D):
+    return jnp.mean((jnp.abs(w_D) < threshold).astype(w_D.dtype))
+
+  return near_zero
+
+
+def _top_singular_sq(w_RxC):
+  small = w_RxC.T @ w_RxC if w_RxC.shape[0] >= w_RxC.shape[1] else w_RxC @ w_RxC.T
+  return jnp.maximum(jnp.linalg.eigvalsh(small)[-1], 0.0)
+
+
+def spectral_norm(w_RxC):
+  """Largest singular value of a kernel matrix (conv kernels reshaped to (kh*kw*cin, cout))."""
+  return jnp.sqrt(_top_singular_sq(w_RxC))
+
+
+def stable_rank(w_RxC):
+  """Stable rank ``||W||_F^2 / sigma_max^2`` (Rudelson & Vershynin 2007); NaN for W = 0."""
+  s2 = _top_singular_sq(w_RxC)
+  return jnp.where(s2 > 0, jnp.sum(w_RxC * w_RxC) / jnp.where(s2 > 0, s2, 1.0), jnp.nan)
+
+
+class Statistic(NamedTuple):
+  """A registered statistic: ``fn(w_D)`` ("vector") or ``fn(w_RxC)`` on kernels ("matrix")."""
+
+  fn: Callable
+  kind: str = "vector"
+  labels: tuple[str, ...] | None = None
+
+
+_REGISTRY: dict[str, Statistic] = {
+    "mean": Statistic(mean),
+    "std": Statistic(std),
+    "var": Statistic(var),
+    "skewness": Statistic(skewness),
+    "kurtosis": Statistic(kurtosis),
+    "quantiles": Statistic(quantiles, labels=tuple(f"q{q}" for q in QUANTILES)),
+    "l1": Statistic(l1),
+    "l2": Statistic(l2),
+    "max_abs": Statistic(max_abs),
+    "rms": Statistic(rms),
+    "near_zero": Statistic(None),  # built per call from `near_zero=`
+    "spectral_norm": Statistic(spectral_norm, kind="matrix"),
+    "stable_rank": Statistic(stable_rank, kind="matrix"),
+    "histogram": Statistic(None, kind="histogram"),
+}
+SUMMARY = ("mean", "std", "var", "skewness", "kurtosis", "quantiles", "l1", "l2",
+           "max_abs", "rms", "near_zero")
+
+
+def register_statistic(name: str, fn: Callable, *, kind: str = "vector",
+                       labels: Sequence[str] | None = None, overwrite: bool = False) -> None:
+  """Registers a statistic by name so ``compute_statistics`` can use it.
+
+  Args:
+    name: statistic name (the ``statistic`` column; vectors become ``name_0, name_1...``
+      unless ``labels`` are given).
+    fn: pure JAX function of one network's weights returning a scalar or small vector:
+      ``fn(w_D)`` for kind "vector" (every group) or ``fn(w_RxC)`` for kind "matrix"
+      (kernel leaves only). It is vmapped over networks and jitted.
+    kind: "vector" or "matrix".
+    labels: optional names for the entries of a vector-valued statistic.
+    overwrite: allow replacing an existing name.
+  """
+  if kind not in ("vector", "matrix"):
+    raise ValueError(f"kind must be 'vector' or 'matrix', got {kind!r}")
+  if name in _REGISTRY and not overwrite:
+    raise ValueError(f"statistic {name!r} already registered (pass overwrite=True)")
+  _REGISTRY[name] = Statistic(fn, kind, tuple(labels) if labels else None)
+
+
+def registered_statistics() -> tuple[str, ...]:
+  """Names of all registered statistics."""
+  return tuple(_REGISTRY)
+
+
+def _resolve(statistics, near_zero) -> tuple[tuple[str, Statistic], ...]:
+  if statistics is None:
+    statistics = tuple(_REGISTRY)
+  elif isinstance(statistics, str) or callable(statistics):
+    statistics = (statistics,)
+  items = statistics.items() if isinstance(statistics, Mapping) else [
+      (s, None) if isinstance(s, str) else (getattr(s, "__name__", "custom"), s)
+      for s in statistics]
+  out = []
+  for name, fn in items:
+    if fn is None:
+      if name not in _REGISTRY:
+        raise KeyError(f"unknown statistic {name!r}; registered: {sorted(_REGISTRY)}")
+      spec = _REGISTRY[name]
+      if name == "near_zero":
+        spec = Statistic(near_zero_fraction(float(near_zero)))
+    else:
+      spec = fn if isinstance(fn, Statistic) else Statistic(fn)
+    out.append((name, spec))
+  return tuple(out)
+
+
+# ----------------------------------------------------------------------- histograms
+
+
+def shared_edges(w_ND: jax.Array, bins: int) -> jax.Array:
+  """Equal-width bin edges over the finite range of all networks (numpy's rule for a flat range)."""
+  finite = jnp.isfinite(w_ND)
+  lo = jnp.min(jnp.where(finite, w_ND, jnp.inf))
+  hi = jnp.max(jnp.where(finite, w_ND, -jnp.inf))
+  lo, hi = jnp.where(finite.any(), lo, 0.0), jnp.where(finite.any(), hi, 0.0)
+  flat = lo == hi
+  lo, hi = jnp.where(flat, lo - 0.5, lo), jnp.where(flat, hi + 0.5, hi)
+  edges = lo + (hi - lo) * jnp.arange(bins + 1, dtype=w_ND.dtype) / bins
+  return edges.at[-1].set(hi)
+
+
+def histogram(w_D: jax.Array, edges_B1: jax.Array) -> jax.Array:
+  """Normalised histogram (bin masses summing to 1) of one network on given edges.
+
+  Bins are half-open ``[e_k, e_k+1)`` except the last, closed, as ``numpy.histogram``.
+  """
+  bins = edges_B1.shape[0] - 1
+  idx = jnp.clip(jnp.searchsorted(edges_B1, w_D, side="right") - 1, 0, bins - 1)
+  inside = (w_D >= edges_B1[0]) & (w_D <= edges_B1[-1])
+  counts = jnp.zeros(bins, w_D.dtype).at[idx].add(inside.astype(w_D.dtype))
+  return counts / jnp.maximum(jnp.sum(counts), 1)
+
+
+@functools.partial(jax.jit, static_argnames=("bins",))
+def _histograms(g: dict, bins: int):
+  def one(w_ND):
+    edges = shared_edges(w_ND, bins)
+    return edges, jax.vmap(histogram, (0, None))(w_ND, edges)
+
+  return jax.tree.map(one, g)
+
+
+def histograms(params: Mapping[str, Any], bins: int = 32, *, per="leaf") -> dict:
+  """Normalised histograms of every network on edges shared by all networks of a group.
+
+  Args:
+    params: parameters, networks axis first.
+    bins: number of equal-width bins spanning the group's range over all networks.
+    per: "leaf", "layer", "network" or a tuple.
+
+  Returns:
+    ``{group: (edges_B1, hist_NxB)}``; each row of ``hist_NxB`` sums to 1.
+  """
+  out = _histograms(groups(params, per), bins)
+  return {k: (np.asarray(e), np.asarray(h)) for k, (e, h) in out.items()}
+
+
+# ---------------------------------------------------------------------- the program
+
+
+@functools.lru_cache(maxsize=128)
+def _program(specs: tuple, bins: int, per: tuple) -> Callable:
+  """Builds the jitted whole-tree reduction for one choice of statistics."""
+  vec = [(n, s.fn) for n, s in specs if s.kind == "vector"]
+  mat = [(n, s.fn) for n, s in specs if s.kind == "matrix"]
+  want_hist = any(s.kind == "histogram" for _, s in specs)
+
+  def per_group(w_ND):
+    out = {n: jax.vmap(fn)(w_ND) for n, fn in vec}
+    if want_hist:
+      out["histogram"] = jax.vmap(histogram, (0, None))(w_ND, shared_edges(w_ND, bins))
+    return out
+
+  def per_kernel(k_N):
+    m_NxRxC = jax.vmap(as_matrix)(k_N)
+    return {n: jax.vmap(fn)(m_NxRxC) for n, fn in mat}
+
+  @jax.jit
+  def program(flat):
+    out = jax.tree.map(per_group, groups(flat, per))
+    if mat and "leaf" in per:
+      for path, x in flat.items():
+        if is_kernel(path, x):
+          out[path] = {**out[path], **per_kernel(x)}
+    return out
+
+  return program
+
+
+def statistics_arrays(params, *, statistics=None, bins: int = 32, near_zero: float = NEAR_ZERO,
+                      per="leaf") -> dict[str, dict[str, np.ndarray]]:
+  """Computes statistics as arrays: ``{group: {statistic: (N,) or (N, k)}}``.
+
+  Same arguments as :func:`compute_statistics`; use this when you want arrays, not a table.
+  """
+  specs = _resolve(statistics, near_zero)
+  flat = {k: jnp.asarray(v) for k, v in flatten(params).items()}
+  per = _normalise_per(per)
+  out = _program(specs, int(bins), per)(flat)
+  order = [n for n, _ in specs]
+  shapes = jax.eval_shape(lambda f: groups(f, per), flat)  # group order, no compute
+  return {g: {n: np.asarray(out[g][n]) for n in order if n in out[g]} for g in shapes}
+
+
+def compute_statistics(params, *, statistics=None, bins: int = 32, near_zero: float = NEAR_ZERO,
+                       per="leaf") -> pd.DataFrame:
+  """Computes weight statistics of every network as a tidy table.
+
+  All groups are reduced in one jitted program, vmapped over the networks axis.
+
+  Args:
+    params: parameters, networks axis first (nested or '/'-flat dict).
+    statistics: names of registered statistics, callables ``fn(w_D)``, or a dict
+      ``{name: fn}``; default all registered ones (moments, quantiles, norms, RMS,
+      ``near_zero``, ``histogram``, and on kernel leaves ``spectral_norm`` and
+      ``stable_rank``).
+    bins: number of shared-edge histogram bins (rows ``hist_0 ... hist_{bins-1}``,
+      bin masses summing to 1; edges from :func:`histograms`).
+    near_zero: absolute threshold for ``near_zero``: fraction of weights with ``|w| < near_zero``.
+    per: "leaf", "layer", "network" or a tuple of them.
+
+  Returns:
+    DataFrame with columns ``network, layer, statistic, value, undefined``. ``layer``
+    holds the leaf path, layer path or ``"__all__"``. Undefined values are NaN with
+    ``undefined=True``, also listed in ``df.attrs["undefined"]`` and logged.
+  """
+  arrays = statistics_arrays(params, statistics=statistics, bins=bins, near_zero=near_zero, per=per)
+  labels = {name: spec.labels for name, spec in _resolve(statistics, near_zero)}
+  labels["histogram"] = None
+  frames, undefined = [], []
+  for layer, stats in arrays.items():
+    for name, v in stats.items():
+      n, scalar = v.shape[0], v.ndim == 1
+      v = np.asarray(v, np.float64).reshape(n, -1)
+      k, lab = v.shape[1], labels.get(name)
+      if name == "histogram":
+        names = [f"hist_{i}" for i in range(k)]
+      elif lab is not None and len(lab) == k:
+        names = list(lab)
+      else:
+        names = [name] if scalar else [f"{name}_{i}" for i in range(k)]
+      bad = ~np.isfinite(v)
+      for j in np.flatnonzero(bad.any(0)):
+        undefined.append((layer, names[j], int(bad[:, j].sum())))
+      frames.append(pd.DataFrame({
+          "network": np.repeat(np.arange(n), k),
+          "layer": layer,
+          "statistic": np.tile(np.asarray(names, object), n),
+          "value": np.where(bad, np.nan, v).ravel(),
+          "undefined": bad.ravel(),
+      }))
+  df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+      columns=["network", "layer", "statistic", "value", "undefined"])
+  for layer, name, count in undefined:
+    log.warning("statistic %r undefined for layer %r in %d network(s) "
+                "(zero variance, zero kernel or non-finite weights); reported as NaN",
+                name, layer, count)
+  df.attrs["undefined"] = undefined
+  return df
+
+
+def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+  """Writes a file atomically: ``write(fileobj)`` to a temp file in the same dir, then ``os.replace``."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, mode) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write(directory: str, df: pd.DataFrame, filename: str = "stats.csv") -> str:
+  """Writes a statistics table to ``directory/stats.csv`` atomically; returns the path."""
+  path = os.path.join(directory, filename)
+  atomic_write(path, lambda f: df.to_csv(f, index=False), mode="w")
+  return path
+
+
+def statistic_vectors(params, *, statistics: Iterable = SUMMARY, per="leaf",
+                      near_zero: float = NEAR_ZERO) -> dict[str, tuple[list[str], np.ndarray]]:
+  """Per-group statistic vectors ``{group: (names, x_NxS)}`` (scalars and vector entries flattened)."""
+  arrays = statistics_arrays(params, statistics=tuple(statistics), per=per, near_zero=near_zero)
+  out = {}
+  for layer, stats in arrays.items():
+    names, cols = [], []
+    for name, v in stats.items():
+      v = np.asarray(v, np.float64).reshape(v.shape[0], -1)
+      names += [name] if v.shape[1] == 1 else [f"{name}_{i}" for i in range(v.shape[1])]
+      cols.append(v)
+    out[layer] = (names, np.concatenate(cols, axis=1))
+  return out
