@@ -46,10 +46,12 @@ def matmul_ceiling(dtype, n: int = 4096, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
-def bench_jax(name: str, n_nets: int, steps: int, batch: int, dtype, reps: int) -> tuple[float, float]:
+def bench_jax(name: str, n_nets: int, steps: int, batch: int, dtype, reps: int,
+              conv_impl: str = "im2col") -> tuple[float, float]:
     """(networks·steps/s, FLOP/s) of one jitted epoch of `n_nets` vmapped networks."""
     shape = SHAPES[name]
-    model = models.make_model(name, num_classes=10, image_shape=shape, dtype=dtype, **KWARGS[name])
+    kw = dict(KWARGS[name], conv_impl=conv_impl) if name == "cnn" else KWARGS[name]
+    model = models.make_model(name, num_classes=10, image_shape=shape, dtype=dtype, **kw)
     setup = train.Setup(model=model, batch_size=batch, mean=(127.0,) * shape[-1], std=(64.0,) * shape[-1],
                         compute_dtype=dtype or jnp.float32)
     c = config_lib.default_config()
@@ -180,6 +182,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--conv-impl", default="im2col", choices=["im2col", "xla"], help="CNN convolution")
     ap.add_argument("--torch-steps", type=int, default=10)
     ap.add_argument("--torch-max-n", type=int, default=64, help="skip the PyTorch columns above this N")
     args = ap.parse_args()
@@ -193,7 +196,7 @@ def main() -> None:
     dev = jax.devices()[0]
     ceiling = matmul_ceiling(dtype or jnp.float32)
     print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
-          f"batch {args.batch}, {args.steps} steps/epoch")
+          f"batch {args.batch}, {args.steps} steps/epoch, conv {args.conv_impl}")
     print(f"matmul ceiling (4096² jnp.dot): {ceiling / 1e12:.3f} TFLOP/s")
     head = f"{'model':<5} {'N':>5} {'jax nets·steps/s':>17} {'TFLOP/s':>8} {'% ceil':>7} " \
            f"{'torch loop':>11} {'torch.func':>11} {'×loop':>7} {'×func':>7}"
@@ -201,7 +204,7 @@ def main() -> None:
     print("-" * len(head))
     for name in args.models.split(","):
         for n in [int(v) for v in (args.ns or defaults[name]).split(",")]:
-            nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps)
+            nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl)
             tl = tf = float("nan")
             if have_torch and n <= args.torch_max_n:
                 tl = bench_torch_loop(name, n, args.torch_steps, args.batch)
