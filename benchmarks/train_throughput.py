@@ -189,6 +189,18 @@ def bench_torch_func(name: str, n_nets: int, steps: int, batch: int) -> float:
     return n_nets * steps / (time.perf_counter() - t)
 
 
+def _in_fresh_process(fn, *args):
+    """Runs a PyTorch measurement in its own process.
+
+    PyTorch's OpenMP threads keep spinning after a run and XLA's thread pool does the same, so
+    in one process each steals the CPU from the other and both columns come out wrong.
+    """
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return ex.submit(fn, *args).result()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="mlp,cnn,vit")
@@ -204,11 +216,8 @@ def main() -> None:
     args = ap.parse_args()
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
     defaults = {"mlp": "1,8,64", "cnn": "1,8", "vit": "1,8"}
-    try:
-        import torch
-        have_torch = not args.no_torch
-    except ImportError:
-        have_torch = False
+    import importlib.util
+    have_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
     dev = jax.devices()[0]
     ceiling = matmul_ceiling(dtype or jnp.float32)
     print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
@@ -223,8 +232,8 @@ def main() -> None:
             nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl)
             tl = tf = float("nan")
             if have_torch and n <= args.torch_max_n:
-                tl = bench_torch_loop(name, n, args.torch_steps, args.batch)
-                tf = bench_torch_func(name, n, args.torch_steps, args.batch)
+                tl = _in_fresh_process(bench_torch_loop, name, n, args.torch_steps, args.batch)
+                tf = _in_fresh_process(bench_torch_func, name, n, args.torch_steps, args.batch)
             print(f"{name:<5} {n:>5} {nsps:>17,.1f} {fl / 1e12:>8.3f} {100 * fl / ceiling:>6.1f}% "
                   f"{tl:>11,.1f} {tf:>11,.1f} {nsps / tl:>7.2f} {nsps / tf:>7.2f}", flush=True)
 
