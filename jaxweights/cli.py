@@ -31,7 +31,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from jaxweights.config import ConfigError
     from jaxweights.data import DataError
     from jaxweights.run import RunError
-    return (ConfigError, DataError, RunError, flags.Error, FileNotFoundError, NotADirectoryError,
+    from jaxweights.analysis import AnalysisError
+    return (ConfigError, DataError, RunError, AnalysisError, flags.Error, FileNotFoundError, NotADirectoryError,
             PermissionError, IsADirectoryError)
 
 

@@ -1,0 +1,49 @@
+"""`jaxweights analyze` on a trained zoo: the files it writes and their agreement with the library."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxweights import cli, distances, rundir, stats, strength
+from tests.test_cli import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("zoo")
+    assert train(tmp, data_dir, "--config.num_epochs=1", "--config.learning_rates=(0.01,0.1)") == 0
+    return tmp / "run"
+
+
+def test_analyze_writes_stats_strength_and_distances(trained):
+    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "wasserstein,ks"]) == 0
+    out = trained / "analysis"
+    table = pd.read_csv(out / "stats.csv")
+    assert set(table.columns) >= {"network", "layer", "statistic", "value", "undefined"}
+    assert set(table.network) == {0, 1, 2, 3}
+    assert {"Dense_0/kernel", "Dense_0", "__all__", "input"} <= set(table.layer)
+    params = rundir.load_params(trained / "params.npz")
+    k = np.asarray(params["Dense_0"]["kernel"], np.float64).reshape(4, -1)
+    got = table[(table.layer == "Dense_0/kernel") & (table.statistic == "std")].sort_values("network").value
+    np.testing.assert_allclose(got, k.std(axis=1), rtol=1e-5)
+    with np.load(out / "distances" / "wasserstein.npz") as z:
+        d = z["Dense_0/kernel"]
+        assert d.shape == (4, 4) and np.allclose(d, d.T) and np.allclose(np.diag(d), 0)
+    with np.load(out / "node_strength.npz") as z:
+        assert z["Dense_0"].shape == (4, 16) and z["input"].shape == (4, 784)
+    nets = pd.read_csv(out / "networks.csv")
+    assert len(nets) == 4 and "test_acc" in nets
+
+
+def test_reanalysis_replaces_atomically_and_bad_metric_keeps_old(trained, capsys):
+    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "ks"]) == 0
+    before = (trained / "analysis" / "stats.csv").read_bytes()
+    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "no_such_metric"]) == 2
+    assert "no_such_metric" in capsys.readouterr().err
+    assert (trained / "analysis" / "stats.csv").read_bytes() == before
+    assert not list(trained.glob(".analysis-*"))
+
+
+def test_analyze_refuses_a_folder_without_params(tmp_path, capsys):
+    assert cli.main(["analyze", "--workdir", str(tmp_path)]) == 2
+    assert "no params.npz" in capsys.readouterr().err
