@@ -135,13 +135,28 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def bench_torch_loop(name: str, n_nets: int, steps: int, batch: int) -> float:
-    """networks·steps/s of a Python loop over networks, each with its own model and SGD."""
+def _torch_zoo(name: str, n_nets: int, steps: int, batch: int):
+    """Random NCHW batches for `steps` steps and `n_nets` freshly initialised models."""
     import torch
     shape, dev = SHAPES[name], _torch_device()
     x = torch.randn(steps, batch, shape[2], shape[0], shape[1], device=dev)
     y = torch.randint(0, 10, (steps, batch), device=dev)
-    nets = [torch_model(name).to(dev) for _ in range(n_nets)]
+    return x, y, [torch_model(name).to(dev) for _ in range(n_nets)]
+
+
+def _timed(run, steps: int, n_nets: int) -> float:
+    run(min(2, steps))  # warm-up
+    _sync()
+    t = time.perf_counter()
+    run(steps)
+    _sync()
+    return n_nets * steps / (time.perf_counter() - t)
+
+
+def bench_torch_loop(name: str, n_nets: int, steps: int, batch: int) -> float:
+    """networks·steps/s of a Python loop over networks, each with its own model and SGD."""
+    import torch
+    x, y, nets = _torch_zoo(name, n_nets, steps, batch)
     opts = [torch.optim.SGD(m.parameters(), lr=0.01) for m in nets]
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -151,22 +166,14 @@ def bench_torch_loop(name: str, n_nets: int, steps: int, batch: int) -> float:
                 opt.zero_grad(set_to_none=True)
                 loss_fn(net(x[s]), y[s]).backward()
                 opt.step()
-    run(min(2, steps))
-    _sync()
-    t = time.perf_counter()
-    run(steps)
-    _sync()
-    return n_nets * steps / (time.perf_counter() - t)
+    return _timed(run, steps, n_nets)
 
 
 def bench_torch_func(name: str, n_nets: int, steps: int, batch: int) -> float:
     """networks·steps/s of a `torch.func` ensemble: stacked parameters, vmap(grad), manual SGD."""
     import torch
     from torch.func import functional_call, grad, stack_module_state, vmap
-    shape, dev = SHAPES[name], _torch_device()
-    x = torch.randn(steps, batch, shape[2], shape[0], shape[1], device=dev)
-    y = torch.randint(0, 10, (steps, batch), device=dev)
-    nets = [torch_model(name).to(dev) for _ in range(n_nets)]
+    x, y, nets = _torch_zoo(name, n_nets, steps, batch)
     params, buffers = stack_module_state(nets)
     base = torch_model(name).to("meta")
 
@@ -181,12 +188,7 @@ def bench_torch_func(name: str, n_nets: int, steps: int, batch: int) -> float:
             with torch.no_grad():
                 for key in params:
                     params[key].sub_(0.01 * grads[key])
-    run(min(2, steps))
-    _sync()
-    t = time.perf_counter()
-    run(steps)
-    _sync()
-    return n_nets * steps / (time.perf_counter() - t)
+    return _timed(run, steps, n_nets)
 
 
 def _in_fresh_process(fn, *args):

@@ -21,18 +21,9 @@ IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 
 
-def real_data_dir() -> Path:
-    """Folder with the real mnist.npz / cifar10.npz: $JAXWEIGHTS_TEST_DATA, else ../shared/data."""
-    env = os.environ.get("JAXWEIGHTS_TEST_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.fixture(scope="module")
-def real_dir() -> Path:
-    d = real_data_dir()
-    if not (d / "mnist.npz").is_file():
-        pytest.skip(f"real data not found at {d} (set JAXWEIGHTS_TEST_DATA)")
-    return d
+def real_dir(data_dir) -> Path:
+    return data_dir
 
 
 @pytest.fixture(scope="module")
