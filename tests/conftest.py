@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -29,3 +30,12 @@ def mnist_slice(data_dir):
     with np.load(data_dir / "mnist.npz") as z:
         return (z["x_train"][:2048, :, :, None], z["y_train"][:2048].astype(np.int32),
                 z["x_test"][:1000, :, :, None], z["y_test"][:1000].astype(np.int32))
+
+
+@pytest.fixture
+def x64():
+    """float64 mode for comparisons with scipy/numpy at 1e-5 relative; restored afterwards."""
+    prev = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", prev)
