@@ -20,7 +20,8 @@ def shared_data_dir() -> Path:
 def data_dir() -> Path:
     d = shared_data_dir()
     if not (d / "mnist.npz").exists():
-        pytest.skip(f"real data not found in {d} (set JAXWEIGHTS_TEST_DATA)")
+        # Fail rather than skip: a suite that silently skips its real-data tests proves nothing.
+        pytest.fail(f"real data not found in {d}: set JAXWEIGHTS_TEST_DATA to a folder with mnist.npz and cifar10.npz")
     return d
 
 

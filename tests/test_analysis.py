@@ -47,3 +47,23 @@ def test_reanalysis_replaces_atomically_and_bad_metric_keeps_old(trained, capsys
 def test_analyze_refuses_a_folder_without_params(tmp_path, capsys):
     assert cli.main(["analyze", "--workdir", str(tmp_path)]) == 2
     assert "no params.npz" in capsys.readouterr().err
+
+
+def test_statistics_and_distances_of_real_trained_weights_equal_scipy(trained, x64):
+    import scipy.stats as ss
+    params = rundir.load_params(trained / "params.npz")
+    k = np.asarray(params["Dense_0"]["kernel"], np.float64).reshape(4, -1)
+    table = stats.compute_statistics(params, statistics=["skewness", "kurtosis", "quantiles"])
+    rows = table[table.layer == "Dense_0/kernel"].pivot(index="network", columns="statistic", values="value")
+    np.testing.assert_allclose(rows["skewness"], ss.skew(k, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(rows["kurtosis"], ss.kurtosis(k, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(rows["q50"], np.median(k, axis=1), rtol=1e-5)
+    for metric, ref in [("wasserstein", ss.wasserstein_distance), ("ks", lambda u, v: ss.ks_2samp(u, v).statistic)]:
+        d = distances.pairwise(params, metric, layers=["Dense_0/kernel"])["Dense_0/kernel"]
+        for i, j in [(0, 1), (0, 3), (2, 3)]:
+            np.testing.assert_allclose(d[i, j], ref(k[i], k[j]), rtol=1e-5)
+    ns = strength.node_strength(params)
+    b = np.asarray(params["Dense_0"]["bias"], np.float64)
+    k1 = np.asarray(params["Dense_1"]["kernel"], np.float64)
+    hidden = np.asarray(params["Dense_0"]["kernel"], np.float64).sum(1) + b + k1.sum(2)
+    np.testing.assert_allclose(ns["Dense_0"], hidden, rtol=1e-5)

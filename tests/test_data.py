@@ -31,7 +31,7 @@ def cifar_raw(real_dir):
     """First 5000 train / 1000 test images and labels of cifar10.npz, read with numpy directly."""
     path = real_dir / "cifar10.npz"
     if not path.is_file():
-        pytest.skip(f"{path} not found")
+        pytest.fail(f"{path} not found (set JAXWEIGHTS_TEST_DATA)")
     with np.load(path) as z:
         return {k: z[k][:5000] for k in ("x_train", "y_train")} | {k: z[k][:1000] for k in ("x_test", "y_test")}
 
@@ -131,7 +131,7 @@ def test_mnist_npz(real_dir, isolated):
 
 def test_fashion_mnist_from_system_location(isolated, monkeypatch):
     if not FASHION_DIR.is_dir():
-        pytest.skip(f"{FASHION_DIR} missing (apt-get install -y dataset-fashion-mnist)")
+        pytest.fail(f"{FASHION_DIR} missing (apt-get install -y dataset-fashion-mnist)")
     monkeypatch.setattr(data, "SYSTEM_DIR", FASHION_DIR.parent)
     ds = data.load("fashion_mnist", isolated, use_tfds=False)
     assert ds.source.startswith(str(FASHION_DIR))
@@ -223,7 +223,7 @@ def test_env_var_and_explicit_dir(tmp_path, isolated, monkeypatch, caplog):
 
 
 def test_tfds_mock(isolated, monkeypatch, caplog):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=12), caplog.at_level(logging.INFO, logger="jaxweights.data"):
         for name, shape in [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))]:
             ds = data.load(name, isolated, max_test=5)
@@ -250,7 +250,7 @@ def test_not_found_lists_every_place(isolated):
 
 
 def test_not_found_with_tfds(isolated):
-    pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets  # noqa: F401  (a dependency: the test must not skip)
     msg = raises_naming(isolated, "mnist", isolated)  # data_dir given: tfds must not download
     assert "tfds (data_dir=" in msg and "download=False" in msg
 
@@ -324,7 +324,7 @@ def test_corrupted_npz(tmp_path, isolated, how):
 def test_fashion_files_are_not_mnist(tmp_path, isolated):
     """The same IDX names serve MNIST and Fashion-MNIST: a full split is checked by its mean."""
     if not FASHION_DIR.is_dir():
-        pytest.skip(f"{FASHION_DIR} missing")
+        pytest.fail(f"{FASHION_DIR} missing (apt-get install -y dataset-fashion-mnist)")
     for f in FASHION_DIR.iterdir():
         (tmp_path / f.name).symlink_to(f)
     raises_naming(tmp_path, "mnist", tmp_path, use_tfds=False, match="does not match mnist")
