@@ -50,8 +50,9 @@ def test_analyze_refuses_a_folder_without_params(tmp_path, capsys):
 
 
 def test_statistics_and_distances_of_real_trained_weights_equal_scipy(trained, x64):
+    import jax
     import scipy.stats as ss
-    params = rundir.load_params(trained / "params.npz")
+    params = jax.tree.map(lambda a: a.astype(np.float64), rundir.load_params(trained / "params.npz"))
     k = np.asarray(params["Dense_0"]["kernel"], np.float64).reshape(4, -1)
     table = stats.compute_statistics(params, statistics=["skewness", "kurtosis", "quantiles"])
     rows = table[table.layer == "Dense_0/kernel"].pivot(index="network", columns="statistic", values="value")
