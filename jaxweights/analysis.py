@@ -40,6 +40,13 @@ class AnalysisError(ValueError):
     """A request the analysis cannot serve (unknown metric, folder without a trained zoo)."""
 
 
+def _check_metrics(metrics: Sequence[str]) -> None:
+    known = set(distances.registered_distances()) | set(distances.BUILTIN)
+    for m in metrics:
+        if m not in known:
+            raise AnalysisError(f"--metrics: unknown distance {m!r}; known: {', '.join(sorted(known))}")
+
+
 def _run_dirs(workdir: Path) -> list[tuple[str, Path]]:
     if (workdir / "params.npz").exists():
         return [("", workdir)]
@@ -64,9 +71,7 @@ def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, b
         log.warning("node strength skipped: %s", e)
     rundir.write_csv(out / "stats.csv", table)
     chosen = list(metrics) if metrics else list(DEFAULT_METRICS)
-    for m in chosen:
-        if m not in distances.registered_distances() and m not in distances.BUILTIN:
-            raise AnalysisError(f"--metrics: unknown distance {m!r}; known: {', '.join(distances.registered_distances())}")
+    _check_metrics(chosen)
     distances.write(str(out), distances.compute(params, metrics=chosen, block_size=block_size))
     return table
 
@@ -75,9 +80,7 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
                     block_size: int = 64) -> Path:
     """Analyses a run directory into `<workdir>/analysis/`; returns that path."""
     workdir = Path(workdir)
-    for m in metrics or ():
-        if m not in distances.registered_distances() and m not in distances.BUILTIN:
-            raise AnalysisError(f"--metrics: unknown distance {m!r}; known: {', '.join(distances.registered_distances())}")
+    _check_metrics(metrics or ())  # before any work, so a bad name costs nothing
     runs = _run_dirs(workdir)
     tmp = Path(tempfile.mkdtemp(prefix=".analysis-", dir=workdir))
     try:

@@ -30,7 +30,6 @@ deep neural networks via complex networks", ICTAI 2021, arXiv 2110.02628.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any, Mapping, Sequence
 

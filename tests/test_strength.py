@@ -1,6 +1,5 @@
 """Node strength and layer fluctuation against networkx (MLP) and a direct numpy loop (CNN)."""
 
-import jax
 import networkx as nx
 import numpy as np
 import pytest
