@@ -3,6 +3,8 @@ r"""Training throughput of a zoo: jaxweights (vmapped + scanned) vs PyTorch, sid
     python benchmarks/train_throughput.py                      # MLP, CNN, ViT at the default N
     python benchmarks/train_throughput.py --models mlp --ns 1,8,64 --steps 50
     python benchmarks/train_throughput.py --dtype bfloat16     # bf16 compute (GPU)
+    python benchmarks/train_throughput.py --sharded --ns 8,64,max  # networks axis over all devices;
+                                                               # max = the most the memory plan allows
 
 For each model and N it prints networks·steps/s and achieved FLOP/s of one jitted epoch (a
 `lax.scan` over `--steps` SGD steps of N vmapped networks, batch 128, MNIST- or CIFAR-shaped
@@ -50,21 +52,45 @@ def matmul_ceiling(dtype, n: int = 4096, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
-def bench_jax(name: str, n_nets: int, steps: int, batch: int, dtype, reps: int,
-              conv_impl: str = "im2col") -> tuple[float, float]:
-    """(networks·steps/s, FLOP/s) of one jitted epoch of `n_nets` vmapped networks."""
+def _setup(name: str, batch: int, dtype, conv_impl: str = "im2col") -> train.Setup:
     shape = SHAPES[name]
     kw = dict(KWARGS[name], conv_impl=conv_impl) if name == "cnn" else KWARGS[name]
     model = models.make_model(name, num_classes=10, image_shape=shape, dtype=dtype, **kw)
-    setup = train.Setup(model=model, batch_size=batch, mean=(127.0,) * shape[-1], std=(64.0,) * shape[-1],
-                        compute_dtype=dtype or jnp.float32)
+    return train.Setup(model=model, batch_size=batch, mean=(127.0,) * shape[-1], std=(64.0,) * shape[-1],
+                       compute_dtype=dtype or jnp.float32)
+
+
+def max_networks(name: str, steps: int, batch: int, dtype, mesh, conv_impl: str = "im2col") -> int:
+    """The largest N the memory plan puts in one chunk on `mesh` (or one device)."""
+    setup = _setup(name, batch, dtype, conv_impl)
+    state_b, step_b = train.network_memory(setup, SHAPES[name], 500)
+    data_b = steps * batch * (int(np.prod(SHAPES[name])) + 4)
+    plan = train.plan_memory(10**9, mesh.size if mesh is not None else 1, state_b, step_b, data_b,
+                             int(0.9 * train.device_memory_bytes()))
+    return plan.chunk_size
+
+
+def bench_jax(name: str, n_nets: int, steps: int, batch: int, dtype, reps: int,
+              conv_impl: str = "im2col", mesh=None) -> tuple[float, float]:
+    """(networks·steps/s, FLOP/s) of one jitted epoch of `n_nets` vmapped networks.
+
+    With `mesh` (`train.networks_mesh()`) the networks axis is sharded over its devices
+    (`n_nets` must be a multiple of the mesh size) and the data replicated on each.
+    """
+    shape = SHAPES[name]
+    setup = _setup(name, batch, dtype, conv_impl)
     c = config_lib.default_config()
     c.num_seeds, c.learning_rates = n_nets, [0.01]
     hp = train.hyper_from_grid(config_lib.hyperparameter_grid(c))
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.integers(0, 256, (steps * batch, *shape), dtype=np.uint8))
-    y = jnp.asarray(rng.integers(0, 10, steps * batch, dtype=np.int32))
-    fns = train.make_zoo_fns(setup, shape, 500)
+    x = rng.integers(0, 256, (steps * batch, *shape), dtype=np.uint8)
+    y = rng.integers(0, 10, steps * batch, dtype=np.int32)
+    if mesh is None:
+        x, y = jnp.asarray(x), jnp.asarray(y)
+    else:
+        hp = train.shard(train.Hyper(*(np.asarray(f) for f in hp)), mesh)
+        x, y = train.shard((x, y), mesh, networks_axis=False)
+    fns = train.make_zoo_fns(setup, shape, 500, mesh)
     state = fns.init(hp)
     flops = train.step_flops(setup, jax.tree.map(lambda a: a[0], state.params), shape)
     state, m = fns.train_epoch(state, hp, jnp.int32(0), x, y)  # compile
@@ -215,23 +241,31 @@ def main() -> None:
     ap.add_argument("--conv-impl", default="im2col", choices=["im2col", "xla"], help="CNN convolution")
     ap.add_argument("--torch-steps", type=int, default=10)
     ap.add_argument("--torch-max-n", type=int, default=64, help="skip the PyTorch columns above this N")
+    ap.add_argument("--sharded", action="store_true",
+                    help="shard the networks axis over all devices (N rounded up to a multiple of them)")
     args = ap.parse_args()
+    mesh = train.networks_mesh() if args.sharded else None
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
     defaults = {"mlp": "1,8,64", "cnn": "1,8", "vit": "1,8"}
     import importlib.util
     have_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
     dev = jax.devices()[0]
-    ceiling = matmul_ceiling(dtype or jnp.float32)
+    # Sharded: one device's ceiling times the devices (right for real accelerators; simulated CPU
+    # devices share the same cores).
+    ceiling = matmul_ceiling(dtype or jnp.float32) * (mesh.size if mesh else 1)
     print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
-          f"batch {args.batch}, {args.steps} steps/epoch, conv {args.conv_impl}")
+          f"batch {args.batch}, {args.steps} steps/epoch, conv {args.conv_impl}, "
+          f"{'sharded over %d devices' % mesh.size if mesh else 'one device'}")
     print(f"matmul ceiling (4096² jnp.dot): {ceiling / 1e12:.3f} TFLOP/s")
     head = f"{'model':<5} {'N':>5} {'jax nets·steps/s':>17} {'TFLOP/s':>8} {'% ceil':>7} " \
            f"{'torch loop':>11} {'torch.func':>11} {'×loop':>7} {'×func':>7}"
     print(head)
     print("-" * len(head))
     for name in args.models.split(","):
-        for n in [int(v) for v in (args.ns or defaults[name]).split(",")]:
-            nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl)
+        for v in (args.ns or defaults[name]).split(","):
+            n = (max_networks(name, args.steps, args.batch, dtype, mesh, args.conv_impl) if v == "max"
+                 else train.pad_networks(int(v), mesh.size if mesh else 1))
+            nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl, mesh)
             tl = tf = float("nan")
             if have_torch and n <= args.torch_max_n:
                 tl = _in_fresh_process(bench_torch_loop, name, n, args.torch_steps, args.batch)

@@ -2,7 +2,12 @@
 
     jaxweights train   --config configs/NAME.py[:ARG] --workdir DIR [--config.key=value ...]
                        [--data_dir DIR] [--overwrite] [--no-progress]
-    jaxweights analyze --workdir DIR [--metrics a,b] [--block_size K]
+    jaxweights study   --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR [--data_dir D]
+    jaxweights analyze --workdir DIR [--metrics a,b] [--block_size K] [--quantile Q | --threshold T[,T2]]
+                       [--min_accuracy A] [--bins B] [--permutations P] [--bootstrap B] [--noreport]
+    jaxweights analyze-params PATH... --out DIR [--layout auto|torch|flax] [--stacked auto|yes|no]
+                       [--metrics a,b] [--block_size K] [--layers a,b] [--nofigures]
+    jaxweights prune   --workdir DIR [--layers Dense_1,...] [--data_dir DIR] [--overwrite]
 
 User errors (bad config keys or values, missing or corrupted data, a workdir holding another
 run) print one line naming the key, file or value and exit with status 2, without a traceback.
@@ -20,7 +25,14 @@ commands:
   train    --config configs/NAME.py --workdir DIR [--config.KEY=VALUE ...] [--data_dir DIR] [--overwrite]
            train a zoo of networks and write its run directory
   analyze  --workdir DIR
-           statistics, node strength and distances of a trained zoo, into DIR/analysis/
+           statistics, node strength and distances of a trained zoo, into DIR/analysis/; then
+           optimal vs suboptimal networks: tests, figures, report.html and summary.json
+  study    --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR
+           train and analyse every dataset × model zoo of the study; one combined report
+  analyze-params PATH... --out DIR [--layout auto|torch|flax]
+           the same for networks trained elsewhere (orbax, Flax msgpack, .npz, .safetensors)
+  prune    --workdir DIR [--layers Dense_1,...] [--data_dir DIR]
+           remove the MLP hidden layers flagged by modularity, retrain, report the accuracy change
 
 Run `jaxweights COMMAND --help` for a command's options.
 """
@@ -32,8 +44,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from jaxweights.data import DataError
     from jaxweights.run import RunError
     from jaxweights.analysis import AnalysisError
-    return (ConfigError, DataError, RunError, AnalysisError, flags.Error, FileNotFoundError, NotADirectoryError,
-            PermissionError, IsADirectoryError)
+    from jaxweights.claims import ClaimError
+    from jaxweights.importers import ParamsError
+    from jaxweights.dynamics import DynamicsError
+    # OSError: a missing file or folder, a full or read-only disk (rundir names the file it could not write).
+    return (ConfigError, DataError, RunError, AnalysisError, ClaimError, ParamsError, DynamicsError, flags.Error,
+            OSError)
 
 
 def _flag_values(command: str, argv: list[str]):
@@ -49,9 +65,40 @@ def _flag_values(command: str, argv: list[str]):
                             flag_values=fv)
         flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds instead of resuming.", flag_values=fv)
         flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
-    elif command == "analyze":
+    elif command == "analyze-params":
+        flags.DEFINE_string("out", None, "Output directory.", flag_values=fv)
+        flags.DEFINE_enum("layout", "auto", ["auto", "torch", "flax"], "Kernel layout and naming of the files.",
+                          flag_values=fv)
+        flags.DEFINE_enum("stacked", "auto", ["auto", "yes", "no"],
+                          "Whether each file holds several networks, networks axis first.", flag_values=fv)
+        flags.DEFINE_list("layers", None, "Chain order of the kernel layers for node strength.", flag_values=fv)
+        flags.DEFINE_bool("figures", True, "Write figures/*.png.", flag_values=fv)
+    elif command == "prune":
+        flags.DEFINE_list("layers", None, "Hidden layers to remove (default: the modularity candidates).",
+                          flag_values=fv)
+        flags.DEFINE_string("data_dir", None, "Folder with the dataset files.", flag_values=fv)
+        flags.DEFINE_bool("overwrite", False, "Retrain DIR/pruned from scratch.", flag_values=fv)
+        flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+    if command in ("analyze", "analyze-params"):
         flags.DEFINE_list("metrics", None, "Distance metrics to compute (default: all built-in).", flag_values=fv)
         flags.DEFINE_integer("block_size", 64, "Rows and columns of the N×N distance blocks.", flag_values=fv)
+    if command == "study":
+        from ml_collections import config_flags
+        config_flags.DEFINE_config_file("config", None, "Study config (configs/studies/NAME.py[:quick]).",
+                                        flag_values=fv, lock_config=False, sys_argv=argv)
+        flags.DEFINE_string("data_dir", None, "Folder with the dataset files.", flag_values=fv)
+        flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
+    if command == "analyze":
+        flags.DEFINE_float("quantile", 0.25, "Optimal = top, suboptimal = bottom quantile by test accuracy.",
+                           flag_values=fv)
+        flags.DEFINE_list("threshold", None, "Accuracy threshold t (or lo,hi) instead of --quantile.", flag_values=fv)
+        flags.DEFINE_float("min_accuracy", None, "Also leave out networks below this accuracy (e.g. chance).",
+                           flag_values=fv)
+        flags.DEFINE_integer("bins", 4, "Equal-count accuracy bins of the complex-network comparison.", flag_values=fv)
+        flags.DEFINE_integer("permutations", 2000, "Permutations of the group tests.", flag_values=fv)
+        flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the confidence intervals.", flag_values=fv)
+        flags.DEFINE_bool("report", True, "Test the claims; write figures, report.html and summary.json.",
+                          flag_values=fv)
     flags.DEFINE_bool("help", False, "Show this help.", flag_values=fv, short_name="h")
     return fv
 
@@ -102,14 +149,80 @@ def cmd_train(args: Sequence[str]) -> int:
 
 
 def cmd_analyze(args: Sequence[str]) -> int:
+    from absl import flags
     fv = _parse("analyze", args)
     from jaxweights import analysis
-    out = analysis.analyze_workdir(fv.workdir, metrics=fv.metrics, block_size=fv.block_size)
+    if not 0 < fv.quantile <= 0.5:
+        raise flags.Error(f"--quantile: {fv.quantile} must be in (0, 0.5]")
+    threshold = None
+    if fv.threshold:
+        try:
+            threshold = tuple(float(t) for t in fv.threshold)
+        except ValueError:
+            raise flags.Error(f"--threshold: {','.join(fv.threshold)!r} is not one or two numbers") from None
+        if len(threshold) > 2:
+            raise flags.Error(f"--threshold: {','.join(fv.threshold)!r} is not one or two numbers")
+        threshold = threshold[0] if len(threshold) == 1 else threshold
+    out = analysis.analyze_workdir(fv.workdir, metrics=fv.metrics, block_size=fv.block_size, report=fv.report,
+                                   quantile=fv.quantile, threshold=threshold, min_accuracy=fv.min_accuracy,
+                                   bins=fv.bins,
+                                   n_permutations=fv.permutations, n_boot=fv.bootstrap)
     print(f"analysis written to {out}")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "analyze": cmd_analyze}
+def cmd_analyze_params(args: Sequence[str]) -> int:
+    from absl import flags
+    argv = ["jaxweights analyze-params", *args]
+    fv = _flag_values("analyze-params", argv)
+    paths = fv(argv)[1:]
+    if fv.help:
+        print("usage: jaxweights analyze-params PATH... --out DIR [options]\n")
+        print(fv.get_help())
+        raise SystemExit(0)
+    if not paths:
+        raise flags.Error("PATH: give at least one parameter file (orbax checkpoint, .msgpack, .npz, .safetensors)")
+    if not fv.out:
+        raise flags.Error("--out: required")
+    from jaxweights import importers
+    stacked = {"auto": None, "yes": True, "no": False}[fv.stacked]
+    params, table = importers.analyze_files(paths, fv.out, layout=fv.layout, stacked=stacked, layers=fv.layers,
+                                            metrics=fv.metrics, block_size=fv.block_size, figures=fv.figures)
+    n = int(table.network.max()) + 1
+    print(f"analysed {n} networks from {len(paths)} file(s) into {fv.out}")
+    return 0
+
+
+def cmd_prune(args: Sequence[str]) -> int:
+    fv = _parse("prune", args)
+    from jaxweights import prune
+    report = prune.prune_run(fv.workdir, layers=fv.layers, data_dir=fv.data_dir, overwrite=fv.overwrite,
+                             progress=fv.progress)
+    if report.empty:
+        print(f"no layer of {fv.workdir} flagged for pruning; nothing retrained")
+        return 0
+    ok = ~report.diverged_original & ~report.diverged_pruned
+    print(f"pruned zoo in {fv.workdir}/pruned: best test accuracy {report.test_acc_original[ok].max():.4f} -> "
+          f"{report.test_acc_pruned[ok].max():.4f}, median change {report.delta[ok].median():+.4f} "
+          f"over {int(ok.sum())} networks (prune.csv)")
+    return 0
+
+
+def cmd_study(args: Sequence[str]) -> int:
+    from absl import flags
+    fv = _parse("study", args)
+    if fv["config"].value is None:
+        raise flags.Error("--config: required (a study config such as configs/studies/optimal_vs_suboptimal.py)")
+    config = fv.config
+    if fv.data_dir:
+        config.data_dir = fv.data_dir
+    from jaxweights import study
+    print(f"study report written to {study.run_study(config, fv.workdir, progress=fv.progress)}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "analyze": cmd_analyze, "analyze-params": cmd_analyze_params, "prune": cmd_prune,
+            "study": cmd_study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

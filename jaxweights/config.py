@@ -59,6 +59,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.compute_dtype = "float32"
     c.checkpoint_every = 1  # epochs between orbax checkpoints of the stacked state.
     c.keep_checkpoints = 0  # 0 = keep every checkpoint (per-epoch snapshots for the dynamics).
+    # Scaling out (see the README's "Scaling out" section).
+    c.num_devices = 0  # devices the networks axis is sharded over; 0 = all devices of all hosts.
+    c.multihost = False  # call jax.distributed.initialize() first (TPU pods, Slurm, several hosts).
+    c.memory_limit_mb = 0.0  # usable memory per device in MiB for the chunk plan; 0 = the device's own.
+    c.chunk_size = 0  # at most this many networks per chunk; 0 = as many as memory allows.
     c.groups = ()  # static variants: a tuple of {"dotted.key": value} overrides, one compiled group each.
     return c
 
@@ -78,9 +83,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         v = config[key]
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
             raise ConfigError(f"config.{key}: must be a positive integer, got {v!r}")
-    for key in ("max_train", "max_test", "keep_checkpoints"):
-        if not isinstance(config[key], (int, np.integer)) or config[key] < 0:
+    for key in ("max_train", "max_test", "keep_checkpoints", "num_devices", "chunk_size"):
+        if not isinstance(config[key], (int, np.integer)) or isinstance(config[key], bool) or config[key] < 0:
             raise ConfigError(f"config.{key}: must be an integer >= 0, got {config[key]!r}")
+    mem = config.memory_limit_mb
+    if isinstance(mem, bool) or not isinstance(mem, (int, float, np.integer, np.floating)) or not mem >= 0:
+        raise ConfigError(f"config.memory_limit_mb: must be a number of MiB >= 0 (0 = the device's memory), got {mem!r}")
+    if not isinstance(config.multihost, (bool, np.bool_)):
+        raise ConfigError(f"config.multihost: must be True or False, got {config.multihost!r}")
     if config.optimizer not in OPTIMIZERS:
         raise ConfigError(f"config.optimizer: unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if config.schedule not in SCHEDULES:
@@ -91,9 +101,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         values = config[key]
         if isinstance(values, (int, float)):
             raise ConfigError(f"config.{key}: must be a list of values, got the single value {values!r}")
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"config.{key}: must be a tuple of numbers, got {values!r}")
         values = list(values)
         if not values:
             raise ConfigError(f"config.{key}: empty grid; give at least one value")
+        if not all(_is_number(v) for v in values):
+            raise ConfigError(f"config.{key}: must be a tuple of numbers, got {values!r}")
         arr = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(arr)):
             raise ConfigError(f"config.{key}: values must be finite, got {values}")
@@ -107,6 +121,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{key}: values must lie in (0, 1], got {values}")
     if "name" not in config.model:
         raise ConfigError("config.model.name: missing; expected one of " + ", ".join(models.MODELS))
+    if not _is_number(config.momentum) or not 0 <= config.momentum < 1:
+        raise ConfigError(f"config.momentum: must be a number in [0, 1), got {config.momentum!r}")
+    if not _is_number(config.warmup_epochs) or not 0 <= config.warmup_epochs < float("inf"):
+        raise ConfigError(f"config.warmup_epochs: must be a finite number >= 0, got {config.warmup_epochs!r}")
+    if not isinstance(config.seed, (int, np.integer)) or isinstance(config.seed, bool) or config.seed < 0:
+        raise ConfigError(f"config.seed: must be an integer >= 0, got {config.seed!r}")
+    if not isinstance(config.data_dir, str):
+        raise ConfigError(f"config.data_dir: must be a path string ('' = the default places), got {config.data_dir!r}")
+    if not isinstance(config.get("groups", ()), (list, tuple)):
+        raise ConfigError(f"config.groups: must be a tuple of {{'dotted.key': value}} dicts, got {config.groups!r}")
+
+
+def _is_number(v: Any) -> bool:
+    """A real number (ints and floats, numpy's included), not a bool or a string."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def hyperparameter_grid(config: ml_collections.ConfigDict) -> pd.DataFrame:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import io
 import logging
+import math
 import os
 import pickle
 import zipfile
@@ -130,8 +132,8 @@ def _read_idx(path: Path, ndim: int, image_hw: tuple[int, int]) -> np.ndarray:
     if magic != _IDX_MAGIC[ndim]:
         raise DataError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{_IDX_MAGIC[ndim]:08x}")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    if len(data) - header != int(np.prod(dims)):
-        raise DataError(f"{path}: header dims {dims} need {int(np.prod(dims))} bytes of data, "
+    if len(data) - header != math.prod(dims):  # math.prod: np.prod would wrap around in int64
+        raise DataError(f"{path}: header dims {dims} need {math.prod(dims)} bytes of data, "
                         f"file has {len(data) - header}")
     if ndim == 3 and dims[1:] != image_hw:
         raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {image_hw[0]}x{image_hw[1]}")
@@ -208,9 +210,10 @@ class _BatchUnpickler(pickle.Unpickler):
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch: images (n, 32, 32, 3) uint8, labels (n,)."""
     try:
-        with path.open("rb") as f:
-            d = _BatchUnpickler(f, encoding="bytes").load()
-    except _READ_ERRORS + (AttributeError, TypeError, IndexError, KeyError) as e:
+        # From memory, not the file: a damaged length field then reads as truncated data instead
+        # of asking the file for (and allocating) up to 2**64 bytes.
+        d = _BatchUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except _READ_ERRORS + (AttributeError, TypeError, IndexError, KeyError, MemoryError, RecursionError) as e:
         raise DataError(f"{path}: corrupted pickle ({type(e).__name__}: {e})") from e
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise DataError(f"{path}: expected a dict with b'data' and b'labels'")

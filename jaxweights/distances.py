@@ -587,7 +587,8 @@ def _clean(x, name, key):
 
 def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=None,
              block_size: int = 16, sketch: int | None = None, with_error: bool = False,
-             bins: int = 32, grid: int = 1000, statistics=stats.SUMMARY, kind: str = "sorted"):
+             bins: int = 32, grid: int = 1000, statistics=stats.SUMMARY, kind: str = "sorted",
+             mesh=None):
   """N x N distances between the networks' weights, one matrix per group.
 
   Args:
@@ -606,6 +607,9 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
     grid: KDE grid size for "kde_kl".
     statistics: statistics for "euclidean" / "cosine".
     kind: "sorted" or "histogram", for a callable ``metric``.
+    mesh: optional 1-D ``"networks"`` mesh (``train.networks_mesh()``): the rows of each N x N
+      matrix are split over its devices (:func:`pairwise_sharded`); exact distances within one
+      population only (no ``other``, ``sketch``, ``with_error``, ``euclidean``/``cosine``).
 
   Returns:
     ``{group: dist_NxN}`` float64 numpy arrays (``(dist, err)`` dicts if ``with_error``).
@@ -617,6 +621,11 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
     name, spec = metric, _REGISTRY.get(metric)
     if spec is None and name not in BUILTIN:
       raise KeyError(f"unknown distance {name!r}; known: {registered_distances()}")
+  if mesh is not None:
+    if other is not None or sketch or with_error or (name in ("euclidean", "cosine") and spec is None):
+      raise ValueError("mesh: sharded distances are exact, within one population, and not for "
+                       "euclidean/cosine; drop other/sketch/with_error or the mesh")
+    return pairwise_sharded(params, name, spec, mesh, per=per, layers=layers, bins=bins, grid=grid)
   if name in ("euclidean", "cosine") and spec is None:
     out = _stat_pairwise(params, other, name, per, layers, statistics, block_size)
     return (out, {k: np.zeros_like(v) for k, v in out.items()}) if with_error else out
@@ -643,6 +652,52 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
     d = np.where(okx[:, None] & oky[None, :], d, np.nan)
     dists[ka], errs[ka] = d, np.zeros_like(d) if err is None else np.asarray(err, np.float64)
   return (dists, errs) if with_error else dists
+
+
+def _w1_equal(a, b):
+  # W1 of two equal-size samples is the mean gap of their order statistics.
+  return jnp.mean(jnp.abs(a - b))
+
+
+def pairwise_sharded(params, name: str, spec, mesh, *, per="leaf", layers=None, bins: int = 32,
+                     grid: int = 1000) -> dict[str, np.ndarray]:
+  """:func:`pairwise` with the rows of every N x N matrix split over ``mesh``'s devices.
+
+  Each device gets its networks' rows (``stats.shard_networks``: padded with copies of the
+  last network, sliced off at the end) and all N networks as columns, and maps over its rows
+  (``jax.shard_map``); the whole matrix is computed (no mirroring), so a device needs
+  O(N x D) temporaries per row. Same definitions as the one-device path.
+  """
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  g = stats.groups(params, per)
+  keys = [k for k in g if layers is None or k in layers]
+  axis = mesh.axis_names[0]
+  out = {}
+  for k in keys:
+    x, ok = _clean(g[k], name, k)
+    rows = True
+    if spec is not None and spec.kind == "sorted":
+      fn, z = spec.fn, _sort(x)
+    elif name in ("wasserstein", "ks", "energy") and spec is None:
+      fn, z = {"wasserstein": _w1_equal, "ks": ks_sorted, "energy": energy_sorted}[name], _sort(x)
+    elif name == "kde_kl" and spec is None:
+      fn, z, rows = symmetric_kl_log, _kde_logdens(x, x.min(), x.max(), grid), False
+    else:  # histogram kinds and jensenshannon
+      fn, z, rows = (jensenshannon if spec is None else spec.fn), _shared_hists(x, None, bins)[0], False
+    n = z.shape[0]
+    zs = stats.shard_networks(np.asarray(z), mesh)
+    zn = np.asarray(z)
+    zall = jax.make_array_from_callback(zn.shape, NamedSharding(mesh, P()), lambda idx: zn[idx])
+    inner = jax.vmap(fn, (None, 0))
+    body = (lambda xa, yb: lax.map(lambda r: inner(r, yb), xa)) if rows else jax.vmap(inner, (0, None))
+    f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis), check_vma=False))
+    d = f(zs, zall)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      d = multihost_utils.process_allgather(d, tiled=True)
+    d = np.asarray(d, np.float64)[:n]
+    out[k] = np.where(ok[:, None] & ok[None, :], d, np.nan)
+  return out
 
 
 def compute(params, metrics=("wasserstein", "ks", "energy", "jensenshannon", "kde_kl",

@@ -17,10 +17,12 @@ crash never leaves a half-written file and an earlier complete file survives a f
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,19 +37,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], mode: str = "wb") -> None:
-    """Calls `write(fileobj)` on a temporary file beside `path`, then renames it into place."""
+    """Calls `write(fileobj)` on a temporary file beside `path`, then renames it into place.
+
+    Raises:
+      OSError: the write failed (full or read-only disk, ...); the message names `path`, the
+        temporary file is removed and an existing `path` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        # A writer killed mid-write (SIGKILL, power loss) leaves its temporary file: sweep those
+        # older than ours, which no live writer can still be using.
+        started = os.stat(path).st_mtime
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            try:
+                if stale.stat().st_mtime < started - 1.0:
+                    stale.unlink()
+            except OSError:
+                pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:  # already renamed, or the disk refuses even this
+                pass
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -80,10 +102,31 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def write_params(path: str | os.PathLike, params: Any) -> None:
-    """Writes stacked parameters to an `.npz` keyed by parameter path."""
+    """Writes stacked parameters to an `.npz` keyed by parameter path (see `npz_bytes`)."""
+    atomic_write_bytes(path, npz_bytes(flatten_params(params)))
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed `.npz` (readable by `np.load`) that depends only on `arrays`.
+
+    `np.savez` stamps every member with the current time, so equal arrays saved twice give
+    different files; here members are sorted by name and dated 1980-01-01, so equal results
+    give byte-identical files (runs compare with `cmp`).
+
+    Args:
+      arrays: name -> array (names such as "Dense_0/kernel").
+
+    Returns:
+      The file's bytes.
+    """
     buf = io.BytesIO()
-    np.savez(buf, **flatten_params(params))
-    atomic_write_bytes(path, buf.getvalue())
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(arrays[name]), allow_pickle=False)
+    return buf.getvalue()
 
 
 def load_params(path: str | os.PathLike) -> dict[str, Any]:
@@ -118,8 +161,10 @@ class Checkpoints:
     def __init__(self, rundir: str | os.PathLike, keep: int = 0):
         import orbax.checkpoint as ocp  # heavy import, only when checkpoints are used
         self._ocp = ocp
+        # cleanup_tmp_directories: a process killed while saving leaves "<epoch>.orbax-checkpoint-tmp-*";
+        # it is never restored from (latest_step skips it) and is removed when the run resumes.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=False, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(Path(rundir).absolute() / "checkpoints", options=options)
 
     def save(self, epoch: int, state: Any) -> None:
@@ -134,7 +179,11 @@ class Checkpoints:
 
     def restore(self, epoch: int, like: Any) -> Any:
         import jax
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        # Checkpoints of a sharded zoo record their devices; restoring on other devices needs
+        # target shardings: `like`'s own, else the default device.
+        here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=x.sharding if isinstance(x, jax.Array) else here), like)
         return self.manager.restore(epoch, args=self._ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:

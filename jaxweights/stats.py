@@ -432,8 +432,33 @@ def _program(specs: tuple, bins: int) -> Callable:
   return program
 
 
+def shard_networks(tree, mesh):
+  """Pads the networks axis of every leaf to a multiple of the mesh size and splits it over `mesh`.
+
+  Padding rows are copies of the last network, so reductions across networks (the shared
+  histogram edges) are unchanged; slice results back to the first N rows.
+
+  Args:
+    tree: pytree of arrays, networks axis first.
+    mesh: a 1-D mesh whose axis is named ``"networks"`` (``train.networks_mesh``).
+
+  Returns:
+    The padded tree as arrays sharded over the mesh.
+  """
+  spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+  sharding = jax.sharding.NamedSharding(mesh, spec)
+
+  def one(x):
+    x = np.asarray(x)
+    pad = -x.shape[0] % mesh.size
+    x = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  return jax.tree.map(one, tree)
+
+
 def statistics_arrays(params, *, statistics=None, bins: int = 32, near_zero: float = NEAR_ZERO,
-                      per="leaf") -> dict[str, dict[str, np.ndarray]]:
+                      per="leaf", mesh=None) -> dict[str, dict[str, np.ndarray]]:
   """Computes statistics as arrays: ``{group: {statistic: (N,) or (N, k)}}``.
 
   Same arguments as :func:`compute_statistics`; use this when you want arrays, not a table.
@@ -444,20 +469,27 @@ def statistics_arrays(params, *, statistics=None, bins: int = 32, near_zero: flo
   sorted_groups = {k: sort_rows(v) for k, v in groups(flat, per).items()}
   with_mat = "leaf" in per and any(s.kind == "matrix" for _, s in specs)
   kernels = {k: jnp.asarray(v) for k, v in flat.items() if with_mat and is_kernel(k, v)}
+  n_nets, names = next(iter(flat.values())).shape[0], list(sorted_groups)
+  if mesh is not None:  # same program, its networks axis split over the devices
+    sorted_groups, kernels = shard_networks((sorted_groups, kernels), mesh)
   by_group, by_kernel = _program(specs, int(bins))(sorted_groups, kernels)
+  if mesh is not None and jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    by_group, by_kernel = multihost_utils.process_allgather((by_group, by_kernel), tiled=True)
   order = [n for n, _ in specs]
   out = {}
-  for g in sorted_groups:
+  for g in names:  # the input order (tree maps return dicts with sorted keys)
     merged = {**by_group[g], **by_kernel.get(g, {})}
-    out[g] = {n: np.asarray(merged[n]) for n in order if n in merged}
+    out[g] = {name: np.asarray(merged[name])[:n_nets] for name in order if name in merged}
   return out
 
 
 def compute_statistics(params, *, statistics=None, bins: int = 32, near_zero: float = NEAR_ZERO,
-                       per="leaf") -> pd.DataFrame:
+                       per="leaf", mesh=None) -> pd.DataFrame:
   """Computes weight statistics of every network as a tidy table.
 
-  All groups are reduced in one jitted program, vmapped over the networks axis.
+  All groups are reduced in one jitted program, vmapped over the networks axis; with
+  ``mesh`` that axis is split over the mesh's devices (:func:`shard_networks`).
 
   Args:
     params: parameters, networks axis first (nested or '/'-flat dict).
@@ -469,13 +501,14 @@ def compute_statistics(params, *, statistics=None, bins: int = 32, near_zero: fl
       bin masses summing to 1; edges from :func:`histograms`).
     near_zero: absolute threshold for ``near_zero``: fraction of weights with ``|w| < near_zero``.
     per: "leaf", "layer", "network" or a tuple of them.
+    mesh: optional 1-D ``"networks"`` mesh (``train.networks_mesh()``) to shard over.
 
   Returns:
     DataFrame with columns ``network, layer, statistic, value, undefined``. ``layer``
     holds the leaf path, layer path or ``"__all__"``. Undefined values are NaN with
     ``undefined=True``, also listed in ``df.attrs["undefined"]`` and logged.
   """
-  arrays = statistics_arrays(params, statistics=statistics, bins=bins, near_zero=near_zero, per=per)
+  arrays = statistics_arrays(params, statistics=statistics, bins=bins, near_zero=near_zero, per=per, mesh=mesh)
   labels = {name: spec.labels for name, spec in _resolve(statistics, near_zero)}
   labels["histogram"] = None
   frames, undefined = [], []

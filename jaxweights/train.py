@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
 from jaxweights import models
 
@@ -139,12 +140,17 @@ def loss_and_logits(setup: Setup, params: PyTree, x: Array, y: Array) -> tuple[A
 
 
 def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
-                x_train: Array, y_train: Array) -> tuple[TrainState, dict[str, Array]]:
+                x_train: Array, y_train: Array, *, rwc_every: int = 0) -> tuple[TrainState, dict[str, Array]]:
     """One epoch of one network: `len(x_train) // batch_size` steps in a `lax.scan`.
 
     With `train_fraction` f < 1 the network trains on a fixed subset of round(f·n) examples
     (chosen by its seed) for the same number of steps, so every network gets the same compute
     and sees its subset about 1/f times per epoch.
+
+    With `rwc_every` = k > 0 the scan also carries the kernels of the last k-step boundary and
+    returns `metrics["rwc_l1_ratio"]`: `{kernel path: (steps,)}`, the relative weight change
+    ||w_t − w_{t−k}||₁ / ||w_{t−k}||₁ at steps k, 2k, ... and NaN elsewhere (Agrawal et al. 2020),
+    without storing a snapshot per step (see `jaxweights.dynamics.rwc_every_k_steps`).
 
     Returns:
       The new state and the epoch's mean train loss and accuracy (on the labels it trained on,
@@ -181,8 +187,31 @@ def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
         return (new, loss_sum + loss, correct + acc), None
 
     zero = jnp.zeros((), jnp.float32)
+    if rwc_every:
+        return _train_with_rwc(step, state, zero, steps, rwc_every)
     (state, loss_sum, correct), _ = jax.lax.scan(step, (state, zero, zero), jnp.arange(steps))
     return state, {"train_loss": loss_sum / steps, "train_acc": correct / steps}
+
+
+def _kernels(params: PyTree) -> dict[str, Array]:
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {k: v for k, v in flat.items() if k.endswith("kernel")}
+
+
+def _train_with_rwc(step, state, zero, steps: int, every: int):
+    """The epoch's scan with the kernels of the last k-step boundary carried (see `train_epoch`)."""
+    def body(carry, i):
+        inner, ref = carry
+        inner, _ = step(inner, i)
+        cur = _kernels(inner[0].params)
+        at = (i + 1) % every == 0
+        rwc = jax.tree.map(lambda a, r: jnp.where(at, jnp.abs(a - r).sum() / jnp.abs(r).sum(), jnp.nan), cur, ref)
+        ref = jax.tree.map(lambda a, r: jnp.where(at, a, r), cur, ref)
+        return (inner, ref), rwc
+
+    ((state, loss_sum, correct), _), rwc = jax.lax.scan(
+        body, ((state, zero, zero), _kernels(state.params)), jnp.arange(steps))
+    return state, {"train_loss": loss_sum / steps, "train_acc": correct / steps, "rwc_l1_ratio": rwc}
 
 
 def evaluate(setup: Setup, params: PyTree, x: Array, y: Array, mask: Array, eval_batch: int) -> dict[str, Array]:
@@ -226,17 +255,191 @@ class ZooFns(NamedTuple):
     evaluate: Callable[..., dict[str, Array]]
 
 
-def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int) -> ZooFns:
+def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int,
+                 mesh: jax.sharding.Mesh | None = None) -> ZooFns:
     """Jitted, vmapped init / train-epoch / evaluate for one static setup.
 
     Keep the returned object and call it every epoch: a second call with the same shapes does
     not recompile.
+
+    Args:
+      setup: the static choices of the group.
+      image_shape: one example's shape, e.g. (28, 28, 1).
+      eval_batch: test examples per evaluation chunk.
+      mesh: a `networks_mesh`; when given, each function is a `jax.shard_map` over its
+        `networks` axis: stacked states, hyperparameters and metrics are split over the
+        devices (the networks count must be a multiple of the mesh size, see `pad_networks`),
+        data and the epoch number are replicated, and no device talks to another.
+
+    Returns:
+      `ZooFns(init, train_epoch, evaluate)`.
     """
-    init = jax.jit(jax.vmap(lambda hp: init_network(setup, hp, image_shape)))
-    epoch = jax.jit(jax.vmap(lambda s, hp, e, x, y: train_epoch(setup, s, hp, e, x, y),
-                             in_axes=(0, 0, None, None, None)), donate_argnums=(0,))
-    ev = jax.jit(lambda p, x, y, m: evaluate(setup, p, x, y, m, eval_batch))
-    return ZooFns(init, epoch, ev)
+    init = jax.vmap(lambda hp: init_network(setup, hp, image_shape))
+    epoch = jax.vmap(lambda s, hp, e, x, y: train_epoch(setup, s, hp, e, x, y), in_axes=(0, 0, None, None, None))
+    ev = lambda p, x, y, m: evaluate(setup, p, x, y, m, eval_batch)
+    if mesh is not None:
+        net, rep = jax.sharding.PartitionSpec(NETWORKS), jax.sharding.PartitionSpec()
+        # check_vma=False: the per-device bodies are plain one-network code (zeros in scan carries
+        # etc.) with no collectives, so there is nothing for the varying-axis check to guard.
+        sm = lambda f, ins: jax.shard_map(f, mesh=mesh, in_specs=ins, out_specs=net, check_vma=False)
+        init = sm(init, (net,))
+        epoch = sm(epoch, (net, net, rep, rep, rep))
+        ev = sm(ev, (net, rep, rep, rep))
+    return ZooFns(jax.jit(init), jax.jit(epoch, donate_argnums=(0,)), jax.jit(ev))
+
+
+# ============================== devices and hosts ==============================
+
+NETWORKS = "networks"  # the mesh axis the networks axis is sharded over
+
+
+def networks_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+    """A 1-D device mesh whose one axis, `"networks"`, splits the networks axis.
+
+    Args:
+      num_devices: how many devices to use; 0 = every device of every process
+        (`jax.devices()`, all hosts after `jax.distributed.initialize`).
+
+    Returns:
+      A `jax.sharding.Mesh` made by `jax.make_mesh`.
+    """
+    devices = jax.devices()
+    n = num_devices or len(devices)
+    if n > len(devices):
+        raise ValueError(f"num_devices: {n} asked, only {len(devices)} present")
+    return jax.make_mesh((n,), (NETWORKS,), (jax.sharding.AxisType.Auto,), devices=devices[:n])
+
+
+def pad_networks(n: int, num_devices: int) -> int:
+    """The padded networks count: the smallest multiple of `num_devices` that is >= n."""
+    return -(-n // num_devices) * num_devices
+
+
+def shard(x: np.ndarray | PyTree, mesh: jax.sharding.Mesh, networks_axis: bool = True) -> PyTree:
+    """Host arrays (the same on every process) → global arrays on `mesh`.
+
+    With `networks_axis` the leading axis is split over the mesh, otherwise each device gets a
+    full copy. Uses `jax.make_array_from_callback`, so it works unchanged on several hosts.
+    """
+    spec = jax.sharding.PartitionSpec(NETWORKS) if networks_axis else jax.sharding.PartitionSpec()
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+
+    def one(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+    return jax.tree.map(one, x)
+
+
+def to_host(tree: PyTree) -> PyTree:
+    """Global (possibly multi-host, sharded) arrays → full numpy arrays on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+# ============================== memory planning ==============================
+
+class MemoryPlan(NamedTuple):
+    """How a zoo is split into chunks that fit in device memory (all sizes in bytes)."""
+    networks: int  # networks in the zoo
+    devices: int  # devices the networks axis is split over
+    state_bytes: int  # one network's parameters + optimizer state
+    step_bytes: int  # one network's temporaries in a train step / an evaluation chunk
+    network_bytes: int  # what one more network costs a device (state twice + temporaries)
+    fixed_bytes: int  # what every device holds whatever N (the replicated data)
+    budget_bytes: int  # usable memory per device
+    chunk_size: int  # networks per chunk, a multiple of `devices`
+    num_chunks: int
+
+    def describe(self) -> str:
+        mb = lambda b: f"{b / 2**20:,.2f} MiB"
+        return (f"memory plan: {self.networks} networks on {self.devices} device(s); one network needs "
+                f"{mb(self.network_bytes)} (state {mb(self.state_bytes)}, step temporaries {mb(self.step_bytes)}), "
+                f"data {mb(self.fixed_bytes)} per device, budget {mb(self.budget_bytes)} per device -> "
+                f"{self.num_chunks} chunk(s) of {self.chunk_size} networks")
+
+
+def _nbytes(tree: PyTree) -> int:
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def network_memory(setup: Setup, image_shape: tuple[int, ...], eval_batch: int) -> tuple[int, int]:
+    """Bytes one network needs: (parameters + optimizer state, temporaries of a step).
+
+    The state size comes from `jax.eval_shape` of its initialisation; the temporaries
+    (activations kept for the backward pass, gradients, optimizer updates) from XLA's
+    `memory_analysis` of one compiled train step at the batch size, or of one evaluation chunk
+    if that is larger.
+    """
+    hp1 = Hyper(*(jnp.zeros((), jnp.int32 if f == "seed" else jnp.float32) for f in Hyper._fields))
+    state = jax.eval_shape(lambda h: init_network(setup, h, image_shape), hp1)
+    x = jax.ShapeDtypeStruct((setup.batch_size, *image_shape), jnp.uint8)
+    y = jax.ShapeDtypeStruct((setup.batch_size,), jnp.int32)
+
+    def step(state, hp, x, y):
+        tx = make_optimizer(setup, hp)
+        grads = jax.grad(lambda p: loss_and_logits(setup, p, normalize(setup, x), y)[0])(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
+
+    xe = jax.ShapeDtypeStruct((eval_batch, *image_shape), jnp.uint8)
+    fwd = lambda p, x: setup.model.apply({"params": p}, normalize(setup, x))
+    temps = []
+    for f, args in ((step, (state, hp1, x, y)), (fwd, (state.params, xe))):
+        m = jax.jit(f).lower(*args).compile().memory_analysis()
+        temps.append(int(getattr(m, "temp_size_in_bytes", 0) or 0) if m is not None else 0)
+    return _nbytes(state), max(temps)
+
+
+def device_memory_bytes() -> int:
+    """Memory of one local device: its allocator limit (GPU/TPU), else (CPU) the host memory
+    available now (`MemAvailable`, or all of it where that is unknown) / local devices."""
+    import os
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/proc/meminfo") as f:
+            ram = min(ram, next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:")))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return int(ram // max(jax.local_device_count(), 1))
+
+
+def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fixed_bytes: int,
+                budget_bytes: int, chunk_size: int = 0) -> MemoryPlan:
+    """Splits N networks into equal chunks that fit `budget_bytes` per device.
+
+    A network costs a device its state twice (the state in and the state out of an epoch, whose
+    buffers XLA cannot always share) plus its step temporaries; every device also holds the
+    replicated data (`fixed_bytes`). Chunks are equal, each a multiple of `num_devices`, so all
+    chunks run one compiled program and the padding stays below `num_devices` per chunk.
+
+    Args:
+      n: networks in the zoo.
+      num_devices: devices the networks axis is split over.
+      state_bytes, step_bytes: from `network_memory`.
+      fixed_bytes: bytes every device holds whatever the chunk size.
+      budget_bytes: usable bytes per device.
+      chunk_size: if > 0, at most this many networks per chunk (rounded up to a multiple of
+        `num_devices`), whatever the memory says.
+
+    Returns:
+      A `MemoryPlan`. Raises `ValueError` when not even one network per device fits.
+    """
+    per_net = 2 * state_bytes + step_bytes
+    room = budget_bytes - fixed_bytes
+    if room < per_net:
+        raise ValueError(f"{budget_bytes / 2**20:,.1f} MiB per device cannot hold one network "
+                         f"({per_net / 2**20:,.1f} MiB) beside the data ({fixed_bytes / 2**20:,.1f} MiB)")
+    cap = (room // per_net) * num_devices
+    if chunk_size > 0:
+        cap = min(cap, pad_networks(chunk_size, num_devices))
+    num_chunks = -(-n // cap)
+    size = pad_networks(-(-n // num_chunks), num_devices)
+    return MemoryPlan(n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes, size, num_chunks)
 
 
 def step_flops(setup: Setup, params_one: PyTree, image_shape: tuple[int, ...]) -> float:

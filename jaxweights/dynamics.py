@@ -1,0 +1,968 @@
+"""Learning dynamics of a zoo: weight change, statistics over epochs, representations, modularity.
+
+Everything is written for one network and mapped over the leading networks axis with
+`jax.lax.map(..., batch_size=chunk)`: `chunk` networks are `jax.vmap`-ed at a time inside one
+compiled program (1 on CPU, where that measured fastest; 64 on accelerators; see `default_chunk`).
+Inputs are the per-epoch orbax snapshots of a run directory (`checkpoints/<epoch>/`, epoch 0 is
+the initialisation; `keep_checkpoints=0` keeps them all) and a fixed probe set of test images.
+
+Quantities (per network, per layer, per epoch):
+
+* **Relative weight change** (Agrawal et al. 2020, arXiv 2011.06735), of the layer's kernel,
+  between consecutive snapshots, in two definitions kept apart:
+  - `rwc_l1_ratio` = ||w_t − w_{t−1}||₁ / ||w_{t−1}||₁ (the paper's formula);
+  - `rwc_mean_elementwise` = mean over kernel elements of |w_t − w_{t−1}| / |w_{t−1}| (their
+    reference code). Elements with w_{t−1} = 0 have no relative change and are left out of the
+    mean (the count left out is reported as `zero_weights`); a kernel that is all zero, like an
+    all-zero kernel for `rwc_l1_ratio`, gives NaN.
+* **Statistics over training**: every statistic of `jaxweights.stats`, node strength (mean over
+  the layer's nodes) and layer fluctuation (`jaxweights.strength`) at every snapshot.
+* **Representations** on the probe set, captured with Flax's `capture_intermediates`: the output
+  of every top-level layer (after the model's activation for hidden MLP/CNN layers, logits for the
+  last), flattened to `(n, features)`; `"input"` is the standardised image.
+* **CKA**: linear CKA (Kornblith et al. 2019, arXiv 1905.00414),
+  `HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))` with `HSIC(K, L) = <HKH, HLH>` on linear Gram
+  matrices, and minibatch CKA with the unbiased HSIC estimator of Song et al. 2012 averaged over
+  minibatches (Nguyen, Raghu, Kornblith 2021, arXiv 2010.15327). Layer × layer within a network,
+  epoch × epoch for one layer (Sharon & Dar 2024, arXiv 2405.17377) and network × network.
+* **Linear probes**: a softmax-regression readout per layer and epoch trained with optax on the
+  probe set's activations; its held-out accuracy, and the agreement of its decision regions
+  between epochs on planes through triples of probe images (Sharon & Dar 2024).
+* **Modularity over depth** (Lu et al. 2022, ECCV, "Understanding the dynamics of DNNs through
+  graph modularity"): a k-nearest-neighbour graph of the probe set's representations by cosine
+  similarity (k = 3, binary edges to the k most similar other samples), symmetrised as
+  A = (A_dir + A_dirᵀ)/2, and Newman's modularity with the true labels as communities. Layers
+  where the modularity curve stops rising (gain below `tol`) are pruning candidates.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pandas as pd
+
+from jaxweights import rundir, stats, strength
+
+log = logging.getLogger("jaxweights")
+
+Array = jax.Array
+INPUT = "input"
+
+
+class DynamicsError(ValueError):
+    """A run directory the dynamics cannot be computed from (no snapshots, unknown layer...)."""
+
+
+def default_chunk() -> int:
+    """Networks vmapped at once by `jax.lax.map(..., batch_size=chunk)` when none is given.
+
+    1 on CPU, where batched matmuls and `top_k` over a networks axis ran 2-5× slower than one
+    network at a time (benchmarks/dynamics_throughput.py); 64 on accelerators.
+    """
+    return 1 if jax.default_backend() == "cpu" else 64
+
+
+# ============================== snapshots ==============================
+
+def load_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+    """Reads the parameters of every per-epoch checkpoint of a run directory.
+
+    Args:
+      run_dir: a `jaxweights train` run directory of one group (with `checkpoints/`).
+
+    Returns:
+      `(epochs, params)`: the sorted checkpoint epochs and, for each, the flat parameters
+      `{"Dense_0/kernel": (N, ...)}` with the networks axis first.
+
+    Raises:
+      DynamicsError: the directory holds no checkpoints.
+    """
+    import orbax.checkpoint as ocp
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        raise DynamicsError(f"{run_dir}: no checkpoints/ folder (is this a `jaxweights train` run directory?)")
+    ckpt = rundir.Checkpoints(run_dir)
+    try:
+        epochs = ckpt.epochs()
+        if not epochs:
+            raise DynamicsError(f"{run_dir / 'checkpoints'}: no checkpoints")
+        out = []
+        for e in epochs:
+            state = ckpt.manager.restore(e, args=ocp.args.StandardRestore())
+            out.append(rundir.flatten_params(state["params"]))
+    finally:
+        ckpt.close()
+    return epochs, out
+
+
+def stack_epochs(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """`[{path: (N, ...)}] * E` → `{path: (E, N, ...)}`."""
+    return {k: np.stack([np.asarray(s[k]) for s in snapshots]) for k in snapshots[0]}
+
+
+def kernel_layers(flat: Mapping[str, Any]) -> list[str]:
+    """Layers with a `kernel` leaf, in natural name order (`Dense_0, Dense_1, ..., Dense_10`)."""
+    names = [stats.layer_of(p) for p, x in flat.items() if stats.is_kernel(p, x)]
+    return sorted(names, key=strength._natural_key)
+
+
+# ============================== relative weight change ==============================
+
+def rwc_l1_ratio(w_prev: Array, w: Array) -> Array:
+    """Relative weight change ||w − w_prev||₁ / ||w_prev||₁ of one layer (Agrawal et al. 2020, eq. 1).
+
+    Args:
+      w_prev: weights at the previous snapshot (any shape).
+      w: weights at the current snapshot (same shape).
+
+    Returns:
+      A scalar; NaN when `w_prev` is all zero.
+    """
+    num = jnp.abs(w - w_prev).sum()
+    den = jnp.abs(w_prev).sum()
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def rwc_mean_elementwise(w_prev: Array, w: Array) -> tuple[Array, Array]:
+    """Mean element-wise relative change mean(|w − w_prev| / |w_prev|) (Agrawal et al.'s code).
+
+    Elements with `w_prev == 0` have no relative change and are left out of the mean.
+
+    Args:
+      w_prev: weights at the previous snapshot.
+      w: weights at the current snapshot.
+
+    Returns:
+      `(value, zero_weights)`: the mean over the elements with `w_prev != 0` (NaN if there is
+      none) and how many elements were left out.
+    """
+    nz = w_prev != 0
+    ratio = jnp.abs(w - w_prev) / jnp.where(nz, jnp.abs(w_prev), 1.0)
+    count = nz.sum()
+    value = jnp.where(count > 0, jnp.where(nz, ratio, 0.0).sum() / jnp.maximum(count, 1), jnp.nan)
+    return value, w_prev.size - count
+
+
+@jax.jit
+def _rwc_program(kernels_ExN):
+    def per_leaf(w):  # (E, N, ...)
+        one = lambda a, b: (rwc_l1_ratio(a, b), *rwc_mean_elementwise(a, b))
+        return jax.vmap(jax.vmap(one))(w[:-1], w[1:])  # over epoch pairs, then networks
+    return jax.tree.map(per_leaf, kernels_ExN)
+
+
+def relative_weight_change(snapshots: Sequence[Mapping[str, Any]], epochs: Sequence[int] | None = None,
+                           layers: Sequence[str] | None = None) -> pd.DataFrame:
+    """Relative weight change of every kernel layer of every network between consecutive snapshots.
+
+    Args:
+      snapshots: per-epoch flat parameters `[{path: (N, ...)}]`, oldest first (`load_snapshots`).
+      epochs: the epoch of each snapshot (default 0, 1, ...).
+      layers: kernel layers to report (default all, natural order).
+
+    Returns:
+      Tidy DataFrame `network, layer, depth, epoch, rwc_l1_ratio, rwc_mean_elementwise,
+      zero_weights`; `epoch` is the later snapshot of each pair (so epoch 1 compares with the
+      initialisation).
+    """
+    epochs = list(range(len(snapshots))) if epochs is None else list(epochs)
+    if len(snapshots) < 2:
+        raise DynamicsError("relative weight change needs at least two snapshots")
+    layers = list(layers) if layers is not None else kernel_layers(snapshots[0])
+    kernels = {l: jnp.asarray(np.stack([np.asarray(s[f"{l}/kernel"]) for s in snapshots])) for l in layers}
+    out = jax.device_get(_rwc_program(kernels))
+    frames = []
+    for depth, l in enumerate(layers):
+        l1, me, zeros = out[l]  # (E-1, N)
+        e_, n_ = l1.shape
+        frames.append(pd.DataFrame({
+            "network": np.tile(np.arange(n_), e_), "layer": l, "depth": depth,
+            "epoch": np.repeat(np.asarray(epochs[1:]), n_),
+            "rwc_l1_ratio": l1.ravel().astype(np.float64), "rwc_mean_elementwise": me.ravel().astype(np.float64),
+            "zero_weights": zeros.ravel().astype(np.int64)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def rwc_every_k_steps(run_dir: str | Path, every: int, *, epochs: Sequence[int] | None = None,
+                      data_dir: str | None = None) -> pd.DataFrame:
+    """Relative weight change `rwc_l1_ratio` every `every` steps, replayed from a run's checkpoints.
+
+    Each requested epoch is retrained from the checkpoint before it with the run's own config,
+    seeds and data order (so the trajectory is the run's), with the kernels of the last k-step
+    boundary carried inside the epoch's `lax.scan` (`train.train_epoch(..., rwc_every=k)`): no
+    per-step snapshot is stored. With `every` = steps per epoch it equals the per-epoch
+    `rwc_l1_ratio` of `relative_weight_change`.
+
+    Args:
+      run_dir: a run directory with the checkpoint of the epoch before each requested epoch.
+      every: k, steps between the compared weights (boundaries at steps k, 2k, ... of an epoch).
+      epochs: epochs to replay (default all with a checkpoint before them).
+      data_dir: data folder (default: the run's config).
+
+    Returns:
+      Tidy DataFrame `network, layer, epoch, step, rwc_l1_ratio` (`step` counted within the epoch).
+    """
+    from jaxweights import config as config_lib
+    from jaxweights import run as run_lib
+    from jaxweights import train as train_lib
+    run_dir = Path(run_dir)
+    if not isinstance(every, int) or every <= 0:
+        raise DynamicsError(f"every: must be a positive number of steps, got {every!r}")
+    config = run_config(run_dir)
+    if data_dir:
+        with config.unlocked():
+            config.data_dir = str(data_dir)
+    ds = run_lib.load_dataset(config)
+    setup = run_lib.make_setup(config, ds)
+    hp = train_lib.hyper_from_grid(config_lib.hyperparameter_grid(config))
+    image_shape = tuple(ds.x_train.shape[1:])
+    like = jax.jit(jax.vmap(lambda h: train_lib.init_network(setup, h, image_shape)))(hp)
+    fn = jax.jit(jax.vmap(lambda st, h, e, x, y: train_lib.train_epoch(setup, st, h, e, x, y, rwc_every=every),
+                          in_axes=(0, 0, None, None, None)))
+    x_train, y_train = jax.device_put(ds.x_train), jax.device_put(ds.y_train.astype(np.int32))
+    ckpt = rundir.Checkpoints(run_dir)
+    try:
+        have = set(ckpt.epochs())
+        if epochs is None:
+            epochs = [e + 1 for e in sorted(have) if e + 1 <= config.num_epochs]
+        frames = []
+        for e in epochs:
+            if e - 1 not in have:
+                raise DynamicsError(f"epochs: no checkpoint of epoch {e - 1} in {run_dir / 'checkpoints'} to replay epoch {e} from")
+            state = ckpt.restore(e - 1, like)
+            _, m = fn(state, hp, jnp.int32(e), x_train, y_train)
+            for path, v in m["rwc_l1_ratio"].items():  # (N, steps)
+                v = np.asarray(v)
+                steps = np.arange(every - 1, v.shape[1], every)  # the k-step boundaries
+                frames.append(pd.DataFrame({
+                    "network": np.repeat(np.arange(v.shape[0]), len(steps)), "layer": stats.layer_of(path),
+                    "epoch": e, "step": np.tile(steps + 1, v.shape[0]),
+                    "rwc_l1_ratio": v[:, steps].ravel().astype(np.float64)}))
+    finally:
+        ckpt.close()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["network", "layer", "epoch", "step", "rwc_l1_ratio"])
+
+
+# ============================== statistics over training ==============================
+
+def statistics_over_epochs(snapshots: Sequence[Mapping[str, Any]], epochs: Sequence[int] | None = None, *,
+                           statistics=None, per=("leaf", "layer"), node_strength: bool = True) -> pd.DataFrame:
+    """Every weight statistic, node-strength mean and layer fluctuation at every snapshot.
+
+    Args:
+      snapshots: per-epoch flat parameters (see `load_snapshots`).
+      epochs: the epoch of each snapshot (default 0, 1, ...).
+      statistics: passed to `stats.compute_statistics` (default: all registered).
+      per: groups of `stats.compute_statistics`.
+      node_strength: add `node_strength_mean` and `layer_fluctuation` rows per layer (La Malfa
+        et al. 2021); skipped with a log line for models whose layers do not form a chain.
+
+    All snapshots are reduced in one call (epochs stacked on the networks axis), so histogram
+    edges (`hist_*` rows) are shared by every network and every epoch.
+
+    Returns:
+      Tidy DataFrame `epoch, network, layer, statistic, value, undefined`.
+    """
+    epochs = list(range(len(snapshots))) if epochs is None else list(epochs)
+    n_nets = next(iter(snapshots[0].values())).shape[0]
+    # One call over E·N "networks" (epochs stacked on the networks axis): one compile, one
+    # program; histogram edges are then shared across epochs too, so bins compare over time.
+    flat = {k: np.concatenate([np.asarray(s[k]) for s in snapshots]) for k in snapshots[0]}
+    df = stats.compute_statistics(flat, statistics=statistics, per=per)
+    parts = [df]
+    if node_strength:
+        try:
+            ns = strength.node_strength(flat)
+        except ValueError as err:
+            log.info("no node strength over epochs: %s", err)
+        else:
+            for name, v in ns.items():
+                v = v.astype(np.float64)
+                for stat, x in (("node_strength_mean", v.mean(1)), ("layer_fluctuation", v.std(1))):
+                    parts.append(pd.DataFrame({"network": np.arange(len(x)), "layer": name, "statistic": stat,
+                                               "value": x, "undefined": ~np.isfinite(x)}))
+    df = pd.concat(parts, ignore_index=True)
+    df.insert(0, "epoch", np.asarray(epochs)[df.network.to_numpy() // n_nets])
+    df["network"] = df.network % n_nets
+    return df.sort_values(["epoch", "network"], kind="stable").reset_index(drop=True)
+
+
+# ============================== representations ==============================
+
+def capture(model, params: Any, x: Array) -> dict[str, Array]:
+    """Representations of one network on a batch: each top-level layer's output, flattened.
+
+    Uses Flax's `capture_intermediates`. Hidden layers of models with an `activation` field
+    (MLP, CNN) are reported after the activation (what the next layer reads, before pooling);
+    the last layer gives the logits; other modules (ViT blocks) give their output as is.
+
+    Args:
+      model: a `flax.linen` module of `jaxweights.models`.
+      params: one network's parameters (nested, as `model.init` makes them).
+      x: standardised inputs `(n, H, W, C)`.
+
+    Returns:
+      `{"input": (n, H·W·C), layer: (n, features), ...}` in the order the layers run.
+    """
+    _, state = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
+    inter = state["intermediates"]
+    names = [k for k in inter if k != "__call__"]
+    act = getattr(model, "activation", None)
+    from jaxweights.models import ACTIVATIONS
+    out = {INPUT: x.reshape(x.shape[0], -1).astype(jnp.float32)}
+    for i, name in enumerate(names):
+        h = inter[name]["__call__"][0]
+        if act is not None and i < len(names) - 1:
+            h = ACTIVATIONS[act](h)
+        out[name] = h.reshape(h.shape[0], -1).astype(jnp.float32)
+    return out
+
+
+def capture_zoo(model, params_N: Any, x: Array, chunk: int | None = None) -> dict[str, Array]:
+    """`capture` vmapped over the networks axis, `chunk` networks at a time: `{layer: (N, n, f)}`."""
+    params_N = rundir.unflatten_params(params_N) if "/" in next(iter(params_N)) else params_N
+    chunk = chunk or default_chunk()
+    names: list[str] = []
+
+    def one(p):  # a list keeps the layers in depth order (a dict pytree would come back sorted)
+        reps = capture(model, p, x)
+        names[:] = list(reps)
+        return [reps[k] for k in names]
+
+    out = jax.lax.map(one, params_N, batch_size=chunk)
+    return dict(zip(names, out))
+
+
+# ============================== CKA ==============================
+
+def gram(x_nxd: Array) -> Array:
+    """Linear Gram matrix `X Xᵀ` of one representation `(n, d)` (at least float32)."""
+    x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
+    return jnp.einsum("nd,md->nm", x, x)  # no explicit transpose: vmaps into one batched matmul
+
+
+def _center(k):
+    return k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()
+
+
+def hsic_biased(k: Array, l: Array) -> Array:
+    """Biased HSIC `<HKH, HLH>` (unnormalised; the (n−1)² cancels in CKA) of two Gram matrices."""
+    return (_center(k) * _center(l)).sum()
+
+
+def _unbiased_form(k):
+    """A(K) with `hsic_unbiased(K, L) = <A(K), L̃>` for any symmetric L (L̃: L with a zero diagonal)."""
+    n = k.shape[0]
+    kt = k * (1.0 - jnp.eye(n, dtype=k.dtype))
+    r = kt.sum(1)
+    a = kt + r.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * r[:, None]
+    return a * (1.0 - jnp.eye(n, dtype=k.dtype)) / (n * (n - 3))
+
+
+def hsic_unbiased(k: Array, l: Array) -> Array:
+    """Unbiased HSIC estimator of Song et al. 2012 (eq. 5), as used by Nguyen et al. 2021.
+
+    `[tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1] / (n(n−3))`, K̃, L̃ with zero diagonals.
+    """
+    n = l.shape[0]
+    return (_unbiased_form(k) * (l * (1.0 - jnp.eye(n, dtype=l.dtype)))).sum()
+
+
+def cka_linear(x: Array, y: Array) -> Array:
+    """Linear CKA of two representations `(n, d1)`, `(n, d2)` of the same n examples (Kornblith et al. 2019)."""
+    k, l = gram(x), gram(y)
+    return hsic_biased(k, l) / jnp.sqrt(hsic_biased(k, k) * hsic_biased(l, l))
+
+
+def cka_minibatch(x: Array, y: Array, batch_size: int) -> Array:
+    """Minibatch CKA with the unbiased HSIC (Nguyen et al. 2021): HSIC₁ averaged over minibatches.
+
+    The n examples are split into `n // batch_size` consecutive minibatches (a remainder is
+    dropped); `CKA = mean HSIC₁(K, L) / sqrt(mean HSIC₁(K, K) · mean HSIC₁(L, L))`.
+    """
+    gx, gy = _minibatch_grams(x, batch_size), _minibatch_grams(y, batch_size)
+    kl = jax.vmap(hsic_unbiased)(gx, gy).mean()
+    kk = jax.vmap(hsic_unbiased)(gx, gx).mean()
+    ll = jax.vmap(hsic_unbiased)(gy, gy).mean()
+    return kl / jnp.sqrt(kk * ll)
+
+
+def _minibatch_grams(x, batch_size):
+    b = x.shape[0] // batch_size
+    xb = x[: b * batch_size].reshape(b, batch_size, -1)
+    return jax.vmap(gram)(xb)
+
+
+def _forms(g_MxBxBxB, unbiased: bool):
+    """Flattened left/right factors so that a pairwise HSIC matrix is one matmul.
+
+    Input: Gram matrices `(M, b, B, B)` of M representations over b minibatches (b = 1 and the
+    biased HSIC for linear CKA). Returns `(left, right)`, each `(M, b·B·B)`, with
+    `HSIC(i, j) = left[i] · right[j] / b`.
+    """
+    m, b, n, _ = g_MxBxBxB.shape
+    if unbiased:
+        left = jax.vmap(jax.vmap(_unbiased_form))(g_MxBxBxB)
+        right = g_MxBxBxB * (1.0 - jnp.eye(n, dtype=g_MxBxBxB.dtype))
+    else:
+        left = right = jax.vmap(jax.vmap(_center))(g_MxBxBxB)
+    return left.reshape(m, -1), right.reshape(m, -1)
+
+
+def _cka_forms(x_nxd: Array, unbiased: bool, batch_size: int) -> tuple[Array, Array]:
+    """`(left, right)` vectors of one representation with `HSIC(x, y) ∝ left(x) · right(y)`."""
+    g = _minibatch_grams(x_nxd, batch_size) if unbiased else gram(x_nxd)[None]
+    left, right = _forms(g[None], unbiased)
+    return left[0], right[0]
+
+
+def _normalised(h: Array) -> Array:
+    d = jnp.diagonal(h)
+    return h / jnp.sqrt(jnp.outer(d, d))
+
+
+def cka_matrix(grams: Array, unbiased: bool = False) -> Array:
+    """CKA between every pair of M representations of the same examples, from their Gram matrices.
+
+    Args:
+      grams: `(M, B, B)` Gram matrices (linear CKA), or `(M, b, B, B)` per-minibatch Gram matrices
+        for minibatch CKA.
+      unbiased: use the unbiased HSIC (minibatch CKA of Nguyen et al. 2021); else the biased HSIC
+        of linear CKA (Kornblith et al. 2019).
+
+    Returns:
+      `(M, M)` CKA matrix (symmetric, ones on the diagonal up to rounding).
+    """
+    g = grams if grams.ndim == 4 else grams[:, None]
+    left, right = _forms(g, unbiased)
+    return _normalised(left @ right.T)
+
+
+# ============================== modularity ==============================
+
+def knn_graph(x_nxd: Array, k: int = 3) -> Array:
+    """Symmetrised k-NN graph by cosine similarity (Lu et al. 2022): A = (A_dir + A_dirᵀ)/2.
+
+    `A_dir[i, j] = 1` when j is one of the k samples most cosine-similar to i (i itself excluded).
+    """
+    idx = knn_indices(x_nxd, k)
+    n = idx.shape[0]
+    a_dir = jnp.zeros((n, n), jnp.float32).at[jnp.arange(n)[:, None], idx].set(1.0)
+    return (a_dir + a_dir.T) / 2
+
+
+def modularity(a_nxn: Array, labels_n: Array, num_classes: int) -> Array:
+    """Newman modularity Q = 1/(2m) Σ_ij [A_ij − k_i k_j/(2m)] δ(c_i, c_j) of a weighted undirected graph.
+
+    Equals `networkx.algorithms.community.modularity(G, communities, weight="weight")` for the
+    graph with adjacency `A` (Newman 2006, Lu et al. 2022).
+    """
+    c = jax.nn.one_hot(labels_n, num_classes, dtype=jnp.float32)
+    deg = a_nxn.sum(1)
+    two_m = deg.sum()
+    within = jnp.einsum("ic,ij,jc->", c, a_nxn, c)
+    return (within - ((c.T @ deg) ** 2).sum() / two_m) / two_m
+
+
+def knn_indices(x_nxd: Array, k: int = 3) -> Array:
+    """Indices `(n, k)` of each sample's k most cosine-similar other samples."""
+    x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    s = jnp.einsum("nd,md->nm", x, x)
+    s = jnp.where(jnp.eye(s.shape[0], dtype=bool), -jnp.inf, s)
+    return jax.lax.top_k(s, k)[1]
+
+
+def knn_modularity(x_nxd: Array, labels_n: Array, num_classes: int, k: int = 3) -> Array:
+    """Modularity of the label communities in the cosine k-NN graph of one representation.
+
+    Equals `modularity(knn_graph(x, k), labels)` but works on the `(n, k)` neighbour lists
+    instead of an n × n adjacency (no scatter, which is slow when vmapped on CPU): with
+    A = (A_dir + A_dirᵀ)/2, 2m = n·k, Σ_ij A_ij δ(c_i, c_j) = #{(i, j ∈ nn(i)): c_i = c_j},
+    and the degree total of a class is (k·n_c + #{neighbour entries of class c})/2.
+    """
+    idx = knn_indices(x_nxd, k)
+    n = idx.shape[0]
+    nb = labels_n[idx]  # (n, k) labels of the neighbours
+    two_m = n * k
+    within = (nb == labels_n[:, None]).sum()
+    n_c = jax.nn.one_hot(labels_n, num_classes, dtype=jnp.float32).sum(0)
+    in_c = jax.nn.one_hot(nb.reshape(-1), num_classes, dtype=jnp.float32).sum(0)
+    deg_c = (k * n_c + in_c) / 2
+    return (within - (deg_c ** 2).sum() / two_m) / two_m
+
+
+def modularity_curves(model, params_N: Any, x: Array, labels: Array, num_classes: int, k: int = 3,
+                      chunk: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Modularity over depth of N networks: `(layers, q_NxL)`, layers `["input", ...]` in depth order."""
+    reps = capture_zoo(model, params_N, x, chunk)
+    f = jax.jit(jax.vmap(lambda r: knn_modularity(r, labels, num_classes, k)))
+    return list(reps), np.stack([np.asarray(f(r)) for r in reps.values()], 1)
+
+
+def pruning_candidates(q_L: np.ndarray, layers: Sequence[str], tol: float = 0.01) -> list[str]:
+    """Hidden layers where the modularity curve plateaus or drops (Lu et al. 2022).
+
+    Args:
+      q_L: modularity of `["input", hidden..., output]` representations, in depth order.
+      layers: their names (same order).
+      tol: a hidden layer is a candidate when its modularity exceeds the previous one by less
+        than `tol` (a plateau) or falls below it (a drop).
+
+    Returns:
+      The candidate layer names (never the input or the output layer).
+    """
+    q = np.asarray(q_L, np.float64)
+    return [layers[i] for i in range(1, len(layers) - 1) if np.isfinite(q[i]) and q[i] - q[i - 1] < tol]
+
+
+# ============================== linear probes ==============================
+
+def train_probe(x_nxd: Array, y_n: Array, num_classes: int, steps: int = 300, learning_rate: float = 0.05,
+                l2: float = 1e-4) -> tuple[Array, Array, Array, Array]:
+    """Softmax-regression readout on one layer's activations, trained with optax (Adam, full batch).
+
+    Features are standardised with the training set's mean and std first.
+
+    Returns:
+      `(w, b, mu, sd)`: weights `(d, C)`, bias `(C,)`, the standardisation `(d,)` `(d,)`.
+    """
+    x = x_nxd.astype(jnp.float32)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mu) / sd
+    d = x.shape[1]
+    params = (jnp.zeros((d, num_classes)), jnp.zeros((num_classes,)))
+    tx = optax.adam(learning_rate)
+
+    def loss(p):
+        logits = xs @ p[0] + p[1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y_n).mean() + l2 * (p[0] ** 2).sum()
+
+    def step(carry, _):
+        p, s = carry
+        g = jax.grad(loss)(p)
+        u, s = tx.update(g, s, p)
+        return (optax.apply_updates(p, u), s), None
+
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+    return params[0], params[1], mu, sd
+
+
+def probe_predict(probe, x_nxd: Array) -> Array:
+    """Class predicted by a probe `(w, b, mu, sd)` for each row of `x`."""
+    w, b, mu, sd = probe
+    return jnp.argmax(((x_nxd - mu) / sd) @ w + b, -1)
+
+
+def plane_points(x_a: Array, x_b: Array, x_c: Array, resolution: int = 16, margin: float = 0.1) -> Array:
+    """Images on the plane through three images: `a + α(b − a) + β(c − a)`, α, β on a grid.
+
+    α and β run over `resolution` points in [−margin, 1 + margin], so the three images sit
+    inside the grid (Sharon & Dar 2024, after Somepalli et al. 2022). Returns `(resolution², ...)`.
+    """
+    t = jnp.linspace(-margin, 1 + margin, resolution)
+    al, be = jnp.meshgrid(t, t, indexing="ij")
+    al, be = al.reshape(-1, *([1] * x_a.ndim)), be.reshape(-1, *([1] * x_a.ndim))
+    return x_a[None] + al * (x_b - x_a)[None] + be * (x_c - x_a)[None]
+
+
+def choose_triples(labels: np.ndarray, num_planes: int, seed: int = 0) -> np.ndarray:
+    """`num_planes` triples of probe indices with three different labels each (deterministic)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < num_planes:
+        idx = rng.choice(len(labels), 3, replace=False)
+        if len(set(labels[idx].tolist())) == 3:
+            out.append(idx)
+    return np.asarray(out)
+
+
+# ============================== a whole run ==============================
+
+def run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
+    """The config of a run directory: `config.json` over `config.default_config()`.
+
+    Top-level fields added to the defaults after the run was trained keep their default value;
+    sections (`model`) are taken whole from the run, since their fields depend on the model.
+    """
+    from jaxweights import config as config_lib
+
+    def value(v):
+        if isinstance(v, dict):
+            return ml_collections.ConfigDict({k: value(x) for k, x in v.items()})
+        return tuple(value(x) for x in v) if isinstance(v, list) else v
+
+    c = config_lib.default_config()
+    with c.unlocked():
+        for k, v in rundir.read_config(Path(run_dir) / "config.json").items():
+            c[k] = value(v)
+    return c
+
+
+def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None = None):
+    """The model and standardised probe data of a run: `(setup, x_probe, y_probe, x_eval, y_eval)`.
+
+    The probe set is the first `probe_size` test images; the held-out set for probe accuracy
+    the next `probe_size` (fewer if the test split is smaller).
+    """
+    from jaxweights import run as run_lib
+    from jaxweights import train as train_lib
+    run_dir = Path(run_dir)
+    config = run_config(run_dir)
+    with config.unlocked():
+        if data_dir:
+            config.data_dir = str(data_dir)
+        config.max_test = 0 if not config.max_test else max(int(config.max_test), 2 * probe_size)
+    ds = run_lib.load_dataset(config)
+    setup = run_lib.make_setup(config, ds)
+    n = ds.x_test.shape[0]
+    if n < probe_size + 10:
+        raise DynamicsError(f"probe_size: {probe_size} needs more than the {n} test images")
+    xp = train_lib.normalize(setup, jnp.asarray(ds.x_test[:probe_size]))
+    xe = train_lib.normalize(setup, jnp.asarray(ds.x_test[probe_size: 2 * probe_size]))
+    return setup, xp, jnp.asarray(ds.y_test[:probe_size], jnp.int32), xe, jnp.asarray(
+        ds.y_test[probe_size: 2 * probe_size], jnp.int32)
+
+
+def _final_metrics(run_dir: Path) -> pd.DataFrame:
+    m = pd.read_csv(run_dir / "metrics.csv")
+    return m[m.epoch == m.epoch.max()].set_index("network").sort_index()
+
+
+def good_networks(run_dir: str | Path, quantile: float = 0.5) -> np.ndarray:
+    """Boolean `(N,)`: networks whose final test accuracy is at least the zoo's `quantile` (diverged: False)."""
+    last = _final_metrics(Path(run_dir))
+    acc = last.test_acc.where(~last.diverged.astype(bool))
+    return (acc >= np.nanquantile(acc, quantile)).to_numpy()
+
+
+def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, y_eval, *, k: int = 3,
+                            cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4,
+                            resolution: int = 16, chunk: int | None = None):
+    """CKA, probes and modularity of every network, layer and snapshot.
+
+    Args:
+      setup: the run's `train.Setup` (its `model` and `num_classes` are used).
+      snapshots: per-epoch flat parameters; epochs: their epochs.
+      x_probe, y_probe: the standardised probe set (n images) and labels.
+      x_eval, y_eval: held-out images for probe accuracy.
+      k: neighbours of the modularity graph.
+      cka_batch: minibatch size of the unbiased-HSIC CKA.
+      probe_steps: Adam steps of each linear probe.
+      num_planes, resolution: decision-region planes and their grid size.
+      chunk: networks vmapped at once (`jax.lax.map` batch size; default `default_chunk()`).
+
+    Returns:
+      `(cka, modularity_df, probes_df, regions)`: `cka` a dict of arrays (see `write_dynamics`),
+      `modularity_df` rows `network, epoch, layer, depth, modularity`, `probes_df` rows
+      `network, epoch, layer, depth, probe_acc, probe_train_acc, region_agreement_prev,
+      region_agreement_final`, `regions` `(N, L, E, E)` decision-region agreement.
+    """
+    model, c = setup.model, setup.num_classes
+    chunk = chunk or default_chunk()
+    labels = np.asarray(y_probe)
+    triples = choose_triples(labels, num_planes)
+    xp_np = np.asarray(x_probe)
+    planes = jnp.concatenate([plane_points(*(jnp.asarray(xp_np[i]) for i in t), resolution=resolution)
+                              for t in triples])
+    batch = jnp.concatenate([x_probe, x_eval, planes])
+    n, ne = x_probe.shape[0], x_eval.shape[0]
+    bs = n // max(n // cka_batch, 1)
+
+    reps_e = [capture_zoo(model, params, batch, chunk) for params in snapshots]
+    names = list(reps_e[0])
+    L, E = len(names), len(snapshots)
+    N = reps_e[0][names[0]].shape[0]
+
+    def per_network(r_E):  # one network, one layer, all epochs: (E, n_total, f)
+        x = r_E[:, :n]
+        lin = cka_matrix(jax.vmap(gram)(x))
+        unb = cka_matrix(jax.vmap(lambda a: _minibatch_grams(a, bs))(x), True)
+        mod = jax.vmap(lambda a: knn_modularity(a, y_probe, c, k))(x)
+        return lin, unb, mod
+
+    def probe_one(r):  # one network, one layer, one epoch: (n_total, f)
+        probe = train_probe(r[:n], y_probe, c, probe_steps)
+        return ((probe_predict(probe, r[:n]) == y_probe).mean(), (probe_predict(probe, r[n:n + ne]) == y_eval).mean(),
+                probe_predict(probe, r[n + ne:]))
+
+    dyn_fn = jax.jit(lambda r: jax.lax.map(per_network, r, batch_size=chunk))
+    probe_fn = jax.jit(lambda r: jax.lax.map(probe_one, r, batch_size=chunk))
+    forms_fn = jax.jit(lambda x, unbiased: jax.lax.map(lambda a: _cka_forms(a, unbiased, bs), x, batch_size=chunk),
+                       static_argnums=1)
+
+    mod = np.zeros((N, E, L))
+    probe_acc, probe_train = np.zeros((N, E, L)), np.zeros((N, E, L))
+    preds = np.zeros((N, L, E, planes.shape[0]), np.int32)
+    lin_epochs, unb_epochs = np.zeros((N, L, E, E)), np.zeros((N, L, E, E))
+    lin_nets, unb_nets = np.zeros((L, N, N)), np.zeros((L, N, N))
+    for li, name in enumerate(names):
+        r = jnp.stack([reps_e[e][name] for e in range(E)], 1)  # (N, E, n_total, f)
+        lin, unb, m = dyn_fn(r)
+        lin_epochs[:, li], unb_epochs[:, li], mod[:, :, li] = np.asarray(lin), np.asarray(unb), np.asarray(m)
+        for unbiased, out in ((False, lin_nets), (True, unb_nets)):
+            left, right = forms_fn(r[:, -1, :n], unbiased)
+            out[li] = np.asarray(_normalised(left @ right.T))
+        if name != INPUT:
+            tr, te, pr = probe_fn(r.reshape(N * E, *r.shape[2:]))
+            probe_train[:, :, li] = np.asarray(tr).reshape(N, E)
+            probe_acc[:, :, li] = np.asarray(te).reshape(N, E)
+            preds[:, li] = np.asarray(pr).reshape(N, E, -1)
+
+    def layers_one(xs):  # one network's final representations of every layer
+        out = []
+        for unbiased in (False, True):
+            lr = [_cka_forms(x[:n], unbiased, bs) for x in xs]
+            left, right = jnp.stack([a for a, _ in lr]), jnp.stack([b for _, b in lr])
+            out.append(_normalised(left @ right.T))
+        return tuple(out)
+
+    finals = [reps_e[-1][name] for name in names]
+    lin_layers, unb_layers = (np.asarray(a) for a in jax.jit(
+        lambda xs: jax.lax.map(layers_one, xs, batch_size=chunk))(finals))
+    regions = (preds[:, :, :, None, :] == preds[:, :, None, :, :]).mean(-1)  # (N, L, E, E)
+
+    cka = {"layers": np.asarray(names), "epochs": np.asarray(epochs),
+           "linear_layers": lin_layers, "unbiased_layers": unb_layers,
+           "linear_epochs": lin_epochs, "unbiased_epochs": unb_epochs,
+           "linear_networks": lin_nets, "unbiased_networks": unb_nets}
+    grid = pd.MultiIndex.from_product([range(N), epochs, range(L)], names=["network", "epoch", "depth"]).to_frame(
+        index=False)
+    grid.insert(2, "layer", np.asarray(names)[grid.depth.to_numpy()])
+    mod_df = grid.assign(modularity=mod.reshape(-1))
+    pr = grid.assign(probe_acc=probe_acc.reshape(-1), probe_train_acc=probe_train.reshape(-1))
+    prev = np.full((N, E, L), np.nan)
+    prev[:, 1:] = np.stack([regions[:, :, e, e - 1] for e in range(1, E)], 1) if E > 1 else prev[:, 1:]
+    final = np.moveaxis(regions[:, :, :, -1], 1, 2)
+    pr = pr.assign(region_agreement_prev=prev.reshape(-1), region_agreement_final=final.reshape(-1))
+    pr = pr[pr.layer != INPUT].reset_index(drop=True)
+    return cka, mod_df, pr, regions
+
+
+def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int = 500, k: int = 3,
+                   cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4, resolution: int = 16,
+                   tol: float = 0.01, data_dir: str | None = None, figures: bool = True, chunk: int | None = None) -> Path:
+    """Computes the learning dynamics of a run directory and writes them into `out_dir`.
+
+    Files written (a run with static groups is handled per group, in `out_dir/groups/<NN>/`):
+
+        rwc.csv                network, layer, depth, epoch, rwc_l1_ratio, rwc_mean_elementwise, zero_weights
+        stats_over_epochs.csv  epoch, network, layer, statistic, value, undefined
+        modularity.csv         network, epoch, layer, depth, modularity, candidate (last epoch's
+                               pruning candidates per network)
+        pruning.json           {"layers": zoo-level candidates, "curve": mean final modularity per layer}
+        cka.npz                layers, epochs, {linear,unbiased}_layers (N, L, L) at the last
+                               epoch, {linear,unbiased}_epochs (N, L, E, E), {linear,unbiased}_networks (L, N, N)
+        probes.csv             network, epoch, layer, depth, probe_acc, probe_train_acc,
+                               region_agreement_prev, region_agreement_final
+        probe_regions.npz      agreement (N, L, E, E) of the probes' decision regions
+        figures/*.png + *.csv  (with `figures=True`)
+
+    Args:
+      run_dir: a run directory of `jaxweights train` (per-epoch checkpoints kept).
+      out_dir: where to write.
+      probe_size: probe images (first test images; the next ones are held out for probe accuracy).
+      k: neighbours of the modularity graph (Lu et al. use 3).
+      cka_batch: minibatch size of the unbiased-HSIC CKA.
+      probe_steps: Adam steps per linear probe.
+      num_planes, resolution: decision-region planes through image triples, grid points per side.
+      tol: modularity gain below which a hidden layer is a pruning candidate.
+      data_dir: data folder (default: the run's config).
+      figures: also draw the figures.
+      chunk: networks vmapped at once (default `default_chunk()`: 1 on CPU, 64 on accelerators).
+
+    Returns:
+      `out_dir` as a Path.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "config.json").exists():
+        raise DynamicsError(f"{run_dir}: no config.json (is this a `jaxweights train` run directory?)")
+    groups = sorted(p for p in (run_dir / "groups").glob("*") if (p / "config.json").exists()) \
+        if (run_dir / "groups").is_dir() else []
+    if groups and not (run_dir / "checkpoints").is_dir():
+        for g in groups:
+            write_dynamics(g, out_dir / "groups" / g.name, probe_size=probe_size, k=k, cka_batch=cka_batch,
+                           probe_steps=probe_steps, num_planes=num_planes, resolution=resolution, tol=tol,
+                           data_dir=data_dir, figures=figures, chunk=chunk)
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epochs, snaps = load_snapshots(run_dir)
+    if len(snaps) < 2:
+        raise DynamicsError(f"{run_dir}: only {len(snaps)} checkpoint(s); learning dynamics need per-epoch "
+                            "snapshots (train with checkpoint_every=1, keep_checkpoints=0)")
+    rwc = relative_weight_change(snaps, epochs)
+    rundir.write_csv(out_dir / "rwc.csv", rwc)
+    rundir.write_csv(out_dir / "stats_over_epochs.csv", statistics_over_epochs(snaps, epochs))
+
+    setup, xp, yp, xe, ye = probe_data(run_dir, probe_size, data_dir)
+    cka, mod, probes, regions = representation_dynamics(
+        setup, snaps, epochs, xp, yp, xe, ye, k=k, cka_batch=cka_batch, probe_steps=probe_steps,
+        num_planes=num_planes, resolution=resolution, chunk=chunk)
+    layers = list(cka["layers"])
+    last = mod[mod.epoch == epochs[-1]]
+    curves = last.pivot(index="network", columns="depth", values="modularity").to_numpy()
+    cand = {n: set(pruning_candidates(q, layers, tol)) for n, q in enumerate(curves)}
+    mod["candidate"] = [(e == epochs[-1]) and (l in cand[n]) for n, e, l in zip(mod.network, mod.epoch, mod.layer)]
+    rundir.write_csv(out_dir / "modularity.csv", mod)
+    good = good_networks(run_dir)
+    mean_curve = np.nanmean(curves[good], 0) if good.any() else np.nanmean(curves, 0)
+    rundir.write_json(out_dir / "pruning.json", {
+        "layers": pruning_candidates(mean_curve, layers, tol), "tol": tol, "depth_names": layers,
+        "curve": [float(v) for v in mean_curve], "networks": "final test accuracy >= the zoo's median"})
+    _write_npz(out_dir / "cka.npz", cka)
+    _write_npz(out_dir / "probe_regions.npz", {"agreement": regions, "layers": np.asarray(layers),
+                                               "epochs": np.asarray(epochs)})
+    rundir.write_csv(out_dir / "probes.csv", probes)
+    if figures:
+        write_figures(out_dir, good=good)
+    return out_dir
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    rundir.atomic_write_bytes(path, buf.getvalue())
+
+
+# ============================== figures ==============================
+
+def _savefig(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    rundir.atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str = "rwc_l1_ratio") -> pd.DataFrame:
+    """RWC per layer over epochs, median of optimal vs suboptimal networks (PNG + CSV of the plotted data).
+
+    Returns:
+      The plotted table `group, layer, epoch, median, q25, q75`.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+    df = rwc.assign(group=np.where(np.asarray(good)[rwc.network.to_numpy()], "optimal", "suboptimal"))
+    agg = df.groupby(["group", "layer", "depth", "epoch"])[column].agg(
+        median="median", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75)).reset_index()
+    layers = agg.sort_values("depth").layer.unique()
+    fig = Figure(figsize=(10, 3.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, grp in zip(axes, ("optimal", "suboptimal")):
+        for l in layers:
+            d = agg[(agg.group == grp) & (agg.layer == l)]
+            ax.plot(d.epoch, d["median"], marker="o", label=l)
+            ax.fill_between(d.epoch, d.q25, d.q75, alpha=0.2)
+        ax.set(title=f"{grp} networks", xlabel="epoch", yscale="log")
+    axes[0].set_ylabel(column)
+    axes[0].legend(fontsize=8)
+    path = Path(path)
+    _savefig(fig, path)
+    rundir.write_csv(path.with_suffix(".csv"), agg)
+    return agg
+
+
+def plot_cka(cka: Mapping[str, np.ndarray], network: int, path: str | Path, kind: str = "linear") -> None:
+    """CKA heatmaps of one network: layer × layer (last epoch) and epoch × epoch per layer (PNG + CSV)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+    layers, epochs = list(cka["layers"]), list(cka["epochs"])
+    ll, ee = cka[f"{kind}_layers"][network], cka[f"{kind}_epochs"][network]
+    fig = Figure(figsize=(3.2 * (1 + len(layers)), 3), layout="constrained")
+    axes = fig.subplots(1, 1 + len(layers))
+    axes[0].imshow(ll, vmin=0, vmax=1, cmap="magma")
+    axes[0].set(title="layer × layer", xticks=range(len(layers)), yticks=range(len(layers)))
+    axes[0].set_xticklabels(layers, rotation=90, fontsize=7)
+    axes[0].set_yticklabels(layers, fontsize=7)
+    for ax, l, m in zip(axes[1:], layers, ee):
+        ax.imshow(m, vmin=0, vmax=1, cmap="magma")
+        ax.set(title=f"{l}: epoch × epoch", xticks=range(len(epochs)), yticks=range(len(epochs)))
+        ax.set_xticklabels(epochs, fontsize=7)
+        ax.set_yticklabels(epochs, fontsize=7)
+    path = Path(path)
+    _savefig(fig, path)
+    rows = [{"layer_a": a, "layer_b": b, "cka": float(ll[i, j])} for i, a in enumerate(layers)
+            for j, b in enumerate(layers)]
+    rows += [{"layer_a": l, "layer_b": l, "epoch_a": ea, "epoch_b": eb, "cka": float(ee[li, i, j])}
+             for li, l in enumerate(layers) for i, ea in enumerate(epochs) for j, eb in enumerate(epochs)]
+    rundir.write_csv(path.with_suffix(".csv"), pd.DataFrame(rows))
+
+
+def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd.DataFrame:
+    """Modularity against depth at the last epoch for every network, optimal ones highlighted (PNG + CSV)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+    last = mod[mod.epoch == mod.epoch.max()]
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.subplots()
+    for n, d in last.groupby("network"):
+        ok = bool(np.asarray(good)[n])
+        ax.plot(d.depth, d.modularity, color="C0" if ok else "C3", alpha=0.6, lw=1.2 if ok else 0.8)
+    names = last.sort_values("depth").drop_duplicates("depth")
+    ax.set_xticks(names.depth)
+    ax.set_xticklabels(names.layer, rotation=45, fontsize=8)
+    ax.set(ylabel="modularity (k-NN, k=3)", title="blue: optimal, red: suboptimal")
+    path = Path(path)
+    _savefig(fig, path)
+    rundir.write_csv(path.with_suffix(".csv"), last)
+    return last
+
+
+def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
+                           statistics: Sequence[str] = ("mean", "std", "layer_fluctuation")) -> pd.DataFrame:
+    """Per-layer statistics over epochs, median of optimal vs suboptimal networks (PNG + CSV)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+    d = st[st.statistic.isin(statistics) & ~st.layer.str.contains("/") & (st.layer != stats.ALL)]
+    d = d.assign(group=np.where(np.asarray(good)[d.network.to_numpy()], "optimal", "suboptimal"))
+    agg = d.groupby(["statistic", "layer", "group", "epoch"]).value.median().reset_index()
+    layers = sorted(agg.layer.unique(), key=lambda l: (l != INPUT, strength._natural_key(l)))
+    fig = Figure(figsize=(2.8 * len(layers), 2.4 * len(statistics)), layout="constrained")
+    axes = fig.subplots(len(statistics), len(layers), squeeze=False)
+    for i, s in enumerate(statistics):
+        for j, l in enumerate(layers):
+            ax = axes[i, j]
+            for grp, color in (("optimal", "C0"), ("suboptimal", "C3")):
+                q = agg[(agg.statistic == s) & (agg.layer == l) & (agg.group == grp)]
+                ax.plot(q.epoch, q.value, color=color, marker=".", label=grp)
+            if not ((agg.statistic == s) & (agg.layer == l)).any():
+                ax.axis("off")  # e.g. the input layer has node strength but no weights
+            ax.set_title(f"{l}: {s}", fontsize=8)
+            if i == len(statistics) - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+    next(ax for ax in axes.ravel() if ax.lines).legend(fontsize=7)
+    path = Path(path)
+    _savefig(fig, path)
+    rundir.write_csv(path.with_suffix(".csv"), agg)
+    return agg
+
+
+def write_figures(out_dir: str | Path, good: np.ndarray | None = None) -> list[Path]:
+    """Draws the dynamics figures from the tables `write_dynamics` wrote into `out_dir/figures/`.
+
+    Args:
+      out_dir: a folder written by `write_dynamics`.
+      good: boolean `(N,)` marking the optimal networks (see `good_networks`); default all.
+
+    Returns:
+      The PNG paths (each has a CSV of its data beside it).
+    """
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    rwc = pd.read_csv(out_dir / "rwc.csv")
+    n = int(rwc.network.max()) + 1
+    good = np.ones(n, bool) if good is None else np.asarray(good)
+    paths = [fig_dir / "rwc.png", fig_dir / "modularity_depth.png", fig_dir / "stats_over_epochs.png"]
+    plot_rwc(rwc, good, paths[0])
+    plot_modularity(pd.read_csv(out_dir / "modularity.csv"), good, paths[1])
+    plot_stats_over_epochs(pd.read_csv(out_dir / "stats_over_epochs.csv"), good, paths[2])
+    with np.load(out_dir / "cka.npz") as z:
+        cka = {k: z[k] for k in z.files}
+    best = int(np.flatnonzero(good)[0]) if good.any() else 0
+    paths.append(fig_dir / f"cka_network{best}.png")
+    plot_cka(cka, best, paths[-1])
+    return paths

@@ -1,0 +1,299 @@
+"""Figures of a zoo's weights against accuracy: one PNG per figure and the data behind it as CSV.
+
+Every function takes an output folder and a stem and writes ``<stem>.png`` and ``<stem>.csv``
+(tidy: one row per plotted value), returning the PNG path. Colours encode test accuracy
+(viridis: dark = poor, yellow = good) unless a figure says otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from jaxweights import rundir, stats  # noqa: E402
+
+CMAP = "viridis"
+
+
+def _save(fig, out: Path, stem: str, data: pd.DataFrame) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{stem}.png"
+    rundir.write_csv(out / f"{stem}.csv", data)
+    rundir.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90, bbox_inches="tight"))
+    plt.close(fig)
+    return png
+
+
+def _grid(n: int, cols: int = 4, size=(3.6, 2.8)):
+    cols = max(1, min(cols, n))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    return fig, axes.ravel()
+
+
+def _acc_norm(acc):
+    acc = np.asarray(acc, np.float64)
+    return matplotlib.colors.Normalize(vmin=np.nanmin(acc), vmax=np.nanmax(acc))
+
+
+def _colorbar(fig, axes, norm, label="test accuracy"):
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=CMAP)
+    fig.colorbar(sm, ax=list(axes), label=label, shrink=0.8)
+
+
+def kernel_leaves(params) -> list[str]:
+    """Kernel leaf paths in depth order (input side first)."""
+    from jaxweights.claims import layer_depths
+    flat = stats.flatten(params)
+    ks = [k for k, v in flat.items() if stats.is_kernel(k, v)]
+    depth = layer_depths([stats.layer_of(k) for k in ks])
+    return sorted(ks, key=lambda k: depth[stats.layer_of(k)])
+
+
+def _robust_edges(w_ND: np.ndarray, bins: int, q: float = 0.002, seed: int = 0) -> np.ndarray:
+    """Edges spanning the pooled [q, 1-q] quantiles, so one blown-up network does not flatten the rest."""
+    flat = w_ND.ravel()
+    if flat.size > 200_000:
+        flat = np.random.default_rng(seed).choice(flat, 200_000, replace=False)
+    lo, hi = np.quantile(flat, [q, 1 - q])
+    return np.linspace(lo, hi, bins + 1) if hi > lo else np.linspace(lo - 1, hi + 1, bins + 1)
+
+
+def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8,
+                      stem: str = "weight_histograms") -> Path:
+    """Per-layer weight histograms of every network overlaid, coloured by test accuracy.
+
+    Edges are shared by all networks and span the pooled 0.2-99.8% quantiles (weights outside
+    are left out of the plot; masses are fractions of each network's weights).
+    """
+    leaves = kernel_leaves(params)[:max_layers]
+    flat = stats.flatten(params)
+    hists = {}
+    for k in leaves:
+        w = np.asarray(flat[k], np.float64).reshape(len(acc_N), -1)
+        edges = _robust_edges(w, bins)
+        hists[k] = (edges, np.stack([np.histogram(r, edges)[0] / r.size for r in w]))
+    norm = _acc_norm(acc_N)
+    fig, axes = _grid(len(leaves))
+    rows = []
+    order = np.argsort(acc_N)  # good networks drawn last, on top
+    for ax, leaf in zip(axes, leaves):
+        edges, h = hists[leaf]
+        edges, h = np.asarray(edges), np.asarray(h)
+        centres = (edges[:-1] + edges[1:]) / 2
+        for i in order:
+            ax.plot(centres, h[i], color=plt.get_cmap(CMAP)(norm(acc_N[i])), lw=0.8, alpha=0.7)
+        ax.set_title(leaf, fontsize=9)
+        ax.set_yscale("log")
+        ax.set_xlabel("weight")
+        rows.append(pd.DataFrame({"layer": leaf, "network": np.repeat(np.arange(len(h)), len(centres)),
+                                  "bin_left": np.tile(edges[:-1], len(h)), "bin_right": np.tile(edges[1:], len(h)),
+                                  "mass": h.ravel(), "test_acc": np.repeat(acc_N, len(centres))}))
+    axes[0].set_ylabel("fraction of weights")
+    _colorbar(fig, axes[:len(leaves)], norm)
+    return _save(fig, out, stem, pd.concat(rows, ignore_index=True))
+
+
+def kde_by_bin(out, params, bins_N, edges, *, grid: int = 400, per_network: int = 4000, max_layers: int = 8,
+               stem: str = "kde_by_bin", seed: int = 0) -> Path:
+    """Gaussian KDE of each layer's pooled weights per accuracy bin (Scott's bandwidth)."""
+    import jax
+    import jax.numpy as jnp
+    from jaxweights import distances
+    leaves = kernel_leaves(params)[:max_layers]
+    flat = stats.flatten(params)
+    rng = np.random.default_rng(seed)
+    nb = len(edges) - 1
+    fig, axes = _grid(len(leaves))
+    colours = plt.get_cmap(CMAP)(np.linspace(0, 1, max(nb, 2)))
+    rows = []
+    for ax, leaf in zip(axes, leaves):
+        w = np.asarray(flat[leaf], np.float64).reshape(len(bins_N), -1)
+        take = w if w.shape[1] <= per_network else w[:, rng.choice(w.shape[1], per_network, replace=False)]
+        lo, hi = np.quantile(take[bins_N >= 0], [0.01, 0.99])
+        g = np.linspace(lo, hi, grid)
+        for b in range(nb):
+            s = take[bins_N == b].ravel()
+            if len(np.unique(s)) < 2:
+                continue
+            dens = np.exp(np.asarray(jax.jit(distances.kde_logdensity)(jnp.asarray(s, jnp.float32),
+                                                                      jnp.asarray(g, jnp.float32))))
+            label = f"[{edges[b]:.3f}, {edges[b + 1]:.3f}]"
+            ax.plot(g, dens, color=colours[b], label=label)
+            rows.append(pd.DataFrame({"layer": leaf, "bin": b, "acc_low": edges[b], "acc_high": edges[b + 1],
+                                      "x": g, "density": dens}))
+        ax.set_title(leaf, fontsize=9)
+        ax.set_xlabel("weight")
+    axes[0].legend(title="test accuracy bin", fontsize=7)
+    return _save(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
+
+
+def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", stem: str = "distance_heatmap") -> Path:
+    """The N×N distance matrix with networks ordered by test accuracy (best first)."""
+    order = np.argsort(-np.asarray(acc_N), kind="stable")
+    d = np.asarray(d_NxN)[np.ix_(order, order)]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    off = d[~np.eye(len(d), dtype=bool)]
+    vmax = np.nanpercentile(off, 90) if off.size else None  # a few blown-up networks would saturate the scale
+    im = ax.imshow(d, cmap="magma", vmin=0, vmax=vmax)
+    fig.colorbar(im, ax=ax, label="distance (colour clipped at the 90th percentile)", extend="max")
+    ax.set_title(title or "pairwise distance, networks by accuracy (best first)", fontsize=9)
+    ax.set_xlabel("network rank by accuracy")
+    ax.set_ylabel("network rank by accuracy")
+    n = len(order)
+    data = pd.DataFrame({"row_rank": np.repeat(np.arange(n), n), "col_rank": np.tile(np.arange(n), n),
+                         "row_network": np.repeat(order, n), "col_network": np.tile(order, n),
+                         "distance": d.ravel()})
+    return _save(fig, out, stem, data)
+
+
+def statistics_vs_accuracy(out, table: pd.DataFrame, acc_N, labels, *,
+                           statistics: Sequence[str] = ("mean", "std", "kurtosis", "l2", "layer_fluctuation"),
+                           layers: Sequence[str] | None = None, stem: str = "statistics_vs_accuracy") -> Path:
+    """Each statistic against test accuracy, one panel per (statistic, layer); groups marked."""
+    from jaxweights.claims import OPTIMAL, SUBOPTIMAL
+    t = table[table.statistic.isin(statistics)]
+    if layers is None:
+        layers = [l for l in t.layer.unique() if "/" not in l]  # per layer and "__all__"
+    t = t[t.layer.isin(layers)].copy()
+    acc_N, labels = np.asarray(acc_N), np.asarray(labels)
+    t["test_acc"] = acc_N[t.network.to_numpy()]
+    t["group"] = np.select([labels[t.network] == OPTIMAL, labels[t.network] == SUBOPTIMAL],
+                           ["optimal", "suboptimal"], "middle")
+    t = t[np.isfinite(t.test_acc)]
+    panels = [(s, l) for s in statistics for l in layers if ((t.statistic == s) & (t.layer == l)).any()]
+    fig, axes = _grid(len(panels), cols=min(len(layers), 5), size=(3.0, 2.4))
+    colour = {"optimal": "tab:green", "suboptimal": "tab:red", "middle": "0.6"}
+    for ax, (s, l) in zip(axes, panels):
+        p = t[(t.statistic == s) & (t.layer == l)]
+        for g, c in colour.items():
+            q = p[p.group == g]
+            ax.scatter(q.test_acc, q.value, s=10, color=c, label=g)
+        v = np.abs(p.value.to_numpy(np.float64))
+        v = v[np.isfinite(v)]
+        typical = np.percentile(v, 75) if v.size else 0
+        if typical > 0 and v.max() > 50 * typical:  # a few blown-up networks: keep the rest readable
+            ax.set_yscale("symlog", linthresh=typical)
+        ax.set_title(f"{s} · {l}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if panels:
+        axes[0].legend(fontsize=6)
+        axes[0].set_xlabel("test accuracy", fontsize=8)
+    return _save(fig, out, stem, t[["network", "layer", "statistic", "value", "test_acc", "group"]])
+
+
+def pca_of_statistics(out, names: Sequence[str], x_NxF, acc_N, *, stem: str = "pca") -> Path:
+    """2-D PCA of the networks' statistic vectors, coloured by test accuracy.
+
+    Each statistic is rank-transformed to normal scores first (`QuantileTransformer`), so a few
+    blown-up networks with weights of 1e5 do not take the whole first component.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import QuantileTransformer
+    x = np.asarray(x_NxF, np.float64)
+    keep = np.isfinite(x).all(0) & (np.nanstd(x, 0) > 0)
+    x = x[:, keep]
+    z = QuantileTransformer(n_quantiles=min(len(x), 1000), output_distribution="normal").fit_transform(x)
+    pca = PCA(n_components=2).fit(z)
+    pc = pca.transform(z)
+    norm = _acc_norm(acc_N)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    sc = ax.scatter(pc[:, 0], pc[:, 1], c=acc_N, cmap=CMAP, norm=norm, s=25, edgecolor="k", lw=0.3)
+    fig.colorbar(sc, ax=ax, label="test accuracy")
+    ev = pca.explained_variance_ratio_
+    ax.set_xlabel(f"PC1 ({ev[0]:.0%})")
+    ax.set_ylabel(f"PC2 ({ev[1]:.0%})")
+    ax.set_title(f"PCA of {keep.sum()} rank-transformed weight statistics per network", fontsize=9)
+    return _save(fig, out, stem, pd.DataFrame({"network": np.arange(len(pc)), "pc1": pc[:, 0], "pc2": pc[:, 1],
+                                               "test_acc": acc_N}))
+
+
+def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem: str = "bin_divergence") -> Path:
+    """Symmetric KL between accuracy bins, one heatmap per layer (node strength or fluctuation), symlog colours."""
+    names = list(mats)
+    fig, axes = _grid(len(names), cols=4, size=(3.2, 2.8))
+    labels = [f"{edges[b]:.2f}-{edges[b + 1]:.2f}" for b in range(len(edges) - 1)]
+    rows = []
+    for ax, name in zip(axes, names):
+        m = np.asarray(mats[name])
+        # symmetric log colours: the lowest-vs-highest bins can be 1e5 × the adjacent ones
+        im = ax.imshow(m, cmap="magma", norm=matplotlib.colors.SymLogNorm(linthresh=1.0, vmin=0))
+        ax.set_xticks(range(len(m)), labels[:len(m)], rotation=45, fontsize=6)
+        ax.set_yticks(range(len(m)), labels[:len(m)], fontsize=6)
+        ax.set_title(name, fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        i, j = np.meshgrid(range(len(m)), range(len(m)), indexing="ij")
+        rows.append(pd.DataFrame({"quantity": name, "bin_a": i.ravel(), "bin_b": j.ravel(), "sym_kl": m.ravel()}))
+    return _save(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
+
+
+def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "weight_matrices") -> Path:
+    """Kernels of the best and the worst network as images (conv kernels as (kh·kw·cin, cout))."""
+    acc = np.asarray(acc_N, np.float64)
+    best, worst = int(np.nanargmax(acc)), int(np.nanargmin(acc))
+    leaves = kernel_leaves(params)[:max_layers]
+    flat = stats.flatten(params)
+    fig, axes = plt.subplots(2, len(leaves), figsize=(3.2 * len(leaves), 6), squeeze=False)
+    rows = []
+    for r, (net, what) in enumerate(((best, "best"), (worst, "worst"))):
+        for c, leaf in enumerate(leaves):
+            m = np.asarray(flat[leaf][net], np.float64)
+            m = m.reshape(-1, m.shape[-1])
+            lim = np.nanmax(np.abs(m)) or 1.0
+            ax = axes[r, c]
+            ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+            ax.set_title(f"{what} (net {net}, acc {acc[net]:.3f})\n{leaf} {m.shape[0]}×{m.shape[1]}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            i, j = np.indices(m.shape)
+            rows.append(pd.DataFrame({"which": what, "network": net, "layer": leaf, "row": i.ravel(),
+                                      "col": j.ravel(), "value": m.ravel()}))
+    return _save(fig, out, stem, pd.concat(rows, ignore_index=True))
+
+
+def accuracy_over_epochs(out, metrics: pd.DataFrame, *, stem: str = "accuracy_over_epochs") -> Path:
+    """Test accuracy of every network over epochs, coloured by its final accuracy; diverged dashed."""
+    m = metrics.sort_values(["network", "epoch"])
+    key = ["group", "network"] if "group" in m else ["network"]
+    final = m[m.epoch == m.epoch.max()].set_index(key)
+    norm = _acc_norm(final.test_acc.fillna(final.test_acc.min()))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, g in m.groupby(key):
+        k = k[0] if len(key) == 1 else k  # groupby on a one-column list yields 1-tuples
+        f = final.test_acc.get(k, np.nan)
+        div = bool(final.diverged.get(k, False)) if "diverged" in final else False
+        ax.plot(g.epoch, g.test_acc, color="0.5" if div else plt.get_cmap(CMAP)(norm(f)),
+                ls="--" if div else "-", lw=0.9, alpha=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{len(final)} networks (dashed grey: diverged)", fontsize=9)
+    _colorbar(fig, [ax], norm, "final test accuracy")
+    cols = [c for c in (*key, "epoch", "test_acc", "test_loss", "train_acc", "diverged") if c in m]
+    return _save(fig, out, stem, m[cols])
+
+
+def depth_profile(out, table: pd.DataFrame, *, value: str = "ratio", stem: str = "depth_profile") -> Path:
+    """A per-layer quantity against per-depth-normalised layer position, one line per zoo.
+
+    Args:
+      table: columns ``zoo, depth, value`` (e.g. within-suboptimal / within-optimal distance ratio).
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for zoo, g in table.groupby("zoo"):
+        g = g.sort_values("depth")
+        ax.plot(g.depth, g[value], marker="o", label=zoo)
+    ax.axhline(1.0, color="0.5", ls=":")
+    ax.set_xlabel("layer depth (0 = input side, 1 = output layer)")
+    ax.set_ylabel("within-suboptimal / within-optimal distance")
+    ax.legend(fontsize=7)
+    return _save(fig, out, stem, table)

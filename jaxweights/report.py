@@ -1,0 +1,227 @@
+"""A self-contained HTML report (figures embedded as base64 PNGs) and its numbers as summary.json.
+
+A report is a list of `Section`s (title, HTML body, figures). `jaxweights analyze` builds the
+sections of the optimal-vs-suboptimal study from its summary (`zoo_sections`) and then appends
+every section provider registered with `register_section` (or passed as `extra_sections`), so
+other analyses plug in without editing this module::
+
+    def my_section(ctx):            # ctx: {"workdir", "analysis_dir", "summary", "zoo"}
+        return report.Section("Learning dynamics", "<p>...</p>", [Path("rwc.png")])
+    report.register_section("dynamics", my_section)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import pandas as pd
+
+from jaxweights import rundir
+
+
+class Section(NamedTuple):
+    """One report section: a title, an HTML body and figures (PNG paths) shown below it."""
+    title: str
+    html: str
+    figures: Sequence[Path] = ()
+
+
+_SECTIONS: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
+
+
+def register_section(name: str, provider: Callable[[Mapping[str, Any]], Any], *, overwrite: bool = False) -> None:
+    """Registers a section provider: ``provider(ctx) -> Section | list[Section] | None``.
+
+    Args:
+      name: unique name.
+      provider: called with ``{"workdir", "analysis_dir", "summary", "zoo"}`` after the study's sections.
+      overwrite: replace an existing provider of that name.
+    """
+    if name in _SECTIONS and not overwrite:
+        raise ValueError(f"report section {name!r} already registered")
+    _SECTIONS[name] = provider
+
+
+def registered_sections() -> tuple[str, ...]:
+    """Names of the registered section providers."""
+    return tuple(_SECTIONS)
+
+
+def provided_sections(ctx: Mapping[str, Any], extra: Sequence[Callable] = ()) -> list[Section]:
+    """Calls the registered providers and `extra` ones with `ctx`; flattens their sections."""
+    out: list[Section] = []
+    for provider in (*_SECTIONS.values(), *extra):
+        got = provider(ctx)
+        if got is None:
+            continue
+        out += [got] if isinstance(got, Section) else list(got)
+    return out
+
+
+# ------------------------------------------------------------------------------------ HTML
+
+
+def esc(x: Any) -> str:
+    """HTML-escaped text of any value."""
+    return html.escape(str(x))
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """A number for humans: 4 significant digits, p-values below 1e-3 in scientific notation."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, (int,)) and not isinstance(v, bool):
+        return str(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if math.isnan(f):
+        return "–"
+    if f != 0 and (abs(f) < 1e-3 or abs(f) >= 1e5):
+        return f"{f:.2e}"
+    return f"{f:.{digits}g}"
+
+
+def table(df: pd.DataFrame, columns: Sequence[str] | None = None, max_rows: int = 60) -> str:
+    """An HTML table of a DataFrame (numbers formatted with `fmt`)."""
+    if df is None or len(df) == 0:
+        return "<p><em>(no rows)</em></p>"
+    df = df[list(columns)] if columns else df
+    more = len(df) - max_rows
+    df = df.head(max_rows)
+    head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    tail = f"<p><em>{more} more rows in the CSV</em></p>" if more > 0 else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{tail}"
+
+
+def img(path: str | os.PathLike, alt: str = "") -> str:
+    """An <img> with the PNG embedded as a data URI."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<figure><img alt="{esc(alt or Path(path).stem)}" src="data:image/png;base64,{data}">' \
+           f"<figcaption>{esc(Path(path).name)}</figcaption></figure>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
+th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}figcaption{font-size:.8em;color:#666}
+.verdict{font-weight:600}.holds{color:#1a7f37}.reversed{color:#b35900}.ns{color:#666}
+"""
+
+
+def verdict_html(v: str) -> str:
+    """A verdict ("holds", "reversed", "not significant") as a coloured span."""
+    cls = {"holds": "holds", "reversed": "reversed"}.get(v, "ns")
+    return f'<span class="verdict {cls}">{esc(v)}</span>'
+
+
+def render(title: str, sections: Sequence[Section], intro: str = "") -> str:
+    """The whole report as one HTML string (figures embedded)."""
+    toc = "".join(f'<li><a href="#s{i}">{esc(s.title)}</a></li>' for i, s in enumerate(sections))
+    body = "".join(f'<h2 id="s{i}">{esc(s.title)}</h2>{s.html}' + "".join(img(f) for f in s.figures)
+                   for i, s in enumerate(sections))
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>{intro}<ol>{toc}</ol>{body}</body></html>")
+
+
+def write(out: str | os.PathLike, title: str, sections: Sequence[Section], summary: Mapping[str, Any],
+          intro: str = "") -> Path:
+    """Writes ``out/report.html`` and ``out/summary.json``; returns the report's path."""
+    out = Path(out)
+    rundir.write_json(out / "summary.json", _finite(summary))
+    rundir.atomic_write_bytes(out / "report.html", render(title, sections, intro).encode())
+    return out / "report.html"
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, so summary.json is strict JSON."""
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) or hasattr(obj, "dtype"):
+        try:
+            f = float(obj)
+        except (TypeError, ValueError):
+            return obj
+        if hasattr(obj, "dtype") and obj.dtype.kind in "iub":
+            return obj.item()
+        return f if math.isfinite(f) else None
+    return obj
+
+
+# ------------------------------------------------------------------------- the study's sections
+
+
+def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "") -> list[Section]:
+    """Sections answering the study's questions for one zoo, from `analysis.zoo_summary`'s output."""
+    g, c = s["grouping"], s["claim"]
+    p = f"{prefix}: " if prefix else ""
+    secs = []
+    secs.append(Section(
+        p + "Networks and groups",
+        f"<p>{s['n_networks']} networks, {s['n_diverged']} diverged (excluded), "
+        f"{s.get('n_below_min_accuracy', 0)} below the minimum accuracy (excluded), {s['n_kept']} analysed. "
+        f"Grouping by test accuracy ({esc(g['rule'])}): {g['n_optimal']} optimal "
+        f"(accuracy {fmt(g['optimal_acc'][0])}–{fmt(g['optimal_acc'][1])}), {g['n_suboptimal']} suboptimal "
+        f"(accuracy {fmt(g['suboptimal_acc'][0])}–{fmt(g['suboptimal_acc'][1])}). "
+        f"Accuracy bins (complex-network study): edges {', '.join(fmt(e) for e in g['bin_edges'])}.</p>",
+        [figs[k] for k in ("accuracy_over_epochs",) if k in figs]))
+    wn = pd.DataFrame(c["whole_network"])
+    secs.append(Section(
+        p + "Are optimal networks more alike than suboptimal ones?",
+        f"<p>Verdict (whole network, {esc(c['primary_metric'])}): {verdict_html(c['verdict'])}. "
+        f"Mean pairwise distance within the optimal group {fmt(c['within_optimal'])}, within the suboptimal "
+        f"group {fmt(c['within_suboptimal'])}, across {fmt(c['across'])} (ratio {fmt(c['ratio'])}); "
+        f"permutation p = {fmt(c['p_greater'])}"
+        f"{' (exact)' if c.get('exact') else ''}; 95% bootstrap interval of the difference "
+        f"[{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]. Across all metrics and layers the claim holds in "
+        f"{c['n_holds']} of {c['n_tests']} tests and is reversed in {c['n_reversed']}.</p>"
+        "<p>Whole network, every metric:</p>" +
+        table(wn, ["metric", "within_optimal", "within_suboptimal", "across", "ratio", "p_greater", "p_less",
+                   "ci_low", "ci_high", "verdict"]) +
+        "<p>Per layer (table <code>claim_tests.csv</code>):</p>" +
+        table(pd.DataFrame(c["per_layer"]), ["metric", "layer", "within_optimal", "within_suboptimal", "ratio",
+                                             "p_greater", "verdict"]),
+        [figs[k] for k in ("distance_heatmap", "weight_histograms", "kde_by_bin", "pca") if k in figs]))
+    d = s["dispersion"]
+    secs.append(Section(
+        p + "Dispersion of the statistics",
+        f"<p>Variance across networks of each statistic (per layer and whole network): larger in the suboptimal "
+        f"group for {d['n_larger_suboptimal']} of {d['n_statistics']} statistics; significantly larger "
+        f"(permutation p &lt; {fmt(s['alpha'])}) for {d['n_holds']}, significantly smaller for {d['n_reversed']}. "
+        f"Verdict: {verdict_html(d['verdict'])}.</p>" +
+        table(pd.DataFrame(d["whole_network"]), ["statistic", "var_optimal", "var_suboptimal", "ratio",
+                                                 "p_greater", "verdict"])))
+    r = s["correlation"]
+    secs.append(Section(
+        p + "Which statistics follow accuracy? (Spearman)",
+        f"<p>{r['n_significant']} of {r['n_tests']} (layer, statistic) pairs correlate with test accuracy at "
+        f"p &lt; {fmt(s['alpha'])}. Strongest:</p>" +
+        table(pd.DataFrame(r["strongest"]), ["layer", "statistic", "rho", "p_value", "n"]),
+        [figs[k] for k in ("statistics_vs_accuracy", "weight_matrices") if k in figs]))
+    pr = s["prediction"]
+    secs.append(Section(
+        p + "Predicting accuracy from the weights (Unterthiner et al. 2020)",
+        (f"<p>{esc(pr['note'])}</p>" if pr.get("note") else "") +
+        f"<p>Held-out networks ({pr.get('folds', '–')}-fold). Verdict: {esc(pr.get('verdict', '–'))}.</p>" +
+        table(pd.DataFrame(pr.get("scores", [])), ["features", "model", "r2", "kendall_tau", "n_features"])))
+    b = s["bin_divergence"]
+    secs.append(Section(
+        p + "Accuracy bins: node strength and layer fluctuation (La Malfa et al. 2021)",
+        (f"<p>{esc(b['note'])}</p>" if b.get("note") else "") +
+        "<p>Symmetric KL divergence between the KDEs of accuracy bins; per quantity: mean divergence of "
+        "adjacent bins and between the lowest and highest bin.</p>" +
+        table(pd.DataFrame(b.get("table", [])), ["quantity", "adjacent_mean", "lowest_vs_highest"]),
+        [figs[k] for k in ("bin_divergence",) if k in figs]))
+    return secs

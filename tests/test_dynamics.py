@@ -1,0 +1,329 @@
+"""Learning dynamics: CKA, modularity and RWC against direct references, and a real MNIST zoo end to end."""
+
+import itertools
+import json
+
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+import pandas as pd
+import pytest
+from networkx.algorithms.community import modularity as nx_modularity
+from scipy.stats import ortho_group
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import NearestNeighbors
+
+from jaxweights import cli, dynamics, rundir, strength
+from tests.test_cli import REPO
+
+
+# ------------------------------------------------------------------ references
+
+def np_linear_cka(x, y):
+    """Kornblith et al. 2019, eq. (feature form): ||YᵀX||²_F / (||XᵀX||_F ||YᵀY||_F), centred columns."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def np_hsic_u_statistic(k, l):
+    """Unbiased HSIC as the U-statistic over distinct 4-tuples (Song et al. 2012, Theorem 2)."""
+    n = k.shape[0]
+    total = 0.0
+    for i, j, q, r in itertools.permutations(range(n), 4):
+        total += k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]
+    return total / (n * (n - 1) * (n - 2) * (n - 3))
+
+
+def np_hsic_unbiased(k, l):
+    """Song et al. 2012, eq. 5, in closed form."""
+    n = k.shape[0]
+    kt, lt = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+    one = np.ones(n)
+    return (np.trace(kt @ lt) + one @ kt @ one * (one @ lt @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * one @ kt @ lt @ one) / (n * (n - 3))
+
+
+def np_minibatch_cka(x, y, b):
+    """Nguyen et al. 2021: HSIC₁ averaged over consecutive minibatches of size b."""
+    m = x.shape[0] // b
+    h = np.zeros(3)
+    for i in range(m):
+        xi, yi = x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
+        k, l = xi @ xi.T, yi @ yi.T
+        h += [np_hsic_unbiased(k, l), np_hsic_unbiased(k, k), np_hsic_unbiased(l, l)]
+    return h[0] / np.sqrt(h[1] * h[2])
+
+
+def np_rwc(prev, cur):
+    """Numpy loop: (||Δw||₁/||w||₁, mean of |Δw|/|w| over w != 0, zeros left out)."""
+    num = den = acc = 0.0
+    count = zeros = 0
+    for a, b in zip(prev.ravel(), cur.ravel()):
+        num += abs(b - a)
+        den += abs(a)
+        if a == 0:
+            zeros += 1
+        else:
+            acc += abs(b - a) / abs(a)
+            count += 1
+    return num / den if den else np.nan, acc / count if count else np.nan, zeros
+
+
+# ------------------------------------------------------------------ CKA
+
+@pytest.fixture
+def feats():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 20))
+    y = x @ rng.normal(size=(20, 30)) + 0.5 * rng.normal(size=(60, 30))
+    return x, y
+
+
+def test_linear_cka_equals_numpy(x64, feats):
+    x, y = feats
+    assert float(dynamics.cka_linear(jnp.asarray(x), jnp.asarray(y))) == pytest.approx(np_linear_cka(x, y), rel=1e-10)
+
+
+def test_unbiased_hsic_equals_u_statistic_and_closed_form(x64):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(9, 4)), rng.normal(size=(9, 3))
+    k, l = x @ x.T, y @ y.T
+    ours = float(dynamics.hsic_unbiased(jnp.asarray(k), jnp.asarray(l)))
+    assert ours == pytest.approx(np_hsic_u_statistic(k, l), rel=1e-9)
+    assert ours == pytest.approx(np_hsic_unbiased(k, l), rel=1e-9)
+
+
+def test_minibatch_cka_equals_numpy(x64, feats):
+    x, y = feats
+    ours = float(dynamics.cka_minibatch(jnp.asarray(x), jnp.asarray(y), 20))
+    assert ours == pytest.approx(np_minibatch_cka(x, y, 20), rel=1e-9)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_cka_identity_orthogonal_and_scaling_invariance(x64, feats, unbiased):
+    x, y = feats
+    cka = (lambda a, b: dynamics.cka_minibatch(jnp.asarray(a), jnp.asarray(b), 20)) if unbiased else \
+        (lambda a, b: dynamics.cka_linear(jnp.asarray(a), jnp.asarray(b)))
+    base = float(cka(x, y))
+    assert float(cka(x, x)) == pytest.approx(1.0, abs=1e-12)
+    q = ortho_group.rvs(30, random_state=3)
+    assert float(cka(x, y @ q)) == pytest.approx(base, rel=1e-10)
+    assert float(cka(7.5 * x, 0.01 * y)) == pytest.approx(base, rel=1e-10)
+    assert 0.0 < base < 1.0
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_cka_matrix_equals_pairwise_loop(x64, unbiased):
+    rng = np.random.default_rng(2)
+    reps = [rng.normal(size=(40, d)) for d in (5, 8, 13)]
+    reps[2][:, :5] += 2 * reps[0]
+    if unbiased:
+        grams = jnp.stack([dynamics._minibatch_grams(jnp.asarray(r), 10) for r in reps])
+        ref = [[np_minibatch_cka(a, b, 10) for b in reps] for a in reps]
+    else:
+        grams = jnp.stack([dynamics.gram(jnp.asarray(r)) for r in reps])
+        ref = [[np_linear_cka(a, b) for b in reps] for a in reps]
+    np.testing.assert_allclose(np.asarray(dynamics.cka_matrix(grams, unbiased)), np.asarray(ref), rtol=1e-9)
+
+
+# ------------------------------------------------------------------ modularity
+
+def test_knn_graph_and_modularity_equal_sklearn_and_networkx(mnist_slice):
+    x_tr, y_tr = mnist_slice[0][:300], mnist_slice[1][:300]
+    x = x_tr.reshape(300, -1).astype(np.float32) / 255.0
+    a = np.asarray(dynamics.knn_graph(jnp.asarray(x), 3))
+    # sklearn: the 3 nearest other samples by cosine distance.
+    idx = NearestNeighbors(n_neighbors=4, metric="cosine").fit(x).kneighbors(x, return_distance=False)
+    a_dir = np.zeros((300, 300))
+    for i, row in enumerate(idx):
+        a_dir[i, [j for j in row if j != i][:3]] = 1
+    np.testing.assert_array_equal(a, (a_dir + a_dir.T) / 2)
+    g = nx.from_numpy_array(a)
+    comms = [set(np.flatnonzero(y_tr == c).tolist()) for c in range(10)]
+    ref = nx_modularity(g, comms, weight="weight")
+    ours = float(dynamics.modularity(jnp.asarray(a), jnp.asarray(y_tr), 10))
+    assert ours == pytest.approx(ref, abs=1e-6)
+    assert ours > 0.3  # raw MNIST pixels already cluster by digit
+    # The neighbour-list form used for whole zoos gives the same number.
+    assert float(dynamics.knn_modularity(jnp.asarray(x), jnp.asarray(y_tr), 10, 3)) == pytest.approx(ref, abs=1e-6)
+
+
+def test_pruning_candidates_rule():
+    layers = ["input", "Dense_0", "Dense_1", "Dense_2", "Dense_3"]
+    assert dynamics.pruning_candidates([0.1, 0.2, 0.3, 0.4, 0.5], layers, tol=0.01) == []
+    assert dynamics.pruning_candidates([0.1, 0.3, 0.305, 0.25, 0.6], layers, tol=0.01) == ["Dense_1", "Dense_2"]
+    assert dynamics.pruning_candidates([0.5, 0.4, 0.45, 0.9, 0.1], layers, tol=0.01) == ["Dense_0"]  # never the output
+
+
+# ------------------------------------------------------------------ RWC
+
+def test_rwc_equals_numpy_loop_with_zero_weights():
+    rng = np.random.default_rng(4)
+    snaps = []
+    for e in range(3):
+        k0 = rng.normal(size=(2, 6, 5)).astype(np.float32)
+        k0[0, :2] = 0.0  # zero weights in network 0
+        k1 = rng.normal(size=(2, 5, 3)).astype(np.float32)
+        if e == 0:
+            k1[1] = 0.0  # an all-zero kernel in network 1
+        snaps.append({"Dense_0/kernel": k0, "Dense_0/bias": np.zeros((2, 5), np.float32),
+                      "Dense_1/kernel": k1, "Dense_1/bias": np.zeros((2, 3), np.float32)})
+    df = dynamics.relative_weight_change(snaps, [0, 1, 2])
+    assert len(df) == 2 * 2 * 2
+    for row in df.itertuples():
+        prev, cur = (snaps[row.epoch - 1][f"{row.layer}/kernel"][row.network].astype(np.float64),
+                     snaps[row.epoch][f"{row.layer}/kernel"][row.network].astype(np.float64))
+        l1, me, zeros = np_rwc(prev, cur)
+        np.testing.assert_allclose(row.rwc_l1_ratio, l1, rtol=1e-5)
+        np.testing.assert_allclose(row.rwc_mean_elementwise, me, rtol=1e-5)
+        assert row.zero_weights == zeros
+    assert np.isnan(df.query("network == 1 and layer == 'Dense_1' and epoch == 1").rwc_l1_ratio).all()
+
+
+# ------------------------------------------------------------------ a real MNIST zoo end to end
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("dyn")
+    argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp / "run"),
+            "--data_dir", str(data_dir), "--noprogress", "--config.max_train=1024", "--config.max_test=400",
+            "--config.model.hidden=(32,16)", "--config.batch_size=64", "--config.num_seeds=2",
+            "--config.init_scales=(1.0,)", "--config.num_epochs=2", "--config.learning_rates=(0.05,0.001)"]
+    assert cli.main(argv) == 0
+    out = dynamics.write_dynamics(tmp / "run", tmp / "run" / "analysis", probe_size=200, cka_batch=50,
+                                  probe_steps=200, num_planes=2, resolution=8, data_dir=str(data_dir))
+    return tmp / "run", out
+
+
+def test_end_to_end_files_and_shapes(zoo):
+    run, out = zoo
+    for f in ("rwc.csv", "stats_over_epochs.csv", "modularity.csv", "cka.npz", "probes.csv", "pruning.json",
+              "figures/rwc.png", "figures/rwc.csv", "figures/modularity_depth.png", "figures/stats_over_epochs.png"):
+        assert (out / f).exists(), f
+    n, e, layers = 4, 3, ["input", "Dense_0", "Dense_1", "Dense_2"]
+    with np.load(out / "cka.npz") as z:
+        assert list(z["layers"]) == layers and list(z["epochs"]) == [0, 1, 2]
+        assert z["linear_layers"].shape == (n, 4, 4) and z["unbiased_epochs"].shape == (n, 4, e, e)
+        assert z["linear_networks"].shape == (4, n, n)
+        for k in ("linear_layers", "unbiased_layers"):
+            np.testing.assert_allclose(np.diagonal(z[k], axis1=1, axis2=2), 1.0, atol=1e-4)
+            np.testing.assert_allclose(z[k], np.swapaxes(z[k], 1, 2), atol=1e-5)
+        # Input representations are the same images for every network and epoch.
+        np.testing.assert_allclose(z["linear_networks"][0], 1.0, atol=1e-4)
+        np.testing.assert_allclose(z["linear_epochs"][:, 0], 1.0, atol=1e-4)
+    mod = pd.read_csv(out / "modularity.csv")
+    assert len(mod) == n * e * 4 and mod.modularity.between(-0.5, 1).all()
+    probes = pd.read_csv(out / "probes.csv")
+    assert len(probes) == n * e * 3
+    last = probes[(probes.epoch == 2) & (probes.network == 0)]
+    assert (last.probe_acc > 0.5).all()  # lr 0.05: a trained network's layers are linearly readable
+    assert (last.region_agreement_final == 1.0).all()
+    rwc = pd.read_csv(out / "rwc.csv")
+    assert len(rwc) == n * 2 * 3 and (rwc.rwc_l1_ratio > 0).all()
+    # lr 0.05 moves weights more than lr 0.001 (networks 0, 1 vs 2, 3; grid order lr-major).
+    per_net = rwc.groupby("network").rwc_l1_ratio.mean()
+    assert per_net[[0, 1]].min() > per_net[[2, 3]].max()
+
+
+def test_end_to_end_rwc_and_stats_equal_snapshots(zoo):
+    run, out = zoo
+    epochs, snaps = dynamics.load_snapshots(run)
+    assert epochs == [0, 1, 2]
+    final = rundir.flatten_params(rundir.load_params(run / "params.npz"))
+    for k, v in final.items():
+        np.testing.assert_array_equal(snaps[-1][k], v)
+    rwc = pd.read_csv(out / "rwc.csv")
+    for row in rwc.sample(6, random_state=0).itertuples():
+        l1, me, zeros = np_rwc(snaps[row.epoch - 1][f"{row.layer}/kernel"][row.network].astype(np.float64),
+                               snaps[row.epoch][f"{row.layer}/kernel"][row.network].astype(np.float64))
+        np.testing.assert_allclose([row.rwc_l1_ratio, row.rwc_mean_elementwise], [l1, me], rtol=1e-4)
+    st = pd.read_csv(out / "stats_over_epochs.csv")
+    one = st[(st.epoch == 1) & (st.statistic == "std") & (st.layer == "Dense_1/kernel")].sort_values("network")
+    np.testing.assert_allclose(one.value, snaps[1]["Dense_1/kernel"].reshape(4, -1).std(1), rtol=1e-4)
+    ns = strength.node_strength(snaps[2])
+    fl = st[(st.epoch == 2) & (st.statistic == "layer_fluctuation") & (st.layer == "Dense_0")].sort_values("network")
+    np.testing.assert_allclose(fl.value, ns["Dense_0"].astype(np.float64).std(1), rtol=1e-5)
+
+
+def test_capture_equals_manual_forward_and_vmap_equals_loop(zoo, data_dir):
+    run, out = zoo
+    setup, xp, yp, _, _ = dynamics.probe_data(run, 200, str(data_dir))
+    epochs, snaps = dynamics.load_snapshots(run)
+    p = snaps[-1]
+    reps = dynamics.capture_zoo(setup.model, p, xp[:50], chunk=3)
+    assert list(reps) == ["input", "Dense_0", "Dense_1", "Dense_2"]
+    x = np.asarray(xp[:50], np.float64).reshape(50, -1)
+    for net in range(4):
+        h0 = np.maximum(x @ p["Dense_0/kernel"][net] + p["Dense_0/bias"][net], 0)
+        h1 = np.maximum(h0 @ p["Dense_1/kernel"][net] + p["Dense_1/bias"][net], 0)
+        logits = h1 @ p["Dense_2/kernel"][net] + p["Dense_2/bias"][net]
+        np.testing.assert_allclose(reps["Dense_0"][net], h0, atol=1e-4)
+        np.testing.assert_allclose(reps["Dense_2"][net], logits, atol=1e-3)
+        one = dynamics.capture(setup.model, rundir.unflatten_params({k: v[net] for k, v in p.items()}), xp[:50])
+        for k in reps:
+            np.testing.assert_allclose(reps[k][net], one[k], rtol=1e-5, atol=1e-5)
+    # Modularity written for the last epoch equals networkx on the graph of the captured representation.
+    full = dynamics.capture_zoo(setup.model, p, xp)
+    a = np.asarray(dynamics.knn_graph(full["Dense_1"][0], 3))
+    comms = [set(np.flatnonzero(np.asarray(yp) == c).tolist()) for c in range(10)]
+    mod = pd.read_csv(out / "modularity.csv")
+    q = mod.query("network == 0 and epoch == 2 and layer == 'Dense_1'").modularity.item()
+    assert q == pytest.approx(nx_modularity(nx.from_numpy_array(a), comms, weight="weight"), abs=1e-5)
+    # The JAX probe reads a layer about as well as scikit-learn's multinomial logistic regression.
+    probes = pd.read_csv(out / "probes.csv")
+    _, xe, ye = dynamics.probe_data(run, 200, str(data_dir))[2:]
+    tr, te = np.asarray(full["Dense_0"][0]), np.asarray(dynamics.capture_zoo(setup.model, p, xe)["Dense_0"][0])
+    mu, sd = tr.mean(0), tr.std(0) + 1e-6
+    sk = LogisticRegression(max_iter=2000).fit((tr - mu) / sd, np.asarray(yp)).score((te - mu) / sd, np.asarray(ye))
+    ours = probes.query("network == 0 and epoch == 2 and layer == 'Dense_0'").probe_acc.item()
+    assert abs(ours - sk) < 0.08
+
+
+def test_rwc_every_k_steps_replays_the_run(zoo, data_dir):
+    run, out = zoo
+    per_epoch = pd.read_csv(out / "rwc.csv")
+    steps = 1024 // 64
+    df = dynamics.rwc_every_k_steps(run, steps, data_dir=str(data_dir))  # one boundary per epoch
+    assert sorted(df.epoch.unique()) == [1, 2] and (df.step == steps).all()
+    m = per_epoch.merge(df, on=["network", "layer", "epoch"], suffixes=("_epoch", "_k"))
+    assert len(m) == len(per_epoch)
+    np.testing.assert_allclose(m.rwc_l1_ratio_k, m.rwc_l1_ratio_epoch, rtol=1e-5)
+    fine = dynamics.rwc_every_k_steps(run, 4, epochs=[2], data_dir=str(data_dir))
+    assert len(fine) == 4 * 3 * (steps // 4) and sorted(fine.step.unique()) == [4, 8, 12, 16]
+    assert (fine.rwc_l1_ratio > 0).all()
+    with pytest.raises(dynamics.DynamicsError, match="every"):
+        dynamics.rwc_every_k_steps(run, 0)
+
+
+def test_chunked_equals_all_at_once(zoo, data_dir):
+    run, _ = zoo
+    setup, xp, yp, _, _ = dynamics.probe_data(run, 200, str(data_dir))
+    params = rundir.flatten_params(rundir.load_params(run / "params.npz"))
+    names1, q1 = dynamics.modularity_curves(setup.model, params, xp, yp, 10, chunk=1)
+    names4, q4 = dynamics.modularity_curves(setup.model, params, xp, yp, 10, chunk=4)
+    assert names1 == names4
+    np.testing.assert_allclose(q1, q4, atol=1e-6)
+
+
+def test_plane_points_corners():
+    a, b, c = (jnp.full((2, 2, 1), v, jnp.float32) for v in (0.0, 1.0, 3.0))
+    pts = np.asarray(dynamics.plane_points(a, b, c, resolution=2, margin=0.0))
+    np.testing.assert_allclose(pts[:, 0, 0, 0], [0.0, 3.0, 1.0, 4.0])  # a, c, b, b + c − a
+
+
+def test_prune_cli(zoo, data_dir, capsys):
+    run, out = zoo
+    assert cli.main(["prune", "--workdir", str(run), "--layers", "Dense_1", "--data_dir", str(data_dir),
+                     "--noprogress"]) == 0
+    report = pd.read_csv(run / "pruned" / "prune.csv")
+    m = pd.read_csv(run / "metrics.csv")
+    np.testing.assert_allclose(report.test_acc_original, m[m.epoch == 2].sort_values("network").test_acc)
+    np.testing.assert_allclose(report.delta, report.test_acc_pruned - report.test_acc_original)
+    with np.load(run / "pruned" / "params.npz") as z:
+        assert z["Dense_0/kernel"].shape == (4, 784, 32) and z["Dense_1/kernel"].shape == (4, 32, 10)
+    info = json.loads((run / "pruned" / "prune.json").read_text())
+    assert info["hidden_before"] == [32, 16] and info["hidden_after"] == [32]
+    assert "pruned zoo" in capsys.readouterr().out
+    assert cli.main(["prune", "--workdir", str(run), "--layers", "Dense_2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Dense_2" in err[0] and "not a hidden layer" in err[0]

@@ -1,0 +1,163 @@
+"""End to end on a real MNIST slice: a zoo with good, poor and diverged networks, analysed into
+figures, report.html and summary.json; the report rendered in headless Chromium; the study command."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats as ss
+
+from jaxweights import analysis, cli, report, rundir, study
+from tests.test_cli import REPO, train
+
+# 2 seeds × 5 learning rates × 2 init scales: the smallest rates stay near chance, the middle ones
+# learn, 1e4 diverges.
+GRID = ("--config.num_epochs=2", "--config.learning_rates=(0.001,0.01,0.1,0.5,10000.0)",
+        "--config.init_scales=(0.3,1.0)", "--config.max_train=2048")
+FIGURES = ("weight_histograms", "kde_by_bin", "distance_heatmap", "statistics_vs_accuracy", "pca",
+           "bin_divergence", "weight_matrices", "accuracy_over_epochs")
+SUMMARY_KEYS = {
+    "": ["zoo", "n_networks", "n_diverged", "n_kept", "alpha", "grouping", "claim", "dispersion", "correlation",
+         "prediction", "bin_divergence", "figures"],
+    "grouping": ["rule", "quantile", "threshold", "n_optimal", "n_suboptimal", "optimal_acc", "suboptimal_acc",
+                 "bin_edges", "bin_counts"],
+    "claim": ["primary_metric", "verdict", "within_optimal", "within_suboptimal", "across", "ratio", "p_greater",
+              "p_less", "exact", "ci", "n_tests", "n_holds", "n_reversed", "whole_network", "per_layer"],
+    "dispersion": ["n_statistics", "n_larger_suboptimal", "n_holds", "n_reversed", "verdict", "whole_network"],
+    "correlation": ["n_tests", "n_significant", "strongest"],
+    "prediction": ["folds", "scores", "verdict", "best_weights_r2", "best_weights_tau", "best_hyperparameters_r2"],
+    "bin_divergence": ["table"],
+}
+
+
+def extra_section(ctx):
+    return report.Section("An extra section", f"<p>plugged in for {Path(ctx['workdir']).name}</p>")
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("zoo")
+    assert train(tmp, data_dir, *GRID) == 0
+    out = analysis.analyze_workdir(tmp / "run", metrics=["wasserstein", "ks", "euclidean"], n_permutations=500,
+                                   n_boot=200, extra_sections=[extra_section])
+    return tmp / "run", out
+
+
+def test_summary_has_every_key_and_the_numbers_agree(analysed):
+    run, out = analysed
+    s = json.loads((out / "summary.json").read_text())
+    for section, keys in SUMMARY_KEYS.items():
+        assert set(keys) <= set(s[section] if section else s), (section, set(keys) - set(s[section] if section else s))
+    m = pd.read_csv(run / "metrics.csv")
+    last = m[m.epoch == 2].sort_values("network")
+    n = len(last)
+    assert s["n_networks"] == n >= 20 and s["n_diverged"] == int(last.diverged.sum()) >= 2
+    assert s["grouping"]["n_optimal"] == s["grouping"]["n_suboptimal"] == round(0.25 * s["n_kept"])
+    assert s["grouping"]["optimal_acc"][0] > 0.7 > 0.3 > s["grouping"]["suboptimal_acc"][1]  # good and poor
+    groups = pd.read_csv(out / "groups.csv").set_index("network")
+    assert (groups.group[last.diverged.to_numpy(bool)] == "diverged").all()
+    # within-group means of the whole-network W1 == scipy over the same pairs
+    params = rundir.load_params(run / "params.npz")
+    flat = np.concatenate([np.asarray(v, np.float64).reshape(n, -1)
+                           for _, v in sorted(rundir.flatten_params(params).items())], 1)
+    opt = groups.index[groups.group == "optimal"].to_numpy()
+    pairs = [(i, j) for i in opt for j in opt if i < j]
+    ref = np.mean([ss.wasserstein_distance(flat[i], flat[j]) for i, j in pairs])
+    np.testing.assert_allclose(s["claim"]["within_optimal"], ref, rtol=1e-4)
+    assert s["claim"]["primary_metric"] == "wasserstein" and s["claim"]["verdict"] in ("holds", "reversed",
+                                                                                         "not significant")
+    assert 0 < s["claim"]["p_greater"] <= 1 and s["claim"]["ci"][0] <= s["claim"]["ci"][1]
+    # a Spearman correlation in correlations.csv == scipy on stats.csv
+    stats_t = pd.read_csv(out / "stats.csv")
+    corr = pd.read_csv(out / "correlations.csv").set_index(["layer", "statistic"])
+    kept = ~last.diverged.to_numpy(bool)
+    v = stats_t[(stats_t.layer == "Dense_0") & (stats_t.statistic == "std")].sort_values("network").value.to_numpy()
+    r = ss.spearmanr(v[kept], last.test_acc.to_numpy()[kept])
+    np.testing.assert_allclose(corr.loc[("Dense_0", "std"), ["rho", "p_value"]].to_numpy(float),
+                               [r.statistic, r.pvalue], rtol=1e-6)
+    assert {r["features"] for r in s["prediction"]["scores"]} == {"weights", "hyperparameters"}
+    # the baseline sees learning rate and init scale, never the accuracy or loss columns
+    assert {r["n_features"] for r in s["prediction"]["scores"] if r["features"] == "hyperparameters"} == {2}
+
+
+def test_every_figure_and_its_data_exist(analysed):
+    _, out = analysed
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["figures"]) == set(FIGURES)
+    for name, rel in s["figures"].items():
+        png = out / rel
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
+        data = pd.read_csv(png.with_suffix(".csv"))
+        assert len(data) > 0, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(FIGURES) and "src=\"figures/" not in html
+    assert "An extra section" in html and "plugged in for run" in html
+    for title in ("Are optimal networks more alike", "Dispersion", "Spearman", "Predicting accuracy",
+                  "node strength and layer fluctuation"):
+        assert title in html
+
+
+def test_report_renders_in_headless_chromium_with_every_image_decoded(analysed, tmp_path):
+    _, out = analysed
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("chromium not found: install Debian's `chromium` package (CI does)")
+    probe = ("<script>window.addEventListener('load', () => { const im = [...document.images];"
+             "const ok = im.filter(i => i.complete && i.naturalWidth > 0).length;"
+             "document.body.insertAdjacentHTML('beforeend', `<pre id=probe>IMAGES ${ok}/${im.length}</pre>`); });"
+             "</script></body>")
+    page = tmp_path / "report.html"
+    page.write_text((out / "report.html").read_text().replace("</body>", probe))
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert f"IMAGES {len(FIGURES)}/{len(FIGURES)}" in res.stdout, (res.stdout[-500:], res.stderr[-2000:])
+
+
+def test_cli_grouping_options_and_refusals(analysed, capsys):
+    run, _ = analysed
+    assert cli.main(["analyze", "--workdir", str(run), "--threshold", "0.5,x"]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert cli.main(["analyze", "--workdir", str(run), "--quantile", "0.8"]) == 2
+    assert "--quantile" in capsys.readouterr().err
+    before = (run / "analysis" / "summary.json").read_bytes()
+    # a threshold no network reaches: one line naming it, the previous analysis kept
+    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--threshold", "0.999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "threshold" in err[0] and "optimal" in err[0]
+    assert (run / "analysis" / "summary.json").read_bytes() == before
+    # chance-level networks left out on request, counted apart from the diverged ones
+    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--min_accuracy", "0.2",
+                     "--permutations", "200", "--bootstrap", "50"]) == 0
+    s = json.loads((run / "analysis" / "summary.json").read_text())
+    m = pd.read_csv(run / "metrics.csv")
+    last = m[m.epoch == m.epoch.max()]
+    below = int(((last.test_acc < 0.2) & ~last.diverged.astype(bool)).sum())
+    assert below > 0 and s["n_below_min_accuracy"] == below and s["n_diverged"] == int(last.diverged.sum())
+    assert s["n_kept"] == len(last) - below - s["n_diverged"] and s["grouping"]["suboptimal_acc"][0] >= 0.2
+    groups = pd.read_csv(run / "analysis" / "groups.csv")
+    assert (groups.group == "below_min_accuracy").sum() == below
+
+
+def test_study_writes_a_combined_report_with_a_verdict_table(tmp_path, data_dir):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("s", REPO / "configs" / "studies" / "optimal_vs_suboptimal.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("quick")
+    c.datasets, c.models, c.data_dir = ("mnist",), ("mlp",), str(data_dir)
+    c.overrides = {"all": {"max_train": 512, "max_test": 300, "learning_rates": (1e-4, 1e-3, 1e-2, 5e-2)},
+                   "mlp": {"model": {"hidden": (16,)}}}
+    c.analysis.metrics, c.analysis.n_permutations, c.analysis.n_boot = ("wasserstein",), 100, 50
+    path = study.run_study(c, tmp_path)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert path == tmp_path / "report.html" and "Verdicts per dataset" in path.read_text()
+    (row,) = s["verdicts"]
+    assert row["dataset"] == "mnist" and row["model"] == "mlp" and row["networks"] == 8
+    assert row["claim"] == s["zoos"]["mnist_mlp"]["claim"]["verdict"]
+    assert (tmp_path / "mnist_mlp" / "analysis" / "report.html").exists()
+    cfg = json.loads((tmp_path / "mnist_mlp" / "config.json").read_text())
+    assert cfg["model"]["hidden"] == [16] and cfg["max_train"] == 512

@@ -1,0 +1,234 @@
+"""Scaling out: 8 devices == 1 device (training, statistics, distances), padding, chunks == no
+chunks, two processes, bf16, the memory plan.
+
+Runs on several devices happen in subprocesses, because the simulated device count
+(`XLA_FLAGS=--xla_force_host_platform_device_count`) must be set before JAX starts.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxweights import config as config_lib
+from jaxweights import distances, models, rundir, run, stats, train
+
+REPO = Path(__file__).resolve().parents[1]
+N_NETS = 13  # does not divide 8: padded to 16 on 8 devices
+
+# A tiny zoo: 13 networks (seeds) × 2 epochs of a 784-16-10 MLP on 512 MNIST images.
+CONFIG = """
+from jaxweights import config as config_lib
+METRICS = ("wasserstein", "ks", "energy", "jensenshannon", "kde_kl")
+# the built-ins, named: other tests may register more in this process
+STATISTICS = ("mean", "std", "var", "skewness", "kurtosis", "quantiles", "l1", "l2", "max_abs", "rms",
+              "near_zero", "spectral_norm", "stable_rank", "histogram")
+def tiny(data_dir, **kw):
+    c = config_lib.default_config()
+    c.data_dir, c.max_train, c.max_test = str(data_dir), 512, 500
+    c.model.hidden, c.batch_size, c.num_epochs = (16,), 64, 2
+    c.num_seeds, c.learning_rates = 13, (0.05,)
+    for k, v in kw.items():
+        c[k] = v
+    return c
+"""
+exec(CONFIG)  # defines tiny(); the subprocesses run the same text
+
+
+def _subprocess(code: str, *, devices: int, env: dict | None = None, timeout: int = 240):
+    """Runs `code` in a fresh Python with `devices` simulated CPU devices; returns the process."""
+    full = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", CONFIG + textwrap.dedent(code)], cwd=REPO, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout: int = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _assert_same_run(a: Path, b: Path, rtol=1e-5, atol=1e-6):
+    ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
+    assert list(ma.columns) == list(mb.columns) and len(ma) == len(mb) == N_NETS * 2
+    pd.testing.assert_frame_equal(ma[["network", "seed", "epoch", "diverged"]], mb[["network", "seed", "epoch", "diverged"]])
+    for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        np.testing.assert_allclose(ma[col], mb[col], rtol=rtol, atol=atol, err_msg=col)
+    pa, pb = dict(np.load(a / "params.npz")), dict(np.load(b / "params.npz"))
+    assert {k: v.shape for k, v in pa.items()} == {k: v.shape for k, v in pb.items()}
+    assert pa["Dense_0/kernel"].shape[0] == N_NETS  # padding never reaches the outputs
+    for k in pa:
+        np.testing.assert_allclose(pa[k], pb[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, data_dir):
+    """The reference: the tiny zoo trained in this process on its one CPU device."""
+    assert jax.device_count() == 1, "run without XLA_FLAGS device-count overrides"
+    out = tmp_path_factory.mktemp("one") / "run"
+    run.train_and_evaluate(tiny(data_dir), out, progress=False)
+    return out
+
+
+def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_path, data_dir):
+    out = _finish(_subprocess(f"""
+        import json, jax, numpy as np
+        from jaxweights import config as config_lib, run, stats, rundir, train
+        run.train_and_evaluate(tiny({str(data_dir)!r}), {str(tmp_path / 'run')!r}, progress=False)
+        mesh = train.networks_mesh()
+        params = rundir.load_params({str(tmp_path / 'run' / 'params.npz')!r})
+        stats.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"), mesh=mesh).to_csv(
+            {str(tmp_path / 'stats8.csv')!r}, index=False)
+        from jaxweights import distances
+        d = {{f"{{m}}|{{k}}": v for m in METRICS for k, v in distances.pairwise(params, m, mesh=mesh).items()}}
+        np.savez({str(tmp_path / 'dist8.npz')!r}, **d)
+        # the zoo's state really lives on 8 devices, 2 networks each (13 are padded to 16)
+        c = tiny({str(data_dir)!r}, num_seeds=16)
+        fns = train.make_zoo_fns(run.make_setup(c, run.load_dataset(c)), (28, 28, 1), 500, mesh)
+        grid = config_lib.hyperparameter_grid(c)
+        hp = train.shard(train.Hyper(*(np.asarray(f) for f in train.hyper_from_grid(grid))), mesh)
+        k = fns.init(hp).params["Dense_0"]["kernel"]
+        print(json.dumps({{"devices": jax.device_count(),
+                           "shards": sorted(s.data.shape[0] for s in k.addressable_shards)}}))
+    """, devices=8))
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info == {"devices": 8, "shards": [2] * 8}
+    _assert_same_run(one_device, tmp_path / "run")
+    ckpt = rundir.Checkpoints(tmp_path / "run")
+    assert ckpt.epochs() == [0, 1, 2]
+    c = tiny(data_dir)
+    setup = run.make_setup(c, run.load_dataset(c))
+    hp = train.hyper_from_grid(config_lib.hyperparameter_grid(c))
+    like = jax.eval_shape(jax.vmap(lambda h: train.init_network(setup, h, (28, 28, 1))), hp)
+    restored = ckpt.restore(2, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like))  # 13 networks, not 16
+    final = np.load(tmp_path / "run" / "params.npz")["Dense_0/kernel"]
+    np.testing.assert_array_equal(np.asarray(restored.params["Dense_0"]["kernel"]), final)
+    # statistics sharded over 8 devices == the same statistics on one device
+    params = rundir.load_params(tmp_path / "run" / "params.npz")
+    ref = stats.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"))
+    got = pd.read_csv(tmp_path / "stats8.csv")
+    assert list(got.layer) == list(ref.layer) and list(got.statistic) == list(ref.statistic)
+    np.testing.assert_allclose(got.value, ref.value, rtol=1e-5, atol=1e-7)
+    # distances with their rows split over 8 devices == the one-device blocked computation
+    with np.load(tmp_path / "dist8.npz") as z:
+        got = dict(z)
+    for m in METRICS:
+        for k, ref in distances.pairwise(params, m).items():
+            np.testing.assert_allclose(got[f"{m}|{k}"], ref, rtol=1e-4, atol=1e-6, err_msg=f"{m} {k}")
+
+
+def test_chunked_run_equals_unchunked(one_device, tmp_path, data_dir, caplog):
+    c = tiny(data_dir)
+    state_b, step_b = train.network_memory(run.make_setup(c, run.load_dataset(c)), (28, 28, 1), 500)
+    per_net = 2 * state_b + step_b
+    # room for 3 networks beside the data (512 + 500 images and labels, the test mask)
+    data_b = 512 * 784 + 512 * 4 + 500 * 784 + 500 * 4 + 500 * 4
+    c.memory_limit_mb = (data_b + 3.5 * per_net) / 2**20
+    with caplog.at_level("INFO", logger="jaxweights"):
+        run.train_and_evaluate(c, tmp_path / "run", progress=False)
+    plan = json.loads((tmp_path / "run" / "chunks" / "plan.json").read_text())
+    assert (plan["chunk_size"], plan["num_chunks"]) == (3, 5)
+    assert any("5 chunk(s) of 3 networks" in r.getMessage() for r in caplog.records)
+    assert rundir.Checkpoints(tmp_path / "run" / "chunks" / "04").epochs() == [0, 1, 2]
+    _assert_same_run(one_device, tmp_path / "run")
+    # a resumed chunked run (last chunk lost) ends with the same files
+    import shutil
+    shutil.rmtree(tmp_path / "run" / "chunks" / "04")
+    (tmp_path / "run" / "params.npz").unlink()
+    run.train_and_evaluate(c, tmp_path / "run", progress=False)
+    _assert_same_run(one_device, tmp_path / "run")
+
+
+def test_memory_limit_too_small_is_one_line_error(tmp_path, data_dir, capsys):
+    from tests.test_cli import train as cli_train
+    assert cli_train(tmp_path, data_dir, "--config.memory_limit_mb=0.5") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.memory_limit_mb" in err[0] and "cannot hold one network" in err[0]
+    assert cli_train(tmp_path, data_dir, "--config.num_devices=4", workdir="b") == 2
+    assert "config.num_devices" in capsys.readouterr().err
+    assert cli_train(tmp_path, data_dir, "--config.chunk_size=-1", workdir="c") == 2
+    assert "config.chunk_size" in capsys.readouterr().err
+
+
+def test_plan_memory_chunks_are_equal_and_fit():
+    for n in (1, 13, 100, 10_000):
+        for d in (1, 3, 8):
+            for per_device in (1, 2, 7, 1000):
+                budget = 100 + per_device * 30 + 29
+                p = train.plan_memory(n, d, state_bytes=10, step_bytes=10, fixed_bytes=100, budget_bytes=budget)
+                assert p.chunk_size % d == 0 and p.num_chunks * p.chunk_size >= n
+                assert p.chunk_size // d <= per_device  # each device holds what fits
+                assert (p.num_chunks - 1) * p.chunk_size < n  # no empty chunk
+                assert p.num_chunks == -(-n // (per_device * d))  # as few chunks as memory allows
+    with pytest.raises(ValueError, match="cannot hold one network"):
+        train.plan_memory(4, 1, 10, 10, fixed_bytes=100, budget_bytes=120)
+
+
+def test_memory_estimate_bounds_the_compiled_epoch(mnist_slice):
+    """Per-network estimate × N covers XLA's own accounting of the vmapped epoch, within 2×.
+
+    (For tiny networks the estimate is looser: its two copies of the state and its evaluation
+    temporaries weigh more against what XLA reuses.)
+    """
+    x, y, _, _ = mnist_slice
+    c = config_lib.default_config()
+    c.model.hidden, c.optimizer, c.num_seeds = (256, 128), "adam", 8
+    model = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(256, 128))
+    setup = train.Setup(model=model, optimizer="adam", batch_size=128, mean=(33.3,), std=(78.6,))
+    state_b, step_b = train.network_memory(setup, (28, 28, 1), 500)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    n_params = sum(v.size for v in jax.tree.leaves(params))
+    # float32 params and Adam's two moments, Adam's int32 count, our bool diverged flag and int32 step
+    assert state_b == 3 * 4 * n_params + 4 + 1 + 4
+    mesh = train.networks_mesh()
+    fns = train.make_zoo_fns(setup, (28, 28, 1), 500, mesh)
+    hp = train.shard(train.Hyper(*(np.asarray(f) for f in train.hyper_from_grid(config_lib.hyperparameter_grid(c)))),
+                     mesh)
+    state = fns.init(hp)
+    m = fns.train_epoch.lower(state, hp, np.int32(1), jnp.asarray(x), jnp.asarray(y)).compile().memory_analysis()
+    measured = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    estimate = 8 * (2 * state_b + step_b) + x.nbytes + y.nbytes
+    assert measured <= estimate <= 2 * measured
+
+
+def test_two_processes_equal_one_device(one_device, tmp_path, data_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = f"""
+        import jax
+        from jaxweights import run
+        run.train_and_evaluate(tiny({str(data_dir)!r}, multihost=True), {str(tmp_path / 'run')!r}, progress=False)
+        print("process", jax.process_index(), "of", jax.process_count(), "devices", jax.device_count())
+    """
+    procs = [_subprocess(code, devices=2, env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                                               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+             for i in range(2)]
+    outs = [_finish(p) for p in procs]
+    for i, out in enumerate(outs):
+        assert f"process {i} of 2 devices 4" in out
+    _assert_same_run(one_device, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "2" / "default").glob("ocdbt.process_*")) == [
+        "ocdbt.process_0", "ocdbt.process_1"]  # both hosts wrote their part of the checkpoint
+
+
+def test_bfloat16_compute_keeps_float32_parameters(one_device, tmp_path, data_dir):
+    run.train_and_evaluate(tiny(data_dir, compute_dtype="bfloat16"), tmp_path / "run", progress=False)
+    p16, p32 = dict(np.load(tmp_path / "run" / "params.npz")), dict(np.load(one_device / "params.npz"))
+    assert all(v.dtype == np.float32 for v in p16.values())
+    assert not np.allclose(p16["Dense_0/kernel"], p32["Dense_0/kernel"], rtol=1e-6, atol=1e-7)  # bf16 did run
+    np.testing.assert_allclose(p16["Dense_0/kernel"], p32["Dense_0/kernel"], atol=0.02)
+    m16, m32 = (pd.read_csv(d / "metrics.csv") for d in (tmp_path / "run", one_device))
+    assert abs(m16.test_acc.mean() - m32.test_acc.mean()) < 0.02
+    ckpt = rundir.Checkpoints(tmp_path / "run")
+    assert {np.asarray(v).dtype for v in jax.tree.leaves(ckpt.manager.restore(2)["params"])} == {np.dtype("float32")}
