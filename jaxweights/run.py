@@ -311,16 +311,19 @@ def _concat_params(paths: list[Path], out: Path) -> None:
 
     Each leaf is streamed into the zip as one `.npy` (the header of the whole array, then the
     chunks' rows), so a zoo larger than memory still gets one `params.npz` that `np.load` reads.
+    Members are sorted and dated 1980-01-01 like `rundir.npz_bytes`, so equal runs give equal files.
     """
     files = [np.load(p) for p in paths]
     try:
         def write(f):
             with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
-                for k in files[0].files:
+                for k in sorted(files[0].files):
                     first = files[0][k]
                     header = np.lib.format.header_data_from_array_1_0(first)
                     header["shape"] = (sum(z[k].shape[0] for z in files), *first.shape[1:])
-                    with zf.open(k + ".npy", "w", force_zip64=True) as g:
+                    info = zipfile.ZipInfo(k + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                    info.external_attr = 0o644 << 16
+                    with zf.open(info, "w", force_zip64=True) as g:
                         np.lib.format.write_array_header_2_0(g, header)
                         for z in files:
                             g.write(np.ascontiguousarray(z[k], first.dtype).tobytes())
