@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,13 +84,23 @@ def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, b
 
 
 def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None = None,
-                    block_size: int = 64, report: bool = True, extra_sections=(), **claim_options) -> Path:
+                    block_size: int = 64, report: bool = True, extra_sections=(), dynamics: bool | None = None,
+                    data_dir: str | None = None, dynamics_options: Mapping[str, Any] | None = None,
+                    model: Any = None, **claim_options) -> Path:
     """Analyses a run directory into `<workdir>/analysis/`; returns that path.
 
     With `report` (and a `metrics.csv`), also tests the optimal-vs-suboptimal claims and writes
     figures, report.html and summary.json (`report_workdir`); `claim_options` go to `zoo_summary`
     (quantile, threshold, bins, n_permutations, n_boot, alpha, folds, seed); `extra_sections` are
     report section providers (see `jaxweights.report`).
+
+    Learning dynamics (`jaxweights.dynamics.write_dynamics`: rwc.csv, stats_over_epochs.csv,
+    modularity.csv, cka.npz, probes.csv, dynamics.json and their figures, and report sections):
+    `dynamics=None` computes them when the run kept at least two per-epoch checkpoints and skips
+    them with a log line otherwise (or when its data cannot be found); `True` requires them (errors
+    are raised); `False` skips them. `data_dir` is where the probe images are read (default: the
+    run's config); `dynamics_options` go to `write_dynamics` (probe_size, k, cka_batch, ...);
+    `model` is the Flax module of a run trained with your own module (needed for its dynamics).
     """
     workdir = Path(workdir)
     _check_metrics(metrics or ())  # before any work, so a bad name costs nothing
@@ -99,13 +109,17 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
         _check_grouping(runs, claim_options)
     tmp = Path(tempfile.mkdtemp(prefix=".analysis-", dir=workdir))
     try:
-        tables, nets = [], []
+        tables, nets, notes = [], [], {}
         for name, rd in runs:
             out = tmp / "groups" / name if name else tmp
             params = rundir.load_params(rd / "params.npz")
             n = len(next(iter(stats.flatten(params).values())))
             log.info("%s: analysing %d networks", rd, n)
             table = analyze_params(params, out, metrics=metrics, block_size=block_size)
+            if dynamics is not False:
+                skipped = _dynamics(rd, out, dynamics is True, data_dir, {"model": model, **(dynamics_options or {})})
+                if skipped:
+                    notes[name] = skipped
             if (rd / "metrics.csv").exists():
                 m = pd.read_csv(rd / "metrics.csv")
                 last = m[m.epoch == m.epoch.max()].reset_index(drop=True)
@@ -121,7 +135,7 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
             rundir.write_csv(tmp / "networks.csv", pd.concat(nets, ignore_index=True))
         if report and all((rd / "metrics.csv").exists() for _, rd in runs):
             report_workdir(workdir, tmp, runs, extra_sections=extra_sections, metrics=metrics, block_size=block_size,
-                           **claim_options)
+                           dynamics_notes=notes, **claim_options)
         final = workdir / "analysis"
         old = workdir / ".analysis-old"
         if old.exists():
@@ -135,6 +149,34 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options: Mapping[str, Any]) -> str | None:
+    """Writes the learning dynamics of run `rd` into `out`; returns why they were skipped, or None."""
+    from jaxweights import config as config_lib
+    from jaxweights import data as data_lib
+    from jaxweights import dynamics as dyn
+    if not required:
+        try:
+            dirs = dyn.snapshot_dirs(rd)
+        except dyn.DynamicsError as e:
+            log.info("learning dynamics skipped: %s", e)
+            return str(e)
+        kept = sum(p.name.isdigit() for p in (dirs[0] / "checkpoints").iterdir())
+        if kept < 2:
+            why = (f"{dirs[0] / 'checkpoints'}: {kept} checkpoint(s); learning dynamics need per-epoch snapshots "
+                   "(train with checkpoint_every=1, keep_checkpoints=0)")
+            log.info("learning dynamics skipped: %s", why)
+            return why
+    log.info("%s: learning dynamics", rd)
+    try:
+        dyn.write_dynamics(rd, out, data_dir=data_dir, **options)
+    except (dyn.DynamicsError, data_lib.DataError, config_lib.ConfigError) as e:
+        if required:
+            raise
+        log.warning("learning dynamics skipped: %s", e)
+        return str(e)
+    return None
 
 
 # ------------------------------------------------ optimal vs suboptimal: claims, figures, report
@@ -321,9 +363,14 @@ def _check_grouping(runs, options) -> None:
                                 threshold=options.get("threshold"), exclude=excluded)
 
 
-def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), **options) -> Path:
-    """Runs `zoo_summary` on every group of an analysed run and writes report.html + summary.json to `out`."""
-    from jaxweights import claims, figures, report
+def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), dynamics_notes=None, **options) -> Path:
+    """Runs `zoo_summary` on every group of an analysed run and writes report.html + summary.json to `out`.
+
+    Groups whose learning dynamics were written (`dynamics.json`) get their sections and a
+    `dynamics` entry in the summary; `dynamics_notes` (group -> why they were skipped) are recorded.
+    """
+    from jaxweights import claims, dynamics, figures, report
+    dynamics_notes = dynamics_notes or {}
     sections, summaries, tables = [], {}, {}
     for name, rd in runs:
         zout = out / "groups" / name if name else out
@@ -336,6 +383,11 @@ def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), **optio
         summaries[name or "zoo"] = s
         tables[name or "zoo"] = pd.read_csv(zout / "claim_tests.csv")
         sections += report.zoo_sections(s, figs, prefix=f"group {name}" if name else "")
+        if (zout / "dynamics.json").exists():
+            s["dynamics"] = rundir.read_config(zout / "dynamics.json")
+            sections += dynamics.report_sections(zout, prefix=f"group {name}" if name else "")
+        elif name in dynamics_notes:
+            s["dynamics"] = {"skipped": dynamics_notes[name]}
     summary = summaries.get("zoo") or {"groups": summaries}
     if len(runs) > 1:  # static groups (e.g. several architectures): same pattern across them?
         metric = next(iter(summaries.values()))["claim"]["primary_metric"]

@@ -5,6 +5,7 @@
     jaxweights study   --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR [--data_dir D]
     jaxweights analyze --workdir DIR [--metrics a,b] [--block_size K] [--quantile Q | --threshold T[,T2]]
                        [--min_accuracy A] [--bins B] [--permutations P] [--bootstrap B] [--noreport]
+                       [--[no]dynamics] [--probe_size N] [--data_dir DIR]
     jaxweights analyze-params PATH... --out DIR [--layout auto|torch|flax] [--stacked auto|yes|no]
                        [--metrics a,b] [--block_size K] [--layers a,b] [--nofigures]
     jaxweights prune   --workdir DIR [--layers Dense_1,...] [--data_dir DIR] [--overwrite]
@@ -26,7 +27,8 @@ commands:
            train a zoo of networks and write its run directory
   analyze  --workdir DIR
            statistics, node strength and distances of a trained zoo, into DIR/analysis/; then
-           optimal vs suboptimal networks: tests, figures, report.html and summary.json
+           optimal vs suboptimal networks: tests, figures, report.html and summary.json; and the
+           learning dynamics over the per-epoch checkpoints (RWC, CKA, probes, modularity)
   study    --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR
            train and analyse every dataset × model zoo of the study; one combined report
   analyze-params PATH... --out DIR [--layout auto|torch|flax]
@@ -99,6 +101,12 @@ def _flag_values(command: str, argv: list[str]):
         flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the confidence intervals.", flag_values=fv)
         flags.DEFINE_bool("report", True, "Test the claims; write figures, report.html and summary.json.",
                           flag_values=fv)
+        flags.DEFINE_bool("dynamics", None, "Learning dynamics (RWC, CKA, probes, modularity over epochs). Default: "
+                          "when the run kept per-epoch checkpoints; --dynamics requires them, --nodynamics skips.",
+                          flag_values=fv)
+        flags.DEFINE_integer("probe_size", 500, "Test images the representations are captured on.", flag_values=fv)
+        flags.DEFINE_string("data_dir", None, "Folder with the dataset files (default: the run's config).",
+                            flag_values=fv)
     flags.DEFINE_bool("help", False, "Show this help.", flag_values=fv, short_name="h")
     return fv
 
@@ -165,8 +173,9 @@ def cmd_analyze(args: Sequence[str]) -> int:
         threshold = threshold[0] if len(threshold) == 1 else threshold
     out = analysis.analyze_workdir(fv.workdir, metrics=fv.metrics, block_size=fv.block_size, report=fv.report,
                                    quantile=fv.quantile, threshold=threshold, min_accuracy=fv.min_accuracy,
-                                   bins=fv.bins,
-                                   n_permutations=fv.permutations, n_boot=fv.bootstrap)
+                                   bins=fv.bins, n_permutations=fv.permutations, n_boot=fv.bootstrap,
+                                   dynamics=fv.dynamics, data_dir=fv.data_dir,
+                                   dynamics_options={"probe_size": fv.probe_size})
     print(f"analysis written to {out}")
     return 0
 

@@ -72,23 +72,29 @@ def default_chunk() -> int:
 
 # ============================== snapshots ==============================
 
-def load_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.ndarray]]]:
-    """Reads the parameters of every per-epoch checkpoint of a run directory.
+def snapshot_dirs(run_dir: str | Path) -> list[Path]:
+    """The folders holding a run's `checkpoints/`: the run itself, or its chunks in network order.
 
-    Args:
-      run_dir: a `jaxweights train` run directory of one group (with `checkpoints/`).
-
-    Returns:
-      `(epochs, params)`: the sorted checkpoint epochs and, for each, the flat parameters
-      `{"Dense_0/kernel": (N, ...)}` with the networks axis first.
+    A zoo trained in chunks (`chunks/plan.json`) keeps each chunk's checkpoints in
+    `chunks/<KK>/checkpoints/`; its networks are the chunks' networks one after another.
 
     Raises:
-      DynamicsError: the directory holds no checkpoints.
+      DynamicsError: no checkpoints anywhere.
     """
-    import orbax.checkpoint as ocp
     run_dir = Path(run_dir)
-    if not (run_dir / "checkpoints").is_dir():
-        raise DynamicsError(f"{run_dir}: no checkpoints/ folder (is this a `jaxweights train` run directory?)")
+    if (run_dir / "checkpoints").is_dir():
+        return [run_dir]
+    if (run_dir / "chunks" / "plan.json").exists():
+        chunks = sorted(p for p in (run_dir / "chunks").iterdir() if p.name.isdigit())
+        missing = [str(p) for p in chunks if not (p / "checkpoints").is_dir()]
+        if chunks and not missing:
+            return chunks
+        raise DynamicsError(f"{run_dir / 'chunks'}: chunk(s) without checkpoints/: {', '.join(missing) or 'none'}")
+    raise DynamicsError(f"{run_dir}: no checkpoints/ folder (is this a `jaxweights train` run directory?)")
+
+
+def _load_dir_snapshots(run_dir: Path) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+    import orbax.checkpoint as ocp
     ckpt = rundir.Checkpoints(run_dir)
     try:
         epochs = ckpt.epochs()
@@ -101,6 +107,31 @@ def load_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.nd
     finally:
         ckpt.close()
     return epochs, out
+
+
+def load_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+    """Reads the parameters of every per-epoch checkpoint of a run directory.
+
+    Args:
+      run_dir: a `jaxweights train` run directory of one group (with `checkpoints/`, or with
+        `chunks/<KK>/checkpoints/` for a zoo trained in chunks; their networks are concatenated).
+
+    Returns:
+      `(epochs, params)`: the sorted checkpoint epochs and, for each, the flat parameters
+      `{"Dense_0/kernel": (N, ...)}` with the networks axis first.
+
+    Raises:
+      DynamicsError: the directory holds no checkpoints, or chunks kept different epochs.
+    """
+    parts = [_load_dir_snapshots(d) for d in snapshot_dirs(run_dir)]
+    epochs = parts[0][0]
+    for d, (e, _) in zip(snapshot_dirs(run_dir), parts):
+        if e != epochs:
+            raise DynamicsError(f"{d / 'checkpoints'}: epochs {e} differ from the first chunk's {epochs}")
+    if len(parts) == 1:
+        return parts[0]
+    return epochs, [{k: np.concatenate([p[1][i][k] for p in parts]) for k in parts[0][1][i]}
+                    for i in range(len(epochs))]
 
 
 def stack_epochs(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -608,22 +639,27 @@ def run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
     return c
 
 
-def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None = None):
+def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None = None, model: Any = None):
     """The model and standardised probe data of a run: `(setup, x_probe, y_probe, x_eval, y_eval)`.
 
     The probe set is the first `probe_size` test images; the held-out set for probe accuracy
-    the next `probe_size` (fewer if the test split is smaller).
+    the next `probe_size` (fewer if the test split is smaller). `model` is the Flax module of a run
+    trained with your own module (`train_and_evaluate(..., model=...)`); other runs rebuild theirs
+    from the config.
     """
     from jaxweights import run as run_lib
     from jaxweights import train as train_lib
     run_dir = Path(run_dir)
     config = run_config(run_dir)
+    if config.model.get("name") == "custom" and model is None:
+        raise DynamicsError(f"{run_dir}: trained with your own module {config.model.get('module', '')}; pass it as "
+                            "model= (write_dynamics, analyze_workdir) to capture its representations")
     with config.unlocked():
         if data_dir:
             config.data_dir = str(data_dir)
         config.max_test = 0 if not config.max_test else max(int(config.max_test), 2 * probe_size)
     ds = run_lib.load_dataset(config)
-    setup = run_lib.make_setup(config, ds)
+    setup = run_lib.make_setup(config, ds, model)
     n = ds.x_test.shape[0]
     if n < probe_size + 10:
         raise DynamicsError(f"probe_size: {probe_size} needs more than the {n} test images")
@@ -647,8 +683,13 @@ def good_networks(run_dir: str | Path, quantile: float = 0.5) -> np.ndarray:
 
 def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, y_eval, *, k: int = 3,
                             cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4,
-                            resolution: int = 16, chunk: int | None = None):
+                            resolution: int = 16, chunk: int | None = None, memory_mb: int = 1024):
     """CKA, probes and modularity of every network, layer and snapshot.
+
+    Networks are processed in blocks whose activations (all layers, all epochs) fit in
+    `memory_mb`; only each network's results and the final-epoch CKA factors (kept in temporary
+    files) outlive a block. See `RepresentationDynamics` to feed the networks in parts (the
+    chunks of a chunked run).
 
     Args:
       setup: the run's `train.Setup` (its `model` and `num_classes` are used).
@@ -660,6 +701,7 @@ def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, 
       probe_steps: Adam steps of each linear probe.
       num_planes, resolution: decision-region planes and their grid size.
       chunk: networks vmapped at once (`jax.lax.map` batch size; default `default_chunk()`).
+      memory_mb: budget for the captured activations of one block of networks.
 
     Returns:
       `(cka, modularity_df, probes_df, regions)`: `cka` a dict of arrays (see `write_dynamics`),
@@ -667,90 +709,183 @@ def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, 
       `network, epoch, layer, depth, probe_acc, probe_train_acc, region_agreement_prev,
       region_agreement_final`, `regions` `(N, L, E, E)` decision-region agreement.
     """
-    model, c = setup.model, setup.num_classes
-    chunk = chunk or default_chunk()
-    labels = np.asarray(y_probe)
-    triples = choose_triples(labels, num_planes)
-    xp_np = np.asarray(x_probe)
-    planes = jnp.concatenate([plane_points(*(jnp.asarray(xp_np[i]) for i in t), resolution=resolution)
-                              for t in triples])
-    batch = jnp.concatenate([x_probe, x_eval, planes])
-    n, ne = x_probe.shape[0], x_eval.shape[0]
-    bs = n // max(n // cka_batch, 1)
+    with RepresentationDynamics(setup, epochs, x_probe, y_probe, x_eval, y_eval, k=k, cka_batch=cka_batch,
+                                probe_steps=probe_steps, num_planes=num_planes, resolution=resolution, chunk=chunk,
+                                memory_mb=memory_mb) as acc:
+        acc.add(snapshots)
+        return acc.finish()
 
-    reps_e = [capture_zoo(model, params, batch, chunk) for params in snapshots]
-    names = list(reps_e[0])
-    L, E = len(names), len(snapshots)
-    N = reps_e[0][names[0]].shape[0]
 
-    def per_network(r_E):  # one network, one layer, all epochs: (E, n_total, f)
-        x = r_E[:, :n]
-        lin = cka_matrix(jax.vmap(gram)(x))
-        unb = cka_matrix(jax.vmap(lambda a: _minibatch_grams(a, bs))(x), True)
-        mod = jax.vmap(lambda a: knn_modularity(a, y_probe, c, k))(x)
-        return lin, unb, mod
+class RepresentationDynamics:
+    """Streams networks through the representation analyses; `finish()` assembles the results.
 
-    def probe_one(r):  # one network, one layer, one epoch: (n_total, f)
-        probe = train_probe(r[:n], y_probe, c, probe_steps)
-        return ((probe_predict(probe, r[:n]) == y_probe).mean(), (probe_predict(probe, r[n:n + ne]) == y_eval).mean(),
-                probe_predict(probe, r[n + ne:]))
+    `add(snapshots)` takes per-epoch flat parameters of any number of networks (appended after
+    those already added) and processes them in blocks of `block_size(...)` networks, so memory
+    holds one block's activations at a time. Network × network CKA needs every network's
+    final-epoch representation: its CKA factors (`_cka_forms`, a centred Gram matrix of the probe
+    set per layer) are written to a temporary folder and multiplied block by block in `finish()`.
+    Use as a context manager (the temporary folder is removed on exit).
+    """
 
-    dyn_fn = jax.jit(lambda r: jax.lax.map(per_network, r, batch_size=chunk))
-    probe_fn = jax.jit(lambda r: jax.lax.map(probe_one, r, batch_size=chunk))
-    forms_fn = jax.jit(lambda x, unbiased: jax.lax.map(lambda a: _cka_forms(a, unbiased, bs), x, batch_size=chunk),
-                       static_argnums=1)
+    def __init__(self, setup, epochs, x_probe, y_probe, x_eval, y_eval, *, k: int = 3, cka_batch: int = 100,
+                 probe_steps: int = 300, num_planes: int = 4, resolution: int = 16, chunk: int | None = None,
+                 memory_mb: int = 1024):
+        import tempfile
+        self.model, self.c = setup.model, setup.num_classes
+        self.epochs = list(epochs)
+        self.chunk = chunk or default_chunk()
+        self.memory = int(memory_mb) << 20
+        labels = np.asarray(y_probe)
+        xp_np = np.asarray(x_probe)
+        planes = jnp.concatenate([plane_points(*(jnp.asarray(xp_np[i]) for i in t), resolution=resolution)
+                                  for t in choose_triples(labels, num_planes)])
+        self.batch = jnp.concatenate([x_probe, x_eval, planes])
+        self.n, self.ne = n, ne = x_probe.shape[0], x_eval.shape[0]
+        self.bs = bs = n // max(n // cka_batch, 1)
+        c, chunk = self.c, self.chunk
 
-    mod = np.zeros((N, E, L))
-    probe_acc, probe_train = np.zeros((N, E, L)), np.zeros((N, E, L))
-    preds = np.zeros((N, L, E, planes.shape[0]), np.int32)
-    lin_epochs, unb_epochs = np.zeros((N, L, E, E)), np.zeros((N, L, E, E))
-    lin_nets, unb_nets = np.zeros((L, N, N)), np.zeros((L, N, N))
-    for li, name in enumerate(names):
-        r = jnp.stack([reps_e[e][name] for e in range(E)], 1)  # (N, E, n_total, f)
-        lin, unb, m = dyn_fn(r)
-        lin_epochs[:, li], unb_epochs[:, li], mod[:, :, li] = np.asarray(lin), np.asarray(unb), np.asarray(m)
-        for unbiased, out in ((False, lin_nets), (True, unb_nets)):
-            left, right = forms_fn(r[:, -1, :n], unbiased)
-            out[li] = np.asarray(_normalised(left @ right.T))
-        if name != INPUT:
-            tr, te, pr = probe_fn(r.reshape(N * E, *r.shape[2:]))
-            probe_train[:, :, li] = np.asarray(tr).reshape(N, E)
-            probe_acc[:, :, li] = np.asarray(te).reshape(N, E)
-            preds[:, li] = np.asarray(pr).reshape(N, E, -1)
+        def per_network(r_E):  # one network, one layer, all epochs: (E, n_total, f)
+            x = r_E[:, :n]
+            lin = cka_matrix(jax.vmap(gram)(x))
+            unb = cka_matrix(jax.vmap(lambda a: _minibatch_grams(a, bs))(x), True)
+            mod = jax.vmap(lambda a: knn_modularity(a, y_probe, c, k))(x)
+            return lin, unb, mod
 
-    def layers_one(xs):  # one network's final representations of every layer
-        out = []
-        for unbiased in (False, True):
-            lr = [_cka_forms(x[:n], unbiased, bs) for x in xs]
-            left, right = jnp.stack([a for a, _ in lr]), jnp.stack([b for _, b in lr])
-            out.append(_normalised(left @ right.T))
-        return tuple(out)
+        def probe_one(r):  # one network, one layer, one epoch: (n_total, f)
+            probe = train_probe(r[:n], y_probe, c, probe_steps)
+            return ((probe_predict(probe, r[:n]) == y_probe).mean(),
+                    (probe_predict(probe, r[n:n + ne]) == y_eval).mean(), probe_predict(probe, r[n + ne:]))
 
-    finals = [reps_e[-1][name] for name in names]
-    lin_layers, unb_layers = (np.asarray(a) for a in jax.jit(
-        lambda xs: jax.lax.map(layers_one, xs, batch_size=chunk))(finals))
-    regions = (preds[:, :, :, None, :] == preds[:, :, None, :, :]).mean(-1)  # (N, L, E, E)
+        def layers_one(xs):  # one network's final representations of every layer
+            out = []
+            for unbiased in (False, True):
+                lr = [_cka_forms(x[:n], unbiased, bs) for x in xs]
+                left, right = jnp.stack([a for a, _ in lr]), jnp.stack([b for _, b in lr])
+                out.append(_normalised(left @ right.T))
+            return tuple(out)
 
-    cka = {"layers": np.asarray(names), "epochs": np.asarray(epochs),
-           "linear_layers": lin_layers, "unbiased_layers": unb_layers,
-           "linear_epochs": lin_epochs, "unbiased_epochs": unb_epochs,
-           "linear_networks": lin_nets, "unbiased_networks": unb_nets}
-    grid = pd.MultiIndex.from_product([range(N), epochs, range(L)], names=["network", "epoch", "depth"]).to_frame(
-        index=False)
-    grid.insert(2, "layer", np.asarray(names)[grid.depth.to_numpy()])
-    mod_df = grid.assign(modularity=mod.reshape(-1))
-    pr = grid.assign(probe_acc=probe_acc.reshape(-1), probe_train_acc=probe_train.reshape(-1))
-    prev = np.full((N, E, L), np.nan)
-    prev[:, 1:] = np.stack([regions[:, :, e, e - 1] for e in range(1, E)], 1) if E > 1 else prev[:, 1:]
-    final = np.moveaxis(regions[:, :, :, -1], 1, 2)
-    pr = pr.assign(region_agreement_prev=prev.reshape(-1), region_agreement_final=final.reshape(-1))
-    pr = pr[pr.layer != INPUT].reset_index(drop=True)
-    return cka, mod_df, pr, regions
+        self._dyn = jax.jit(lambda r: jax.lax.map(per_network, r, batch_size=chunk))
+        self._probe = jax.jit(lambda r: jax.lax.map(probe_one, r, batch_size=chunk))
+        self._forms = jax.jit(lambda x, unbiased: jax.lax.map(lambda a: _cka_forms(a, unbiased, bs), x,
+                                                              batch_size=chunk), static_argnums=1)
+        self._layers = jax.jit(lambda xs: jax.lax.map(layers_one, xs, batch_size=chunk))
+        self._tmp = tempfile.TemporaryDirectory(prefix="jaxweights-cka-")
+        self.names: list[str] | None = None
+        self.parts: list[dict[str, np.ndarray]] = []  # per block: per-network results
+        self.form_files: list[tuple[int, dict]] = []  # per block: (networks, {(layer, unbiased): (left, right)})
+        self.num_networks = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._tmp.cleanup()
+
+    def block_size(self, snapshots) -> int:
+        """Networks per block: the captured activations of all layers and epochs within `memory_mb`."""
+        one = rundir.unflatten_params({p: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for p, v in snapshots[0].items()})
+        shapes = jax.eval_shape(lambda p: capture(self.model, p, self.batch), one)
+        per_net = sum(int(np.prod(s.shape)) * 4 for s in shapes.values()) * len(snapshots) * 2  # + one stacked copy
+        return max(1, min(self.memory // per_net, next(iter(snapshots[0].values())).shape[0]))
+
+    def add(self, snapshots: Sequence[Mapping[str, Any]]) -> None:
+        """Processes the networks of `snapshots` (per-epoch flat parameters, networks axis first)."""
+        if len(snapshots) != len(self.epochs):
+            raise DynamicsError(f"{len(snapshots)} snapshots for {len(self.epochs)} epochs")
+        total = next(iter(snapshots[0].values())).shape[0]
+        b = self.block_size(snapshots)
+        if b < total:
+            log.info("representations: %d networks in blocks of %d (memory_mb=%d)", total, b, self.memory >> 20)
+        for s in range(0, total, b):
+            self._add_block([{p: v[s:s + b] for p, v in snap.items()} for snap in snapshots])
+
+    def _add_block(self, snapshots) -> None:
+        n, ne = self.n, self.ne
+        reps_e = [capture_zoo(self.model, params, self.batch, self.chunk) for params in snapshots]
+        names = list(reps_e[0])
+        if self.names is None:
+            self.names = names
+        elif names != self.names:
+            raise DynamicsError(f"layers {names} differ from the earlier networks' {self.names}")
+        L, E = len(names), len(snapshots)
+        N = reps_e[0][names[0]].shape[0]
+        mod, probe_acc, probe_train = (np.zeros((N, E, L)) for _ in range(3))
+        preds = np.zeros((N, L, E, self.batch.shape[0] - n - ne), np.int32)
+        lin_epochs, unb_epochs = np.zeros((N, L, E, E)), np.zeros((N, L, E, E))
+        files = {}
+        for li, name in enumerate(names):
+            r = jnp.stack([reps_e[e][name] for e in range(E)], 1)  # (N, E, n_total, f)
+            lin, unb, m = self._dyn(r)
+            lin_epochs[:, li], unb_epochs[:, li], mod[:, :, li] = np.asarray(lin), np.asarray(unb), np.asarray(m)
+            for unbiased in (False, True):
+                left, right = self._forms(r[:, -1, :n], unbiased)
+                stem = Path(self._tmp.name) / f"{len(self.form_files)}_{li}_{int(unbiased)}"
+                np.save(f"{stem}_l.npy", np.asarray(left))
+                if unbiased:
+                    np.save(f"{stem}_r.npy", np.asarray(right))
+                files[li, unbiased] = (f"{stem}_l.npy", f"{stem}_r.npy" if unbiased else f"{stem}_l.npy")
+            if name != INPUT:
+                tr, te, pr = self._probe(r.reshape(N * E, *r.shape[2:]))
+                probe_train[:, :, li] = np.asarray(tr).reshape(N, E)
+                probe_acc[:, :, li] = np.asarray(te).reshape(N, E)
+                preds[:, li] = np.asarray(pr).reshape(N, E, -1)
+            del r
+        lin_layers, unb_layers = (np.asarray(a) for a in self._layers([reps_e[-1][name] for name in names]))
+        regions = (preds[:, :, :, None, :] == preds[:, :, None, :, :]).mean(-1)  # (N, L, E, E)
+        self.parts.append(dict(mod=mod, probe_acc=probe_acc, probe_train=probe_train, regions=regions,
+                               linear_epochs=lin_epochs, unbiased_epochs=unb_epochs,
+                               linear_layers=lin_layers, unbiased_layers=unb_layers))
+        self.form_files.append((N, files))
+        self.num_networks += N
+
+    def _networks_cka(self, li: int, unbiased: bool) -> np.ndarray:
+        """`(N, N)` CKA of layer `li` between all networks, from the factor files, block by block."""
+        N = self.num_networks
+        h = np.zeros((N, N))
+        oi = 0
+        for ni, fi in self.form_files:
+            left = np.load(fi[li, unbiased][0], mmap_mode="r")
+            oj = 0
+            for nj, fj in self.form_files:
+                right = np.load(fj[li, unbiased][1], mmap_mode="r")
+                h[oi:oi + ni, oj:oj + nj] = np.asarray(left, np.float32) @ np.asarray(right, np.float32).T
+                oj += nj
+            oi += ni
+        d = np.diagonal(h)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a dead or blown-up layer: NaN, as in-JAX CKA
+            return h / np.sqrt(np.outer(d, d))
+
+    def finish(self):
+        """`(cka, modularity_df, probes_df, regions)` of every network added (see `representation_dynamics`)."""
+        if not self.parts:
+            raise DynamicsError("no networks were added")
+        cat = {key: np.concatenate([p[key] for p in self.parts]) for key in self.parts[0]}
+        names, epochs = self.names, self.epochs
+        N, L, E = self.num_networks, len(names), len(epochs)
+        cka = {"layers": np.asarray(names), "epochs": np.asarray(epochs),
+               "linear_layers": cat["linear_layers"], "unbiased_layers": cat["unbiased_layers"],
+               "linear_epochs": cat["linear_epochs"], "unbiased_epochs": cat["unbiased_epochs"],
+               "linear_networks": np.stack([self._networks_cka(li, False) for li in range(L)]),
+               "unbiased_networks": np.stack([self._networks_cka(li, True) for li in range(L)])}
+        regions = cat["regions"]
+        grid = pd.MultiIndex.from_product([range(N), epochs, range(L)], names=["network", "epoch", "depth"]).to_frame(
+            index=False)
+        grid.insert(2, "layer", np.asarray(names)[grid.depth.to_numpy()])
+        mod_df = grid.assign(modularity=cat["mod"].reshape(-1))
+        pr = grid.assign(probe_acc=cat["probe_acc"].reshape(-1), probe_train_acc=cat["probe_train"].reshape(-1))
+        prev = np.full((N, E, L), np.nan)
+        if E > 1:
+            prev[:, 1:] = np.stack([regions[:, :, e, e - 1] for e in range(1, E)], 1)
+        final = np.moveaxis(regions[:, :, :, -1], 1, 2)
+        pr = pr.assign(region_agreement_prev=prev.reshape(-1), region_agreement_final=final.reshape(-1))
+        pr = pr[pr.layer != INPUT].reset_index(drop=True)
+        return cka, mod_df, pr, regions
 
 
 def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int = 500, k: int = 3,
                    cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4, resolution: int = 16,
-                   tol: float = 0.01, data_dir: str | None = None, figures: bool = True, chunk: int | None = None) -> Path:
+                   tol: float = 0.01, data_dir: str | None = None, figures: bool = True, chunk: int | None = None,
+                   memory_mb: int = 1024, model: Any = None) -> Path:
     """Computes the learning dynamics of a run directory and writes them into `out_dir`.
 
     Files written (a run with static groups is handled per group, in `out_dir/groups/<NN>/`):
@@ -779,6 +914,11 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
       data_dir: data folder (default: the run's config).
       figures: also draw the figures.
       chunk: networks vmapped at once (default `default_chunk()`: 1 on CPU, 64 on accelerators).
+      memory_mb: memory for captured activations; networks are processed in blocks that fit.
+      model: the Flax module of a run trained with your own module (see `probe_data`).
+
+    A zoo trained in chunks is read one chunk's snapshots at a time; its `stats_over_epochs.csv`
+    `hist_*` rows then use each chunk's own bin edges.
 
     Returns:
       `out_dir` as a Path.
@@ -792,21 +932,39 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
         for g in groups:
             write_dynamics(g, out_dir / "groups" / g.name, probe_size=probe_size, k=k, cka_batch=cka_batch,
                            probe_steps=probe_steps, num_planes=num_planes, resolution=resolution, tol=tol,
-                           data_dir=data_dir, figures=figures, chunk=chunk)
+                           data_dir=data_dir, figures=figures, chunk=chunk, memory_mb=memory_mb, model=model)
         return out_dir
+    dirs = snapshot_dirs(run_dir)
+    setup, xp, yp, xe, ye = probe_data(run_dir, probe_size, data_dir, model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    epochs, snaps = load_snapshots(run_dir)
-    if len(snaps) < 2:
-        raise DynamicsError(f"{run_dir}: only {len(snaps)} checkpoint(s); learning dynamics need per-epoch "
-                            "snapshots (train with checkpoint_every=1, keep_checkpoints=0)")
-    rwc = relative_weight_change(snaps, epochs)
-    rundir.write_csv(out_dir / "rwc.csv", rwc)
-    rundir.write_csv(out_dir / "stats_over_epochs.csv", statistics_over_epochs(snaps, epochs))
-
-    setup, xp, yp, xe, ye = probe_data(run_dir, probe_size, data_dir)
-    cka, mod, probes, regions = representation_dynamics(
-        setup, snaps, epochs, xp, yp, xe, ye, k=k, cka_batch=cka_batch, probe_steps=probe_steps,
-        num_planes=num_planes, resolution=resolution, chunk=chunk)
+    rwc_parts, stat_parts, epochs, offset = [], [], None, 0
+    acc = None
+    try:
+        for d in dirs:  # one chunk's snapshots in memory at a time
+            e, snaps = _load_dir_snapshots(d)
+            if len(snaps) < 2:
+                raise DynamicsError(f"{d}: only {len(snaps)} checkpoint(s); learning dynamics need per-epoch "
+                                    "snapshots (train with checkpoint_every=1, keep_checkpoints=0)")
+            if epochs is None:
+                epochs = e
+                acc = RepresentationDynamics(setup, epochs, xp, yp, xe, ye, k=k, cka_batch=cka_batch,
+                                             probe_steps=probe_steps, num_planes=num_planes, resolution=resolution,
+                                             chunk=chunk, memory_mb=memory_mb)
+            elif e != epochs:
+                raise DynamicsError(f"{d / 'checkpoints'}: epochs {e} differ from the first chunk's {epochs}")
+            rwc_parts.append(relative_weight_change(snaps, epochs).assign(network=lambda t: t.network + offset))
+            stat_parts.append(statistics_over_epochs(snaps, epochs).assign(network=lambda t: t.network + offset))
+            acc.add(snaps)
+            offset += next(iter(snaps[0].values())).shape[0]
+            del snaps
+        cka, mod, probes, regions = acc.finish()
+    finally:
+        if acc is not None:
+            acc.__exit__(None, None, None)
+    rundir.write_csv(out_dir / "rwc.csv", pd.concat(rwc_parts).sort_values(
+        ["depth", "epoch", "network"], kind="stable").reset_index(drop=True))
+    rundir.write_csv(out_dir / "stats_over_epochs.csv", pd.concat(stat_parts).sort_values(
+        ["epoch", "network"], kind="stable").reset_index(drop=True))
     layers = list(cka["layers"])
     last = mod[mod.epoch == epochs[-1]]
     curves = last.pivot(index="network", columns="depth", values="modularity").to_numpy()
@@ -822,9 +980,119 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
     _write_npz(out_dir / "probe_regions.npz", {"agreement": regions, "layers": np.asarray(layers),
                                                "epochs": np.asarray(epochs)})
     rundir.write_csv(out_dir / "probes.csv", probes)
+    from jaxweights.report import _finite  # strict JSON: NaN -> null
+    rundir.write_json(out_dir / "dynamics.json", _finite(summarize(
+        pd.read_csv(out_dir / "rwc.csv"), mod, probes, cka, good, pruning_candidates(mean_curve, layers, tol))))
     if figures:
         write_figures(out_dir, good=good)
     return out_dir
+
+
+def _spearman(x, y) -> float:
+    x, y = pd.Series(np.asarray(x, np.float64)), pd.Series(np.asarray(y, np.float64))
+    ok = x.notna() & y.notna() & np.isfinite(x) & np.isfinite(y)
+    return float(x[ok].rank().corr(y[ok].rank())) if ok.sum() > 2 else float("nan")
+
+
+def summarize(rwc: pd.DataFrame, mod: pd.DataFrame, probes: pd.DataFrame, cka: Mapping[str, np.ndarray],
+              good: np.ndarray, candidates: Sequence[str]) -> dict:
+    """The answers the report gives about a zoo's dynamics (`dynamics.json`), over its optimal networks.
+
+    Args:
+      rwc, mod, probes, cka: the tables of `write_dynamics`.
+      good: boolean `(N,)` optimal networks (`good_networks`: final test accuracy ≥ the median).
+      candidates: the zoo-level pruning candidates.
+
+    Returns:
+      `{"n_networks", "n_optimal", "optimal_rule", "rwc", "modularity", "cka", "probes"}`:
+      per-layer tables (lists of records, depth order) and headline numbers: Spearman ρ of depth vs
+      median RWC of the optimal networks at the first and last compared epoch (`later_layers_change_more`
+      when both are positive), and of depth vs their mean final modularity (`modularity_rises_with_depth`).
+    """
+    good = np.asarray(good, bool)
+    if not good.any():
+        good = np.ones_like(good)
+    g = set(np.flatnonzero(good).tolist())
+    epochs = [int(e) for e in cka["epochs"]]
+    layers = [str(l) for l in cka["layers"]]
+    r = rwc[rwc.network.isin(g)]
+    per = r.groupby(["layer", "depth", "epoch"]).rwc_l1_ratio.median().unstack("epoch")
+    per = per.reset_index().sort_values("depth")
+    e_first, e_last = per.columns[2], per.columns[-1]
+    rwc_rows = [{"layer": row.layer, "depth": int(row.depth), "first_epoch": float(row[e_first]),
+                 "last_epoch": float(row[e_last])} for _, row in per.iterrows()]
+    rho_first, rho_last = _spearman(per.depth, per[e_first]), _spearman(per.depth, per[e_last])
+    last = mod[(mod.epoch == epochs[-1]) & mod.network.isin(g)]
+    curve = last.groupby(["depth", "layer"]).modularity.mean().reset_index().sort_values("depth")
+    rho_mod = _spearman(curve.depth, curve.modularity)
+    idx = np.flatnonzero(good)
+    cka_rows = []
+    for li, l in enumerate(layers):
+        m = cka["linear_networks"][li][np.ix_(idx, idx)]
+        off = m[~np.eye(len(idx), dtype=bool)]
+        cka_rows.append({"layer": l, "depth": li,
+                         "across_networks": float(np.nanmean(off)) if off.size else float("nan"),
+                         "first_vs_last_epoch": float(np.nanmean(cka["linear_epochs"][idx, li, 0, -1]))})
+    pr = probes[(probes.epoch == epochs[-1]) & probes.network.isin(g)]
+    probe_rows = [{"layer": l, "depth": int(d), "probe_acc": float(v.probe_acc.mean()),
+                   "region_agreement_prev": float(v.region_agreement_prev.mean())}
+                  for (d, l), v in pr.groupby(["depth", "layer"])]
+    return {
+        "n_networks": int(len(good)), "n_optimal": int(good.sum()),
+        "optimal_rule": "final test accuracy >= the zoo's median (diverged excluded)", "epochs": epochs,
+        "rwc": {"definition": "rwc_l1_ratio = ||w_t - w_{t-1}||_1 / ||w_{t-1}||_1, median of the optimal networks",
+                "first_epoch": int(e_first), "last_epoch": int(e_last), "per_layer": rwc_rows,
+                "rho_depth_first": rho_first, "rho_depth_last": rho_last,
+                "later_layers_change_more": bool(rho_first > 0 and rho_last > 0)},
+        "modularity": {"per_layer": [{"layer": row.layer, "depth": int(row.depth), "modularity": float(row.modularity)}
+                                     for row in curve.itertuples()],
+                       "rho_depth": rho_mod, "modularity_rises_with_depth": bool(rho_mod > 0),
+                       "pruning_candidates": list(candidates)},
+        "cka": {"per_layer": cka_rows}, "probes": {"per_layer": probe_rows},
+    }
+
+
+def report_sections(out_dir: str | Path, prefix: str = "") -> list:
+    """Report sections (`jaxweights.report.Section`) for the dynamics written by `write_dynamics` to `out_dir`."""
+    from jaxweights import report
+    out_dir = Path(out_dir)
+    s = rundir.read_config(out_dir / "dynamics.json")
+    fig = lambda name: [p for p in sorted((out_dir / "figures").glob(name)) if p.suffix == ".png"]
+    p = f"{prefix}: " if prefix else ""
+    r, m = s["rwc"], s["modularity"]
+    yes = lambda b: "yes" if b else "no"
+    head = (f"<p>Over the {s['n_optimal']} optimal of {s['n_networks']} networks ({report.esc(s['optimal_rule'])}); "
+            f"snapshots at epochs {', '.join(map(str, s['epochs']))}.</p>")
+    return [
+        report.Section(
+            p + "Learning dynamics: how much does each layer move?",
+            head + f"<p>Relative weight change ({report.esc(r['definition'])}). Do later layers change more? "
+            f"{yes(r['later_layers_change_more'])} (Spearman ρ of depth vs RWC: {report.fmt(r['rho_depth_first'])} "
+            f"at epoch {r['first_epoch']}, {report.fmt(r['rho_depth_last'])} at epoch {r['last_epoch']}). "
+            "Both definitions per network, layer and epoch are in <code>rwc.csv</code>.</p>"
+            + report.table(pd.DataFrame(r["per_layer"]), ["layer", "first_epoch", "last_epoch"]),
+            fig("rwc.png") + fig("stats_over_epochs.png")),
+        report.Section(
+            p + "Representations: CKA and linear probes",
+            "<p>Linear CKA of each layer between optimal networks at the last epoch (how alike are seeds and "
+            "hyperparameters?) and between the first and last snapshot of the same network (how far has the "
+            "layer moved?); linear-probe accuracy on held-out images and decision-region agreement with the "
+            "previous epoch. Every matrix is in <code>cka.npz</code>, every probe in <code>probes.csv</code>.</p>"
+            + report.table(pd.DataFrame(s["cka"]["per_layer"]).merge(
+                pd.DataFrame(s["probes"]["per_layer"], columns=["layer", "depth", "probe_acc",
+                                                                "region_agreement_prev"]),
+                on=["layer", "depth"], how="left"),
+                ["layer", "across_networks", "first_vs_last_epoch", "probe_acc", "region_agreement_prev"]),
+            fig("cka_network*.png")),
+        report.Section(
+            p + "Modularity over depth and pruning candidates (Lu et al. 2022)",
+            f"<p>Does modularity rise with depth? {yes(m['modularity_rises_with_depth'])} (Spearman ρ "
+            f"{report.fmt(m['rho_depth'])}). Layers where the mean curve plateaus or drops: "
+            f"{report.esc(', '.join(m['pruning_candidates']) or 'none')} "
+            "(<code>jaxweights prune</code> removes them and retrains, to check what they were worth).</p>"
+            + report.table(pd.DataFrame(m["per_layer"]), ["layer", "modularity"]),
+            fig("modularity_depth.png")),
+    ]
 
 
 def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -16,7 +16,7 @@ def trained(tmp_path_factory, data_dir):
 
 
 def test_analyze_writes_stats_strength_and_distances(trained):
-    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "wasserstein,ks"]) == 0
+    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "wasserstein,ks", "--nodynamics"]) == 0
     out = trained / "analysis"
     table = pd.read_csv(out / "stats.csv")
     assert set(table.columns) >= {"network", "layer", "statistic", "value", "undefined"}
@@ -36,9 +36,9 @@ def test_analyze_writes_stats_strength_and_distances(trained):
 
 
 def test_reanalysis_replaces_atomically_and_bad_metric_keeps_old(trained, capsys):
-    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "ks"]) == 0
+    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "ks", "--nodynamics"]) == 0
     before = (trained / "analysis" / "stats.csv").read_bytes()
-    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "no_such_metric"]) == 2
+    assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "no_such_metric", "--nodynamics"]) == 2
     assert "no_such_metric" in capsys.readouterr().err
     assert (trained / "analysis" / "stats.csv").read_bytes() == before
     assert not list(trained.glob(".analysis-*"))

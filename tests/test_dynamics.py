@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import shutil
 
 import jax.numpy as jnp
 import networkx as nx
@@ -327,3 +328,92 @@ def test_prune_cli(zoo, data_dir, capsys):
     assert cli.main(["prune", "--workdir", str(run), "--layers", "Dense_2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Dense_2" in err[0] and "not a hidden layer" in err[0]
+
+
+# ------------------------------------------------------------------ wired into `jaxweights analyze`
+
+ZOO_ARGS = ["--config.max_train=1024", "--config.max_test=400", "--config.model.hidden=(32,16)",
+            "--config.batch_size=64", "--config.num_seeds=2", "--config.init_scales=(1.0,)", "--config.num_epochs=2",
+            "--config.learning_rates=(0.05,0.001)"]
+
+
+def test_analyze_writes_dynamics_tables_report_sections_and_summary(zoo, data_dir, tmp_path, capsys):
+    run, _ = zoo
+    work = tmp_path / "run"
+    shutil.copytree(run, work, ignore=shutil.ignore_patterns("analysis", "pruned"))
+    assert cli.main(["analyze", "--workdir", str(work), "--metrics", "ks", "--permutations", "200", "--bootstrap",
+                     "100", "--probe_size", "200", "--data_dir", str(data_dir)]) == 0
+    out = work / "analysis"
+    for f in ("rwc.csv", "stats_over_epochs.csv", "modularity.csv", "cka.npz", "probes.csv", "dynamics.json",
+              "figures/rwc.png", "figures/modularity_depth.png", "figures/stats_over_epochs.png", "stats.csv"):
+        assert (out / f).exists(), f
+    s = json.loads((out / "summary.json").read_text())
+    d = s["dynamics"]
+    assert d == json.loads((out / "dynamics.json").read_text())
+    # The summary's numbers are those of the tables, over the networks at or above the median accuracy.
+    good = np.flatnonzero(dynamics.good_networks(work))
+    assert d["n_optimal"] == len(good) and d["epochs"] == [0, 1, 2]
+    rwc = pd.read_csv(out / "rwc.csv")
+    for row in d["rwc"]["per_layer"]:
+        v = rwc[(rwc.layer == row["layer"]) & rwc.network.isin(good)]
+        assert row["first_epoch"] == pytest.approx(v[v.epoch == 1].rwc_l1_ratio.median())
+        assert row["last_epoch"] == pytest.approx(v[v.epoch == 2].rwc_l1_ratio.median())
+    mod = pd.read_csv(out / "modularity.csv")
+    for row in d["modularity"]["per_layer"]:
+        v = mod[(mod.layer == row["layer"]) & (mod.epoch == 2) & mod.network.isin(good)]
+        assert row["modularity"] == pytest.approx(v.modularity.mean())
+    with np.load(out / "cka.npz") as z:
+        m = z["linear_networks"][2][np.ix_(good, good)]
+        assert d["cka"]["per_layer"][2]["across_networks"] == pytest.approx(m[~np.eye(len(good), dtype=bool)].mean())
+    html = (out / "report.html").read_text()
+    for title in ("Learning dynamics: how much does each layer move?", "Representations: CKA and linear probes",
+                  "Modularity over depth and pruning candidates"):
+        assert title in html
+    assert html.count("data:image/png;base64,") == len(s["figures"]) + 4  # rwc, stats, CKA, modularity
+    # --nodynamics: none of it, and the previous analysis is replaced whole.
+    assert cli.main(["analyze", "--workdir", str(work), "--metrics", "ks", "--permutations", "200", "--bootstrap",
+                     "100", "--nodynamics"]) == 0
+    assert not (out / "rwc.csv").exists() and "dynamics" not in json.loads((out / "summary.json").read_text())
+
+
+def test_analyze_without_snapshots_skips_by_default_and_refuses_when_asked(tmp_path, data_dir, capsys):
+    argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp_path / "run"),
+            "--data_dir", str(data_dir), "--noprogress", *ZOO_ARGS, "--config.keep_checkpoints=1"]
+    assert cli.main(argv) == 0
+    assert cli.main(["analyze", "--workdir", str(tmp_path / "run"), "--metrics", "ks", "--permutations", "100",
+                     "--bootstrap", "50"]) == 0
+    s = json.loads((tmp_path / "run" / "analysis" / "summary.json").read_text())
+    assert "1 checkpoint(s)" in s["dynamics"]["skipped"] and "keep_checkpoints=0" in s["dynamics"]["skipped"]
+    assert not (tmp_path / "run" / "analysis" / "rwc.csv").exists()
+    capsys.readouterr()
+    assert cli.main(["analyze", "--workdir", str(tmp_path / "run"), "--metrics", "ks", "--dynamics"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint" in err[0] and "keep_checkpoints=0" in err[0]
+    assert (tmp_path / "run" / "analysis" / "summary.json").exists()  # the previous analysis is kept
+
+
+def test_chunked_run_and_memory_blocks_equal_the_whole_zoo(zoo, data_dir, tmp_path):
+    run, out = zoo
+    argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp_path / "chunked"),
+            "--data_dir", str(data_dir), "--noprogress", *ZOO_ARGS, "--config.chunk_size=3"]
+    assert cli.main(argv) == 0
+    assert [p.name for p in dynamics.snapshot_dirs(tmp_path / "chunked")] == ["00", "01"]
+    kw = dict(probe_size=200, cka_batch=50, probe_steps=200, num_planes=2, resolution=8, data_dir=str(data_dir),
+              figures=False)
+    # memory_mb=1: one network per block, so the across-network CKA is assembled from 4 blocks.
+    dyn = dynamics.write_dynamics(tmp_path / "chunked", tmp_path / "dyn", memory_mb=1, **kw)
+    for f in ("rwc.csv", "modularity.csv", "probes.csv"):
+        a, b = pd.read_csv(out / f), pd.read_csv(dyn / f)
+        assert a.shape == b.shape and (a.network.to_numpy() == b.network.to_numpy()).all(), f
+        num = a.select_dtypes("number").columns
+        np.testing.assert_allclose(b[num].to_numpy(float), a[num].to_numpy(float), rtol=1e-3, atol=2e-3, err_msg=f)
+    with np.load(out / "cka.npz") as za, np.load(dyn / "cka.npz") as zb:
+        for k in ("linear_networks", "unbiased_networks", "linear_epochs", "linear_layers"):
+            np.testing.assert_allclose(zb[k], za[k], atol=2e-3, err_msg=k)
+    st_a, st_b = pd.read_csv(out / "stats_over_epochs.csv"), pd.read_csv(dyn / "stats_over_epochs.csv")
+    key = ["epoch", "network", "layer", "statistic"]
+    m = st_a[st_a.statistic == "std"].merge(st_b[st_b.statistic == "std"], on=key)
+    assert len(m) == (st_a.statistic == "std").sum()
+    np.testing.assert_allclose(m.value_y, m.value_x, rtol=1e-4)
+    epochs, snaps = dynamics.load_snapshots(tmp_path / "chunked")
+    assert epochs == [0, 1, 2] and snaps[0]["Dense_0/kernel"].shape == (4, 784, 32)

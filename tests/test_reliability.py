@@ -303,7 +303,7 @@ def analysed(tmp_path, zoo):
     import shutil
     w = tmp_path / "run"
     shutil.copytree(zoo, w)
-    assert cli.main(["analyze", "--workdir", str(w), "--metrics", "wasserstein,ks"]) == 0
+    assert cli.main(["analyze", "--workdir", str(w), "--metrics", "wasserstein,ks", "--nodynamics"]) == 0
     snap = {str(p.relative_to(w)): p.read_bytes() for p in (w / "analysis").rglob("*") if p.is_file()}
     assert "analysis/stats.csv" in snap and "analysis/distances/wasserstein.npz" in snap
     return w, snap
@@ -322,12 +322,12 @@ def test_interrupted_or_failed_analyze_leaves_the_previous_analysis(analysed, mo
 
     with monkeypatch.context() as mp:
         mp.setattr(distances, "write", interrupted)  # after stats.csv, before the distances
-        assert cli.main(["analyze", "--workdir", str(w), "--metrics", "wasserstein"]) == 130
+        assert cli.main(["analyze", "--workdir", str(w), "--metrics", "wasserstein", "--nodynamics"]) == 130
     assert _analysis_files(w) == snap and leftovers(w) == []
     capsys.readouterr()
     with monkeypatch.context() as mp:
         _inject(mp, "stats.csv", 0, errno.ENOSPC)
-        assert cli.main(["analyze", "--workdir", str(w), "--metrics", "wasserstein"]) == 2
+        assert cli.main(["analyze", "--workdir", str(w), "--metrics", "wasserstein", "--nodynamics"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stats.csv: No space left on device" in err[0], err
     assert _analysis_files(w) == snap and leftovers(w) == []
@@ -335,7 +335,7 @@ def test_interrupted_or_failed_analyze_leaves_the_previous_analysis(analysed, mo
 
 def test_sigkilled_analyze_leaves_the_previous_analysis(analysed):
     w, snap = analysed
-    proc = _popen([str(EXE), "analyze", "--workdir", str(w), "--metrics", "wasserstein,ks,kde_kl"])
+    proc = _popen([str(EXE), "analyze", "--workdir", str(w), "--metrics", "wasserstein,ks,kde_kl", "--nodynamics"])
     t0 = time.monotonic()
     # Kill once the new analysis has its first file in the temporary folder.
     while not any((p / "stats.csv").exists() for p in w.glob(".analysis-*")):

@@ -20,6 +20,8 @@ GRID = ("--config.num_epochs=2", "--config.learning_rates=(0.001,0.01,0.1,0.5,10
         "--config.init_scales=(0.3,1.0)", "--config.max_train=2048")
 FIGURES = ("weight_histograms", "kde_by_bin", "distance_heatmap", "statistics_vs_accuracy", "pca",
            "bin_divergence", "weight_matrices", "accuracy_over_epochs")
+DYNAMICS_FIGURES = 4  # rwc, statistics over epochs, CKA of one network, modularity over depth
+IMAGES = len(FIGURES) + DYNAMICS_FIGURES
 SUMMARY_KEYS = {
     "": ["zoo", "n_networks", "n_diverged", "n_kept", "alpha", "grouping", "claim", "dispersion", "correlation",
          "prediction", "bin_divergence", "figures"],
@@ -43,7 +45,8 @@ def analysed(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("zoo")
     assert train(tmp, data_dir, *GRID) == 0
     out = analysis.analyze_workdir(tmp / "run", metrics=["wasserstein", "ks", "euclidean"], n_permutations=500,
-                                   n_boot=200, extra_sections=[extra_section])
+                                   n_boot=200, extra_sections=[extra_section], data_dir=str(data_dir),
+                                   dynamics_options=dict(probe_size=200, probe_steps=100, num_planes=2, resolution=8))
     return tmp / "run", out
 
 
@@ -94,7 +97,7 @@ def test_every_figure_and_its_data_exist(analysed):
         data = pd.read_csv(png.with_suffix(".csv"))
         assert len(data) > 0, name
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len(FIGURES) and "src=\"figures/" not in html
+    assert html.count("data:image/png;base64,") == IMAGES and "src=\"figures/" not in html
     assert "An extra section" in html and "plugged in for run" in html
     for title in ("Are optimal networks more alike", "Dispersion", "Spearman", "Predicting accuracy",
                   "node strength and layer fluctuation"):
@@ -114,7 +117,7 @@ def test_report_renders_in_headless_chromium_with_every_image_decoded(analysed, 
     page.write_text((out / "report.html").read_text().replace("</body>", probe))
     res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert f"IMAGES {len(FIGURES)}/{len(FIGURES)}" in res.stdout, (res.stdout[-500:], res.stderr[-2000:])
+    assert f"IMAGES {IMAGES}/{IMAGES}" in res.stdout, (res.stdout[-500:], res.stderr[-2000:])
 
 
 def test_cli_grouping_options_and_refusals(analysed, capsys):
@@ -130,7 +133,7 @@ def test_cli_grouping_options_and_refusals(analysed, capsys):
     assert len(err) == 1 and "threshold" in err[0] and "optimal" in err[0]
     assert (run / "analysis" / "summary.json").read_bytes() == before
     # chance-level networks left out on request, counted apart from the diverged ones
-    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--min_accuracy", "0.2",
+    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--min_accuracy", "0.2", "--nodynamics",
                      "--permutations", "200", "--bootstrap", "50"]) == 0
     s = json.loads((run / "analysis" / "summary.json").read_text())
     m = pd.read_csv(run / "metrics.csv")

@@ -23,7 +23,8 @@ def get_config(arg=None):
     c.overrides = {"all": {}, "mlp": {}, "cnn": {}, "vit": {}}
     c.analysis = ml_collections.ConfigDict({
         "metrics": ("wasserstein", "ks", "jensenshannon", "kde_kl", "euclidean", "cosine"),
-        "quantile": 0.25, "bins": 4, "n_permutations": 2000, "n_boot": 1000})
+        "quantile": 0.25, "bins": 4, "n_permutations": 2000, "n_boot": 1000,
+        "dynamics": True})  # learning dynamics over the per-epoch checkpoints (RWC, CKA, probes, modularity)
     if c.quick:
         # A CPU smoke run: smaller CNN and ViT, fewer test images, a cheaper analysis.
         c.overrides = {"all": {"max_test": 500}, "mlp": {"model": {"hidden": (64, 32)}},
@@ -31,6 +32,7 @@ def get_config(arg=None):
                        "vit": {"model": {"width": 32, "depth": 2, "num_heads": 2}}}
         c.analysis.metrics = ("wasserstein", "ks", "euclidean")
         c.analysis.n_permutations, c.analysis.n_boot = 500, 200
+        c.analysis.dynamics = False
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; expected nothing or 'quick'")
     return c
