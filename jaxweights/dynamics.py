@@ -786,6 +786,10 @@ class RepresentationDynamics:
         one = rundir.unflatten_params({p: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for p, v in snapshots[0].items()})
         shapes = jax.eval_shape(lambda p: capture(self.model, p, self.batch), one)
         per_net = sum(int(np.prod(s.shape)) * 4 for s in shapes.values()) * len(snapshots) * 2  # + one stacked copy
+        if per_net > self.memory:
+            log.warning("representations: one network's activations (all layers, %d snapshots, %d images) take "
+                        "%.0f MiB, more than memory_mb=%d; processing one network at a time", len(snapshots),
+                        self.batch.shape[0], per_net / 2**20, self.memory >> 20)
         return max(1, min(self.memory // per_net, next(iter(snapshots[0].values())).shape[0]))
 
     def add(self, snapshots: Sequence[Mapping[str, Any]]) -> None:
