@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 import pandas as pd
 
@@ -65,8 +66,15 @@ def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, b
     """Writes stats.csv, node_strength.npz and distances/ for stacked `params` into `out`.
 
     `layers` sets the chain order of kernel layers for node strength (default: natural name order).
+    With several devices, statistics and distances run with the networks axis split over all of
+    them (`train.networks_mesh`).
     """
-    table = stats.compute_statistics(params, per=("leaf", "layer", "network"))
+    mesh = None
+    if jax.device_count() > 1:  # the networks axis split over every device (same numbers as one device)
+        from jaxweights import train
+        mesh = train.networks_mesh()
+        log.info("statistics and distances sharded over %d devices", mesh.size)
+    table = stats.compute_statistics(params, per=("leaf", "layer", "network"), mesh=mesh)
     try:
         ns = strength.node_strength(params, layers=layers)
         fluct = strength.layer_fluctuation(params, layers=layers)
@@ -79,7 +87,7 @@ def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, b
     rundir.write_csv(out / "stats.csv", table)
     chosen = list(metrics) if metrics else list(DEFAULT_METRICS)
     _check_metrics(chosen)
-    distances.write(str(out), distances.compute(params, metrics=chosen, block_size=block_size))
+    distances.write(str(out), distances.compute(params, metrics=chosen, block_size=block_size, mesh=mesh))
     return table
 
 

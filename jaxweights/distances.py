@@ -42,6 +42,7 @@ arXiv 2110.02628 (symmetric KL of KDEs).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import os
@@ -248,10 +249,41 @@ def _chunked(x_ND, b):
 
 def _l1_sum(x_ND, y_MD, b):
   """Blocked ``sum_d |x_i,d - y_j,d|`` (y None: x against itself, upper blocks only)."""
+  if _MESH.get() is not None:
+    return _pairs(_l1_pair, x_ND, y_MD, b, rows=True)
   xs = _chunked(x_ND, b)
   ys = xs if y_MD is None else _chunked(y_MD, b)
   m = x_ND.shape[0] if y_MD is None else y_MD.shape[0]
   return _blocked(lambda i, j: _l1_block(xs, ys, i, j, b), x_ND.shape[0], m, b, y_MD is None)[0]
+
+
+def _l1_pair(x, y):
+  return jnp.sum(jnp.abs(x - y))
+
+
+def _pairs_sharded(fn, xs, ys, mesh, rows):
+  """``_pairs`` with the rows of xs split over ``mesh``'s devices and all of ys on every device.
+
+  Rows are padded to a multiple of the device count with copies of the last row
+  (``stats.shard_networks``) and sliced off; the whole matrix is computed (no mirroring), so a
+  device needs O(rows x D) temporaries (``rows=True``: O(M x D) per row).
+  """
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  axis = mesh.axis_names[0]
+  n = jax.tree.leaves(xs)[0].shape[0]
+  host = lambda t: jax.tree.map(np.asarray, t)
+  xs_h = host(xs)
+  ys_h = xs_h if ys is None else host(ys)
+  rep = NamedSharding(mesh, P())
+  yall = jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, rep, lambda idx: a[idx]), ys_h)
+  inner = jax.vmap(fn, (None, 0))
+  body = (lambda xa, yb: lax.map(lambda r: inner(r, yb), xa)) if rows else jax.vmap(inner, (0, None))
+  f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis), check_vma=False))
+  d = f(stats.shard_networks(xs_h, mesh), yall)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    d = multihost_utils.process_allgather(d, tiled=True)
+  return np.asarray(d, np.float64)[:n]
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "b", "rows"))
@@ -263,8 +295,16 @@ def _pairs_block(xs, ys, i0, j0, fn, b, rows):
   return lax.map(lambda x: inner(x, xb), xa) if rows else jax.vmap(inner, (0, None))(xa, xb)
 
 
+_MESH = contextvars.ContextVar("jaxweights_distances_mesh", default=None)
+
+
 def _pairs(fn, xs, ys, b, rows=False):
-  """N x M matrix of ``fn`` over all pairs of rows of the pytrees xs (and ys)."""
+  """N x M matrix of ``fn`` over all pairs of rows of the pytrees xs (and ys).
+
+  Inside ``pairwise(..., mesh=...)`` the rows are split over the mesh (:func:`_pairs_sharded`).
+  """
+  if _MESH.get() is not None:
+    return _pairs_sharded(fn, xs, ys, _MESH.get(), rows)
   pad = lambda t: jax.tree.map(lambda x: _pad_rows(x, b), t)
   n = jax.tree.leaves(xs)[0].shape[0]
   m = n if ys is None else jax.tree.leaves(ys)[0].shape[0]
@@ -489,20 +529,22 @@ def _w1(x, y, b, sketch, with_error):
 def _ks(x, y, b, sketch, with_error):
   sx = _sort(x)
   n = sx.shape[1]
-  if y is None and sketch and n > sketch:
+  sharded = _MESH.get() is not None   # block bound-and-refine is single-device: pairs instead
+  if y is None and sketch and n > sketch and not sharded:
     hi, lo = (_pad_rows(c, b) for c in _ks_grid(sx, max(1, n // sketch), rounds=0))
     lower, upmax = _blocked(lambda i, j: _ks_sketch_block(hi, lo, i, j, b), x.shape[0], x.shape[0], b, True)
     return lower / n, (upmax - lower) / n
-  if y is None and n > _KS_SMALL:
+  if y is None and n > _KS_SMALL and not sharded:
     return _ks_exact(sx), None
   sy = sx if y is None else _sort(y)
   err = None
-  if y is not None and sketch and min(n, sy.shape[1]) > sketch:
-    # cross-population sketch: KS between the q cell-end quantiles, |error| <= 1/q
+  if (y is not None or sharded) and sketch and min(n, sy.shape[1]) > sketch:
+    # cross-population (or sharded) sketch: KS between the q cell-end quantiles, |error| <= 1/q
     sx, sy = sx[:, _cells(n, sketch)[5]], sy[:, _cells(sy.shape[1], sketch)[5]]
     err = np.full((sx.shape[0], sy.shape[0]), 1.0 / sketch)
   xs, ys = (sx, _own_counts(sx)), None if y is None else (sy, _own_counts(sy))
   return _pairs(_ks_pair, xs, ys, b, rows=sx.shape[1] > _KS_SMALL), err
+
 
 
 def _energy(x, y, b, sketch, with_error):
@@ -607,9 +649,11 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
     grid: KDE grid size for "kde_kl".
     statistics: statistics for "euclidean" / "cosine".
     kind: "sorted" or "histogram", for a callable ``metric``.
-    mesh: optional 1-D ``"networks"`` mesh (``train.networks_mesh()``): the rows of each N x N
-      matrix are split over its devices (:func:`pairwise_sharded`); exact distances within one
-      population only (no ``other``, ``sketch``, ``with_error``, ``euclidean``/``cosine``).
+    mesh: optional 1-D ``"networks"`` mesh (``train.networks_mesh()``): the rows of each N x M
+      matrix are split over its devices and every device holds all columns (``_pairs_sharded``).
+      Every metric, ``other``, ``sketch`` and ``with_error`` work; the numbers equal the
+      one-device ones except within-population ``ks`` with ``sketch``, which then uses the
+      cell-end quantiles of the cross-population sketch (error at most 1/sketch).
 
   Returns:
     ``{group: dist_NxN}`` float64 numpy arrays (``(dist, err)`` dicts if ``with_error``).
@@ -622,10 +666,12 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
     if spec is None and name not in BUILTIN:
       raise KeyError(f"unknown distance {name!r}; known: {registered_distances()}")
   if mesh is not None:
-    if other is not None or sketch or with_error or (name in ("euclidean", "cosine") and spec is None):
-      raise ValueError("mesh: sharded distances are exact, within one population, and not for "
-                       "euclidean/cosine; drop other/sketch/with_error or the mesh")
-    return pairwise_sharded(params, name, spec, mesh, per=per, layers=layers, bins=bins, grid=grid)
+    token = _MESH.set(mesh)
+    try:
+      return pairwise(params, metric, other=other, per=per, layers=layers, block_size=block_size, sketch=sketch,
+                      with_error=with_error, bins=bins, grid=grid, statistics=statistics, kind=kind)
+    finally:
+      _MESH.reset(token)
   if name in ("euclidean", "cosine") and spec is None:
     out = _stat_pairwise(params, other, name, per, layers, statistics, block_size)
     return (out, {k: np.zeros_like(v) for k, v in out.items()}) if with_error else out
@@ -652,52 +698,6 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
     d = np.where(okx[:, None] & oky[None, :], d, np.nan)
     dists[ka], errs[ka] = d, np.zeros_like(d) if err is None else np.asarray(err, np.float64)
   return (dists, errs) if with_error else dists
-
-
-def _w1_equal(a, b):
-  # W1 of two equal-size samples is the mean gap of their order statistics.
-  return jnp.mean(jnp.abs(a - b))
-
-
-def pairwise_sharded(params, name: str, spec, mesh, *, per="leaf", layers=None, bins: int = 32,
-                     grid: int = 1000) -> dict[str, np.ndarray]:
-  """:func:`pairwise` with the rows of every N x N matrix split over ``mesh``'s devices.
-
-  Each device gets its networks' rows (``stats.shard_networks``: padded with copies of the
-  last network, sliced off at the end) and all N networks as columns, and maps over its rows
-  (``jax.shard_map``); the whole matrix is computed (no mirroring), so a device needs
-  O(N x D) temporaries per row. Same definitions as the one-device path.
-  """
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  g = stats.groups(params, per)
-  keys = [k for k in g if layers is None or k in layers]
-  axis = mesh.axis_names[0]
-  out = {}
-  for k in keys:
-    x, ok = _clean(g[k], name, k)
-    rows = True
-    if spec is not None and spec.kind == "sorted":
-      fn, z = spec.fn, _sort(x)
-    elif name in ("wasserstein", "ks", "energy") and spec is None:
-      fn, z = {"wasserstein": _w1_equal, "ks": ks_sorted, "energy": energy_sorted}[name], _sort(x)
-    elif name == "kde_kl" and spec is None:
-      fn, z, rows = symmetric_kl_log, _kde_logdens(x, x.min(), x.max(), grid), False
-    else:  # histogram kinds and jensenshannon
-      fn, z, rows = (jensenshannon if spec is None else spec.fn), _shared_hists(x, None, bins)[0], False
-    n = z.shape[0]
-    zs = stats.shard_networks(np.asarray(z), mesh)
-    zn = np.asarray(z)
-    zall = jax.make_array_from_callback(zn.shape, NamedSharding(mesh, P()), lambda idx: zn[idx])
-    inner = jax.vmap(fn, (None, 0))
-    body = (lambda xa, yb: lax.map(lambda r: inner(r, yb), xa)) if rows else jax.vmap(inner, (0, None))
-    f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis), check_vma=False))
-    d = f(zs, zall)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      d = multihost_utils.process_allgather(d, tiled=True)
-    d = np.asarray(d, np.float64)[:n]
-    out[k] = np.where(ok[:, None] & ok[None, :], d, np.nan)
-  return out
 
 
 def compute(params, metrics=("wasserstein", "ks", "energy", "jensenshannon", "kde_kl",

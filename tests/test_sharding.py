@@ -20,18 +20,25 @@ import pandas as pd
 import pytest
 
 from jaxweights import config as config_lib
-from jaxweights import distances, models, rundir, run, stats, train
+from jaxweights import analysis, distances, models, rundir, run, stats, train
 
 REPO = Path(__file__).resolve().parents[1]
 N_NETS = 13  # does not divide 8: padded to 16 on 8 devices
 
 # A tiny zoo: 13 networks (seeds) × 2 epochs of a 784-16-10 MLP on 512 MNIST images.
 CONFIG = """
+import numpy as np
 from jaxweights import config as config_lib
 METRICS = ("wasserstein", "ks", "energy", "jensenshannon", "kde_kl")
 # the built-ins, named: other tests may register more in this process
 STATISTICS = ("mean", "std", "var", "skewness", "kurtosis", "quantiles", "l1", "l2", "max_abs", "rms",
               "near_zero", "spectral_norm", "stable_rank", "histogram")
+STAT_METRICS = ("euclidean", "cosine")
+OTHER_METRICS = ("wasserstein", "ks", "energy", "jensenshannon", "kde_kl", "euclidean")
+def other_population(params):
+    # another population: 5 networks, rescaled (so the distances are not those within the zoo)
+    import jax
+    return jax.tree.map(lambda a: np.asarray(a)[:5] * 1.5, params)
 def tiny(data_dir, **kw):
     c = config_lib.default_config()
     c.data_dir, c.max_train, c.max_test = str(data_dir), 512, 500
@@ -90,8 +97,19 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
         stats.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"), mesh=mesh).to_csv(
             {str(tmp_path / 'stats8.csv')!r}, index=False)
         from jaxweights import distances
-        d = {{f"{{m}}|{{k}}": v for m in METRICS for k, v in distances.pairwise(params, m, mesh=mesh).items()}}
+        d = {{f"{{m}}|{{k}}": v for m in METRICS + STAT_METRICS
+              for k, v in distances.pairwise(params, m, mesh=mesh).items()}}
+        other = other_population(params)
+        for m in OTHER_METRICS:
+            d.update({{f"other {{m}}|{{k}}": v for k, v in distances.pairwise(params, m, other=other, mesh=mesh).items()}})
+        w, err = distances.pairwise(params, "wasserstein", sketch=64, with_error=True, mesh=mesh)
+        d.update({{f"sketch wasserstein|{{k}}": v for k, v in w.items()}})
+        d.update({{f"sketch wasserstein err|{{k}}": v for k, v in err.items()}})
+        d.update({{f"sketch ks|{{k}}": v for k, v in distances.pairwise(params, "ks", sketch=64, mesh=mesh).items()}})
         np.savez({str(tmp_path / 'dist8.npz')!r}, **d)
+        from jaxweights import analysis  # `analyze` shards by itself when there are several devices
+        analysis.analyze_workdir({str(tmp_path / 'run')!r}, metrics=["wasserstein", "ks", "euclidean"], report=False,
+                                 dynamics=False)
         # the zoo's state really lives on 8 devices, 2 networks each (13 are padded to 16)
         c = tiny({str(data_dir)!r}, num_seeds=16)
         fns = train.make_zoo_fns(run.make_setup(c, run.load_dataset(c)), (28, 28, 1), 500, mesh)
@@ -122,9 +140,33 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
     # distances with their rows split over 8 devices == the one-device blocked computation
     with np.load(tmp_path / "dist8.npz") as z:
         got = dict(z)
-    for m in METRICS:
+    for m in METRICS + STAT_METRICS:
         for k, ref in distances.pairwise(params, m).items():
             np.testing.assert_allclose(got[f"{m}|{k}"], ref, rtol=1e-4, atol=1e-6, err_msg=f"{m} {k}")
+    other = other_population(params)
+    for m in OTHER_METRICS:  # a second population of another size: 13 × 5 matrices
+        for k, ref in distances.pairwise(params, m, other=other).items():
+            assert ref.shape == (N_NETS, 5)
+            np.testing.assert_allclose(got[f"other {m}|{k}"], ref, rtol=1e-4, atol=1e-6, err_msg=f"other {m} {k}")
+    import shutil
+    shutil.copytree(tmp_path / "run", tmp_path / "one", ignore=shutil.ignore_patterns("analysis"))
+    analysis.analyze_workdir(tmp_path / "one", metrics=["wasserstein", "ks", "euclidean"], report=False,
+                             dynamics=False)
+    a8, a1 = pd.read_csv(tmp_path / "run" / "analysis" / "stats.csv"), pd.read_csv(tmp_path / "one" / "analysis" / "stats.csv")
+    assert list(a8.statistic) == list(a1.statistic)
+    np.testing.assert_allclose(a8.value, a1.value, rtol=1e-5, atol=1e-7)
+    for m in ("wasserstein", "ks", "euclidean"):
+        with np.load(tmp_path / "run" / "analysis" / "distances" / f"{m}.npz") as z8, \
+                np.load(tmp_path / "one" / "analysis" / "distances" / f"{m}.npz") as z1:
+            for k in z1.files:
+                np.testing.assert_allclose(z8[k], z1[k], rtol=1e-4, atol=1e-6, err_msg=f"analyze {m} {k}")
+    w, err = distances.pairwise(params, "wasserstein", sketch=64, with_error=True)
+    for k in w:
+        np.testing.assert_allclose(got[f"sketch wasserstein|{k}"], w[k], rtol=1e-4, atol=1e-7, err_msg=k)
+        np.testing.assert_allclose(got[f"sketch wasserstein err|{k}"], err[k], rtol=1e-4, atol=1e-7, err_msg=k)
+    exact = distances.pairwise(params, "ks")
+    for k, ref in exact.items():  # sharded KS sketch: cell-end quantiles, within 1/q of the exact KS
+        assert np.abs(got[f"sketch ks|{k}"] - ref).max() <= 1 / 64 + 1e-9, k
 
 
 def test_chunked_run_equals_unchunked(one_device, tmp_path, data_dir, caplog):
