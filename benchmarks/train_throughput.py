@@ -5,6 +5,7 @@ r"""Training throughput of a zoo: jaxweights (vmapped + scanned) vs PyTorch, sid
     python benchmarks/train_throughput.py --dtype bfloat16     # bf16 compute (GPU)
     python benchmarks/train_throughput.py --sharded --ns 8,64,max  # networks axis over all devices;
                                                                # max = the most the memory plan allows
+    python benchmarks/train_throughput.py --compare-conv --ns 8,64  # CNN: grouped conv vs lax.map vs im2col
 
 For each model and N it prints networks·steps/s and achieved FLOP/s of one jitted epoch (a
 `lax.scan` over `--steps` SGD steps of N vmapped networks, batch 128, MNIST- or CIFAR-shaped
@@ -14,6 +15,10 @@ per seed, as users write it) and by a `torch.func` vmapped ensemble (`stack_modu
 `vmap(grad(...))`). FLOPs per step come from XLA's cost analysis of one network's
 forward+backward; all three columns train the same architecture. Ratios are measured in one
 run on the same machine; absolute numbers mean little on a shared CPU.
+
+`--compare-conv` times the CNN zoo four ways in one run: im2col convolutions (batched matmuls)
+or XLA convolutions (`lax.conv`, which vmapped over networks becomes one grouped convolution),
+each with all N networks vmapped or `lax.map` over chunks (`config.vmap_chunk`, `--chunks`).
 """
 
 from __future__ import annotations
@@ -52,12 +57,12 @@ def matmul_ceiling(dtype, n: int = 4096, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
-def _setup(name: str, batch: int, dtype, conv_impl: str = "im2col") -> train.Setup:
+def _setup(name: str, batch: int, dtype, conv_impl: str = "im2col", vmap_chunk: int = 0) -> train.Setup:
     shape = SHAPES[name]
     kw = dict(KWARGS[name], conv_impl=conv_impl) if name == "cnn" else KWARGS[name]
     model = models.make_model(name, num_classes=10, image_shape=shape, dtype=dtype, **kw)
     return train.Setup(model=model, batch_size=batch, mean=(127.0,) * shape[-1], std=(64.0,) * shape[-1],
-                       compute_dtype=dtype or jnp.float32)
+                       compute_dtype=dtype or jnp.float32, vmap_chunk=vmap_chunk)
 
 
 def max_networks(name: str, steps: int, batch: int, dtype, mesh, conv_impl: str = "im2col") -> int:
@@ -71,14 +76,14 @@ def max_networks(name: str, steps: int, batch: int, dtype, mesh, conv_impl: str 
 
 
 def bench_jax(name: str, n_nets: int, steps: int, batch: int, dtype, reps: int,
-              conv_impl: str = "im2col", mesh=None) -> tuple[float, float]:
+              conv_impl: str = "im2col", mesh=None, vmap_chunk: int = 0) -> tuple[float, float]:
     """(networks·steps/s, FLOP/s) of one jitted epoch of `n_nets` vmapped networks.
 
     With `mesh` (`train.networks_mesh()`) the networks axis is sharded over its devices
     (`n_nets` must be a multiple of the mesh size) and the data replicated on each.
     """
     shape = SHAPES[name]
-    setup = _setup(name, batch, dtype, conv_impl)
+    setup = _setup(name, batch, dtype, conv_impl, vmap_chunk)
     c = config_lib.default_config()
     c.num_seeds, c.learning_rates = n_nets, [0.01]
     hp = train.hyper_from_grid(config_lib.hyperparameter_grid(c))
@@ -243,9 +248,19 @@ def main() -> None:
     ap.add_argument("--torch-max-n", type=int, default=64, help="skip the PyTorch columns above this N")
     ap.add_argument("--sharded", action="store_true",
                     help="shard the networks axis over all devices (N rounded up to a multiple of them)")
+    ap.add_argument("--vmap-chunk", type=int, default=-1,
+                    help="networks vmapped at once (lax.map over chunks); -1 = the library default "
+                         "(8 on CPU, all on accelerators), 0 = all")
+    ap.add_argument("--compare-conv", action="store_true",
+                    help="CNN only: im2col vs XLA (grouped) convolutions, all vmapped vs lax.map chunks")
+    ap.add_argument("--chunks", default="1,8", help="lax.map chunk sizes for --compare-conv")
+    ap.add_argument("--impls", default="im2col,xla", help="convolution forms for --compare-conv")
     args = ap.parse_args()
+    if args.compare_conv:
+        return compare_conv(args)
     mesh = train.networks_mesh() if args.sharded else None
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
+    vchunk = train.default_vmap_chunk() if args.vmap_chunk < 0 else args.vmap_chunk
     defaults = {"mlp": "1,8,64", "cnn": "1,8", "vit": "1,8"}
     import importlib.util
     have_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
@@ -255,6 +270,7 @@ def main() -> None:
     ceiling = matmul_ceiling(dtype or jnp.float32) * (mesh.size if mesh else 1)
     print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
           f"batch {args.batch}, {args.steps} steps/epoch, conv {args.conv_impl}, "
+          f"{'networks vmapped in chunks of %d' % vchunk if vchunk else 'all networks vmapped'}, "
           f"{'sharded over %d devices' % mesh.size if mesh else 'one device'}")
     print(f"matmul ceiling (4096² jnp.dot): {ceiling / 1e12:.3f} TFLOP/s")
     head = f"{'model':<5} {'N':>5} {'jax nets·steps/s':>17} {'TFLOP/s':>8} {'% ceil':>7} " \
@@ -265,13 +281,34 @@ def main() -> None:
         for v in (args.ns or defaults[name]).split(","):
             n = (max_networks(name, args.steps, args.batch, dtype, mesh, args.conv_impl) if v == "max"
                  else train.pad_networks(int(v), mesh.size if mesh else 1))
-            nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl, mesh)
+            nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl, mesh, vchunk)
             tl = tf = float("nan")
             if have_torch and n <= args.torch_max_n:
                 tl = _in_fresh_process(bench_torch_loop, name, n, args.torch_steps, args.batch)
                 tf = _in_fresh_process(bench_torch_func, name, n, args.torch_steps, args.batch)
             print(f"{name:<5} {n:>5} {nsps:>17,.1f} {fl / 1e12:>8.3f} {100 * fl / ceiling:>6.1f}% "
                   f"{tl:>11,.1f} {tf:>11,.1f} {nsps / tl:>7.2f} {nsps / tf:>7.2f}", flush=True)
+
+
+def compare_conv(args) -> None:
+    """The CNN zoo with each convolution form and networks mapping, side by side."""
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
+    dev = jax.devices()[0]
+    print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
+          f"batch {args.batch}, {args.steps} steps/epoch; CNN {KWARGS['cnn']}")
+    head = f"{'N':>5} {'conv':>7} {'networks':>14} {'nets·steps/s':>13} {'× best':>7}"
+    print(head)
+    print("-" * len(head))
+    for v in (args.ns or "8,64").split(","):
+        n = int(v)
+        rows = []
+        for impl in args.impls.split(","):
+            for k in (0, *(int(c) for c in args.chunks.split(",") if 0 < int(c) < n)):
+                nsps, _ = bench_jax("cnn", n, args.steps, args.batch, dtype, args.reps, impl, None, k)
+                rows.append((impl, "vmap all" if k == 0 else f"lax.map k={k}", nsps))
+        best = max(r[2] for r in rows)
+        for impl, how, nsps in rows:
+            print(f"{n:>5} {impl:>7} {how:>14} {nsps:>13,.1f} {nsps / best:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":

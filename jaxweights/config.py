@@ -64,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.multihost = False  # call jax.distributed.initialize() first (TPU pods, Slurm, several hosts).
     c.memory_limit_mb = 0.0  # usable memory per device in MiB for the chunk plan; 0 = the device's own.
     c.chunk_size = 0  # at most this many networks per chunk; 0 = as many as memory allows.
+    c.vmap_chunk = 0  # networks vmapped at once inside the program (lax.map over chunks); 0 = 8 on CPU, all elsewhere.
     c.groups = ()  # static variants: a tuple of {"dotted.key": value} overrides, one compiled group each.
     return c
 
@@ -83,7 +84,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         v = config[key]
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
             raise ConfigError(f"config.{key}: must be a positive integer, got {v!r}")
-    for key in ("max_train", "max_test", "keep_checkpoints", "num_devices", "chunk_size"):
+    for key in ("max_train", "max_test", "keep_checkpoints", "num_devices", "chunk_size", "vmap_chunk"):
         if not isinstance(config[key], (int, np.integer)) or isinstance(config[key], bool) or config[key] < 0:
             raise ConfigError(f"config.{key}: must be an integer >= 0, got {config[key]!r}")
     mem = config.memory_limit_mb

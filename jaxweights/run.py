@@ -69,7 +69,8 @@ def make_setup(config: ml_collections.ConfigDict, ds: data_lib.Dataset, model: A
         warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
         total_steps=steps_per_epoch * config.num_epochs, batch_size=config.batch_size,
         num_classes=ds.num_classes, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-        root_seed=int(config.seed), compute_dtype=jnp.bfloat16 if dtype else jnp.float32)
+        root_seed=int(config.seed), compute_dtype=jnp.bfloat16 if dtype else jnp.float32,
+        vmap_chunk=int(config.get("vmap_chunk", 0)) or train.default_vmap_chunk())
 
 
 def _record_model(cfg: dict[str, Any], model: Any) -> dict[str, Any]:

@@ -112,3 +112,24 @@ def test_step_flops_counts_the_matmuls():
     # forward 2·MACs, backward 4·MACs, less the input gradient of the first layer, which is not needed
     expected = 128 * (6 * macs - 2 * 784 * 512)
     assert abs(flops / expected - 1) < 0.05
+
+
+@pytest.mark.parametrize("conv_impl", ["im2col", "xla"])
+def test_vmap_chunk_equals_vmapping_all(mnist_slice, conv_impl):
+    """`vmap_chunk=k`: `lax.map` over chunks of k networks (7 = 3 + 3 + 1) gives the vmapped results."""
+    x, y, xt, yt = mnist_slice
+    model = models.make_model("cnn", num_classes=10, image_shape=(28, 28, 1), channels=(4,), dense=(8,),
+                              conv_impl=conv_impl)
+    grid = _grid(learning_rates=[0.01, 0.05], init_scales=[0.5, 1.0], num_seeds=2).iloc[:7].reset_index(drop=True)
+    xp, yp, mp = train.pad_split(xt, yt, 500)
+    out = []
+    for k in (0, 3):
+        setup = train.Setup(model=model, batch_size=64, mean=(33.3,), std=(78.6,), vmap_chunk=k)
+        state, m, fns = _run(setup, grid, x[:1024], y[:1024], epochs=1)
+        out.append((state, m, fns.evaluate(state.params, xp, yp, mp)))
+    (s0, m0, e0), (s3, m3, e3) = out
+    for a, b in zip(jax.tree.leaves(s0.params), jax.tree.leaves(s3.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m0["train_loss"], m3["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(e0["test_acc"], e3["test_acc"], atol=1e-3)
+    assert e3["test_acc"].shape == (7,) and float(e3["test_acc"].max()) > 0.2  # above chance (0.1)
