@@ -115,7 +115,8 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
     runs = _run_dirs(workdir)
     if report:  # refuse impossible grouping options before minutes of distances
         _check_grouping(runs, claim_options)
-    tmp = Path(tempfile.mkdtemp(prefix=".analysis-", dir=workdir))
+    _remove_stale_analyses(workdir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".analysis-{os.getpid()}-", dir=workdir))
     try:
         tables, nets, notes = [], [], {}
         for name, rd in runs:
@@ -157,6 +158,24 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _remove_stale_analyses(workdir: Path) -> None:
+    """Removes `.analysis-<pid>-*` folders of analyses killed before they could clean up.
+
+    A folder whose process is still alive (another `analyze` of the same workdir) is left alone.
+    """
+    for p in workdir.glob(".analysis-*-*"):
+        pid = p.name.split("-")[1]
+        if not pid.isdigit() or not p.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("%s: removing the unfinished analysis of a killed process", p)
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options: Mapping[str, Any]) -> str | None:

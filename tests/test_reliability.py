@@ -345,3 +345,7 @@ def test_sigkilled_analyze_leaves_the_previous_analysis(analysed):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _analysis_files(w) == snap
+    # The killed analysis' temporary folder is removed by the next analysis, which then succeeds.
+    assert leftovers(w) != []
+    assert cli.main(["analyze", "--workdir", str(w), "--metrics", "ks", "--nodynamics"]) == 0
+    assert leftovers(w) == [] and (w / "analysis" / "distances" / "ks.npz").exists()
