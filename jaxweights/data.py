@@ -345,6 +345,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, max_train: int
             raise DataError(f"{name}: max_train/max_test must be None or a non-negative int, got {lim!r}")
     root = data_dir if data_dir is not None else (os.environ.get(ENV_VAR) or None)
     root = Path(root).expanduser().absolute() if root is not None else None
+    if root is not None and not root.is_dir():  # a typo must not fall through to a download
+        given = "data_dir" if data_dir is not None else f"${ENV_VAR}"
+        raise DataError(f"{name}: {given} {root}: no such directory")
     tried = []
     for d in ([root] if root else []) + [SYSTEM_DIR / name.replace("_", "-")]:
         found = _search_dir(name, s, d, limits) if d.is_dir() else None
