@@ -31,6 +31,13 @@ import pandas as pd
 from flax import traverse_util
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` to `path` through a temporary file and `os.replace`."""
     atomic_write(path, lambda f: f.write(data))
@@ -52,6 +59,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], mode: str
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
         os.replace(tmp, path)
         # A writer killed mid-write (SIGKILL, power loss) leaves its temporary file: sweep those
         # older than ours, which no live writer can still be using.

@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -285,6 +286,17 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatc
         with pytest.raises(OSError, match=f"cannot write {re.escape(str(p))}: No space left on device"):
             rundir.write_csv(p, pd.DataFrame({"a": range(10000)}))
     assert p.read_bytes() == before and leftovers(tmp_path) == []
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Not mkstemp's 0600: a result file is readable like any other file the user writes."""
+    old = os.umask(0o022)
+    try:
+        rundir.write_csv(tmp_path / "t.csv", pd.DataFrame({"a": [1]}))
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "t.csv").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
 
 
 # ============================== analyze ==============================
