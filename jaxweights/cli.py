@@ -111,9 +111,27 @@ def _flag_values(command: str, argv: list[str]):
     return fv
 
 
+def _last_overrides(args: Sequence[str]) -> list[str]:
+    """`args` with only the last of repeated `--config.KEY` overrides (absl would join tuples: (16,)+(32,)).
+
+    Handles `--config.KEY=VALUE` and `--config.KEY VALUE`; everything else is kept as it is.
+    """
+    units, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--config.") and "=" not in a and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            units.append((a[2:], [a, args[i + 1]]))
+            i += 2
+            continue
+        units.append((a[2:].split("=", 1)[0] if a.startswith("--config.") else None, [a]))
+        i += 1
+    last = {key: n for n, (key, _) in enumerate(units) if key}
+    return [t for n, (key, toks) in enumerate(units) if key is None or last[key] == n for t in toks]
+
+
 def _parse(command: str, args: Sequence[str]):
     from absl import flags
-    argv = [f"jaxweights {command}", *args]
+    argv = [f"jaxweights {command}", *_last_overrides(args)]
     fv = _flag_values(command, argv)
     try:
         fv(argv)

@@ -131,3 +131,12 @@ def test_console_script_runs_the_quickstart_config(tmp_path, data_dir):
     assert out.returncode == 0, out.stderr
     assert "trained 30 networks" in out.stdout
     assert "mnist: loaded from" in out.stderr  # the data source is reported in the log
+
+
+def test_a_repeated_override_takes_the_last_value():
+    """absl would join repeated tuple overrides ((16,) then (32,) gave (16, 32)): the last one wins."""
+    fv = cli._parse("train", ["--config", str(REPO / "configs/quickstart.py"), "--workdir", "w",
+                              "--config.model.hidden=(16,)", "--config.num_seeds=3", "--config.model.hidden",
+                              "(32, 8)", "--config.num_seeds=5"])
+    assert tuple(fv.config.model.hidden) == (32, 8) and fv.config.num_seeds == 5
+    assert fv.config.learning_rates == (0.001, 0.01, 0.1, 0.5, 2.0)  # untouched keys keep the file's value
