@@ -280,7 +280,8 @@ def _memory_plan(config, setup, image_shape, eval_batch, n, mesh, data_bytes, re
     limit = config.memory_limit_mb
     budget = int(limit * 2**20) if limit else int(0.9 * train.device_memory_bytes())
     try:
-        return train.plan_memory(n, mesh.size, state_bytes, step_bytes, data_bytes, budget, int(config.chunk_size))
+        return train.plan_memory(n, mesh.size, state_bytes, step_bytes, data_bytes, budget, int(config.chunk_size),
+                                 setup.vmap_chunk)
     except ValueError as e:
         raise config_lib.ConfigError(f"config.memory_limit_mb: {e}") from None
 

@@ -375,12 +375,14 @@ class MemoryPlan(NamedTuple):
     budget_bytes: int  # usable memory per device
     chunk_size: int  # networks per chunk, a multiple of `devices`
     num_chunks: int
+    vmap_chunk: int = 0  # networks whose step temporaries a device holds at once (0 = all of its networks)
 
     def describe(self) -> str:
         mb = lambda b: f"{b / 2**20:,.2f} MiB"
         return (f"memory plan: {self.networks} networks on {self.devices} device(s); one network needs "
                 f"{mb(self.network_bytes)} (state {mb(self.state_bytes)}, step temporaries {mb(self.step_bytes)}), "
-                f"data {mb(self.fixed_bytes)} per device, budget {mb(self.budget_bytes)} per device -> "
+                f"data {mb(self.fixed_bytes)} per device, budget {mb(self.budget_bytes)} per device"
+                f"{', temporaries of %d networks at a time' % self.vmap_chunk if self.vmap_chunk else ''} -> "
                 f"{self.num_chunks} chunk(s) of {self.chunk_size} networks")
 
 
@@ -433,7 +435,7 @@ def device_memory_bytes() -> int:
 
 
 def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fixed_bytes: int,
-                budget_bytes: int, chunk_size: int = 0) -> MemoryPlan:
+                budget_bytes: int, chunk_size: int = 0, vmap_chunk: int = 0) -> MemoryPlan:
     """Splits N networks into equal chunks that fit `budget_bytes` per device.
 
     A network costs a device its state twice (the state in and the state out of an epoch, whose
@@ -449,6 +451,9 @@ def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fix
       budget_bytes: usable bytes per device.
       chunk_size: if > 0, at most this many networks per chunk (rounded up to a multiple of
         `num_devices`), whatever the memory says.
+      vmap_chunk: `Setup.vmap_chunk`; when > 0 a device holds the step temporaries of at most
+        that many networks at once (the rest of its networks wait in `lax.map`), so only the
+        state grows with the chunk.
 
     Returns:
       A `MemoryPlan`. Raises `ValueError` when not even one network per device fits.
@@ -458,12 +463,16 @@ def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fix
     if room < per_net:
         raise ValueError(f"{budget_bytes / 2**20:,.1f} MiB per device cannot hold one network "
                          f"({per_net / 2**20:,.1f} MiB) beside the data ({fixed_bytes / 2**20:,.1f} MiB)")
-    cap = (room // per_net) * num_devices
+    per_device = room // per_net  # all of a device's networks vmapped at once
+    if vmap_chunk > 0 and per_device > vmap_chunk:  # temporaries of vmap_chunk networks, state of all
+        per_device = (room - vmap_chunk * step_bytes) // (2 * state_bytes)
+    cap = per_device * num_devices
     if chunk_size > 0:
         cap = min(cap, pad_networks(chunk_size, num_devices))
     num_chunks = -(-n // cap)
     size = pad_networks(-(-n // num_chunks), num_devices)
-    return MemoryPlan(n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes, size, num_chunks)
+    return MemoryPlan(n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes, size, num_chunks,
+                      vmap_chunk)
 
 
 def step_flops(setup: Setup, params_one: PyTree, image_shape: tuple[int, ...]) -> float:

@@ -216,6 +216,15 @@ def test_plan_memory_chunks_are_equal_and_fit():
                 assert p.num_chunks == -(-n // (per_device * d))  # as few chunks as memory allows
     with pytest.raises(ValueError, match="cannot hold one network"):
         train.plan_memory(4, 1, 10, 10, fixed_bytes=100, budget_bytes=120)
+    # Networks mapped in chunks of k hold the temporaries of k networks only: more fit per device.
+    for k in (1, 8):
+        for budget in (100 + 30, 100 + 30 * 8, 100 + 10_000):
+            p = train.plan_memory(10**6, 2, state_bytes=5, step_bytes=20, fixed_bytes=100, budget_bytes=budget,
+                                  vmap_chunk=k)
+            fits = lambda c: c * 2 * 5 + min(c, k) * 20 <= budget - 100
+            c_max = max(c for c in range(1, 2000) if fits(c))
+            assert fits(p.chunk_size // 2)  # each device holds what fits
+            assert p.num_chunks == -(-10**6 // (2 * c_max))  # as few chunks as memory allows
 
 
 def test_memory_estimate_bounds_the_compiled_epoch(mnist_slice):
