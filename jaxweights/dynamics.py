@@ -852,7 +852,8 @@ class RepresentationDynamics:
             oj = 0
             for nj, fj in self.form_files:
                 right = np.load(fj[li, unbiased][1], mmap_mode="r")
-                h[oi:oi + ni, oj:oj + nj] = np.asarray(left, np.float32) @ np.asarray(right, np.float32).T
+                with np.errstate(invalid="ignore", over="ignore"):  # blown-up networks: NaN, as in JAX
+                    h[oi:oi + ni, oj:oj + nj] = np.asarray(left, np.float32) @ np.asarray(right, np.float32).T
                 oj += nj
             oi += ni
         d = np.diagonal(h)
