@@ -37,6 +37,7 @@ Quantities (per network, per layer, per epoch):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from pathlib import Path
@@ -123,9 +124,10 @@ def load_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.nd
     Raises:
       DynamicsError: the directory holds no checkpoints, or chunks kept different epochs.
     """
-    parts = [_load_dir_snapshots(d) for d in snapshot_dirs(run_dir)]
+    dirs = snapshot_dirs(run_dir)
+    parts = [_load_dir_snapshots(d) for d in dirs]
     epochs = parts[0][0]
-    for d, (e, _) in zip(snapshot_dirs(run_dir), parts):
+    for d, (e, _) in zip(dirs, parts):
         if e != epochs:
             raise DynamicsError(f"{d / 'checkpoints'}: epochs {e} differ from the first chunk's {epochs}")
     if len(parts) == 1:
@@ -943,8 +945,7 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
     setup, xp, yp, xe, ye = probe_data(run_dir, probe_size, data_dir, model)
     out_dir.mkdir(parents=True, exist_ok=True)
     rwc_parts, stat_parts, epochs, offset = [], [], None, 0
-    acc = None
-    try:
+    with contextlib.ExitStack() as stack:  # the CKA factor files go when this block ends
         for d in dirs:  # one chunk's snapshots in memory at a time
             e, snaps = _load_dir_snapshots(d)
             if len(snaps) < 2:
@@ -952,9 +953,9 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
                                     "snapshots (train with checkpoint_every=1, keep_checkpoints=0)")
             if epochs is None:
                 epochs = e
-                acc = RepresentationDynamics(setup, epochs, xp, yp, xe, ye, k=k, cka_batch=cka_batch,
-                                             probe_steps=probe_steps, num_planes=num_planes, resolution=resolution,
-                                             chunk=chunk, memory_mb=memory_mb)
+                acc = stack.enter_context(RepresentationDynamics(
+                    setup, epochs, xp, yp, xe, ye, k=k, cka_batch=cka_batch, probe_steps=probe_steps,
+                    num_planes=num_planes, resolution=resolution, chunk=chunk, memory_mb=memory_mb))
             elif e != epochs:
                 raise DynamicsError(f"{d / 'checkpoints'}: epochs {e} differ from the first chunk's {epochs}")
             rwc_parts.append(relative_weight_change(snaps, epochs).assign(network=lambda t: t.network + offset))
@@ -963,9 +964,6 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
             offset += next(iter(snaps[0].values())).shape[0]
             del snaps
         cka, mod, probes, regions = acc.finish()
-    finally:
-        if acc is not None:
-            acc.__exit__(None, None, None)
     rundir.write_csv(out_dir / "rwc.csv", pd.concat(rwc_parts).sort_values(
         ["depth", "epoch", "network"], kind="stable").reset_index(drop=True))
     rundir.write_csv(out_dir / "stats_over_epochs.csv", pd.concat(stat_parts).sort_values(
@@ -994,9 +992,11 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
 
 
 def _spearman(x, y) -> float:
-    x, y = pd.Series(np.asarray(x, np.float64)), pd.Series(np.asarray(y, np.float64))
-    ok = x.notna() & y.notna() & np.isfinite(x) & np.isfinite(y)
-    return float(x[ok].rank().corr(y[ok].rank())) if ok.sum() > 2 else float("nan")
+    """`claims.spearman`'s ρ over the pairs where both values are finite."""
+    from jaxweights import claims
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    return claims.spearman(x[ok], y[ok])[0]
 
 
 def summarize(rwc: pd.DataFrame, mod: pd.DataFrame, probes: pd.DataFrame, cka: Mapping[str, np.ndarray],

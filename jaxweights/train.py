@@ -279,17 +279,16 @@ def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int,
       `ZooFns(init, train_epoch, evaluate)`.
     """
     init = jax.vmap(lambda hp: init_network(setup, hp, image_shape))
-    if setup.vmap_chunk:  # chunks of k networks vmapped, one chunk after another inside the program
-        k = setup.vmap_chunk
+    k = setup.vmap_chunk
+    if k:  # chunks of k networks vmapped, one chunk after another inside the program
         epoch = lambda s, hp, e, x, y: jax.lax.map(lambda a: train_epoch(setup, a[0], a[1], e, x, y), (s, hp),
                                                    batch_size=k)
+        one = lambda q, x, y, m: jax.tree.map(lambda v: v[0], evaluate(  # evaluate stacks: one network as N=1
+            setup, jax.tree.map(lambda a: a[None], q), x, y, m, eval_batch))
+        ev = lambda p, x, y, m: jax.lax.map(lambda q: one(q, x, y, m), p, batch_size=k)
     else:
         epoch = jax.vmap(lambda s, hp, e, x, y: train_epoch(setup, s, hp, e, x, y), in_axes=(0, 0, None, None, None))
-    ev = lambda p, x, y, m: evaluate(setup, p, x, y, m, eval_batch)
-    if setup.vmap_chunk:
-        one = lambda q, x, y, m: jax.tree.map(lambda v: v[0], evaluate(
-            setup, jax.tree.map(lambda a: a[None], q), x, y, m, eval_batch))
-        ev = lambda p, x, y, m: jax.lax.map(lambda q: one(q, x, y, m), p, batch_size=setup.vmap_chunk)
+        ev = lambda p, x, y, m: evaluate(setup, p, x, y, m, eval_batch)
     if mesh is not None:
         net, rep = jax.sharding.PartitionSpec(NETWORKS), jax.sharding.PartitionSpec()
         # check_vma=False: the per-device bodies are plain one-network code (zeros in scan carries
