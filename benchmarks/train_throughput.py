@@ -6,6 +6,8 @@ r"""Training throughput of a zoo: jaxweights (vmapped + scanned) vs PyTorch, sid
     python benchmarks/train_throughput.py --sharded --ns 8,64,max  # networks axis over all devices;
                                                                # max = the most the memory plan allows
     python benchmarks/train_throughput.py --compare-conv --ns 8,64  # CNN: grouped conv vs lax.map vs im2col
+    python benchmarks/train_throughput.py --models mlp --ns 2048 --vmap-chunk 0,16,128  # sweep lax.map chunks
+    python benchmarks/train_throughput.py --models mlp --batch 1024   # arithmetic intensity grows with the batch
 
 For each model and N it prints networks·steps/s and achieved FLOP/s of one jitted epoch (a
 `lax.scan` over `--steps` SGD steps of N vmapped networks, batch 128, MNIST- or CIFAR-shaped
@@ -15,6 +17,18 @@ per seed, as users write it) and by a `torch.func` vmapped ensemble (`stack_modu
 `vmap(grad(...))`). FLOPs per step come from XLA's cost analysis of one network's
 forward+backward; all three columns train the same architecture. Ratios are measured in one
 run on the same machine; absolute numbers mean little on a shared CPU.
+
+The roofline columns say which ceiling binds. `MB/step` is the memory traffic of one network's
+training step as XLA's cost analysis of the compiled zoo program counts it (`train.step_cost`:
+bytes read and written by every fused kernel, parameters and optimizer state included, no cache
+reuse across kernels), `flop/B` the arithmetic intensity, and `roof` = min(matmul ceiling,
+memory bandwidth × intensity), with the bandwidth of a large elementwise pass timed in the same
+run. It assumes every byte comes from device memory: that holds for a large zoo on a GPU, whose
+networks' state is far larger than the cache; above 100% means caches served part of the
+traffic (a CPU, or a `--vmap-chunk` chunk small enough to stay in cache over all the steps of
+the epoch). `% roof` near 100 means the step is as fast as the memory traffic the compiler
+produced allows: a faster zoo then needs fewer bytes per step (a larger batch, or parameters
+kept on chip across steps), not faster matmuls.
 
 `--compare-conv` times the CNN zoo four ways in one run: im2col convolutions (batched matmuls)
 or XLA convolutions (`lax.conv`, which vmapped over networks becomes one grouped convolution),
@@ -55,6 +69,18 @@ def matmul_ceiling(dtype, n: int = 4096, reps: int = 5) -> float:
         out = f(a)
     out.block_until_ready()
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def memory_bandwidth(n_bytes: int = 2 ** 28, reps: int = 5) -> float:
+    """Bytes/s (read + written) of a large elementwise pass (the machine's practical memory ceiling)."""
+    a = jnp.ones((n_bytes // 4,), jnp.float32)
+    f = jax.jit(lambda a: a * 1.5 + 1.0)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(reps):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n_bytes * reps / (time.perf_counter() - t)
 
 
 def _setup(name: str, batch: int, dtype, conv_impl: str = "im2col", vmap_chunk: int = 0) -> train.Setup:
@@ -248,9 +274,9 @@ def main() -> None:
     ap.add_argument("--torch-max-n", type=int, default=64, help="skip the PyTorch columns above this N")
     ap.add_argument("--sharded", action="store_true",
                     help="shard the networks axis over all devices (N rounded up to a multiple of them)")
-    ap.add_argument("--vmap-chunk", type=int, default=-1,
+    ap.add_argument("--vmap-chunk", default="-1",
                     help="networks vmapped at once (lax.map over chunks); -1 = the library default "
-                         "(8 on CPU, all on accelerators), 0 = all")
+                         "(8 on CPU, all on accelerators), 0 = all; a list (0,16,128) times each")
     ap.add_argument("--compare-conv", action="store_true",
                     help="CNN only: im2col vs XLA (grouped) convolutions, all vmapped vs lax.map chunks")
     ap.add_argument("--chunks", default="1,8", help="lax.map chunk sizes for --compare-conv")
@@ -260,34 +286,46 @@ def main() -> None:
         return compare_conv(args)
     mesh = train.networks_mesh() if args.sharded else None
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
-    vchunk = train.default_vmap_chunk() if args.vmap_chunk < 0 else args.vmap_chunk
+    chunks = [train.default_vmap_chunk() if int(c) < 0 else int(c) for c in args.vmap_chunk.split(",")]
     defaults = {"mlp": "1,8,64", "cnn": "1,8", "vit": "1,8"}
     import importlib.util
     have_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
     dev = jax.devices()[0]
-    # Sharded: one device's ceiling times the devices (right for real accelerators; simulated CPU
-    # devices share the same cores).
-    ceiling = matmul_ceiling(dtype or jnp.float32) * (mesh.size if mesh else 1)
+    # Sharded: one device's ceilings times the devices (right for real accelerators; simulated CPU
+    # devices share the same cores and memory).
+    n_dev = mesh.size if mesh else 1
+    ceiling = matmul_ceiling(dtype or jnp.float32) * n_dev
+    bandwidth = memory_bandwidth() * n_dev
     print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
           f"batch {args.batch}, {args.steps} steps/epoch, conv {args.conv_impl}, "
-          f"{'networks vmapped in chunks of %d' % vchunk if vchunk else 'all networks vmapped'}, "
           f"{'sharded over %d devices' % mesh.size if mesh else 'one device'}")
-    print(f"matmul ceiling (4096² jnp.dot): {ceiling / 1e12:.3f} TFLOP/s")
-    head = f"{'model':<5} {'N':>5} {'jax nets·steps/s':>17} {'TFLOP/s':>8} {'% ceil':>7} " \
+    print(f"matmul ceiling (4096² jnp.dot): {ceiling / 1e12:.3f} TFLOP/s; memory bandwidth (256 MiB "
+          f"elementwise pass, read + write): {bandwidth / 1e9:,.1f} GB/s")
+    head = f"{'model':<5} {'N':>5} {'chunk':>5} {'jax nets·steps/s':>17} {'TFLOP/s':>8} {'% ceil':>7} " \
+           f"{'MB/step':>8} {'flop/B':>7} {'roof':>7} {'% roof':>7} " \
            f"{'torch loop':>11} {'torch.func':>11} {'×loop':>7} {'×func':>7}"
     print(head)
     print("-" * len(head))
     for name in args.models.split(","):
         for v in (args.ns or defaults[name]).split(","):
             n = (max_networks(name, args.steps, args.batch, dtype, mesh, args.conv_impl) if v == "max"
-                 else train.pad_networks(int(v), mesh.size if mesh else 1))
-            nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl, mesh, vchunk)
+                 else train.pad_networks(int(v), n_dev))
             tl = tf = float("nan")
             if have_torch and n <= args.torch_max_n:
                 tl = _in_fresh_process(bench_torch_loop, name, n, args.torch_steps, args.batch)
                 tf = _in_fresh_process(bench_torch_func, name, n, args.torch_steps, args.batch)
-            print(f"{name:<5} {n:>5} {nsps:>17,.1f} {fl / 1e12:>8.3f} {100 * fl / ceiling:>6.1f}% "
-                  f"{tl:>11,.1f} {tf:>11,.1f} {nsps / tl:>7.2f} {nsps / tf:>7.2f}", flush=True)
+            per_dev = n // n_dev
+            # a chunk of at least the networks per device is the same program as vmapping all of them
+            for k in dict.fromkeys(k if 0 < k < per_dev else 0 for k in chunks):
+                nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl, mesh, k)
+                step_flops, step_bytes = train.step_cost(_setup(name, args.batch, dtype, args.conv_impl),
+                                                         SHAPES[name], k or per_dev)
+                intensity = step_flops / step_bytes if step_bytes else float("nan")
+                roof = min(ceiling, bandwidth * intensity)
+                print(f"{name:<5} {n:>5} {k or 'all':>5} {nsps:>17,.1f} {fl / 1e12:>8.3f} "
+                      f"{100 * fl / ceiling:>6.1f}% {step_bytes / 1e6:>8.2f} {intensity:>7.1f} {roof / 1e12:>7.3f} "
+                      f"{100 * fl / roof:>6.1f}% {tl:>11,.1f} {tf:>11,.1f} {nsps / tl:>7.2f} {nsps / tf:>7.2f}",
+                      flush=True)
 
 
 def compare_conv(args) -> None:

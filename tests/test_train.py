@@ -133,3 +133,25 @@ def test_vmap_chunk_equals_vmapping_all(mnist_slice, conv_impl):
     np.testing.assert_allclose(m0["train_loss"], m3["train_loss"], rtol=1e-5)
     np.testing.assert_allclose(e0["test_acc"], e3["test_acc"], atol=1e-3)
     assert e3["test_acc"].shape == (7,) and float(e3["test_acc"].max()) > 0.2  # above chance (0.1)
+
+
+def test_step_cost_counts_the_whole_step_and_its_memory_traffic():
+    """`step_cost`: the compiled step's FLOPs (matmuls + update) and bytes, per network."""
+    model = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(64, 32))
+    n_params = 784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+    costs = {}
+    for batch, n in ((32, 1), (32, 4), (512, 1)):
+        setup = train.Setup(model=model, batch_size=batch, vmap_chunk=3)  # vmap_chunk is ignored
+        costs[batch, n] = train.step_cost(setup, (28, 28, 1), n)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    for batch in (32, 512):
+        flops, nbytes = costs[batch, 1]
+        grad_flops = train.step_flops(train.Setup(model=model, batch_size=batch), params, (28, 28, 1))
+        assert grad_flops <= flops < grad_flops * 1.1  # the update adds a few FLOPs per parameter
+        assert nbytes >= 8 * n_params  # every float32 parameter is read and written at least once
+    # per network, the same whatever the number vmapped together
+    assert costs[32, 4][0] == pytest.approx(costs[32, 1][0], rel=0.02)
+    assert costs[32, 4][1] == pytest.approx(costs[32, 1][1], rel=0.1)
+    # a 16× larger batch: 16× the FLOPs but far fewer than 16× the bytes (the parameters are a fixed cost)
+    assert costs[512, 1][0] == pytest.approx(16 * costs[32, 1][0], rel=0.05)
+    assert costs[512, 1][1] / costs[512, 1][0] < 0.5 * costs[32, 1][1] / costs[32, 1][0]
