@@ -109,14 +109,21 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
     are raised); `False` skips them. `data_dir` is where the probe images are read (default: the
     run's config); `dynamics_options` go to `write_dynamics` (probe_size, k, cka_batch, ...);
     `model` is the Flax module of a run trained with your own module (needed for its dynamics).
+
+    In a multi-host job (`jax.distributed` initialised), call it in every process: they all
+    compute, with the networks axis sharded over every device, and process 0 alone writes.
     """
     workdir = Path(workdir)
     _check_metrics(metrics or ())  # before any work, so a bad name costs nothing
     runs = _run_dirs(workdir)
     if report:  # refuse impossible grouping options before minutes of distances
         _check_grouping(runs, claim_options)
-    _remove_stale_analyses(workdir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".analysis-{os.getpid()}-", dir=workdir))
+    # Several processes (`config.multihost`) all compute (the sharded statistics and distances
+    # need every process); process 0 alone writes `analysis/`, the others into a scratch folder.
+    main = jax.process_index() == 0
+    if main:
+        _remove_stale_analyses(workdir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".analysis-{os.getpid()}-", dir=workdir if main else None))
     try:
         tables, nets, notes = [], [], {}
         for name, rd in runs:
@@ -146,14 +153,18 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
             report_workdir(workdir, tmp, runs, extra_sections=extra_sections, metrics=metrics, block_size=block_size,
                            dynamics_notes=notes, **claim_options)
         final = workdir / "analysis"
-        old = workdir / ".analysis-old"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        if old.exists():
-            shutil.rmtree(old)
+        if main:
+            old = workdir / ".analysis-old"
+            if old.exists():
+                shutil.rmtree(old)
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            if old.exists():
+                shutil.rmtree(old)
+        if jax.process_count() > 1:  # nobody returns before process 0 has put `analysis/` in place
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"analysed {workdir}")
         return final
     finally:
         if tmp.exists():

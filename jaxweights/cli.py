@@ -5,7 +5,7 @@
     jaxweights study   --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR [--data_dir D]
     jaxweights analyze --workdir DIR [--metrics a,b] [--block_size K] [--quantile Q | --threshold T[,T2]]
                        [--min_accuracy A] [--bins B] [--permutations P] [--bootstrap B] [--noreport]
-                       [--[no]dynamics] [--probe_size N] [--data_dir DIR]
+                       [--[no]dynamics] [--probe_size N] [--data_dir DIR] [--multihost]
     jaxweights analyze-params PATH... --out DIR [--layout auto|torch|flax] [--stacked auto|yes|no]
                        [--metrics a,b] [--block_size K] [--layers a,b] [--nofigures]
     jaxweights prune   --workdir DIR [--layers Dense_1,...] [--data_dir DIR] [--overwrite]
@@ -107,6 +107,9 @@ def _flag_values(command: str, argv: list[str]):
         flags.DEFINE_integer("probe_size", 500, "Test images the representations are captured on.", flag_values=fv)
         flags.DEFINE_string("data_dir", None, "Folder with the dataset files (default: the run's config).",
                             flag_values=fv)
+        flags.DEFINE_bool("multihost", False, "Join a multi-host job (jax.distributed.initialize; start the same "
+                          "command in every process): the networks axis is split over every host's devices and "
+                          "process 0 writes.", flag_values=fv)
     flags.DEFINE_bool("help", False, "Show this help.", flag_values=fv, short_name="h")
     return fv
 
@@ -189,6 +192,9 @@ def cmd_analyze(args: Sequence[str]) -> int:
         if len(threshold) > 2:
             raise flags.Error(f"--threshold: {','.join(fv.threshold)!r} is not one or two numbers")
         threshold = threshold[0] if len(threshold) == 1 else threshold
+    if fv.multihost:
+        from jaxweights import run
+        run.init_distributed({"multihost": True})
     out = analysis.analyze_workdir(fv.workdir, metrics=fv.metrics, block_size=fv.block_size, report=fv.report,
                                    quantile=fv.quantile, threshold=threshold, min_accuracy=fv.min_accuracy,
                                    bins=fv.bins, n_permutations=fv.permutations, n_boot=fv.bootstrap,

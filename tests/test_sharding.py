@@ -254,25 +254,51 @@ def test_memory_estimate_bounds_the_compiled_epoch(mnist_slice):
     assert measured <= estimate <= 2 * measured
 
 
-def test_two_processes_equal_one_device(one_device, tmp_path, data_dir):
+def _two_processes(code: str) -> list[str]:
+    """Runs `code` in two processes joined by `jax.distributed` on loopback, 2 CPU devices each."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = f"""
+    procs = [_subprocess(code, devices=2, env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                                               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+             for i in range(2)]
+    return [_finish(p) for p in procs]
+
+
+def test_two_processes_equal_one_device(one_device, tmp_path, data_dir):
+    outs = _two_processes(f"""
         import jax
         from jaxweights import run
         run.train_and_evaluate(tiny({str(data_dir)!r}, multihost=True), {str(tmp_path / 'run')!r}, progress=False)
         print("process", jax.process_index(), "of", jax.process_count(), "devices", jax.device_count())
-    """
-    procs = [_subprocess(code, devices=2, env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                                               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
-             for i in range(2)]
-    outs = [_finish(p) for p in procs]
+    """)
     for i, out in enumerate(outs):
         assert f"process {i} of 2 devices 4" in out
     _assert_same_run(one_device, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "2" / "default").glob("ocdbt.process_*")) == [
         "ocdbt.process_0", "ocdbt.process_1"]  # both hosts wrote their part of the checkpoint
+
+    # `jaxweights analyze --multihost` in both processes: all compute, process 0 alone writes
+    outs = _two_processes(f"""
+        import os, tempfile, jax
+        from jaxweights import cli
+        made, mkdtemp = [], tempfile.mkdtemp
+        tempfile.mkdtemp = lambda *a, **k: made.append(mkdtemp(*a, **k)) or made[-1]
+        assert cli.main(["analyze", "--workdir", {str(tmp_path / 'run')!r}, "--multihost", "--noreport",
+                         "--nodynamics", "--metrics", "wasserstein"]) == 0
+        assert os.path.exists({str(tmp_path / 'run' / 'analysis' / 'stats.csv')!r})  # in place when it returns
+        inside = [d for d in made if d.startswith({str(tmp_path)!r})]
+        print("process", jax.process_index(), "of", jax.process_count(), "temporary folders in the workdir:",
+              len(inside))
+    """)
+    for i, out in enumerate(outs):
+        assert f"process {i} of 2 temporary folders in the workdir: {1 - i}" in out
+    assert not list((tmp_path / "run").glob(".analysis*"))
+    # the statistics of the sharded 2-process analysis equal one device's
+    ref = analysis.analyze_params(rundir.load_params(one_device / "params.npz"), tmp_path, metrics=["wasserstein"])
+    got = pd.read_csv(tmp_path / "run" / "analysis" / "stats.csv")
+    assert len(got) == len(ref)
+    np.testing.assert_allclose(got["value"], ref["value"], rtol=1e-4, atol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters(one_device, tmp_path, data_dir):
