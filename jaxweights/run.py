@@ -287,23 +287,44 @@ def _memory_plan(config, setup, image_shape, eval_batch, n, mesh, data_bytes, re
 
 
 def _unpad(state: Any, n: int, mesh) -> Any:
-    """The first n networks of a padded state, replicated (uneven shards cannot be sharded)."""
+    """The first n networks of a padded state, for a checkpoint of n networks.
+
+    n a multiple of the devices: sharded like the state. Otherwise (uneven shards cannot be
+    sharded) gathered to host memory on one process, one leaf at a time, never a whole copy per
+    device; only a multi-host job falls back to a replicated copy on every device.
+    """
     if jax.tree.leaves(state)[0].shape[0] == n:
         return state
+    if n % mesh.size == 0:
+        net = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.NETWORKS))
+        return jax.jit(lambda s: jax.tree.map(lambda x: x[:n], s), out_shardings=net)(state)
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: np.asarray(x)[:n].copy(), state)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(lambda s: jax.tree.map(lambda x: x[:n], s), out_shardings=rep)(state)
 
 
 def _restore(ckpt: rundir.Checkpoints, epoch: int, like: Any, n: int, mesh) -> Any:
-    """Restores a checkpoint of n networks onto the mesh, padded again like `like`."""
+    """Restores a checkpoint of n networks onto the mesh, padded again like `like` (see `_unpad`)."""
     n_pad = jax.tree.leaves(like)[0].shape[0]
     net = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.NETWORKS))
-    sharding = net if n == n_pad else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    if n == n_pad or n % mesh.size == 0:
+        sharding = net
+    elif jax.process_count() == 1:
+        sharding = None  # to host memory, padded there, then sharded
+    else:
+        sharding = rep
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, *x.shape[1:]), x.dtype, sharding=sharding), like)
+    if sharding is None:
+        abstract = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
     state = ckpt.manager.restore(epoch, args=ckpt._ocp.args.StandardRestore(abstract))
     state = train.TrainState(*state) if not isinstance(state, train.TrainState) else state
     if n == n_pad:
         return state
+    if sharding is None:
+        state = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], n_pad - n, 0)]), state)
+        return train.shard(state, mesh)
     pad = lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], n_pad - n, 0)])
     return jax.jit(lambda s: jax.tree.map(pad, s), out_shardings=net)(state)
 

@@ -89,7 +89,7 @@ def one_device(tmp_path_factory, data_dir):
 
 def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_path, data_dir):
     out = _finish(_subprocess(f"""
-        import json, jax, numpy as np
+        import json, os, jax, numpy as np
         from jaxweights import config as config_lib, run, stats, rundir, train
         run.train_and_evaluate(tiny({str(data_dir)!r}), {str(tmp_path / 'run')!r}, progress=False)
         mesh = train.networks_mesh()
@@ -115,13 +115,32 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
         fns = train.make_zoo_fns(run.make_setup(c, run.load_dataset(c)), (28, 28, 1), 500, mesh)
         grid = config_lib.hyperparameter_grid(c)
         hp = train.shard(train.Hyper(*(np.asarray(f) for f in train.hyper_from_grid(grid))), mesh)
-        k = fns.init(hp).params["Dense_0"]["kernel"]
+        state = fns.init(hp)
+        k = state.params["Dense_0"]["kernel"]
+        # a checkpoint of 13 (uneven) goes through host memory, one of 8 stays sharded: no device
+        # ever holds a replicated copy of the zoo
+        uneven, even = run._unpad(state, 13, mesh), run._unpad(state, 8, mesh)
+        # resumed after epoch 1 on 8 devices (13 networks restored, padded again to 16)
+        import shutil
+        shutil.copytree({str(tmp_path / 'run')!r}, {str(tmp_path / 'resumed')!r},
+                        ignore=shutil.ignore_patterns("analysis"))
+        shutil.rmtree({str(tmp_path / 'resumed' / 'checkpoints' / '2')!r})
+        os.unlink({str(tmp_path / 'resumed' / 'params.npz')!r})
+        import logging
+        logging.basicConfig()
+        logging.getLogger("jaxweights").setLevel(logging.INFO)
+        run.train_and_evaluate(tiny({str(data_dir)!r}), {str(tmp_path / 'resumed')!r}, progress=False)
         print(json.dumps({{"devices": jax.device_count(),
-                           "shards": sorted(s.data.shape[0] for s in k.addressable_shards)}}))
+                           "shards": sorted(s.data.shape[0] for s in k.addressable_shards),
+                           "uneven": sorted({{type(x).__name__ for x in jax.tree.leaves(uneven)}}),
+                           "even": sorted({{s.data.shape[0] for x in jax.tree.leaves(even)
+                                           for s in x.addressable_shards}})}}))
     """, devices=8))
     info = json.loads(out.strip().splitlines()[-1])
-    assert info == {"devices": 8, "shards": [2] * 8}
+    assert info == {"devices": 8, "shards": [2] * 8, "uneven": ["ndarray"], "even": [1]}
     _assert_same_run(one_device, tmp_path / "run")
+    _assert_same_run(one_device, tmp_path / "resumed")
+    assert "resuming after epoch 1" in out
     ckpt = rundir.Checkpoints(tmp_path / "run")
     assert ckpt.epochs() == [0, 1, 2]
     c = tiny(data_dir)
