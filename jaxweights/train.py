@@ -281,6 +281,8 @@ def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int,
     init = jax.vmap(lambda hp: init_network(setup, hp, image_shape))
     k = setup.vmap_chunk
     if k:  # chunks of k networks vmapped, one chunk after another inside the program
+        # (the initialisation too: its random draws take several times the state while they live)
+        init = lambda hp: jax.lax.map(lambda h: init_network(setup, h, image_shape), hp, batch_size=k)
         epoch = lambda s, hp, e, x, y: jax.lax.map(lambda a: train_epoch(setup, a[0], a[1], e, x, y), (s, hp),
                                                    batch_size=k)
         one = lambda q, x, y, m: jax.tree.map(lambda v: v[0], evaluate(  # evaluate stacks: one network as N=1
@@ -395,7 +397,7 @@ def network_memory(setup: Setup, image_shape: tuple[int, ...], eval_batch: int) 
     The state size comes from `jax.eval_shape` of its initialisation; the temporaries
     (activations kept for the backward pass, gradients, optimizer updates) from XLA's
     `memory_analysis` of one compiled train step at the batch size, or of one evaluation chunk
-    if that is larger.
+    or of the initialisation (random draws of every kernel) if that is larger.
     """
     hp1 = Hyper(*(jnp.zeros((), jnp.int32 if f == "seed" else jnp.float32) for f in Hyper._fields))
     state = jax.eval_shape(lambda h: init_network(setup, h, image_shape), hp1)
@@ -410,8 +412,9 @@ def network_memory(setup: Setup, image_shape: tuple[int, ...], eval_batch: int) 
 
     xe = jax.ShapeDtypeStruct((eval_batch, *image_shape), jnp.uint8)
     fwd = lambda p, x: setup.model.apply({"params": p}, normalize(setup, x))
+    init = lambda h: init_network(setup, h, image_shape)
     temps = []
-    for f, args in ((step, (state, hp1, x, y)), (fwd, (state.params, xe))):
+    for f, args in ((step, (state, hp1, x, y)), (fwd, (state.params, xe)), (init, (hp1,))):
         m = jax.jit(f).lower(*args).compile().memory_analysis()
         temps.append(int(getattr(m, "temp_size_in_bytes", 0) or 0) if m is not None else 0)
     return _nbytes(state), max(temps)
