@@ -378,6 +378,11 @@ class MemoryPlan(NamedTuple):
     num_chunks: int
     vmap_chunk: int = 0  # networks whose step temporaries a device holds at once (0 = all of its networks)
 
+    def device_bytes(self) -> int:
+        """The bytes this plan expects a device to hold: the data and its share of a chunk."""
+        return self.fixed_bytes + networks_bytes(self.chunk_size // self.devices, self.state_bytes, self.step_bytes,
+                                                 self.vmap_chunk)
+
     def describe(self) -> str:
         mb = lambda b: f"{b / 2**20:,.2f} MiB"
         return (f"memory plan: {self.networks} networks on {self.devices} device(s); one network needs "
@@ -436,6 +441,16 @@ def device_memory_bytes() -> int:
     return int(ram // max(jax.local_device_count(), 1))
 
 
+def networks_bytes(m: int, state_bytes: int, step_bytes: int, vmap_chunk: int = 0) -> int:
+    """Bytes m networks take on one device while they train (see `plan_memory`)."""
+    k = vmap_chunk
+    if not k or m <= k:  # all vmapped at once
+        return m * (2 * state_bytes + step_bytes)
+    # `lax.map` over chunks of k: temporaries of k networks; a remainder chunk (m not a multiple
+    # of k) makes XLA concatenate the two parts of the output: one more state
+    return 2 * state_bytes * m + k * step_bytes + (state_bytes * m if m % k else 0)
+
+
 def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fixed_bytes: int,
                 budget_bytes: int, chunk_size: int = 0, vmap_chunk: int = 0) -> MemoryPlan:
     """Splits N networks into equal chunks that fit `budget_bytes` per device.
@@ -443,7 +458,10 @@ def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fix
     A network costs a device its state twice (the state in and the state out of an epoch, whose
     buffers XLA cannot always share) plus its step temporaries; every device also holds the
     replicated data (`fixed_bytes`). Chunks are equal, each a multiple of `num_devices`, so all
-    chunks run one compiled program and the padding stays below `num_devices` per chunk.
+    chunks run one compiled program and the padding stays below `num_devices` per chunk. With
+    `vmap_chunk` = k, a device's share of a chunk is a multiple of k when that fits (a remainder
+    makes `lax.map` concatenate its outputs: a third copy of the state, which is counted when
+    it cannot be avoided), so the padding then stays below k per device.
 
     Args:
       n: networks in the zoo.
@@ -462,17 +480,29 @@ def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fix
     """
     per_net = 2 * state_bytes + step_bytes
     room = budget_bytes - fixed_bytes
-    if room < per_net:
+    k = vmap_chunk
+    need = lambda m: networks_bytes(m, state_bytes, step_bytes, k)
+    if need(1) > room:
         raise ValueError(f"{budget_bytes / 2**20:,.1f} MiB per device cannot hold one network "
                          f"({per_net / 2**20:,.1f} MiB) beside the data ({fixed_bytes / 2**20:,.1f} MiB)")
-    per_device = room // per_net  # all of a device's networks vmapped at once
-    if vmap_chunk > 0 and per_device > vmap_chunk:  # temporaries of vmap_chunk networks, state of all
-        per_device = (room - vmap_chunk * step_bytes) // (2 * state_bytes)
-    cap = per_device * num_devices
-    if chunk_size > 0:
-        cap = min(cap, pad_networks(chunk_size, num_devices))
-    num_chunks = -(-n // cap)
-    size = pad_networks(-(-n // num_chunks), num_devices)
+    cap = -(-pad_networks(chunk_size, num_devices) // num_devices) if chunk_size > 0 else None
+    every = -(-n // num_devices)  # networks per device with the whole zoo in one chunk
+    if need(every) <= room and (cap is None or every <= cap):
+        return MemoryPlan(n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes,
+                          pad_networks(n, num_devices), 1, vmap_chunk)
+    # the most networks a device holds: all vmapped, a multiple of k, or any count (remainder and all)
+    candidates = {1, room // per_net}
+    if k:
+        candidates |= {min(room // per_net, k), max(room - k * step_bytes, 0) // (2 * state_bytes) // k * k,
+                       max(room - k * step_bytes, 0) // (3 * state_bytes)}
+    if cap is not None:
+        candidates = {min(c, cap) for c in candidates} | {cap, cap // k * k if k else cap}
+    per_device = max(c for c in candidates if c >= 1 and need(c) <= room)
+    num_chunks = -(-n // (per_device * num_devices))
+    per_chunk = -(-n // (num_chunks * num_devices))  # networks per device in equal chunks
+    if k and per_chunk > k and -(-per_chunk // k) * k <= per_device:
+        per_chunk = -(-per_chunk // k) * k  # no remainder chunk (a few more padding networks)
+    size = per_chunk * num_devices
     return MemoryPlan(n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes, size, num_chunks,
                       vmap_chunk)
 

@@ -288,6 +288,18 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatc
     assert p.read_bytes() == before and leftovers(tmp_path) == []
 
 
+def test_params_npz_is_streamed_and_equals_the_in_memory_bytes(tmp_path):
+    """`write_params` writes the zip straight to the file: the same bytes as `npz_bytes`, read by np.load."""
+    rng = np.random.default_rng(0)
+    params = {"Dense_1": {"kernel": rng.normal(size=(3, 5, 4)).astype(np.float32), "bias": np.zeros((3, 4), np.float32)},
+              "Dense_0": {"kernel": rng.normal(size=(3, 7, 5)).astype(np.float32)}}
+    rundir.write_params(tmp_path / "params.npz", params)
+    assert (tmp_path / "params.npz").read_bytes() == rundir.npz_bytes(rundir.flatten_params(params))
+    back = rundir.load_params(tmp_path / "params.npz")
+    np.testing.assert_array_equal(back["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+    assert sorted(np.load(tmp_path / "params.npz").files) == ["Dense_0/kernel", "Dense_1/bias", "Dense_1/kernel"]
+
+
 def test_atomic_writes_get_the_usual_permissions(tmp_path):
     """Not mkstemp's 0600: a result file is readable like any other file the user writes."""
     old = os.umask(0o022)

@@ -244,6 +244,23 @@ def test_plan_memory_chunks_are_equal_and_fit():
             c_max = max(c for c in range(1, 2000) if fits(c))
             assert fits(p.chunk_size // 2)  # each device holds what fits
             assert p.num_chunks == -(-10**6 // (2 * c_max))  # as few chunks as memory allows
+    # A device's share that is not a multiple of k costs a third copy of the state (lax.map
+    # concatenates its remainder): chunks are multiples of k, or that copy is counted.
+    for n in (13, 1000, 4849, 10**6):
+        for d in (1, 3):
+            for budget in (100 + 2000, 100 + 5000, 100 + 10**5):
+                for cap in (0, 20, 37):
+                    k = 8
+                    need = lambda m: m * 30 if m <= k else 20 * m + k * 10 + (10 * m if m % k else 0)
+                    p = train.plan_memory(n, d, state_bytes=10, step_bytes=10, fixed_bytes=100, budget_bytes=budget,
+                                          chunk_size=cap, vmap_chunk=k)
+                    m = p.chunk_size // d
+                    assert need(m) <= budget - 100, (n, d, budget, cap, p)
+                    assert p.num_chunks * p.chunk_size >= n and (p.num_chunks - 1) * p.chunk_size < n
+                    if cap:
+                        assert m <= -(-cap // d)
+                    if p.num_chunks > 1 and m > k and not cap:
+                        assert m % k == 0, (n, d, budget, p)  # no remainder: the padding is cheaper
 
 
 def test_memory_estimate_bounds_the_compiled_epoch(mnist_slice):

@@ -122,12 +122,16 @@ def test_vmap_chunk_equals_vmapping_all(mnist_slice, conv_impl):
                               conv_impl=conv_impl)
     grid = _grid(learning_rates=[0.01, 0.05], init_scales=[0.5, 1.0], num_seeds=2).iloc[:7].reset_index(drop=True)
     xp, yp, mp = train.pad_split(xt, yt, 500)
-    out = []
+    out, inits = [], []
     for k in (0, 3):
         setup = train.Setup(model=model, batch_size=64, mean=(33.3,), std=(78.6,), vmap_chunk=k)
         state, m, fns = _run(setup, grid, x[:1024], y[:1024], epochs=1)
         out.append((state, m, fns.evaluate(state.params, xp, yp, mp)))
+        inits.append(fns.init(train.hyper_from_grid(grid)))
     (s0, m0, e0), (s3, m3, e3) = out
+    # the initialisation runs in the same chunks (its random draws are large) and gives the same state
+    for a, b in zip(jax.tree.leaves(inits[0]), jax.tree.leaves(inits[1])):
+        np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(s0.params), jax.tree.leaves(s3.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(m0["train_loss"], m3["train_loss"], rtol=1e-5)
@@ -155,3 +159,14 @@ def test_step_cost_counts_the_whole_step_and_its_memory_traffic():
     # a 16× larger batch: 16× the FLOPs but far fewer than 16× the bytes (the parameters are a fixed cost)
     assert costs[512, 1][0] == pytest.approx(16 * costs[32, 1][0], rel=0.05)
     assert costs[512, 1][1] / costs[512, 1][0] < 0.5 * costs[32, 1][1] / costs[32, 1][0]
+
+
+def test_network_memory_counts_the_initialisation_temporaries():
+    """The plan's per-network temporaries cover the init's random draws (several times the state)."""
+    model = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(512, 256))
+    setup = train.Setup(model=model, batch_size=8)  # a small batch: the step's temporaries are small
+    state_b, temp_b = train.network_memory(setup, (28, 28, 1), 8)
+    hp1 = train.Hyper(*(jnp.zeros((), jnp.int32 if f == "seed" else jnp.float32) for f in train.Hyper._fields))
+    init = jax.jit(lambda h: train.init_network(setup, h, (28, 28, 1))).lower(hp1).compile().memory_analysis()
+    assert init.temp_size_in_bytes > state_b  # the draws outweigh the state they make
+    assert temp_b >= init.temp_size_in_bytes
