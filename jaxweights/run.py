@@ -290,8 +290,8 @@ def _unpad(state: Any, n: int, mesh) -> Any:
     """The first n networks of a padded state, for a checkpoint of n networks.
 
     n a multiple of the devices: sharded like the state. Otherwise (uneven shards cannot be
-    sharded) gathered to host memory on one process, one leaf at a time, never a whole copy per
-    device; only a multi-host job falls back to a replicated copy on every device.
+    sharded) gathered to host memory on one process, never a whole copy per device; only a
+    multi-host job falls back to a replicated copy on every device.
     """
     if jax.tree.leaves(state)[0].shape[0] == n:
         return state
