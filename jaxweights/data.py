@@ -361,6 +361,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, max_train: int
         log.info("%s: loaded from scikit-learn load_digits", name)
         return _finish(name, s, _from_sklearn(), "sklearn.datasets.load_digits (first 1500 train, 297 test)", limits)
     if use_tfds:
+        if root is None:  # offline, the download only fails after its network timeouts (minutes)
+            log.warning("%s: not found locally; reading or downloading it with tensorflow-datasets (a download "
+                        "needs internet access; give --data_dir or $%s to avoid it)", name, ENV_VAR)
         try:
             parts = _from_tfds(name, s, root, limits)
         except Exception as e:  # tfds raises many types: not found, no network, missing deps

@@ -231,6 +231,14 @@ def test_tfds_mock(isolated, monkeypatch, caplog):
             assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
             assert ds.y_train.max() < 10 and "tfds" in ds.source
     assert f"not found in {isolated}" in caplog.text
+    # a data_dir was given: tfds reads it, never downloads, and nothing warns of one
+    assert not [r for r in caplog.records if r.name == "jaxweights.data" and "download" in r.getMessage()]
+    caplog.clear()
+    with tfds.testing.mock_data(num_examples=12), caplog.at_level(logging.INFO, logger="jaxweights.data"):
+        data.load("mnist", max_test=5)  # no data_dir anywhere: tfds may download, and says so first
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "jaxweights.data"]
+    assert len(warned) == 1 and "needs internet access" in warned[0].getMessage()
+    assert data.ENV_VAR in warned[0].getMessage()
 
 
 # ---------------------------------------------------------------- bad inputs
