@@ -59,28 +59,25 @@ KWARGS = {
 }
 
 
-def matmul_ceiling(dtype, n: int = 4096, reps: int = 5) -> float:
-    """FLOP/s of a large square `jnp.dot` (the machine's practical matmul ceiling)."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a: a @ a)
+def _seconds_per_call(f, a, reps: int) -> float:
+    """Wall seconds of one call of the jitted `f(a)`, after a warm-up call that compiles it."""
     f(a).block_until_ready()
     t = time.perf_counter()
     for _ in range(reps):
         out = f(a)
     out.block_until_ready()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    return (time.perf_counter() - t) / reps
+
+
+def matmul_ceiling(dtype, n: int = 4096, reps: int = 5) -> float:
+    """FLOP/s of a large square `jnp.dot` (the machine's practical matmul ceiling)."""
+    return 2 * n ** 3 / _seconds_per_call(jax.jit(lambda a: a @ a), jnp.ones((n, n), dtype), reps)
 
 
 def memory_bandwidth(n_bytes: int = 2 ** 28, reps: int = 5) -> float:
     """Bytes/s (read + written) of a large elementwise pass (the machine's practical memory ceiling)."""
-    a = jnp.ones((n_bytes // 4,), jnp.float32)
-    f = jax.jit(lambda a: a * 1.5 + 1.0)
-    f(a).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(reps):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * n_bytes * reps / (time.perf_counter() - t)
+    return 2 * n_bytes / _seconds_per_call(jax.jit(lambda a: a * 1.5 + 1.0), jnp.ones((n_bytes // 4,), jnp.float32),
+                                           reps)
 
 
 def _setup(name: str, batch: int, dtype, conv_impl: str = "im2col", vmap_chunk: int = 0) -> train.Setup:
