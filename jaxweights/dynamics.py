@@ -110,6 +110,12 @@ def _load_dir_snapshots(run_dir: Path) -> tuple[list[int], list[dict[str, np.nda
     return epochs, out
 
 
+def _check_same_epochs(chunk_dir: Path, epochs: list[int], first: list[int]) -> None:
+    """Every chunk of a zoo trained in chunks must have kept the first chunk's epochs."""
+    if epochs != first:
+        raise DynamicsError(f"{chunk_dir / 'checkpoints'}: epochs {epochs} differ from the first chunk's {first}")
+
+
 def load_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.ndarray]]]:
     """Reads the parameters of every per-epoch checkpoint of a run directory.
 
@@ -128,8 +134,7 @@ def load_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.nd
     parts = [_load_dir_snapshots(d) for d in dirs]
     epochs = parts[0][0]
     for d, (e, _) in zip(dirs, parts):
-        if e != epochs:
-            raise DynamicsError(f"{d / 'checkpoints'}: epochs {e} differ from the first chunk's {epochs}")
+        _check_same_epochs(d, e, epochs)
     if len(parts) == 1:
         return parts[0]
     return epochs, [{k: np.concatenate([p[1][i][k] for p in parts]) for k in parts[0][1][i]}
@@ -956,8 +961,7 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
                 acc = stack.enter_context(RepresentationDynamics(
                     setup, epochs, xp, yp, xe, ye, k=k, cka_batch=cka_batch, probe_steps=probe_steps,
                     num_planes=num_planes, resolution=resolution, chunk=chunk, memory_mb=memory_mb))
-            elif e != epochs:
-                raise DynamicsError(f"{d / 'checkpoints'}: epochs {e} differ from the first chunk's {epochs}")
+            _check_same_epochs(d, e, epochs)
             rwc_parts.append(relative_weight_change(snaps, epochs).assign(network=lambda t: t.network + offset))
             stat_parts.append(statistics_over_epochs(snaps, epochs).assign(network=lambda t: t.network + offset))
             acc.add(snaps)

@@ -417,3 +417,10 @@ def test_chunked_run_and_memory_blocks_equal_the_whole_zoo(zoo, data_dir, tmp_pa
     np.testing.assert_allclose(m.value_y, m.value_x, rtol=1e-4)
     epochs, snaps = dynamics.load_snapshots(tmp_path / "chunked")
     assert epochs == [0, 1, 2] and snaps[0]["Dense_0/kernel"].shape == (4, 784, 32)
+    # a chunk that lost an epoch's snapshot is refused by both readers, naming it
+    import shutil
+    shutil.rmtree(tmp_path / "chunked" / "chunks" / "01" / "checkpoints" / "1")
+    for read in (lambda: dynamics.load_snapshots(tmp_path / "chunked"),
+                 lambda: dynamics.write_dynamics(tmp_path / "chunked", tmp_path / "dyn2", **kw)):
+        with pytest.raises(dynamics.DynamicsError, match=r"chunks/01/checkpoints: epochs \[0, 2\] differ"):
+            read()
