@@ -382,10 +382,21 @@ def capture_zoo(model, params_N: Any, x: Array, chunk: int | None = None) -> dic
 
 # ============================== CKA ==============================
 
+HIGHEST = jax.lax.Precision.HIGHEST  # full float32 products on GPU/TPU too (their default is TF32/bf16 passes)
+
+
 def gram(x_nxd: Array) -> Array:
-    """Linear Gram matrix `X Xᵀ` of one representation `(n, d)` (at least float32)."""
+    """Linear Gram matrix `Xc Xcᵀ` of one representation `(n, d)`, features centred first (at least float32).
+
+    Each feature's mean over the n examples is subtracted before the products: `Xc Xcᵀ = H X Xᵀ H`
+    in exact arithmetic (what linear CKA's HSIC centres anyway), but without the cancellation of
+    centring a Gram matrix built from large uncentred features afterwards (a float32 feature mean
+    of 1e3 left linear and unbiased CKA wrong by 0.1 to NaN). Unbiased HSIC is invariant to a
+    constant offset of the features, so centring changes it only by rounding.
+    """
     x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
-    return jnp.einsum("nd,md->nm", x, x)  # no explicit transpose: vmaps into one batched matmul
+    x = x - x.mean(0, keepdims=True)
+    return jnp.einsum("nd,md->nm", x, x, precision=HIGHEST)  # no explicit transpose: one batched matmul when vmapped
 
 
 def _center(k):
@@ -425,7 +436,9 @@ def cka_minibatch(x: Array, y: Array, batch_size: int) -> Array:
     """Minibatch CKA with the unbiased HSIC (Nguyen et al. 2021): HSIC₁ averaged over minibatches.
 
     The n examples are split into `n // batch_size` consecutive minibatches (a remainder is
-    dropped); `CKA = mean HSIC₁(K, L) / sqrt(mean HSIC₁(K, K) · mean HSIC₁(L, L))`.
+    dropped); `CKA = mean HSIC₁(K, L) / sqrt(mean HSIC₁(K, K) · mean HSIC₁(L, L))`. Each minibatch's
+    features are centred with that minibatch's means before its Gram matrix (`gram`): HSIC₁ is
+    invariant to a constant feature offset, so this changes it only by removing rounding error.
     """
     gx, gy = _minibatch_grams(x, batch_size), _minibatch_grams(y, batch_size)
     kl = jax.vmap(hsic_unbiased)(gx, gy).mean()
@@ -435,6 +448,7 @@ def cka_minibatch(x: Array, y: Array, batch_size: int) -> Array:
 
 
 def _minibatch_grams(x, batch_size):
+    """Gram matrices `(b, B, B)` of consecutive minibatches, each centred with its own feature means."""
     b = x.shape[0] // batch_size
     xb = x[: b * batch_size].reshape(b, batch_size, -1)
     return jax.vmap(gram)(xb)
@@ -482,7 +496,7 @@ def cka_matrix(grams: Array, unbiased: bool = False) -> Array:
     """
     g = grams if grams.ndim == 4 else grams[:, None]
     left, right = _forms(g, unbiased)
-    return _normalised(left @ right.T)
+    return _normalised(jnp.matmul(left, right.T, precision=HIGHEST))
 
 
 # ============================== modularity ==============================
@@ -515,7 +529,7 @@ def knn_indices(x_nxd: Array, k: int = 3) -> Array:
     """Indices `(n, k)` of each sample's k most cosine-similar other samples."""
     x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    s = jnp.einsum("nd,md->nm", x, x)
+    s = jnp.einsum("nd,md->nm", x, x, precision=HIGHEST)
     s = jnp.where(jnp.eye(s.shape[0], dtype=bool), -jnp.inf, s)
     return jax.lax.top_k(s, k)[1]
 
@@ -768,7 +782,7 @@ class RepresentationDynamics:
             for unbiased in (False, True):
                 lr = [_cka_forms(x[:n], unbiased, bs) for x in xs]
                 left, right = jnp.stack([a for a, _ in lr]), jnp.stack([b for _, b in lr])
-                out.append(_normalised(left @ right.T))
+                out.append(_normalised(jnp.matmul(left, right.T, precision=HIGHEST)))
             return tuple(out)
 
         self._dyn = jax.jit(lambda r: jax.lax.map(per_network, r, batch_size=chunk))
@@ -860,7 +874,7 @@ class RepresentationDynamics:
             for nj, fj in self.form_files:
                 right = np.load(fj[li, unbiased][1], mmap_mode="r")
                 with np.errstate(invalid="ignore", over="ignore"):  # blown-up networks: NaN, as in JAX
-                    h[oi:oi + ni, oj:oj + nj] = np.asarray(left, np.float32) @ np.asarray(right, np.float32).T
+                    h[oi:oi + ni, oj:oj + nj] = np.asarray(left, np.float64) @ np.asarray(right, np.float64).T
                 oj += nj
             oi += ni
         d = np.diagonal(h)
