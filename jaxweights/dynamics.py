@@ -529,6 +529,9 @@ def modularity(a_nxn: Array, labels_n: Array, num_classes: int) -> Array:
 def knn_indices(x_nxd: Array, k: int = 3) -> Array:
     """Indices `(n, k)` of each sample's k most cosine-similar other samples."""
     x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
+    # Each row scaled by its largest |entry| first: the squares of a blown-up network's activations
+    # (above ~1e19) would overflow float32 and turn every cosine into 0 (ties, an artefact).
+    x = x / jnp.maximum(jnp.abs(x).max(1, keepdims=True), jnp.finfo(x.dtype).tiny)
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     s = jnp.einsum("nd,md->nm", x, x, precision=HIGHEST)
     s = jnp.where(jnp.eye(s.shape[0], dtype=bool), -jnp.inf, s)
@@ -1081,6 +1084,9 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
                            seed=seed)
         return out_dir
     dirs = snapshot_dirs(run_dir)
+    given = optimal_N is not None
+    if (given or exclude_N is not None) and (run_dir / "metrics.csv").exists():  # a wrong mask fails before minutes
+        network_masks(_final_metrics(run_dir).shape[0], optimal_N, exclude_N)
     setup, xp, yp, xe, ye = probe_data(run_dir, probe_size, data_dir, model, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     rwc_parts, stat_parts, epochs, offset = [], [], None, 0
@@ -1113,8 +1119,7 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
     cand = {n: set(pruning_candidates(q, layers, tol)) for n, q in enumerate(curves)}
     mod["candidate"] = [(e == epochs[-1]) and (l in cand[n]) for n, e, l in zip(mod.network, mod.epoch, mod.layer)]
     rundir.write_csv(out_dir / "modularity.csv", mod)
-    rule = optimal_rule or ("given by the caller" if optimal_N.sum() < (~exclude_N).sum()
-                            else "none given: every analysed network")
+    rule = optimal_rule or ("given by the caller" if given else "none given: every analysed network")
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN layer (no signal anywhere): NaN, as it should
         mean_curve = np.nanmean(curves[optimal_N], 0) if optimal_N.any() else np.full(len(layers), np.nan)

@@ -214,6 +214,7 @@ def test_modularity_of_a_representation_without_signal_is_nan(mnist_slice):
     y = jnp.asarray(mnist_slice[1][:200])
     q = lambda r: float(dynamics.knn_modularity(jnp.asarray(r, jnp.float32), y, 10, 3))
     assert q(x) > 0.3  # the real images: a real reading (equal to networkx in the test above)
+    assert q(x * np.float32(1e20)) == pytest.approx(q(x), abs=1e-6)  # huge but finite: squares overflow float32
     const = np.tile(np.linspace(-1, 2, x.shape[1], dtype=np.float32), (200, 1))
     with_nan, with_inf = x.copy(), x.copy()
     with_nan[3, 5], with_inf[7, 1] = np.nan, np.inf
