@@ -541,6 +541,22 @@ def test_prune_cli(zoo, data_dir, capsys):
     assert len(err) == 1 and "Dense_2" in err[0] and "not a hidden layer" in err[0]
 
 
+def test_prune_candidates_average_the_callers_optimal_networks(zoo, data_dir):
+    """With masks, the zoo curve is the mean of those networks' final modularity (as modularity.csv has it)."""
+    from jaxweights import prune
+    run, out = zoo
+    optimal, exclude = np.array([True, True, False, True]), np.array([False, False, False, True])
+    layers, info = prune.candidate_layers(run, probe_size=200, data_dir=str(data_dir), optimal_N=optimal,
+                                          exclude_N=exclude)
+    assert info["networks"] == [0, 1]
+    mod = pd.read_csv(out / "modularity.csv")
+    ref = mod[(mod.epoch == 2) & mod.network.isin([0, 1])].groupby("depth").modularity.mean().to_numpy()
+    np.testing.assert_allclose(info["curve"], ref, atol=1e-5)
+    assert layers == dynamics.pruning_candidates(ref, info["depth_names"], info["tol"])
+    with pytest.raises(dynamics.DynamicsError, match="optimal_N"):
+        prune.candidate_layers(run, probe_size=200, data_dir=str(data_dir), optimal_N=np.ones(3, bool))
+
+
 # ------------------------------------------------------------------ wired into `jaxweights analyze`
 
 ZOO_ARGS = ["--config.max_train=1024", "--config.max_test=400", "--config.model.hidden=(32,16)",
