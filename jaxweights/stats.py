@@ -50,18 +50,25 @@ NEAR_ZERO = 1e-3
 # ---------------------------------------------------------------------------- paths
 
 
-def flatten(params: Mapping[str, Any]) -> dict[str, jax.Array]:
-  """Flattens a (possibly nested) parameter dict to ``{"a/b/kernel": array}``.
+def flatten(params: Mapping[str, Any], order: Sequence[str] | None = None) -> dict[str, jax.Array]:
+  """Flattens a (possibly nested) parameter dict to ``{"a/b/kernel": array}``, keeping its order.
 
   Accepts nested dicts / FrozenDicts (a Flax ``params`` collection), a dict with a
   single top-level ``"params"`` key (unwrapped), or an already-flat dict with
   '/'-joined keys (returned as is, e.g. the contents of ``params.npz``).
 
+  Layer order is the dict's insertion order, never a sort of the names: ``model.init``
+  creates parameters in execution order (``models.param_order``) and ``params.npz``
+  written with ``rundir.write_params(..., order=...)`` keeps it. JAX tree operations
+  (``jax.tree.map``, ``vmap`` outputs) sort dict keys; pass ``order`` to restore it.
+
   Args:
     params: pytree of arrays, networks axis first.
+    order: optional leaf paths in execution order; listed paths come first in that
+      order, the others follow in the dict's order.
 
   Returns:
-    Dict from '/'-joined path to array, in the pytree's key order.
+    Dict from '/'-joined path to array.
   """
   if hasattr(params, "unfreeze"):
     params = params.unfreeze()
@@ -78,7 +85,31 @@ def flatten(params: Mapping[str, Any]) -> dict[str, jax.Array]:
       out[prefix] = node
 
   visit("", params)
+  if order is not None:
+    out = {**{k: out[k] for k in order if k in out}, **out}
   return out
+
+
+def layer_order(params_or_paths) -> list[str]:
+  """Layers (module paths) in the order their first leaf appears (execution order; no sorting).
+
+  Args:
+    params_or_paths: parameters (nested or flat dict) or a sequence of leaf paths.
+  """
+  paths = list(flatten(params_or_paths)) if isinstance(params_or_paths, Mapping) else list(params_or_paths)
+  return list(dict.fromkeys(layer_of(p) for p in paths))
+
+
+def layer_depths(layers: Sequence[str]) -> dict[str, float]:
+  """Position in [0, 1] of each layer in the given (execution) order: first 0, last 1.
+
+  Repeated names keep their first position. ``i / (n - 1)`` for the i-th of n layers (a single
+  layer is 0). Names are never sorted: pass them in the order the model runs them
+  (:func:`layer_order`).
+  """
+  order = list(dict.fromkeys(layers))
+  n = len(order)
+  return {name: (i / (n - 1) if n > 1 else 0.0) for i, name in enumerate(order)}
 
 
 def layer_of(path: str) -> str:
@@ -137,9 +168,9 @@ def group_members(params: Mapping[str, Any], per="leaf") -> dict[str, list[str]]
     layers: dict[str, list[str]] = {}
     for k in keys:
       layers.setdefault(layer_of(k), []).append(k)
-    out.update({name: sorted(ks) for name, ks in layers.items()})
+    out.update(layers)   # leaves in the params' (execution) order
   if "network" in per:
-    out[ALL] = sorted(keys)
+    out[ALL] = keys
   return out
 
 
@@ -157,7 +188,7 @@ def groups(params: Mapping[str, Any], per="leaf") -> dict[str, jax.Array]:
 
   Returns:
     Dict from group name (leaf path, layer path or ``"__all__"``) to an ``(N, D)`` array;
-    pooled groups concatenate their leaves in path order (numpy in, numpy out).
+    pooled groups concatenate their leaves in the params' order (numpy in, numpy out).
   """
   flat = flatten(params)
   flat_ND = {k: v.reshape(v.shape[0], -1) for k, v in flat.items()}

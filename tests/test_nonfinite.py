@@ -75,8 +75,8 @@ def test_sketches_ignore_bad_networks(populations, metric):
 def test_sharded_path_ignores_bad_networks(populations, metric):
   p, q = populations
   mesh = train.networks_mesh()
-  d0 = distances.pairwise(p, metric, per="layer", grid=200, mesh=mesh)
-  d1 = distances.pairwise(q, metric, per="layer", grid=200, mesh=mesh)
+  d0 = distances.pairwise(p, metric, per="network", grid=200, mesh=mesh)
+  d1 = distances.pairwise(q, metric, per="network", grid=200, mesh=mesh)
   for key in d0:
     _check(d0[key], d1[key], metric, key)
 
@@ -84,8 +84,8 @@ def test_sharded_path_ignores_bad_networks(populations, metric):
 @pytest.mark.parametrize("metric", distances.BUILTIN)
 def test_cross_population_ignores_bad_networks(populations, metric):
   p, q = populations
-  d0 = distances.pairwise(p, metric, other=p, per="layer", grid=200)
-  d1 = distances.pairwise(q, metric, other=q, per="layer", grid=200)
+  d0 = distances.pairwise(p, metric, other=p, per="network", grid=200)
+  d1 = distances.pairwise(q, metric, other=q, per="network", grid=200)
   for key in d0:
     _check(d0[key], d1[key], metric, key)
 
