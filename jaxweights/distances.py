@@ -6,14 +6,15 @@ Metrics of ``pairwise(params, metric)`` (each equal to scipy on the same weights
     between consecutive points of the merged grid {k/n} U {l/m} (exact integers in units 1/(nm)).
   * "ks": KS statistic (``scipy.stats.ks_2samp(u, v).statistic``).
   * "energy": sqrt(2 int (F_u - F_v)^2) (``scipy.stats.energy_distance``); O(D log D) per pair.
-  * "jensenshannon": base 2, on shared-edge histograms of ``bins`` bins
+  * "jensenshannon": base 2, on histograms of ``bins`` bins over the core networks' range
     (``scipy.spatial.distance.jensenshannon(p, q, base=2)``).
   * "kde_kl": ``KL(p||q) + KL(q||p)`` (nats) of Gaussian KDEs on ``grid`` (1000) points spanning the
-    group's range over all networks, Scott's bandwidth ``std(ddof=1) * D**(-1/5)`` as
+    core networks' range, Scott's bandwidth ``std(ddof=1) * D**(-1/5)`` as
     ``scipy.stats.gaussian_kde``, values normalised to sum 1 as ``scipy.stats.entropy``. Kept in log
     space: finite where scipy's densities underflow to 0 and it returns inf.
-  * "euclidean" / "cosine": between statistic vectors (``statistics``) z-scored across networks
-    (ddof 0; constant columns -> 0; columns with undefined values dropped with a warning).
+  * "euclidean" / "cosine": between statistic vectors (``statistics``) z-scored with the core
+    networks' mean and sd (ddof 0; constant columns -> 0; columns undefined in a core network
+    dropped with a warning), ``scipy.spatial.distance.cdist`` in float64.
     ``per="network"`` gives ``"__all__"``, the concatenation of every leaf's vector.
 
 Memory: only blocks of B = ``block_size`` networks on or above the diagonal are computed (then
@@ -34,6 +35,12 @@ Sketches (``sketch=Q``; "wasserstein", "ks"), returned with per-pair error bound
   * KS: ECDF difference at Q pooled-quantile edges; a lower bound, exceeded by at most the largest
     bin bound minus it (~2/Q for similar networks). Across populations: KS of the Q cell-end
     quantiles, |error| <= 1/Q.
+
+Bad networks: a network with a NaN or infinite weight anywhere gets NaN rows and columns. Shared
+quantities (histogram edges, KDE grid, KS sketch edges, z-scoring) come from the *core* networks
+(``stats.core_networks``: finite, ``max|w|`` within ``stats.OUTLIER_FACTOR`` of the median), so no
+other network changes a core network's distances; a pair with an exploded (finite, non-core)
+network uses the pair's own range for histograms and KDEs.
 
 References: Villani (2003), Topics in Optimal Transportation, W1 via quantile functions; Szekely
 & Rizzo (2013), Energy statistics; Lin (1991), Jensen-Shannon divergence; La Malfa et al. (2021),

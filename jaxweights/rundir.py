@@ -153,13 +153,38 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> dict[str, Any]:
-    """Reads a `params.npz` back into a nested dict with the networks axis first.
+def execution_order(run_dir: str | os.PathLike) -> list[str] | None:
+    """Parameter paths in execution order for a run directory's built-in model, from its config.json.
 
-    The dict keeps the file's member order (execution order when written with `order`), or
-    `order` when given (listed paths first).
+    Rebuilds the model (`models.make_model` on the config's dataset shape) and reads
+    `models.param_order`; None when there is no config.json or the model cannot be rebuilt
+    (an unknown dataset, a model passed in Python).
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        from jaxweights import data, models
+        cfg = read_config(path)
+        spec = data.SPECS[cfg["dataset"]]
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items() if k not in ("name", "init")}
+        model = models.make_model(cfg["model"]["name"], num_classes=spec.num_classes, image_shape=spec.image_shape,
+                                  init=cfg["model"].get("init", "fan_in"), **kw)
+        return models.param_order(model, spec.image_shape)
+    except Exception:  # noqa: BLE001 - any failure means "order unknown", never a crash
+        return None
+
+
+def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Reads a `params.npz` back into a nested dict with the networks axis first, in execution order.
+
+    Order: `order` when given (listed paths first); else, for a file stored in sorted order next
+    to a `config.json` of a built-in model (runs written before the order was stored), the
+    model's execution order (`execution_order`); else the file's member order.
     """
     with np.load(path) as z:
+        if order is None and list(z.files) == sorted(z.files):
+            order = execution_order(Path(path).parent)
         names = [k for k in (order or ()) if k in z.files] + list(z.files)
         return unflatten_params({k: z[k] for k in dict.fromkeys(names)})
 

@@ -114,3 +114,17 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
             return self.a_second(nn.relu(self.z_first(x.reshape(x.shape[0], -1))))
 
     assert stats.layer_order(models.param_order(User(), (2, 2, 1))) == ["z_first", "a_second"]
+
+
+def test_run_params_are_loaded_in_execution_order(tmp_path):
+    """A params.npz in sorted order next to a built-in model's config.json loads in execution order."""
+    from jaxweights import config as config_lib, rundir, stats
+    cfg = config_lib.default_config()
+    cfg.model.name, cfg.dataset = "mlp", "mnist"
+    cfg.model.hidden = [4] * 10
+    rundir.write_json(tmp_path / "config.json", cfg.to_dict())
+    model = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(4,) * 10)
+    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1)))["params"])(jax.random.split(jax.random.key(0), 2))
+    rundir.write_params(tmp_path / "params.npz", params)          # no order: sorted members
+    loaded = rundir.load_params(tmp_path / "params.npz")
+    assert stats.layer_order(loaded) == [f"Dense_{i}" for i in range(11)]
