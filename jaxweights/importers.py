@@ -311,6 +311,10 @@ def read(path: str | os.PathLike, *, layout: str = "auto", stacked: bool | None 
     if len(n) > 1:
         raise ParamsError(f"{p}: read as a population, but its leaves disagree on the number of networks "
                           f"({sorted(n)}); pass stacked=False (--stacked=no)")
+    if list(flat) == sorted(flat):   # a checkpoint stores sorted keys: its run's config gives the order
+        order = next((o for d in [p, *p.parents][:4] if (o := rundir.execution_order(d))), None)
+        if order:
+            flat = {**{k: flat[k] for k in order if k in flat}, **flat}
     return flat
 
 
