@@ -571,6 +571,7 @@ def statistics_arrays(params, *, statistics=None, bins: int = 32, near_zero: flo
   with_mat = "leaf" in per and any(s.kind == "matrix" for _, s in specs)
   kernels = {k: jnp.asarray(v) for k, v in flat.items() if with_mat and is_kernel(k, v)}
   n_nets, names = next(iter(flat.values())).shape[0], list(sorted_groups)
+  finite = {g: finite_rows(sorted_groups[g]) for g in names}   # on the host, before sharding
   if mesh is not None:  # same program, its networks axis split over the devices
     sorted_groups, kernels = shard_networks((sorted_groups, kernels), mesh)
   by_group, by_kernel = _program(specs, int(bins))(sorted_groups, kernels)
@@ -581,7 +582,7 @@ def statistics_arrays(params, *, statistics=None, bins: int = 32, near_zero: flo
   out = {}
   for g in names:  # the input order (tree maps return dicts with sorted keys)
     merged = {**by_group[g], **by_kernel.get(g, {})}
-    ok = finite_rows(np.asarray(sorted_groups[g])[:n_nets])
+    ok = finite[g]
     out[g] = {}
     for name in (n for n in order if n in merged):
       v = np.asarray(merged[name])[:n_nets]
