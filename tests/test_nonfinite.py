@@ -42,7 +42,8 @@ def populations():
 
 
 def _check(d0, d1, metric, key, tight=1e-6):
-  np.testing.assert_allclose(d1[:N_OK, :N_OK], d0, rtol=tight, atol=1e-9, err_msg=f"{metric} {key}")
+  # atol 1e-7: float32 self-distances (~2e-8 instead of 0) round differently with the batch size
+  np.testing.assert_allclose(d1[:N_OK, :N_OK], d0, rtol=tight, atol=1e-7, err_msg=f"{metric} {key}")
   for i in (N_OK, N_OK + 1):   # NaN and inf networks: whole row and column NaN
     assert np.isnan(d1[i]).all() and np.isnan(d1[:, i]).all(), (metric, key)
 
