@@ -818,30 +818,29 @@ def bin_divergence(values_N, bins_N, *, grid: int = 1000, max_samples: int = 200
 
 
 def _natural_key(name: str):
+    """Natural sort key; kept for callers, no longer used to order layers (execution order is)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def layer_depths(layers: Sequence[str]) -> dict[str, float]:
     """Per-depth-normalised position in [0, 1] of each layer (input side 0, output layer 1).
 
-    Layers are ordered naturally (``Conv_0 < Conv_1 < Dense_0``, ``embedding < encoder_0 < ...``),
-    with ``head`` / the output layer last and ViT's final ``norm`` just before it.
+    ``layers`` must be in the model's execution order (``stats.layer_order(params)``, the order
+    of a claim table's rows); names are never sorted. Same as ``stats.layer_depths``.
     """
-    def key(name):
-        last = 2 if name.startswith("head") else 1 if name == "norm" else 0
-        first = 0 if name.startswith(("Conv", "embedding")) else 1
-        return (last, first, _natural_key(name))
-    order = sorted(set(layers), key=key)
-    n = len(order)
-    return {name: (i / (n - 1) if n > 1 else 0.0) for i, name in enumerate(order)}
+    return stats.layer_depths(layers)
 
 
-def depth_profiles(claim_tables: Mapping[str, pd.DataFrame], metric: str) -> pd.DataFrame:
+def depth_profiles(claim_tables: Mapping[str, pd.DataFrame], metric: str,
+                   layer_orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Per-layer claim results of several zoos on a shared, per-depth-normalised layer axis.
 
     Args:
       claim_tables: ``{zoo: claim_table(...)}`` (e.g. MLP, CNN and ViT zoos on one dataset).
       metric: the distance metric to compare.
+      layer_orders: optional ``{zoo: layers in execution order}`` (``stats.layer_order(params)``);
+        default the order of the table's rows (the params' order). Depth is the position in
+        that order among the table's layers, never a sort of the names.
 
     Returns:
       DataFrame: zoo, layer, depth (0 = input side, 1 = output layer), ratio, p_greater, verdict.
@@ -849,7 +848,9 @@ def depth_profiles(claim_tables: Mapping[str, pd.DataFrame], metric: str) -> pd.
     rows = []
     for zoo, t in claim_tables.items():
         t = t[(t.metric == metric) & (t.layer != stats.ALL)]
-        depth = layer_depths(list(t.layer))
+        order = list(t.layer) if layer_orders is None or zoo not in layer_orders else \
+            [l for l in layer_orders[zoo] if l in set(t.layer)] + [l for l in t.layer if l not in set(layer_orders[zoo])]
+        depth = layer_depths(order)
         for r in t.itertuples():
             rows.append({"zoo": zoo, "layer": r.layer, "depth": depth[r.layer], "ratio": r.ratio,
                          "p_greater": r.p_greater, "verdict": r.verdict})

@@ -6,14 +6,15 @@ Metrics of ``pairwise(params, metric)`` (each equal to scipy on the same weights
     between consecutive points of the merged grid {k/n} U {l/m} (exact integers in units 1/(nm)).
   * "ks": KS statistic (``scipy.stats.ks_2samp(u, v).statistic``).
   * "energy": sqrt(2 int (F_u - F_v)^2) (``scipy.stats.energy_distance``); O(D log D) per pair.
-  * "jensenshannon": base 2, on shared-edge histograms of ``bins`` bins
+  * "jensenshannon": base 2, on histograms of ``bins`` bins over the core networks' range
     (``scipy.spatial.distance.jensenshannon(p, q, base=2)``).
   * "kde_kl": ``KL(p||q) + KL(q||p)`` (nats) of Gaussian KDEs on ``grid`` (1000) points spanning the
-    group's range over all networks, Scott's bandwidth ``std(ddof=1) * D**(-1/5)`` as
+    core networks' range, Scott's bandwidth ``std(ddof=1) * D**(-1/5)`` as
     ``scipy.stats.gaussian_kde``, values normalised to sum 1 as ``scipy.stats.entropy``. Kept in log
     space: finite where scipy's densities underflow to 0 and it returns inf.
-  * "euclidean" / "cosine": between statistic vectors (``statistics``) z-scored across networks
-    (ddof 0; constant columns -> 0; columns with undefined values dropped with a warning).
+  * "euclidean" / "cosine": between statistic vectors (``statistics``) z-scored with the core
+    networks' mean and sd (ddof 0; constant columns -> 0; columns undefined in a core network
+    dropped with a warning), ``scipy.spatial.distance.cdist`` in float64.
     ``per="network"`` gives ``"__all__"``, the concatenation of every leaf's vector.
 
 Memory: only blocks of B = ``block_size`` networks on or above the diagonal are computed (then
@@ -35,6 +36,12 @@ Sketches (``sketch=Q``; "wasserstein", "ks"), returned with per-pair error bound
     bin bound minus it (~2/Q for similar networks). Across populations: KS of the Q cell-end
     quantiles, |error| <= 1/Q.
 
+Bad networks: a network with a NaN or infinite weight anywhere gets NaN rows and columns. Shared
+quantities (histogram edges, KDE grid, KS sketch edges, z-scoring) come from the *core* networks
+(``stats.core_networks``: finite, ``max|w|`` within ``stats.OUTLIER_FACTOR`` of the median), so no
+other network changes a core network's distances; a pair with an exploded (finite, non-core)
+network uses the pair's own range for histograms and KDEs.
+
 References: Villani (2003), Topics in Optimal Transportation, W1 via quantile functions; Szekely
 & Rizzo (2013), Energy statistics; Lin (1991), Jensen-Shannon divergence; La Malfa et al. (2021),
 arXiv 2110.02628 (symmetric KL of KDEs).
@@ -51,6 +58,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.spatial.distance
 from jax import lax
 
 from jaxweights import rundir, stats
@@ -136,7 +144,7 @@ def jensenshannon(p, q):
 def kde_logdensity(w_D, grid_G, chunk: int = 2048):
   """Log of the Gaussian KDE (Scott's bandwidth, as scipy's ``gaussian_kde``) of one sample on a grid."""
   n = w_D.shape[0]
-  h = jnp.std(w_D, ddof=1) * n ** (-0.2)
+  h = stats.std(w_D) * jnp.sqrt(n / (n - 1)) * n ** (-0.2)   # ddof 1, scaled: no overflow at |w| ~ 1e24
   pad = (-n) % chunk
   x = jnp.pad(w_D, (0, pad)).reshape(-1, chunk)
   valid = (jnp.arange(n + pad) < n).reshape(-1, chunk)
@@ -333,13 +341,15 @@ def _grid_counts(s_ND, edges):
   return c[:, 1:].reshape(n_net, -1, _KS_CHUNK), c[:, :-1].reshape(n_net, -1, _KS_CHUNK)
 
 
-def _ks_grid(s_ND, r, rounds: int = 4):
+def _ks_grid(s_ND, r, rounds: int = 4, pool=None):
   """Grid counts with bins of ~r weights per network, split where a network has more than _KS_M.
 
   Bins are split at the crowded network's own order statistics (every _KS_M/2-th), so after a
   few rounds only runs of tied values can exceed _KS_M (those pairs fall back to searchsorted).
+  ``pool``: the sorted rows whose pooled quantiles give the first edges (default all rows; the
+  sketch passes the core networks so that other networks cannot move the edges).
   """
-  edges = np.asarray(_pooled_edges(s_ND, r))
+  edges = np.asarray(_pooled_edges(s_ND if pool is None else pool, r))
   for k in range(rounds + 1):
     unit = 1024 if edges.size > 4096 else _KS_CHUNK                # few distinct shapes to compile
     pad = -(-(edges.size + 1) // unit) * unit - edges.size - 1
@@ -508,7 +518,7 @@ def _w1_bound_pair(x, y):
 _sort = stats.sort_rows
 
 
-def _w1(x, y, b, sketch, with_error):
+def _w1(x, y, b, sketch, with_error, ok=None):
   sx = _sort(x)
   sy = None if y is None else _sort(y)
   n, m = sx.shape[1], (sx if sy is None else sy).shape[1]
@@ -526,12 +536,15 @@ def _w1(x, y, b, sketch, with_error):
   return _l1_sum(sx[:, iu] * w, sy[:, iv] * w, b), None
 
 
-def _ks(x, y, b, sketch, with_error):
+def _ks(x, y, b, sketch, with_error, ok=None):
   sx = _sort(x)
   n = sx.shape[1]
   sharded = _MESH.get() is not None   # block bound-and-refine is single-device: pairs instead
   if y is None and sketch and n > sketch and not sharded:
-    hi, lo = (_pad_rows(c, b) for c in _ks_grid(sx, max(1, n // sketch), rounds=0))
+    ok = np.ones(sx.shape[0], bool) if ok is None else ok
+    core = _row_core(sx, None, ok, ok)[2]
+    pool = sx[np.flatnonzero(core if core.any() else np.ones_like(core))]
+    hi, lo = (_pad_rows(c, b) for c in _ks_grid(sx, max(1, n // sketch), rounds=0, pool=pool))
     lower, upmax = _blocked(lambda i, j: _ks_sketch_block(hi, lo, i, j, b), x.shape[0], x.shape[0], b, True)
     return lower / n, (upmax - lower) / n
   if y is None and n > _KS_SMALL and not sharded:
@@ -547,18 +560,78 @@ def _ks(x, y, b, sketch, with_error):
 
 
 
-def _energy(x, y, b, sketch, with_error):
+def _energy(x, y, b, sketch, with_error, ok=None):
   return _pairs(energy_sorted, _sort(x), None if y is None else _sort(y), b, rows=True), None
 
 
 _hist = jax.jit(jax.vmap(stats.histogram, (0, None)))
 
 
-def _shared_hists(x, y, bins):
-  pooled = x if y is None else jnp.concatenate([x.ravel(), y.ravel()])[None]
-  edges = stats.shared_edges(pooled, bins)
-  h = lambda z: _hist(_sort(z), edges)
-  return h(x), None if y is None else h(y)
+def _row_core(sx, sy, okx, oky):
+  """Core networks (``stats.core_range``) over both populations: ``(lo, hi, core_x, core_y)``."""
+  lo = np.concatenate([np.asarray(sx[:, 0]), [] if sy is None else np.asarray(sy[:, 0])])
+  hi = np.concatenate([np.asarray(sx[:, -1]), [] if sy is None else np.asarray(sy[:, -1])])
+  ok = np.concatenate([okx, [] if sy is None else oky]).astype(bool)
+  lo_c, hi_c, core = stats.core_range(jnp.asarray(lo, sx.dtype), jnp.asarray(hi, sx.dtype), jnp.asarray(ok))
+  core = np.asarray(core)
+  n = sx.shape[0]
+  return lo_c, hi_c, core[:n], (core[:n] if sy is None else core[n:])
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_hist(fn, bins):
+  """``fn(p, q)`` on histograms over the pair's own range (for exploded networks)."""
+  def pair(a, b):
+    edges = stats.range_edges(jnp.minimum(a[0], b[0]), jnp.maximum(a[-1], b[-1]), bins, a.dtype)
+    return fn(stats.histogram(a, edges), stats.histogram(b, edges))
+  return pair
+
+
+@functools.lru_cache(maxsize=16)
+def _pair_kde(grid):
+  """Symmetric KL of KDEs on a grid over the pair's own range (for exploded networks)."""
+  def pair(a, b):
+    g = jnp.linspace(jnp.minimum(a[0], b[0]), jnp.maximum(a[-1], b[-1]), grid).astype(a.dtype)
+    return symmetric_kl_log(kde_logdensity(a, g), kde_logdensity(b, g))
+  return pair
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def _one_vs_all(fn, a, ys):
+  return lax.map(lambda y: fn(a, y), ys)
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def _all_vs_one(fn, xs, b):
+  return lax.map(lambda x: fn(x, b), xs)
+
+
+def _outlier_pairs(d, fn, sx, sy, core_x, core_y, okx, oky):
+  """Overwrites the pairs that involve a finite non-core (exploded) network with ``fn`` on the pair.
+
+  A shared range is set by the core networks only; a pair with an exploded network is
+  compared on the pair's own range instead, so its value does not depend on the population.
+  """
+  d = np.array(d, np.float64)
+  ys = sx if sy is None else sy
+  for i in np.flatnonzero(okx & ~core_x):
+    d[i] = np.asarray(_one_vs_all(fn, sx[i], ys), np.float64)
+    if sy is None:
+      d[:, i] = d[i]
+  if sy is not None:
+    for j in np.flatnonzero(oky & ~core_y):
+      d[:, j] = np.asarray(_all_vs_one(fn, sx, sy[j]), np.float64)
+  return d
+
+
+def _hist_metric(fn, x, y, okx, oky, b, bins):
+  """``fn(p, q)`` on histograms with edges over the core networks' range; exploded pairs per pair."""
+  sx = _sort(x)
+  sy = None if y is None else _sort(y)
+  lo, hi, core_x, core_y = _row_core(sx, sy, okx, oky)
+  edges = stats.range_edges(lo, hi, bins, sx.dtype)
+  d = _pairs(fn, _hist(sx, edges), None if sy is None else _hist(sy, edges), b)
+  return _outlier_pairs(d, _pair_hist(fn, bins), sx, sy, core_x, core_y, okx, oky)
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -567,21 +640,25 @@ def _kde_logdens(x, lo, hi, size):
   return lax.map(lambda w: kde_logdensity(w, grid), x)
 
 
-def _kde_kl(x, y, b, grid):
-  lo, hi = x.min(), x.max()
-  if y is not None:
-    lo, hi = jnp.minimum(lo, y.min()), jnp.maximum(hi, y.max())
-  lx = _kde_logdens(x, lo, hi, grid)
-  ly = None if y is None else _kde_logdens(y, lo, hi, grid)
-  return _pairs(symmetric_kl_log, lx, ly, b)
+def _kde_kl(x, y, okx, oky, b, grid):
+  sx = _sort(x)
+  sy = None if y is None else _sort(y)
+  lo, hi, core_x, core_y = _row_core(sx, sy, okx, oky)
+  lx = _kde_logdens(sx, lo, hi, grid)
+  ly = None if y is None else _kde_logdens(sy, lo, hi, grid)
+  d = _pairs(symmetric_kl_log, lx, ly, b)
+  return _outlier_pairs(d, _pair_kde(grid), sx, sy, core_x, core_y, okx, oky)
 
 
-def _euclidean(x, y):
-  return jnp.sqrt(jnp.maximum(jnp.sum((x - y) ** 2), 0))
-
-
-def _cosine(x, y):
-  return 1 - jnp.sum(x * y) / (jnp.linalg.norm(x) * jnp.linalg.norm(y))
+def _group_core(params, per, net_ok):
+  """``{group: (ok_N, core_N)}``: finite networks (``net_ok``) and core networks (``stats.core_networks``)."""
+  out = {}
+  for k, w_ND in stats.groups(params, per).items():
+    w = np.asarray(w_ND)
+    ok = np.isfinite(w).all(1) & net_ok
+    lo, hi = np.where(ok, w.min(1), 0), np.where(ok, w.max(1), 0)
+    out[k] = ok, np.asarray(stats.core_networks(jnp.asarray(lo), jnp.asarray(hi), jnp.asarray(ok)))
+  return out
 
 
 def _stat_pairwise(params, other, metric, per, layers, statistics, b):
@@ -590,18 +667,28 @@ def _stat_pairwise(params, other, metric, per, layers, statistics, b):
   base = tuple(set(want) | ({"leaf"} if "network" in per else set()))
   va = stats.statistic_vectors(params, statistics=statistics, per=base)
   vb = va if other is None else stats.statistic_vectors(other, statistics=statistics, per=base)
-  z = {}
+  ca = _group_core(params, base, finite_networks(params))
+  cb = ca if other is None else _group_core(other, base, finite_networks(other))
+  z, dropped = {}, []
   for key, (names, xa) in va.items():
     if key not in vb:
       continue
+    n = len(xa)
     both = xa if other is None else np.concatenate([xa, vb[key][1]])
-    ok = np.isfinite(both).all(0)
-    for name in (n for n, good in zip(names, ok) if not good):
-      log.warning("%s distance: statistic %r undefined for layer %r; column dropped", metric, name, key)
-    both = both[:, ok]
-    sd = both.std(0)
-    both = np.where(sd > 0, (both - both.mean(0)) / np.where(sd > 0, sd, 1), 0.0)
-    z[key] = (both[:len(xa)], both[len(xa):])
+    core = ca[key][1] if other is None else np.concatenate([ca[key][1], cb[key][1]])
+    # columns, mean and sd from the core networks only (finite, not exploded), so that
+    # non-finite or exploded networks never move the healthy networks' standardised vectors
+    keep = np.isfinite(both[core]).all(0)
+    dropped += [(key, name) for name, good in zip(names, keep) if not good]
+    both, ref = both[:, keep], both[core][:, keep]
+    mu, sd = (ref.mean(0), ref.std(0)) if len(ref) else (np.zeros(both.shape[1]), np.zeros(both.shape[1]))
+    both = np.where(sd > 0, (both - mu) / np.where(sd > 0, sd, 1), 0.0)
+    ok = ca[key][0] if other is None else np.concatenate([ca[key][0], cb[key][0]])
+    both[~(np.isfinite(both).all(1) & ok)] = np.nan   # non-finite network or undefined kept column
+    z[key] = (both[:n], both[n:])
+  if dropped:
+    log.warning("%s distance: %d statistic column(s) undefined in a core network and dropped, e.g. %r "
+                "of layer %r", metric, len(dropped), dropped[0][1], dropped[0][0])
   keys = [k for k in stats.group_names(params, want) if k in z] if want else []
   if "network" in per:   # whole-network vector: every leaf's standardised statistics
     leaves = [k for k in stats.group_names(params, "leaf") if k in z]
@@ -609,20 +696,34 @@ def _stat_pairwise(params, other, metric, per, layers, statistics, b):
     keys.append(ALL)
   if layers is not None:
     keys = [k for k in keys if k in layers]
-  fn = _euclidean if metric == "euclidean" else _cosine
-  return {k: _pairs(fn, jnp.asarray(z[k][0]), None if other is None else jnp.asarray(z[k][1]), b)
-          for k in keys}
+  out = {}
+  for k in keys:   # float64 on the host: z-scores of exploded networks (~1e60) overflow float32
+    xa, xb = z[k]
+    xb = xa if other is None else xb
+    oka, okb = np.isfinite(xa).all(1), np.isfinite(xb).all(1)
+    d = np.full((len(xa), len(xb)), np.nan)
+    if oka.any() and okb.any():
+      with np.errstate(invalid="ignore", divide="ignore"):
+        d[np.ix_(oka, okb)] = scipy.spatial.distance.cdist(xa[oka], xb[okb], metric)
+    if other is None:
+      np.fill_diagonal(d, np.where(oka, 0.0, np.nan) if metric == "euclidean" else np.diag(d))
+    out[k] = d
+  return out
 
 
 _SAMPLE = {"wasserstein": _w1, "ks": _ks, "energy": _energy}
 
 
-def _clean(x, name, key):
-  """Rows with non-finite weights are replaced by a finite row (result set to NaN later)."""
-  ok = np.asarray(jnp.all(jnp.isfinite(x), axis=1))
+def finite_networks(params) -> np.ndarray:
+  """(N,) True for networks whose every weight is finite (the others get NaN in every group)."""
+  return np.logical_and.reduce([np.isfinite(np.asarray(w).reshape(w.shape[0], -1)).all(1)
+                                for w in stats.flatten(params).values()])
+
+
+def _clean(x, net_ok):
+  """Rows of networks with non-finite weights are replaced by a finite row (result set to NaN later)."""
+  ok = np.asarray(jnp.all(jnp.isfinite(x), axis=1)) & net_ok
   if not ok.all():
-    log.warning("%s: %d network(s) with non-finite weights in %r get NaN distances: %s",
-                name, (~ok).sum(), key, np.flatnonzero(~ok).tolist())
     x = jnp.where(jnp.asarray(ok)[:, None], x, x[int(np.argmax(ok))] if ok.any() else 0)
   return x, ok
 
@@ -657,7 +758,9 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
 
   Returns:
     ``{group: dist_NxN}`` float64 numpy arrays (``(dist, err)`` dicts if ``with_error``).
-    A network with non-finite weights in a group gets NaN distances in that group.
+    A network with a NaN or infinite weight anywhere gets NaN rows and columns in every group
+    (one warning per call names them) and never changes other networks' values: shared
+    ranges and standardisations come from the core networks only (``stats.core_networks``).
   """
   if callable(metric):
     name, spec = getattr(metric, "__name__", "custom"), Distance(metric, kind)
@@ -672,6 +775,11 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
                       with_error=with_error, bins=bins, grid=grid, statistics=statistics, kind=kind)
     finally:
       _MESH.reset(token)
+  stats.warn_non_finite(f"{name} distances", stats.non_finite_networks(params, "network"))
+  if other is not None:
+    stats.warn_non_finite(f"{name} distances (other population)", stats.non_finite_networks(other, "network"))
+  net_a = finite_networks(params)
+  net_b = net_a if other is None else finite_networks(other)
   if name in ("euclidean", "cosine") and spec is None:
     out = _stat_pairwise(params, other, name, per, layers, statistics, block_size)
     return (out, {k: np.zeros_like(v) for k, v in out.items()}) if with_error else out
@@ -681,20 +789,20 @@ def pairwise(params, metric: str | Callable, *, other=None, per="leaf", layers=N
       (k, k) for k in ga if (layers is None or k in layers) and k in gb]
   dists, errs = {}, {}
   for ka, kb in pairs:
-    x, okx = _clean(ga[ka], name, ka)
-    y, oky = (None, okx) if other is None else _clean(gb[kb], name, kb)
+    x, okx = _clean(ga[ka], net_a)
+    y, oky = (None, okx) if other is None else _clean(gb[kb], net_b)
     b = max(1, min(block_size, max(x.shape[0], 0 if y is None else y.shape[0])))
     err = None
     if spec is not None and spec.kind == "sorted":
       d = _pairs(spec.fn, _sort(x), None if y is None else _sort(y), b, rows=True)
     elif spec is not None:
-      d = _pairs(spec.fn, *_shared_hists(x, y, bins), b)
+      d = _hist_metric(spec.fn, x, y, okx, oky, b, bins)
     elif name in _SAMPLE:
-      d, err = _SAMPLE[name](x, y, b, sketch, with_error)
+      d, err = _SAMPLE[name](x, y, b, sketch, with_error, okx)
     elif name == "jensenshannon":
-      d = _pairs(jensenshannon, *_shared_hists(x, y, bins), b)
+      d = _hist_metric(jensenshannon, x, y, okx, oky, b, bins)
     else:
-      d = _kde_kl(x, y, b, grid)
+      d = _kde_kl(x, y, okx, oky, b, grid)
     d = np.where(okx[:, None] & oky[None, :], d, np.nan)
     dists[ka], errs[ka] = d, np.zeros_like(d) if err is None else np.asarray(err, np.float64)
   return (dists, errs) if with_error else dists

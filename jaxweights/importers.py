@@ -95,6 +95,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def _natural_key(name: str):
+    """Natural sort key (kept for callers; files keep their own stored order instead)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
@@ -242,7 +243,7 @@ def _torch_flatten_order(flat: dict[str, np.ndarray], stacked: bool, layers: Seq
     """Permutes the rows of a dense kernel that follows a conv from (C, H, W) to (H, W, C) order."""
     o = 1 if stacked else 0
     kernels = {k.rsplit("/", 1)[0]: k for k, v in flat.items() if k.endswith("kernel") and v.ndim - o >= 2}
-    order = list(layers) if layers is not None else sorted(kernels, key=_natural_key)
+    order = list(layers) if layers is not None else list(kernels)   # the file's stored order
     order = [name for name in order if name in kernels]
     for prev, name in zip(order, order[1:]):
         a, b = flat[kernels[prev]], flat[kernels[name]]
@@ -310,6 +311,10 @@ def read(path: str | os.PathLike, *, layout: str = "auto", stacked: bool | None 
     if len(n) > 1:
         raise ParamsError(f"{p}: read as a population, but its leaves disagree on the number of networks "
                           f"({sorted(n)}); pass stacked=False (--stacked=no)")
+    if list(flat) == sorted(flat):   # a checkpoint stores sorted keys: its run's config gives the order
+        order = next((o for d in [p, *p.parents][:4] if (o := rundir.execution_order(d))), None)
+        if order:
+            flat = {**{k: flat[k] for k in order if k in flat}, **flat}
     return flat
 
 
@@ -331,12 +336,12 @@ def stack(populations: Sequence[tuple[str, dict[str, np.ndarray]]]) -> dict[str,
       One flat dict whose leaves stack every population's networks, in order.
 
     Raises:
-      ParamsError: naming the first leaf (in sorted order) that is missing from one source or
+      ParamsError: naming the first leaf (in the sources' order) that is missing from one source or
         whose per-network shape differs from the first source's.
     """
     (name0, ref), rest = populations[0], populations[1:]
     for name, pop in rest:
-        for k in sorted(set(ref) | set(pop), key=_natural_key):
+        for k in list(dict.fromkeys([*ref, *pop])):   # first source's order, then the new leaves
             if k not in pop:
                 raise ParamsError(f"{name}: structure differs from {name0}: leaf {k!r} is missing")
             if k not in ref:

@@ -24,7 +24,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,19 +109,26 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def write_params(path: str | os.PathLike, params: Any) -> None:
+def write_params(path: str | os.PathLike, params: Any, order: Sequence[str] | None = None) -> None:
     """Writes stacked parameters to an `.npz` keyed by parameter path (see `npz_bytes`).
 
-    Streamed into the file one array at a time: no in-memory copy of the whole file.
+    Members are stored in `order` (the model's execution order, `models.param_order`; paths
+    not in it follow, sorted) so that `load_params` gives them back in that order; without
+    `order`, sorted by name. Streamed into the file one array at a time.
     """
     flat = flatten_params(params)
-    atomic_write(path, lambda f: write_npz(f, flat))
+    if order is not None:
+        flat = {**{k: flat[k] for k in order if k in flat}, **{k: flat[k] for k in sorted(flat)}}
+    atomic_write(path, lambda f: write_npz(f, flat, keep_order=order is not None))
 
 
-def write_npz(f: Any, arrays: dict[str, np.ndarray]) -> None:
-    """Writes `arrays` as an uncompressed `.npz` to the binary file object `f` (see `npz_bytes`)."""
+def write_npz(f: Any, arrays: dict[str, np.ndarray], keep_order: bool = False) -> None:
+    """Writes `arrays` as an uncompressed `.npz` to the binary file object `f` (see `npz_bytes`).
+
+    Members are sorted by name unless `keep_order` (then in the dict's order).
+    """
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name in sorted(arrays):
+        for name in (arrays if keep_order else sorted(arrays)):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             with zf.open(info, "w", force_zip64=True) as g:
@@ -146,10 +153,40 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def load_params(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a `params.npz` back into a nested dict with the networks axis first."""
+def execution_order(run_dir: str | os.PathLike) -> list[str] | None:
+    """Parameter paths in execution order for a run directory's built-in model, from its config.json.
+
+    Rebuilds the model (`models.make_model` on the config's dataset shape) and reads
+    `models.param_order`; None when there is no config.json or the model cannot be rebuilt
+    (an unknown dataset, a model passed in Python).
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        from jaxweights import data, models
+        cfg = read_config(path)
+        spec = data.SPECS[cfg["dataset"]]
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items() if k not in ("name", "init")}
+        model = models.make_model(cfg["model"]["name"], num_classes=spec.num_classes, image_shape=spec.image_shape,
+                                  init=cfg["model"].get("init", "fan_in"), **kw)
+        return models.param_order(model, spec.image_shape)
+    except Exception:  # noqa: BLE001 - any failure means "order unknown", never a crash
+        return None
+
+
+def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Reads a `params.npz` back into a nested dict with the networks axis first, in execution order.
+
+    Order: `order` when given (listed paths first); else, for a file stored in sorted order next
+    to a `config.json` of a built-in model (runs written before the order was stored), the
+    model's execution order (`execution_order`); else the file's member order.
+    """
     with np.load(path) as z:
-        return unflatten_params({k: z[k] for k in z.files})
+        if order is None and list(z.files) == sorted(z.files):
+            order = execution_order(Path(path).parent)
+        names = [k for k in (order or ()) if k in z.files] + list(z.files)
+        return unflatten_params({k: z[k] for k in dict.fromkeys(names)})
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

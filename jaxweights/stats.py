@@ -50,18 +50,25 @@ NEAR_ZERO = 1e-3
 # ---------------------------------------------------------------------------- paths
 
 
-def flatten(params: Mapping[str, Any]) -> dict[str, jax.Array]:
-  """Flattens a (possibly nested) parameter dict to ``{"a/b/kernel": array}``.
+def flatten(params: Mapping[str, Any], order: Sequence[str] | None = None) -> dict[str, jax.Array]:
+  """Flattens a (possibly nested) parameter dict to ``{"a/b/kernel": array}``, keeping its order.
 
   Accepts nested dicts / FrozenDicts (a Flax ``params`` collection), a dict with a
   single top-level ``"params"`` key (unwrapped), or an already-flat dict with
   '/'-joined keys (returned as is, e.g. the contents of ``params.npz``).
 
+  Layer order is the dict's insertion order, never a sort of the names: ``model.init``
+  creates parameters in execution order (``models.param_order``) and ``params.npz``
+  written with ``rundir.write_params(..., order=...)`` keeps it. JAX tree operations
+  (``jax.tree.map``, ``vmap`` outputs) sort dict keys; pass ``order`` to restore it.
+
   Args:
     params: pytree of arrays, networks axis first.
+    order: optional leaf paths in execution order; listed paths come first in that
+      order, the others follow in the dict's order.
 
   Returns:
-    Dict from '/'-joined path to array, in the pytree's key order.
+    Dict from '/'-joined path to array.
   """
   if hasattr(params, "unfreeze"):
     params = params.unfreeze()
@@ -78,7 +85,31 @@ def flatten(params: Mapping[str, Any]) -> dict[str, jax.Array]:
       out[prefix] = node
 
   visit("", params)
+  if order is not None:
+    out = {**{k: out[k] for k in order if k in out}, **out}
   return out
+
+
+def layer_order(params_or_paths) -> list[str]:
+  """Layers (module paths) in the order their first leaf appears (execution order; no sorting).
+
+  Args:
+    params_or_paths: parameters (nested or flat dict) or a sequence of leaf paths.
+  """
+  paths = list(flatten(params_or_paths)) if isinstance(params_or_paths, Mapping) else list(params_or_paths)
+  return list(dict.fromkeys(layer_of(p) for p in paths))
+
+
+def layer_depths(layers: Sequence[str]) -> dict[str, float]:
+  """Position in [0, 1] of each layer in the given (execution) order: first 0, last 1.
+
+  Repeated names keep their first position. ``i / (n - 1)`` for the i-th of n layers (a single
+  layer is 0). Names are never sorted: pass them in the order the model runs them
+  (:func:`layer_order`).
+  """
+  order = list(dict.fromkeys(layers))
+  n = len(order)
+  return {name: (i / (n - 1) if n > 1 else 0.0) for i, name in enumerate(order)}
 
 
 def layer_of(path: str) -> str:
@@ -137,9 +168,9 @@ def group_members(params: Mapping[str, Any], per="leaf") -> dict[str, list[str]]
     layers: dict[str, list[str]] = {}
     for k in keys:
       layers.setdefault(layer_of(k), []).append(k)
-    out.update({name: sorted(ks) for name, ks in layers.items()})
+    out.update(layers)   # leaves in the params' (execution) order
   if "network" in per:
-    out[ALL] = sorted(keys)
+    out[ALL] = keys
   return out
 
 
@@ -157,7 +188,7 @@ def groups(params: Mapping[str, Any], per="leaf") -> dict[str, jax.Array]:
 
   Returns:
     Dict from group name (leaf path, layer path or ``"__all__"``) to an ``(N, D)`` array;
-    pooled groups concatenate their leaves in path order (numpy in, numpy out).
+    pooled groups concatenate their leaves in the params' order (numpy in, numpy out).
   """
   flat = flatten(params)
   flat_ND = {k: v.reshape(v.shape[0], -1) for k, v in flat.items()}
@@ -167,41 +198,57 @@ def groups(params: Mapping[str, Any], per="leaf") -> dict[str, jax.Array]:
 # ----------------------------------------------------------------------- statistics
 
 
+def _scaled(w):
+  """``(m, w / m)`` with ``m = max|w|`` (1 when zero or non-finite): squares of ``w / m`` cannot overflow.
+
+  Weights of exploded networks (|w| ~ 1e24) overflow float32 when squared (1e48); every
+  second-and-higher moment is computed on ``w / m`` and rescaled (Higham 2002, sec. 4.2).
+  """
+  m = jnp.max(jnp.abs(w))
+  m = jnp.where(jnp.isfinite(m) & (m > 0), m, jnp.ones_like(m))
+  return m, w / m
+
+
 def _moments(w):
-  mean = jnp.mean(w)
-  d = w - mean
-  return mean, jnp.mean(d * d), d
+  """(mean, m2, deviations) of the scaled weights ``w / m`` and the scale ``m``."""
+  m, u = _scaled(w)
+  mu = jnp.mean(u)
+  d = u - mu
+  return mu, jnp.mean(d * d), d, m
 
 
 def _zero_var(mean, m2):
-  # scipy.stats.skew/kurtosis: variance counts as zero when m2 <= (eps * mean)**2.
+  # scipy.stats.skew/kurtosis: variance counts as zero when m2 <= (eps * mean)**2 (scale-free).
   return m2 <= (jnp.finfo(m2.dtype).eps * mean) ** 2
 
 
 def mean(w_D):
-  """Arithmetic mean."""
-  return jnp.mean(w_D)
+  """Arithmetic mean (of ``w / max|w|``, rescaled: no overflow in the sum)."""
+  m, u = _scaled(w_D)
+  return m * jnp.mean(u)
 
 
 def var(w_D):
-  """Variance, ddof 0 (two-pass)."""
-  return _moments(w_D)[1]
+  """Variance, ddof 0 (two-pass, scaled). Exceeds float32 above |w| ~ 1e19: see ``_VAR_FROM_STD``."""
+  _, m2, _, m = _moments(w_D)
+  return (m * m) * m2
 
 
 def std(w_D):
-  """Standard deviation, ddof 0."""
-  return jnp.sqrt(var(w_D))
+  """Standard deviation, ddof 0 (two-pass on ``w / max|w|``, rescaled)."""
+  _, m2, _, m = _moments(w_D)
+  return m * jnp.sqrt(m2)
 
 
 def skewness(w_D):
   """Biased skewness ``m3 / m2**1.5`` (scipy.stats.skew default); NaN if variance is zero."""
-  mu, m2, d = _moments(w_D)
+  mu, m2, d, _ = _moments(w_D)
   return jnp.where(_zero_var(mu, m2), jnp.nan, jnp.mean(d**3) / m2**1.5)
 
 
 def kurtosis(w_D):
   """Biased excess kurtosis ``m4 / m2**2 - 3`` (scipy.stats.kurtosis default); NaN if variance is zero."""
-  mu, m2, d = _moments(w_D)
+  mu, m2, d, _ = _moments(w_D)
   return jnp.where(_zero_var(mu, m2), jnp.nan, jnp.mean(d**4) / m2**2 - 3.0)
 
 
@@ -215,13 +262,15 @@ def quantiles(s_D):
 
 
 def l1(w_D):
-  """L1 norm."""
-  return jnp.sum(jnp.abs(w_D))
+  """L1 norm (scaled sum)."""
+  m, u = _scaled(w_D)
+  return m * jnp.sum(jnp.abs(u))
 
 
 def l2(w_D):
-  """L2 (Frobenius) norm."""
-  return jnp.sqrt(jnp.sum(w_D * w_D))
+  """L2 (Frobenius) norm, ``max|w| * ||w / max|w|||`` (no overflow)."""
+  m, u = _scaled(w_D)
+  return m * jnp.sqrt(jnp.sum(u * u))
 
 
 def max_abs(w_D):
@@ -230,8 +279,9 @@ def max_abs(w_D):
 
 
 def rms(w_D):
-  """Root mean square."""
-  return jnp.sqrt(jnp.mean(w_D * w_D))
+  """Root mean square, ``max|w| * rms(w / max|w|)`` (no overflow)."""
+  m, u = _scaled(w_D)
+  return m * jnp.sqrt(jnp.mean(u * u))
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,28 +317,38 @@ def _top_singular_sq(w_RxC, squarings: int = 24):
 
 
 def spectral_norm(w_RxC):
-  """Largest singular value of a kernel matrix (conv kernels reshaped to (kh*kw*cin, cout))."""
-  return jnp.sqrt(_top_singular_sq(w_RxC))
+  """Largest singular value of a kernel matrix (conv kernels reshaped to (kh*kw*cin, cout)).
+
+  Computed on ``W / max|W|`` and rescaled, so exploded kernels do not overflow.
+  """
+  m, u = _scaled(w_RxC)
+  return m * jnp.sqrt(_top_singular_sq(u))
 
 
 def stable_rank(w_RxC):
-  """Stable rank ``||W||_F^2 / sigma_max^2`` (Rudelson & Vershynin 2007); NaN for W = 0."""
-  s2 = _top_singular_sq(w_RxC)
-  return jnp.where(s2 > 0, jnp.sum(w_RxC * w_RxC) / jnp.where(s2 > 0, s2, 1.0), jnp.nan)
+  """Stable rank ``||W||_F^2 / sigma_max^2`` (Rudelson & Vershynin 2007), scale-free; NaN for W = 0."""
+  _, u = _scaled(w_RxC)
+  s2 = _top_singular_sq(u)
+  return jnp.where(s2 > 0, jnp.sum(u * u) / jnp.where(s2 > 0, s2, 1.0), jnp.nan)
 
 
 class Statistic(NamedTuple):
-  """A registered statistic: ``fn(s_D)`` of sorted weights ("vector") or ``fn(w_RxC)`` ("matrix")."""
+  """A registered statistic: ``fn(s_D)`` of sorted weights ("vector") or ``fn(w_RxC)`` ("matrix").
+
+  ``host``: optional float64 numpy function applied to the device result (``var`` is computed
+  as ``std`` on device and squared in float64, because var of |w| ~ 1e20 exceeds float32).
+  """
 
   fn: Callable
   kind: str = "vector"
   labels: tuple[str, ...] | None = None
+  host: Callable | None = None
 
 
 _REGISTRY: dict[str, Statistic] = {
     "mean": Statistic(mean),
     "std": Statistic(std),
-    "var": Statistic(var),
+    "var": Statistic(std, host=np.square),
     "skewness": Statistic(skewness),
     "kurtosis": Statistic(kurtosis),
     "quantiles": Statistic(quantiles, labels=tuple(f"q{q}" for q in QUANTILES)),
@@ -358,16 +418,53 @@ def _resolve(statistics, near_zero) -> tuple[tuple[str, Statistic], ...]:
 # ----------------------------------------------------------------------- histograms
 
 
-def shared_edges(w_ND: jax.Array, bins: int) -> jax.Array:
-  """Equal-width bin edges over the finite range of all networks (numpy's rule for a flat range)."""
-  finite = jnp.isfinite(w_ND)
-  lo = jnp.min(jnp.where(finite, w_ND, jnp.inf))
-  hi = jnp.max(jnp.where(finite, w_ND, -jnp.inf))
-  lo, hi = jnp.where(finite.any(), lo, 0.0), jnp.where(finite.any(), hi, 0.0)
+OUTLIER_FACTOR = 1e3
+
+
+def core_networks(lo_N, hi_N, ok_N):
+  """Networks that set shared ranges: finite, with ``max|w| <= OUTLIER_FACTOR * median max|w|``.
+
+  The median is over the finite networks (``ok_N``). Networks with non-finite weights never
+  count, and exploded but finite ones (|w| ~ 1e24 among |w| ~ 1) are left out as well, so a
+  shared range (histogram edges, KDE grid) is the same with or without them. When the median
+  is 0 every finite network counts. Jittable; ``lo_N``/``hi_N`` are per-network min and max.
+  """
+  amax = jnp.maximum(jnp.abs(lo_N), jnp.abs(hi_N))
+  med = jnp.nanmedian(jnp.where(ok_N, amax, jnp.nan))
+  return ok_N & ((amax <= OUTLIER_FACTOR * med) | ~(med > 0))
+
+
+def core_range(lo_N, hi_N, ok_N):
+  """``(lo, hi, core_N)``: the range of the :func:`core_networks` (``(0, 0)`` when there are none)."""
+  core = core_networks(lo_N, hi_N, ok_N)
+  lo = jnp.min(jnp.where(core, lo_N, jnp.inf))
+  hi = jnp.max(jnp.where(core, hi_N, -jnp.inf))
+  return jnp.where(core.any(), lo, 0.0), jnp.where(core.any(), hi, 0.0), core
+
+
+def range_edges(lo, hi, bins: int, dtype=jnp.float32):
+  """Equal-width edges over ``[lo, hi]`` (numpy's rule: a flat range becomes ``lo - 0.5, hi + 0.5``)."""
   flat = lo == hi
-  lo, hi = jnp.where(flat, lo - 0.5, lo), jnp.where(flat, hi + 0.5, hi)
-  edges = lo + (hi - lo) * jnp.arange(bins + 1, dtype=w_ND.dtype) / bins
+  lo, hi = jnp.where(flat, lo - 0.5, lo).astype(dtype), jnp.where(flat, hi + 0.5, hi).astype(dtype)
+  edges = lo + (hi - lo) * jnp.arange(bins + 1, dtype=dtype) / bins
   return edges.at[-1].set(hi)
+
+
+def shared_edges(s_ND: jax.Array, bins: int) -> jax.Array:
+  """Equal-width bin edges over the range of the core networks of sorted rows (:func:`core_range`).
+
+  Rows with non-finite weights and exploded rows (:data:`OUTLIER_FACTOR`) do not move the
+  edges, so healthy networks' histograms do not depend on them.
+  """
+  ok = jnp.isfinite(s_ND[:, 0]) & jnp.isfinite(s_ND[:, -1])   # sorted: -inf first, inf/NaN last
+  lo, hi, _ = core_range(s_ND[:, 0], s_ND[:, -1], ok)
+  return range_edges(lo, hi, bins, s_ND.dtype)
+
+
+def finite_rows(s_ND) -> np.ndarray:
+  """(N,) True where a row of sorted weights is all finite (NaN and inf sort to the ends)."""
+  s = np.asarray(s_ND)
+  return np.isfinite(s[:, 0]) & np.isfinite(s[:, -1])
 
 
 def histogram(s_D: jax.Array, edges_B1: jax.Array) -> jax.Array:
@@ -395,14 +492,18 @@ def histograms(params: Mapping[str, Any], bins: int = 32, *, per="leaf") -> dict
 
   Args:
     params: parameters, networks axis first.
-    bins: number of equal-width bins spanning the group's range over all networks.
+    bins: number of equal-width bins spanning the group's range over its core networks
+      (finite, not exploded: :func:`core_networks`). An exploded network's histogram counts
+      only its weights inside that range (all zeros if none); non-finite networks get NaN.
     per: "leaf", "layer", "network" or a tuple.
 
   Returns:
     ``{group: (edges_B1, hist_NxB)}``; each row of ``hist_NxB`` sums to 1.
   """
-  out = _histograms({k: sort_rows(v) for k, v in groups(params, per).items()}, bins)
-  return {k: (np.asarray(e), np.asarray(h)) for k, (e, h) in out.items()}
+  sorted_groups = {k: sort_rows(v) for k, v in groups(params, per).items()}
+  out = _histograms(sorted_groups, bins)
+  return {k: (np.asarray(e), np.where(finite_rows(sorted_groups[k])[:, None], np.asarray(h), np.nan))
+          for k, (e, h) in out.items()}
 
 
 # ---------------------------------------------------------------------- the program
@@ -470,18 +571,44 @@ def statistics_arrays(params, *, statistics=None, bins: int = 32, near_zero: flo
   with_mat = "leaf" in per and any(s.kind == "matrix" for _, s in specs)
   kernels = {k: jnp.asarray(v) for k, v in flat.items() if with_mat and is_kernel(k, v)}
   n_nets, names = next(iter(flat.values())).shape[0], list(sorted_groups)
+  finite = {g: finite_rows(sorted_groups[g]) for g in names}   # on the host, before sharding
   if mesh is not None:  # same program, its networks axis split over the devices
     sorted_groups, kernels = shard_networks((sorted_groups, kernels), mesh)
   by_group, by_kernel = _program(specs, int(bins))(sorted_groups, kernels)
   if mesh is not None and jax.process_count() > 1:
     from jax.experimental import multihost_utils
     by_group, by_kernel = multihost_utils.process_allgather((by_group, by_kernel), tiled=True)
-  order = [n for n, _ in specs]
+  order, host = [n for n, _ in specs], {n: s.host for n, s in specs if s.host is not None}
   out = {}
   for g in names:  # the input order (tree maps return dicts with sorted keys)
     merged = {**by_group[g], **by_kernel.get(g, {})}
-    out[g] = {name: np.asarray(merged[name])[:n_nets] for name in order if name in merged}
+    ok = finite[g]
+    out[g] = {}
+    for name in (n for n in order if n in merged):
+      v = np.asarray(merged[name])[:n_nets]
+      v = host[name](v.astype(np.float64)) if name in host else v
+      # a network with non-finite weights in this group has no defined statistic here
+      out[g][name] = v if ok.all() else np.where(ok.reshape((-1,) + (1,) * (v.ndim - 1)), v, np.nan)
   return out
+
+
+def non_finite_networks(params, per="leaf") -> dict[str, list[int]]:
+  """``{group: [networks with a NaN or infinite weight in it]}`` for the groups that have any."""
+  out = {}
+  for k, w_ND in groups(params, per).items():
+    bad = np.flatnonzero(~np.isfinite(np.asarray(w_ND)).all(1))
+    if len(bad):
+      out[k] = bad.tolist()
+  return out
+
+
+def warn_non_finite(what: str, bad: Mapping[str, Sequence[int]]) -> None:
+  """One warning naming the networks with non-finite weights (and in how many groups)."""
+  nets = sorted({int(i) for v in bad.values() for i in v})
+  if nets:
+    log.warning("%s: network(s) %s have NaN or infinite weights (in %d group(s), e.g. %r); "
+                "their values are NaN and they do not affect other networks", what, nets, len(bad),
+                next(iter(bad)))
 
 
 def compute_statistics(params, *, statistics=None, bins: int = 32, near_zero: float = NEAR_ZERO,
@@ -506,7 +633,11 @@ def compute_statistics(params, *, statistics=None, bins: int = 32, near_zero: fl
   Returns:
     DataFrame with columns ``network, layer, statistic, value, undefined``. ``layer``
     holds the leaf path, layer path or ``"__all__"``. Undefined values are NaN with
-    ``undefined=True``, also listed in ``df.attrs["undefined"]`` and logged.
+    ``undefined=True``, also listed in ``df.attrs["undefined"]`` and logged once. A network with
+    a NaN or infinite weight in a group gets NaN for every statistic of that group (listed in
+    ``df.attrs["non_finite"]`` as ``{group: [networks]}``); other networks' values never depend
+    on it. Moments and norms are computed on ``w / max|w|`` and rescaled, so exploded networks
+    (|w| up to ~1e37) get finite values; ``var`` is squared in float64 on the host.
   """
   arrays = statistics_arrays(params, statistics=statistics, bins=bins, near_zero=near_zero, per=per, mesh=mesh)
   labels = {name: spec.labels for name, spec in _resolve(statistics, near_zero)}
@@ -535,11 +666,14 @@ def compute_statistics(params, *, statistics=None, bins: int = 32, near_zero: fl
       }))
   df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
       columns=["network", "layer", "statistic", "value", "undefined"])
-  for layer, name, count in undefined:
-    log.warning("statistic %r undefined for layer %r in %d network(s) "
-                "(zero variance, zero kernel or non-finite weights); reported as NaN",
-                name, layer, count)
+  bad = non_finite_networks(params, per)
+  warn_non_finite("statistics", bad)
+  rest = [u for u in undefined if u[0] not in bad]   # groups without non-finite weights
+  if rest:
+    log.warning("%d statistic(s) undefined (zero variance or all-zero kernel), reported as NaN, "
+                "e.g. %r in layer %r (%d network(s))", len(rest), rest[0][1], rest[0][0], rest[0][2])
   df.attrs["undefined"] = undefined
+  df.attrs["non_finite"] = bad
   return df
 
 

@@ -163,11 +163,15 @@ def test_bin_divergence_equals_scipy_kde_kl():
     assert got[0, 0] == 0 and got[1, 0] == got[0, 1]
 
 
-def test_layer_depths_put_the_head_last():
-    d = claims.layer_depths(["head", "encoder_1/mlp_in", "embedding", "norm", "encoder_0/mlp_in"])
-    assert [k for k, _ in sorted(d.items(), key=lambda kv: kv[1])] == \
-        ["embedding", "encoder_0/mlp_in", "encoder_1/mlp_in", "norm", "head"]
-    assert claims.layer_depths(["Dense_1", "Conv_0", "Dense_0"]) == {"Conv_0": 0.0, "Dense_0": 0.5, "Dense_1": 1.0}
+def test_layer_depths_follow_the_given_execution_order_not_names():
+    order = ["embedding", "pos_embedding", "encoder_0/norm1", "encoder_0/mlp_in", "encoder_1/norm1", "norm", "head"]
+    d = claims.layer_depths(order)
+    assert [k for k, _ in sorted(d.items(), key=lambda kv: kv[1])] == order
+    assert d["pos_embedding"] == 1 / 6 and d["head"] == 1.0
+    assert claims.layer_depths(["Dense_0", "Dense_2", "Dense_10"]) == {"Dense_0": 0.0, "Dense_2": 0.5, "Dense_10": 1.0}
+    t = pd.DataFrame({"metric": "w", "layer": ["b", "a"], "ratio": [1.0, 2.0], "p_greater": 0.5, "verdict": "x"})
+    prof = claims.depth_profiles({"z": t}, "w", layer_orders={"z": ["a", "b"]})
+    assert dict(zip(prof.layer, prof.depth)) == {"a": 0.0, "b": 1.0}
 
 
 # ------------------------------------------------------------------------------- multiplicity

@@ -92,7 +92,8 @@ def test_mismatched_structures_name_the_first_mismatching_leaf(trained, tmp_path
                      "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "b.npz" in err and "'Dense_0/bias' has shape (8,)" in err and "has (16,)" in err
+    # the first mismatching leaf in the files' stored (execution) order: the kernel, then its bias
+    assert "b.npz" in err and "'Dense_0/kernel' has shape (784, 8)" in err and "has (784, 16)" in err
     missing = {k: v[0] for k, v in params.items() if k != "Dense_1/bias"}
     np.savez(tmp_path / "c.npz", **missing)
     with pytest.raises(importers.ParamsError, match=r"c\.npz: .*leaf 'Dense_1/bias' is missing"):
