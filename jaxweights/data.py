@@ -230,7 +230,10 @@ def _npy_rows(zf: zipfile.ZipFile, key: str, path: Path, rows: np.ndarray) -> tu
             shape, fortran, dtype = read_header(f)
             if fortran or dtype.hasobject or not shape:
                 raise DataError(f"{path}: {key} must be a C-ordered numeric array with a batch axis")
-            row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+            row_bytes = math.prod(shape[1:]) * dtype.itemsize  # math.prod: no int64 wrap-around
+            if shape[0] * row_bytes > zf.getinfo(key + ".npy").file_size:  # before allocating for it
+                raise DataError(f"{path}: {key} is truncated (header shape {shape} needs more bytes than the "
+                                f"member holds)")
             out = np.empty((len(rows), *shape[1:]), dtype)
             order = np.argsort(rows, kind="stable")
             sorted_rows = rows[order]

@@ -319,15 +319,20 @@ NPZ_CASES = {
 }
 
 
+SUBSET = {"whole": {}, "subset": {"max_train": 30, "max_test": 7}}  # a subset streams the rows it keeps
+
+
+@pytest.mark.parametrize("limits", SUBSET)
 @pytest.mark.parametrize("case", NPZ_CASES)
-def test_bad_npz(tmp_path, isolated, case):
+def test_bad_npz(tmp_path, isolated, case, limits):
     changes, match = NPZ_CASES[case]
     path = _npz(tmp_path, **changes)
-    raises_naming(path, "mnist", tmp_path, use_tfds=False, match=match)
+    raises_naming(path, "mnist", tmp_path, use_tfds=False, match=match, **SUBSET[limits])
 
 
+@pytest.mark.parametrize("limits", SUBSET)
 @pytest.mark.parametrize("how", ["garbage", "truncated", "flipped"])
-def test_corrupted_npz(tmp_path, isolated, how):
+def test_corrupted_npz(tmp_path, isolated, how, limits):
     path = _npz(tmp_path)
     raw = bytearray(path.read_bytes())
     if how == "garbage":
@@ -337,7 +342,7 @@ def test_corrupted_npz(tmp_path, isolated, how):
     else:
         raw[len(raw) // 4] ^= 0xFF  # inside x_train's data: CRC mismatch
     path.write_bytes(bytes(raw))
-    raises_naming(path, "mnist", tmp_path, use_tfds=False)
+    raises_naming(path, "mnist", tmp_path, use_tfds=False, **SUBSET[limits])
 
 
 def test_fashion_files_are_not_mnist(tmp_path, isolated):
