@@ -241,3 +241,9 @@ def test_exploded_network_is_flagged_and_matches_the_documented_rule(tmp_path, d
     assert np.isfinite(blown.max_abs_weight).all() and (blown.max_abs_weight > 1e3).all()
     healthy = df[df.learning_rate == 0.05]
     assert not healthy.exploded.any() and not healthy.diverged.any() and (healthy.test_acc > 0.5).all()
+    # trained in 2 chunks of 4, 3 networks vmapped at a time: the same flags and max |w|
+    c.chunk_size, c.vmap_chunk = 4, 3
+    chunked = run.train_and_evaluate(c, tmp_path / "chunked", progress=False)
+    assert (tmp_path / "chunked" / "chunks" / "01").is_dir()
+    np.testing.assert_array_equal(chunked.exploded, df.exploded)
+    np.testing.assert_allclose(chunked.max_abs_weight, df.max_abs_weight, rtol=1e-4)
