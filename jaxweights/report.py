@@ -162,6 +162,116 @@ def _finite(obj: Any) -> Any:
 
 # ------------------------------------------------------------------------- the study's sections
 
+STATE_WORDS = {"diverged": "diverged", "exploded": "exploded (weights or loss blew up, still finite)",
+               "not_learned": "did not learn (accuracy within the chance margin)",
+               "below_min_accuracy": "below --min_accuracy"}
+
+
+def _present(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    return [c for c in columns if c in df.columns]
+
+
+def left_out_words(s: Mapping[str, Any]) -> str:
+    """"9 diverged, 4 exploded ... left out" (or "none left out") from a zoo summary."""
+    g = s["grouping"]
+    parts = []
+    for st, key in (("diverged", "n_diverged"), ("exploded", "n_exploded"), ("not_learned", "n_not_learned"),
+                    ("below_min_accuracy", "n_below_min_accuracy")):
+        n = s.get(key, 0)
+        if n:
+            inc = (st == "exploded" and g.get("include_exploded")) or (st == "not_learned" and
+                                                                       g.get("include_not_learned"))
+            parts.append(f"{n} {STATE_WORDS[st]}" + (" (included on request)" if inc else " (left out)"))
+    return "; ".join(parts) if parts else "none left out"
+
+
+def excluded_table(s: Mapping[str, Any]) -> str:
+    """The networks left out (or flagged but included), with seed, hyperparameters and why."""
+    ex = pd.DataFrame(s.get("excluded") or [])
+    if ex.empty:
+        return ""
+    # columns constant over the listed networks (e.g. an unused weight decay) say nothing here
+    cols = [c for c in ex.columns if c not in ("analysed", "group", "test_loss")
+            and (c in ("network", "seed", "state", "why") or ex[c].astype(str).nunique() > 1)]
+    return "<p>Networks not in the optimal/suboptimal comparison, or flagged (listed in <code>groups.csv</code>):</p>" \
+        + table(ex, cols, max_rows=40)
+
+
+def counts_words(c: Mapping[str, Any], alpha: float) -> str:
+    """How many of the claim tests hold / are reversed, from adjusted p-values when the table has them."""
+    if c.get("adjustment", "none") != "none":
+        return (f"Across all metrics and layers, after Holm's correction over the {c['n_tests']} tests, the claim "
+                f"holds in {c['n_holds']} and is reversed in {c['n_reversed']} (uncorrected p &lt; {fmt(alpha)}: "
+                f"{c.get('n_holds_raw', '–')} and {c.get('n_reversed_raw', '–')}, which counts chance hits).")
+    return (f"Across all metrics and layers, uncorrected (p &lt; {fmt(alpha)} per test, no multiplicity "
+            f"correction; expect about {fmt(alpha * c['n_tests'], 2)} by chance): holds in {c['n_holds']} of "
+            f"{c['n_tests']} tests, reversed in {c['n_reversed']}.")
+
+
+def seed_dispersion_html(d: Mapping[str, Any]) -> str:
+    """The seed-dispersion result: do cells that train well have seeds that end up alike?"""
+    if not d:
+        return ""
+    if "rho" not in d:
+        return f"<p>Seed dispersion: {esc(d.get('note', 'not computed'))}.</p>"
+    return (f"<p>Free of hyperparameter confounding: within each hyperparameter cell, the mean distance between "
+            f"its seeds against the cell's mean accuracy, Spearman ρ = {fmt(d['rho'])} over {d.get('n_cells', '–')} "
+            f"cells, p = {fmt(d.get('p_value'))} (negative ρ: cells that train well have seeds that end up alike). "
+            f"Table <code>seed_dispersion.csv</code>.</p>")
+
+
+def claim_words(s: Mapping[str, Any]) -> str:
+    """The headline in words: what the zoo shows about optimal vs suboptimal networks."""
+    c = s["claim"]
+    v = c["verdict"]
+    what = {"holds": "optimal networks are more alike than suboptimal ones",
+            "reversed": "suboptimal networks are more alike than optimal ones",
+            }.get(v, "there is no significant difference in how alike optimal and suboptimal networks are")
+    txt = (f"In words: {what} (whole network, {esc(c['primary_metric'])} distance: mean within the optimal group "
+           f"{fmt(c['within_optimal'])}, within the suboptimal group {fmt(c['within_suboptimal'])}, ratio "
+           f"{fmt(c['ratio'])}, permutation p = {fmt(c['p_greater'])}")
+    if c.get("p_cell") is not None:
+        txt += f"; keeping hyperparameter cells together p = {fmt(c['p_cell'])}"
+    txt += ")."
+    if v == "holds" and c.get("p_cell") is not None and c["p_cell"] >= s["alpha"]:
+        txt += (" With whole hyperparameter cells permuted it is not significant: the likeness may be that of "
+                "networks trained with the same hyperparameters, not of good networks as such.")
+    rows = [r for r in s.get("sensitivity") or [] if r.get("verdict")]
+    if rows:
+        same = sum(r["verdict"] == v for r in rows)
+        txt += f" The verdict is the same under {same} of the {len(rows)} groupings of the table below."
+    return txt
+
+
+def intro_html(s: Mapping[str, Any]) -> str:
+    """The report's first paragraph: the grouping in force, what was left out, what the zoo shows; then
+    the headline under the other reasonable groupings (`summary["sensitivity"]`)."""
+    g = s["grouping"]
+    rule = (f"optimal = the top {fmt(g['quantile'])} and suboptimal = the bottom {fmt(g['quantile'])} of the "
+            f"analysed networks by test accuracy" if g.get("quantile") is not None
+            else f"accuracy threshold {esc(g['threshold'])}")
+    head = (f"<p><b>Grouping in force:</b> {rule}; {s['n_kept']} of {s['n_networks']} networks analysed "
+            f"({g.get('n_cells', '–')} hyperparameter cells), {left_out_words(s)}. Chance accuracy "
+            f"{fmt(g.get('chance_accuracy'))}, margin {fmt(g.get('chance_margin'))}. {claim_words(s)}</p>")
+    sens = pd.DataFrame(s.get("sensitivity") or [])
+    if sens.empty:
+        return head
+    sens = sens.assign(in_force=sens.in_force.map({True: "◀ in force", False: ""}),
+                       quantile=[f"top/bottom {q:.0%}" for q in sens.quantile])
+    notes = ""
+    if "note" in sens:
+        bad = sens.note.notna()
+        sens.loc[bad, "verdict"] = [f"not testable ({i + 1})" for i in range(int(bad.sum()))]
+        notes = "".join(f"<p><small>({i + 1}) {esc(n)}</small></p>" for i, n in enumerate(sens.note[bad]))
+    cols = _present(sens, ["quantile", "not_learned", "exploded", "n_analysed", "n_optimal", "n_suboptimal",
+                           "within_optimal", "within_suboptimal", "ratio", "p_greater", "p_cell", "verdict",
+                           "verdict_cell", "in_force"])
+    return head + ("<p><b>Sensitivity</b> of the headline (whole network, "
+                   f"{esc(s['claim']['primary_metric'])}) to the grouping: p_greater with networks exchangeable, "
+                   "p_cell with whole hyperparameter cells exchangeable. Each row is one pre-specified test, so "
+                   "its raw p applies; the adjusted p of the headline among all claim tests is in the "
+                   "claims section.</p>" + table(sens, cols) + notes)
+
 
 def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "") -> list[Section]:
     """Sections answering the study's questions for one zoo, from `analysis.zoo_summary`'s output."""
@@ -170,12 +280,12 @@ def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "
     secs = []
     secs.append(Section(
         p + "Networks and groups",
-        f"<p>{s['n_networks']} networks, {s['n_diverged']} diverged (excluded), "
-        f"{s.get('n_below_min_accuracy', 0)} below the minimum accuracy (excluded), {s['n_kept']} analysed. "
+        f"<p>{s['n_networks']} networks: {s['n_kept']} analysed, {left_out_words(s)}. "
         f"Grouping by test accuracy ({esc(g['rule'])}): {g['n_optimal']} optimal "
         f"(accuracy {fmt(g['optimal_acc'][0])}–{fmt(g['optimal_acc'][1])}), {g['n_suboptimal']} suboptimal "
         f"(accuracy {fmt(g['suboptimal_acc'][0])}–{fmt(g['suboptimal_acc'][1])}). "
-        f"Accuracy bins (complex-network study): edges {', '.join(fmt(e) for e in g['bin_edges'])}.</p>",
+        f"Accuracy bins (complex-network study): edges {', '.join(fmt(e) for e in g['bin_edges'])}.</p>"
+        + excluded_table(s),
         [figs[k] for k in ("accuracy_over_epochs",) if k in figs]))
     wn = pd.DataFrame(c["whole_network"])
     secs.append(Section(
@@ -185,14 +295,17 @@ def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "
         f"group {fmt(c['within_suboptimal'])}, across {fmt(c['across'])} (ratio {fmt(c['ratio'])}); "
         f"permutation p = {fmt(c['p_greater'])}"
         f"{' (exact)' if c.get('exact') else ''}; 95% bootstrap interval of the difference "
-        f"[{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]. Across all metrics and layers the claim holds in "
-        f"{c['n_holds']} of {c['n_tests']} tests and is reversed in {c['n_reversed']}.</p>"
-        "<p>Whole network, every metric:</p>" +
-        table(wn, ["metric", "within_optimal", "within_suboptimal", "across", "ratio", "p_greater", "p_less",
-                   "ci_low", "ci_high", "verdict"]) +
+        f"[{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]. {counts_words(c, s['alpha'])}</p>"
+        + seed_dispersion_html(s.get("seed_dispersion") or {}) +
+        "<p>Whole network, every metric (p_greater: networks exchangeable; p_cell: whole hyperparameter cells "
+        "exchangeable; p_holm / p_bh: adjusted over every test of <code>claim_tests.csv</code>):</p>" +
+        table(wn, _present(wn, ["metric", "within_optimal", "within_suboptimal", "across", "ratio", "p_greater",
+                                "p_cell", "p_holm", "p_bh", "ci_low", "ci_high", "verdict"])) +
         "<p>Per layer (table <code>claim_tests.csv</code>):</p>" +
-        table(pd.DataFrame(c["per_layer"]), ["metric", "layer", "within_optimal", "within_suboptimal", "ratio",
-                                             "p_greater", "verdict"]),
+        table(pd.DataFrame(c["per_layer"]), _present(pd.DataFrame(c["per_layer"]),
+                                                     ["metric", "layer", "within_optimal", "within_suboptimal",
+                                                      "ratio", "p_greater", "p_cell", "p_holm", "p_bh",
+                                                      "verdict"])),
         [figs[k] for k in ("distance_heatmap", "weight_histograms", "kde_by_bin", "pca") if k in figs]))
     d = s["dispersion"]
     secs.append(Section(
