@@ -560,10 +560,10 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
     fd = out / "figures"
     figs: dict[str, Path] = {}
     a_plot = np.where(keep, acc, np.nan)
-    figs["weight_histograms"] = figures.weight_histograms(fd, kp, acc[keep])
+    figs["weight_histograms"] = figures.weight_histograms(fd, kp, acc[keep], networks=np.flatnonzero(keep))
     figs["kde_by_bin"] = figures.kde_by_bin(fd, kp, bins_n[keep], edges)
     d_all = dists[primary].get(stats.ALL, next(iter(dists[primary].values())))
-    figs["distance_heatmap"] = figures.distance_heatmap(fd, d_all, acc[keep],
+    figs["distance_heatmap"] = figures.distance_heatmap(fd, d_all, acc[keep], networks=np.flatnonzero(keep),
                                                         title=f"{primary} distance, whole network, best first")
     figs["statistics_vs_accuracy"] = figures.statistics_vs_accuracy(fd, t, a_plot, labels)
     wide = claims.wide_statistics(t[t.statistic.isin(stats.SUMMARY) | t.statistic.str.startswith("q")])

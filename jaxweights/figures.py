@@ -77,12 +77,13 @@ def _robust_edges(w_ND: np.ndarray, bins: int, q: float = 0.002, seed: int = 0) 
     return np.linspace(lo, hi, bins + 1) if hi > lo else np.linspace(lo - 1, hi + 1, bins + 1)
 
 
-def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8,
+def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8, networks=None,
                       stem: str = "weight_histograms") -> Path:
     """Per-layer weight histograms of every network overlaid, coloured by test accuracy.
 
     Edges are shared by all networks and span the pooled 0.2-99.8% quantiles (weights outside
-    are left out of the plot; masses are fractions of each network's weights).
+    are left out of the plot; masses are fractions of each network's weights). `networks`: the
+    network id of each row of `params` in the CSV (default 0..N-1).
     """
     leaves = kernel_leaves(params)[:max_layers]
     flat = stats.flatten(params)
@@ -104,7 +105,8 @@ def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8
         ax.set_title(leaf, fontsize=9)
         ax.set_yscale("log")
         ax.set_xlabel("weight")
-        rows.append(pd.DataFrame({"layer": leaf, "network": np.repeat(np.arange(len(h)), len(centres)),
+        ids = np.arange(len(h)) if networks is None else np.asarray(networks)
+        rows.append(pd.DataFrame({"layer": leaf, "network": np.repeat(ids, len(centres)),
                                   "bin_left": np.tile(edges[:-1], len(h)), "bin_right": np.tile(edges[1:], len(h)),
                                   "mass": h.ravel(), "test_acc": np.repeat(acc_N, len(centres))}))
     axes[0].set_ylabel("fraction of weights")
@@ -149,8 +151,11 @@ def kde_by_bin(out, params, bins_N, edges, *, grid: int = 400, per_network: int 
     return _save(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
 
 
-def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", stem: str = "distance_heatmap") -> Path:
-    """The N×N distance matrix with networks ordered by test accuracy (best first)."""
+def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem: str = "distance_heatmap") -> Path:
+    """The N×N distance matrix with networks ordered by test accuracy (best first).
+
+    `networks`: the network id of each row of `d_NxN` in the CSV (default 0..N-1).
+    """
     order = np.argsort(-np.asarray(acc_N), kind="stable")
     d = np.asarray(d_NxN)[np.ix_(order, order)]
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -162,8 +167,9 @@ def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", stem: str = "distanc
     ax.set_xlabel("network rank by accuracy")
     ax.set_ylabel("network rank by accuracy")
     n = len(order)
+    ids = order if networks is None else np.asarray(networks)[order]
     data = pd.DataFrame({"row_rank": np.repeat(np.arange(n), n), "col_rank": np.tile(np.arange(n), n),
-                         "row_network": np.repeat(order, n), "col_network": np.tile(order, n),
+                         "row_network": np.repeat(ids, n), "col_network": np.tile(ids, n),
                          "distance": d.ravel()})
     return _save(fig, out, stem, data)
 
