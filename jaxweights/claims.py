@@ -5,23 +5,28 @@ successful networks in their converged weight statistics and distributions, whil
 vary. Given a zoo's pairwise distances (one N×N matrix per layer, see `jaxweights.distances`), its
 weight statistics and each network's test accuracy, this module
 
-  * excludes diverged networks and splits the rest into *optimal* (top accuracy quantile, or above
-    a threshold) and *suboptimal* (bottom quantile, or below), and into accuracy bins;
+  * takes the groups (*optimal* / *suboptimal*, `jaxweights.groups.split_groups`) and splits networks
+    into accuracy bins;
   * measures the mean pairwise distance within each group and across them, tests "optimal networks
     are more alike" with a permutation test (exact when the group split can be enumerated) and gives
-    bootstrap confidence intervals;
+    bootstrap confidence intervals; the same with hyperparameter cells as the unit, and the
+    seed-dispersion test within cells;
   * compares the dispersion (variance across networks) of every statistic in the two groups;
   * correlates every statistic with accuracy (Spearman);
   * predicts accuracy from weight features as Unterthiner et al. (2020, arXiv 2002.11448) did
     (per-layer mean, variance and quantiles {0, 25, 50, 75, 100} of kernels and biases) with a
-    ridge regressor written in JAX and scikit-learn's gradient boosting, scored by R² and Kendall τ
-    on held-out networks, beside a hyperparameters-only baseline;
+    ridge regressor and gradient boosting (scikit-learn), scored by R² and Kendall τ on held-out
+    hyperparameter cells (grouped folds), beside a hyperparameters-only baseline on the same folds;
   * compares accuracy bins by the symmetric KL divergence of Gaussian KDEs of node strengths and
     layer fluctuations (La Malfa et al. 2021, arXiv 2110.02628).
 
-Labels: ``OPTIMAL = 1``, ``MIDDLE = 0``, ``SUBOPTIMAL = -1``, ``EXCLUDED = -2`` (diverged).
-Spearman, Kendall and the permutation tests are implemented here (numpy/JAX) and checked against
-scipy in the tests.
+Labels: ``OPTIMAL = 1``, ``MIDDLE = 0``, ``SUBOPTIMAL = -1``, ``EXCLUDED = -2``, and the grouping
+itself (network states, `split_groups`, hyperparameter cells) come from `jaxweights.groups`, the one
+definition used everywhere. A zoo is a designed experiment: beside the network-level permutation
+test, `cell_claim_table` permutes whole hyperparameter cells and `seed_dispersion_table` asks the
+seed-only question ("do cells that train well have seeds that end up alike?"). Every table of many
+tests carries Holm and Benjamini-Hochberg adjusted p-values (`p_holm`, `p_bh`); verdicts use Holm.
+Spearman, Kendall, ridge and the FDR control come from scipy / scikit-learn.
 """
 
 from __future__ import annotations
@@ -35,88 +40,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import scipy.stats as ss
 
-from jaxweights import distances, stats
+from jaxweights import distances, groups, stats
+from jaxweights.groups import (EXCLUDED, MIDDLE, NOT_HYPERPARAMETERS, OPTIMAL, SUBOPTIMAL, ClaimError,  # noqa: F401
+                               hyperparameter_cells, network_states, split_groups)
 
-OPTIMAL, MIDDLE, SUBOPTIMAL, EXCLUDED = 1, 0, -1, -2
+# groups.csv names; EXCLUDED networks are the diverged ones as long as callers exclude by divergence only
 GROUP_NAMES = {OPTIMAL: "optimal", MIDDLE: "middle", SUBOPTIMAL: "suboptimal", EXCLUDED: "diverged"}
 FEATURE_QUANTILES = (0, 25, 50, 75, 100)
-
-
-class ClaimError(ValueError):
-    """Grouping options or inputs the analysis cannot use (names the option and value)."""
 
 
 # ------------------------------------------------------------------------------------------ groups
 
 
 def diverged_mask(acc_N, diverged_N=None, params: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Networks to exclude: flagged diverged, non-finite accuracy, or non-finite parameters.
-
-    Args:
-      acc_N: test accuracy per network.
-      diverged_N: the run's `diverged` flags (optional).
-      params: stacked parameters (optional); a network with any non-finite weight is excluded.
-
-    Returns:
-      Boolean (N,) array, True where the network is excluded.
-    """
-    acc_N = np.asarray(acc_N, np.float64)
-    bad = ~np.isfinite(acc_N)
-    if diverged_N is not None:
-        bad |= np.asarray(diverged_N).astype(bool)
-    if params is not None:
-        for w in stats.flatten(params).values():
-            w = np.asarray(w)
-            bad |= ~np.isfinite(w.reshape(w.shape[0], -1)).all(1)
-    return bad
-
-
-def split_groups(acc_N, *, quantile: float | None = 0.25, threshold: float | Sequence[float] | None = None,
-                 exclude=None) -> np.ndarray:
-    """Labels networks optimal / middle / suboptimal by test accuracy.
-
-    Args:
-      acc_N: test accuracy per network.
-      quantile: with no threshold, the top `quantile` fraction of the non-excluded networks (by rank,
-        at least 2) is optimal and the bottom fraction suboptimal; 0 < quantile <= 0.5.
-      threshold: a number t (optimal: acc >= t, suboptimal: acc < t) or a pair (lo, hi)
-        (suboptimal: acc < lo, optimal: acc >= hi, middle in between). Overrides `quantile`.
-      exclude: boolean (N,) mask of networks to leave out (label EXCLUDED).
-
-    Returns:
-      int (N,) labels: OPTIMAL, MIDDLE, SUBOPTIMAL or EXCLUDED.
-
-    Raises:
-      ClaimError: if an option is out of range or a group would hold fewer than 2 networks.
-    """
-    acc_N = np.asarray(acc_N, np.float64)
-    n = acc_N.shape[0]
-    ex = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
-    labels = np.full(n, MIDDLE, np.int64)
-    labels[ex] = EXCLUDED
-    ok = np.flatnonzero(~ex)
-    if threshold is not None:
-        lo, hi = (threshold, threshold) if np.ndim(threshold) == 0 else tuple(threshold)
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
-            raise ClaimError(f"threshold: {threshold!r} must be a number or a pair lo <= hi")
-        labels[ok[acc_N[ok] >= hi]] = OPTIMAL
-        labels[ok[acc_N[ok] < lo]] = SUBOPTIMAL
-        what = f"threshold: {threshold!r}"
-    else:
-        if quantile is None or not 0 < quantile <= 0.5:
-            raise ClaimError(f"quantile: {quantile!r} must be in (0, 0.5]")
-        k = max(2, int(round(quantile * len(ok))))
-        if 2 * k > len(ok):
-            raise ClaimError(f"quantile: {quantile} needs at least 4 non-diverged networks; the zoo has {len(ok)}")
-        order = ok[np.argsort(acc_N[ok], kind="stable")]
-        labels[order[:k]] = SUBOPTIMAL
-        labels[order[-k:]] = OPTIMAL
-        what = f"quantile: {quantile!r}"
-    for g in (OPTIMAL, SUBOPTIMAL):
-        if (labels == g).sum() < 2:
-            raise ClaimError(f"{what} leaves {(labels == g).sum()} {GROUP_NAMES[g]} network(s); each group needs >= 2")
-    return labels
+    """Networks in state "diverged" (`groups.network_states`): flagged, non-finite accuracy or weights."""
+    return groups.network_states(acc_N, diverged_N=diverged_N, params=params) == "diverged"
 
 
 def accuracy_bins(acc_N, bins: int | Sequence[float] = 4, exclude=None) -> tuple[np.ndarray, np.ndarray]:
@@ -280,29 +220,94 @@ def bootstrap_ci(d_NxN, labels, *, n_boot: int = 1000, level: float = 0.95, seed
     return {"within_optimal": ci(bo), "within_suboptimal": ci(bs), "difference": ci(bs - bo)}
 
 
-def verdict(p_greater: float, p_less: float, alpha: float = 0.05) -> str:
-    """"holds" (optimal more alike, p < alpha), "reversed" (suboptimal more alike) or "not significant"."""
-    if p_greater < alpha:
-        return "holds"
-    if p_less < alpha:
-        return "reversed"
-    return "not significant"
+# ----------------------------------------------------------------------------------- multiplicity
+
+
+def holm(p) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values: sorted p_(1) <= ... <= p_(m),
+    adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)). NaN p-values stay NaN and are not counted in m."""
+    p = np.asarray(p, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m:
+        ps = p[ok]
+        order = np.argsort(ps, kind="stable")
+        adj = np.empty(m)
+        adj[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * ps[order]))
+        out[ok] = adj
+    return out
+
+
+def benjamini_hochberg(p) -> np.ndarray:
+    """Benjamini-Hochberg (1995) adjusted p-values (``scipy.stats.false_discovery_control``); NaN stays NaN
+    and is not counted as a test."""
+    p = np.asarray(p, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = ss.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+def two_sided(p_greater, p_less):
+    """Two-sided p of a pair of one-sided permutation p-values: min(1, 2 min(p_greater, p_less))."""
+    return np.minimum(1.0, 2 * np.minimum(np.asarray(p_greater, np.float64), np.asarray(p_less, np.float64)))
+
+
+def verdict(p_adjusted: float, direction: float, alpha: float = 0.05) -> str:
+    """"holds" (the claim's direction, direction > 0), "reversed" (direction < 0) or "not significant".
+
+    `p_adjusted` is a two-sided p already adjusted for multiplicity (the tables use Holm).
+    """
+    if not (np.isfinite(p_adjusted) and p_adjusted < alpha) or direction == 0:
+        return "not significant"
+    return "holds" if direction > 0 else "reversed"
+
+
+def adjust_table(table: pd.DataFrame, *, p: str = "p_value", direction: str | None = None,
+                 alpha: float = 0.05) -> pd.DataFrame:
+    """Adds `p_holm` and `p_bh` (over all rows of the table: one family) after column `p`, and, with
+    `direction` (a column whose sign says holds > 0 / reversed < 0), a `verdict` column from `p_holm`.
+
+    Holm controls the family-wise error (any false "holds" among the rows) without assumptions on how
+    the tests depend on each other, so verdicts and verdict counts use it; BH (false discovery rate,
+    valid for independent or positively dependent tests) is reported beside it as the less strict reading.
+    """
+    t = table.copy()
+    cols = list(t.columns)
+    if p not in t:
+        t[p] = pd.Series(dtype=np.float64)
+        cols.append(p)
+    t["p_holm"], t["p_bh"] = holm(t[p].to_numpy(np.float64)), benjamini_hochberg(t[p].to_numpy(np.float64))
+    i = cols.index(p) + 1
+    cols = [c for c in cols[:i] if c not in ("p_holm", "p_bh")] + ["p_holm", "p_bh"] + \
+        [c for c in cols[i:] if c not in ("p_holm", "p_bh", "verdict")]
+    if direction is not None:
+        t["verdict"] = [verdict(ph, d, alpha) for ph, d in zip(t.p_holm, t[direction])] if len(t) else []
+        cols.append("verdict")
+    return t[cols]
 
 
 def claim_table(dists: Mapping[str, Mapping[str, np.ndarray]], labels, *, layers: Sequence[str] | None = None,
                 n_permutations: int = 2000, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
-    """The central claim for every metric and layer.
+    """The central claim for every metric and layer, networks as the exchangeable unit.
+
+    Read it beside `cell_claim_table` and `seed_dispersion_table`: in a grid, networks of one cell
+    are alike and accuracy is decided by the cell, so this test's p-value is too small whenever the
+    optimal group holds many seeds of few cells.
 
     Args:
       dists: ``{metric: {layer: d_NxN}}`` (as `distances.compute` returns or `analyze` writes).
       labels: group labels from `split_groups`.
       layers: restrict to these groups (default: all).
       n_permutations, n_boot, seed: see `permutation_test` and `bootstrap_ci`.
-      alpha: significance level of the verdict.
+      alpha: significance level of the verdict (on the Holm-adjusted two-sided p over all rows).
 
     Returns:
       DataFrame: metric, layer, n_optimal, n_suboptimal, within_optimal, within_suboptimal, across,
-      ratio, statistic, p_greater, p_less, exact, ci_low, ci_high (of the difference), verdict.
+      ratio, statistic, p_greater, p_less, exact, ci_low, ci_high (of the difference), p_value
+      (two-sided, `two_sided`), p_holm, p_bh, verdict.
     """
     labels = np.asarray(labels)
     rows = []
@@ -321,8 +326,221 @@ def claim_table(dists: Mapping[str, Mapping[str, np.ndarray]], labels, *, layers
                          "n_suboptimal": int((labels == SUBOPTIMAL).sum()), **g,
                          "statistic": pt.statistic, "p_greater": pt.p_greater, "p_less": pt.p_less,
                          "exact": pt.exact, "ci_low": ci["difference"][0], "ci_high": ci["difference"][1],
-                         "verdict": verdict(pt.p_greater, pt.p_less, alpha)})
-    return pd.DataFrame(rows)
+                         "p_value": float(two_sided(pt.p_greater, pt.p_less)),
+                         "direction": float(np.sign(pt.p_less - pt.p_greater))})
+    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(columns="direction",
+                                                                                      errors="ignore")
+
+
+# ------------------------------------------------------------------- tests that respect the grid
+
+
+def cell_summary(acc_N, cells_N, *, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hyperparameter cells of the analysed networks.
+
+    Returns:
+      (cell_C, acc_C, n_C, member_N): cell ids, mean accuracy of each cell's analysed seeds, number of
+      analysed seeds, and each network's position in cell_C (-1 for excluded networks).
+    """
+    acc_N = np.asarray(acc_N, np.float64)
+    cells_N = np.asarray(cells_N)
+    if cells_N.shape != acc_N.shape:
+        raise ClaimError(f"cells: {cells_N.shape[0]} cell ids for {acc_N.shape[0]} networks")
+    keep = np.isfinite(acc_N) & (np.ones(len(acc_N), bool) if exclude is None else ~np.asarray(exclude, bool))
+    cell_C, inv = np.unique(cells_N[keep], return_inverse=True)
+    n_C = np.bincount(inv, minlength=len(cell_C))
+    acc_C = np.bincount(inv, acc_N[keep], minlength=len(cell_C)) / np.maximum(n_C, 1)
+    member_N = np.full(len(acc_N), -1)
+    member_N[keep] = inv
+    return cell_C, acc_C, n_C, member_N
+
+
+class CellPermutationResult(NamedTuple):
+    """Cell-level test of T = mean distance between networks of different suboptimal cells - the same
+    for optimal cells (see `cell_permutation_test`)."""
+    statistic: float
+    within_optimal: float
+    within_suboptimal: float
+    p_greater: float
+    p_less: float
+    n_permutations: int
+    exact: bool
+    n_optimal_cells: int
+    n_suboptimal_cells: int
+
+
+def _cell_pair_sums(d_NxN, member_N, n_cells):
+    """(C, C) sums and counts of d over network pairs of two different cells (diagonal zero)."""
+    ok = member_N >= 0
+    onehot = np.zeros((int(ok.sum()), n_cells))
+    onehot[np.arange(int(ok.sum())), member_N[ok]] = 1
+    s = onehot.T @ np.asarray(d_NxN, np.float64)[np.ix_(ok, ok)] @ onehot
+    n = onehot.sum(0)
+    c = np.outer(n, n)
+    np.fill_diagonal(s, 0)
+    np.fill_diagonal(c, 0)
+    return s, c
+
+
+def cell_permutation_test(d_NxN, acc_N, cells_N, *, quantile: float = 0.25, exclude=None,
+                          n_permutations: int = 2000, seed: int = 0) -> CellPermutationResult:
+    """"Optimal cells are more alike than suboptimal cells", with hyperparameter cells as the unit.
+
+    Each cell (networks that differ only by seed, `groups.hyperparameter_cells`) gets the mean
+    accuracy of its analysed seeds; the top `quantile` of cells is optimal, the bottom suboptimal
+    (`groups.split_groups` on cells, ties broken by `seed`). The statistic is
+    T = mean distance between networks of two *different* suboptimal cells - the same for optimal
+    cells; pairs within one cell never enter, so "seeds of one cell are alike" cannot drive T. The
+    null re-assigns the optimal label to random sets of the same number of the pooled cells (all
+    assignments when there are at most `n_permutations`, exact p; else random, p = (1+#{T*>=T})/(1+P)).
+
+    What it can conclude: settings that train well give networks closer to each other than
+    settings that train poorly. What it cannot: whether accuracy or a shared hyperparameter value
+    makes them close (if the optimal cells all share one learning rate, networks with that learning
+    rate may be alike whatever their accuracy); that question is `seed_dispersion`'s. With few
+    cells the smallest attainable p is 1 / C(cells, optimal cells): read `n_permutations` and `exact`.
+
+    Args:
+      d_NxN: distances between the networks (the rows of acc_N / cells_N).
+      acc_N: test accuracy; cells_N: cell id per network.
+      quantile: fraction of cells in each group.
+      exclude: networks to leave out (e.g. ``states != "ok"``).
+
+    Returns:
+      A `CellPermutationResult`.
+
+    Raises:
+      ClaimError: with fewer than 4 cells (2 per group).
+    """
+    cell_C, acc_C, n_C, member_N = cell_summary(acc_N, cells_N, exclude=exclude)
+    lab_C = groups.split_groups(acc_C, quantile=quantile, seed=seed)
+    pool = np.flatnonzero((lab_C == OPTIMAL) | (lab_C == SUBOPTIMAL))
+    s, c = _cell_pair_sums(d_NxN, member_N, len(cell_C))
+    s, c = s[np.ix_(pool, pool)], c[np.ix_(pool, pool)]
+    is_opt = lab_C[pool] == OPTIMAL
+
+    def within(m):  # (P, m) masks -> mean over different-cell pairs inside the mask, and outside it
+        m = m.astype(np.float64)
+        r = 1 - m
+        return (((m @ s) * m).sum(1) / ((m @ c) * m).sum(1), ((r @ s) * r).sum(1) / ((r @ c) * r).sum(1))
+
+    wo, ws = within(is_opt[None])
+    t_obs = float(ws[0] - wo[0])
+    masks, exact = _splits(len(pool), int(is_opt.sum()), n_permutations, seed)
+    t = [np.subtract(*within(masks[i:i + 4096])[::-1]) for i in range(0, len(masks), 4096)]
+    pg, pl = _p_values(t_obs, np.concatenate(t), exact)
+    return CellPermutationResult(t_obs, float(wo[0]), float(ws[0]), pg, pl, len(masks), exact,
+                                 int(is_opt.sum()), int((~is_opt).sum()))
+
+
+class SeedDispersion(NamedTuple):
+    """Spearman correlation over cells of the seeds' dispersion with the cell's accuracy."""
+    rho: float
+    p_value: float   # two-sided
+    p_less: float    # one-sided, rho < 0: cells that train well have seeds that end up alike
+    n_cells: int
+    cells: pd.DataFrame  # cell, n_seeds, accuracy, dispersion
+
+
+def seed_dispersion(d_NxN, acc_N, cells_N, *, exclude=None) -> SeedDispersion:
+    """Do cells that train well have seeds that end up alike? The claim free of hyperparameter confounding.
+
+    Within each hyperparameter cell the networks differ only by seed, so the cell's dispersion (mean
+    pairwise distance among its analysed seeds) says how much the seed alone moves the converged
+    weights. Spearman's rho (``scipy.stats.spearmanr``) of dispersion against the cell's mean accuracy,
+    over the cells with at least 2 analysed seeds; rho < 0 supports the claim.
+
+    When not to trust it: with few cells (p comes from the t approximation, n - 2 d.o.f.), or when
+    poor cells barely moved from their seed-random initialisation (their dispersion is then the
+    initialisation's spread, not a property of training: compare with the distance at epoch 0).
+
+    Returns:
+      A `SeedDispersion` (NaN rho / p with fewer than 3 such cells or a constant column).
+    """
+    cell_C, acc_C, n_C, member_N = cell_summary(acc_N, cells_N, exclude=exclude)
+    # within-cell sums over the ordered pairs (i != j) of one cell
+    ok = member_N >= 0
+    d = np.asarray(d_NxN, np.float64)[np.ix_(ok, ok)]
+    same = member_N[ok][:, None] == member_N[ok][None, :]
+    np.fill_diagonal(same, False)
+    tot = np.bincount(member_N[ok], (d * same).sum(1), minlength=len(cell_C))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        disp_C = np.where(n_C >= 2, tot / (n_C * (n_C - 1)), np.nan)
+    cells = pd.DataFrame({"cell": cell_C, "n_seeds": n_C, "accuracy": acc_C, "dispersion": disp_C})
+    use = np.isfinite(disp_C)
+    rho = p = p_less = float("nan")
+    if use.sum() >= 3 and np.ptp(disp_C[use]) > 0 and np.ptp(acc_C[use]) > 0:
+        r = ss.spearmanr(disp_C[use], acc_C[use])
+        rho, p = float(r.statistic), float(r.pvalue)
+        p_less = float(ss.spearmanr(disp_C[use], acc_C[use], alternative="less").pvalue)
+    return SeedDispersion(rho, p, p_less, int(use.sum()), cells)
+
+
+def _grid_tests(dists, layers, acc_N, exclude):
+    keep = np.isfinite(np.asarray(acc_N, np.float64))
+    if exclude is not None:
+        keep &= ~np.asarray(exclude, bool)
+    for metric, mats in dists.items():
+        for layer, d in mats.items():
+            if layers is not None and layer not in layers:
+                continue
+            d = np.asarray(d, np.float64)
+            if np.isfinite(d[np.ix_(keep, keep)]).all():
+                yield metric, layer, d
+
+
+def cell_claim_table(dists: Mapping[str, Mapping[str, np.ndarray]], acc_N, cells_N, *, exclude=None,
+                     quantile: float = 0.25, layers: Sequence[str] | None = None, n_permutations: int = 2000,
+                     alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """`cell_permutation_test` for every metric and layer (the grid-respecting claim_tests rows).
+
+    Returns:
+      DataFrame: metric, layer, n_optimal_cells, n_suboptimal_cells, within_optimal, within_suboptimal
+      (different-cell pairs), ratio, statistic, p_greater, p_less, exact, n_permutations, p_value
+      (two-sided), p_holm, p_bh, verdict (Holm, see `adjust_table`). Empty, with ``attrs["skipped"]``
+      saying why, when the zoo has fewer than 4 cells.
+    """
+    rows = []
+    for metric, layer, d in _grid_tests(dists, layers, acc_N, exclude):
+        try:
+            r = cell_permutation_test(d, acc_N, cells_N, quantile=quantile, exclude=exclude,
+                                      n_permutations=n_permutations, seed=seed)
+        except ClaimError as e:
+            out = adjust_table(pd.DataFrame(rows))
+            out.attrs["skipped"] = f"cell-level test not run: {e}"
+            return out
+        rows.append({"metric": metric, "layer": layer, "n_optimal_cells": r.n_optimal_cells,
+                     "n_suboptimal_cells": r.n_suboptimal_cells, "within_optimal": r.within_optimal,
+                     "within_suboptimal": r.within_suboptimal,
+                     "ratio": r.within_suboptimal / r.within_optimal if r.within_optimal > 0 else float("nan"),
+                     "statistic": r.statistic, "p_greater": r.p_greater, "p_less": r.p_less, "exact": r.exact,
+                     "n_permutations": r.n_permutations, "p_value": float(two_sided(r.p_greater, r.p_less)),
+                     "direction": float(np.sign(r.p_less - r.p_greater))})
+    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(columns="direction",
+                                                                                      errors="ignore")
+
+
+def seed_dispersion_table(dists: Mapping[str, Mapping[str, np.ndarray]], acc_N, cells_N, *, exclude=None,
+                          layers: Sequence[str] | None = None,
+                          alpha: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`seed_dispersion` for every metric and layer.
+
+    Returns:
+      (tests, cells): tests has metric, layer, n_cells, rho, p_value (two-sided), p_holm, p_bh,
+      p_less (one-sided, rho < 0), verdict ("holds": rho < 0 with Holm p < alpha); cells has metric,
+      layer, cell, n_seeds, accuracy, dispersion.
+    """
+    rows, per_cell = [], []
+    for metric, layer, d in _grid_tests(dists, layers, acc_N, exclude):
+        r = seed_dispersion(d, acc_N, cells_N, exclude=exclude)
+        rows.append({"metric": metric, "layer": layer, "n_cells": r.n_cells, "rho": r.rho, "p_value": r.p_value,
+                     "p_less": r.p_less, "direction": -np.sign(r.rho) if np.isfinite(r.rho) else 0.0})
+        per_cell.append(r.cells.assign(metric=metric, layer=layer))
+    tests = adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(columns="direction",
+                                                                                       errors="ignore")
+    cells = (pd.concat(per_cell, ignore_index=True)[["metric", "layer", "cell", "n_seeds", "accuracy", "dispersion"]]
+             if per_cell else pd.DataFrame(columns=["metric", "layer", "cell", "n_seeds", "accuracy", "dispersion"]))
+    return tests, cells
 
 
 # ----------------------------------------------------------------------------------- dispersion
@@ -346,7 +564,8 @@ def dispersion(table: pd.DataFrame, labels, *, n_permutations: int = 2000, seed:
       labels: group labels.
 
     Returns:
-      DataFrame: layer, statistic, var_optimal, var_suboptimal, ratio, p_greater, p_less, verdict.
+      DataFrame: layer, statistic, var_optimal, var_suboptimal, ratio, p_greater, p_less, p_value
+      (two-sided), p_holm, p_bh, verdict (Holm over all rows, see `adjust_table`).
     """
     labels = np.asarray(labels)
     wide = wide_statistics(table).reindex(np.arange(len(labels)))
@@ -376,66 +595,39 @@ def dispersion(table: pd.DataFrame, labels, *, n_permutations: int = 2000, seed:
         tp = t_perm[:, j]
         pg, pl = _p_values(float(t_obs[0, j]), tp[np.isfinite(tp)], exact)
         rows.append({"layer": layer, "statistic": stat, "var_optimal": vo[0, j], "var_suboptimal": vs[0, j],
-                     "ratio": vs[0, j] / vo[0, j], "p_greater": pg, "p_less": pl, "verdict": verdict(pg, pl, alpha)})
-    return pd.DataFrame(rows)
+                     "ratio": vs[0, j] / vo[0, j], "p_greater": pg, "p_less": pl,
+                     "p_value": float(two_sided(pg, pl)), "direction": float(np.sign(pl - pg))})
+    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(columns="direction",
+                                                                                      errors="ignore")
 
 
 # --------------------------------------------------------------------------------- correlations
 
 
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (scipy's ``rankdata(method="average")``)."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.r_[True, xs[1:] != xs[:-1]]
-    group = np.cumsum(starts) - 1
-    first = np.flatnonzero(starts)
-    counts = np.diff(np.r_[first, len(x)])
-    avg = first + (counts + 1) / 2.0
-    ranks = np.empty(len(x))
-    ranks[order] = avg[group]
-    return ranks
-
-
 def spearman(x, y) -> tuple[float, float]:
-    """Spearman rank correlation and its two-sided p-value (t distribution, n - 2 d.o.f.).
-
-    Equals ``scipy.stats.spearmanr(x, y)``; NaN if either input is constant or n < 3.
-    """
-    rx, ry = rankdata(x), rankdata(y)
-    n = len(rx)
-    if n < 3 or rx.std() == 0 or ry.std() == 0:
+    """Spearman rank correlation and its two-sided p-value (``scipy.stats.spearmanr``); NaN if either
+    input is constant or n < 3."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan")
-    rho = float(np.corrcoef(rx, ry)[0, 1])
-    rho = min(1.0, max(-1.0, rho))
-    df = n - 2
-    if abs(rho) == 1:
-        return rho, 0.0
-    t2 = rho * rho * df / (1 - rho * rho)
-    # two-sided p of Student's t: I_{df/(df+t²)}(df/2, 1/2)
-    with jax.enable_x64(True):
-        p = float(jax.scipy.special.betainc(jnp.float64(df / 2.0), jnp.float64(0.5), jnp.float64(df / (df + t2))))
-    return rho, p
+    r = ss.spearmanr(x, y)
+    return float(r.statistic), float(r.pvalue)
 
 
 def kendall_tau(x, y) -> float:
-    """Kendall's tau-b (ties corrected), equal to ``scipy.stats.kendalltau(x, y).statistic``."""
+    """Kendall's tau-b (ties corrected, ``scipy.stats.kendalltau``); NaN if an input is constant."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    dx = np.sign(x[:, None] - x[None, :])
-    dy = np.sign(y[:, None] - y[None, :])
-    iu = np.triu_indices(len(x), 1)
-    sx, sy = dx[iu], dy[iu]
-    s = float((sx * sy).sum())
-    nx, ny = float((sx != 0).sum()), float((sy != 0).sum())
-    return s / math.sqrt(nx * ny) if nx > 0 and ny > 0 else float("nan")
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(ss.kendalltau(x, y).statistic)
 
 
 def correlations(table: pd.DataFrame, acc_N, *, exclude=None) -> pd.DataFrame:
     """Spearman correlation of every (layer, statistic) with test accuracy.
 
     Returns:
-      DataFrame: layer, statistic, rho, p_value, n (kept networks with a finite value).
+      DataFrame: layer, statistic, rho, p_value, p_holm, p_bh (over all rows), n (kept networks with a
+      finite value).
     """
     acc_N = np.asarray(acc_N, np.float64)
     keep = np.ones(len(acc_N), bool) if exclude is None else ~np.asarray(exclude, bool)
@@ -446,7 +638,7 @@ def correlations(table: pd.DataFrame, acc_N, *, exclude=None) -> pd.DataFrame:
         ok = keep & np.isfinite(v)
         rho, p = spearman(v[ok], acc_N[ok])
         rows.append({"layer": col[0], "statistic": col[1], "rho": rho, "p_value": p, "n": int(ok.sum())})
-    return pd.DataFrame(rows)
+    return adjust_table(pd.DataFrame(rows))
 
 
 # ----------------------------------------------------------------------------------- prediction
@@ -467,19 +659,17 @@ def weight_features(params) -> tuple[list[str], np.ndarray]:
     return names, np.concatenate(cols, 1).astype(np.float64)
 
 
-NOT_HYPERPARAMETERS = ("network", "seed", "group", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-                       "diverged")
-
-
 def hyperparameter_features(hparams: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """The dynamic hyperparameters that vary in the zoo (log10 of the positive scale ones).
+    """The numeric dynamic hyperparameters that vary in the zoo (log10 of the positive scale ones).
 
     Args:
-      hparams: one row per network (``hparams.csv`` or the last epoch of ``metrics.csv``); the
-        metric columns (`NOT_HYPERPARAMETERS`) are ignored, so accuracy never leaks into the baseline.
+      hparams: one row per network (``hparams.csv`` or the last epoch of ``metrics.csv``); identifiers,
+        metrics and health flags (`groups.NOT_HYPERPARAMETERS`, e.g. test_acc, max_abs_weight) are
+        ignored, so nothing measured on the trained network leaks into the baseline.
     """
-    cols = [c for c in hparams.columns if c not in NOT_HYPERPARAMETERS and
-            pd.api.types.is_numeric_dtype(hparams[c]) and hparams[c].nunique() > 1]
+    cols = [c for c in groups.hyperparameter_columns(hparams) if
+            pd.api.types.is_numeric_dtype(hparams[c]) and not pd.api.types.is_bool_dtype(hparams[c])
+            and hparams[c].nunique() > 1]
     out = []
     for c in cols:
         v = hparams[c].to_numpy(np.float64)
@@ -489,93 +679,64 @@ def hyperparameter_features(hparams: pd.DataFrame) -> tuple[list[str], np.ndarra
     return cols, np.stack(out, 1)
 
 
-@jax.jit
-def _ridge_path(x_NxF, y_N, alphas_A):
-    """Closed-form ridge on standardised features for several alphas; LOO errors by the hat matrix."""
-    mu, sd = x_NxF.mean(0), x_NxF.std(0)
-    sd = jnp.where(sd > 0, sd, 1.0)
-    z = (x_NxF - mu) / sd
-    ym = y_N.mean()
-    u, s, vt = jnp.linalg.svd(z, full_matrices=False)
-    uy = u.T @ (y_N - ym)
-    shrink = s[None, :] / (s[None, :] ** 2 + alphas_A[:, None])            # (A, K)
-    coef = (shrink * uy[None, :]) @ vt                                       # (A, F)
-    fit = (s[None, :] * shrink * uy[None, :]) @ u.T + ym                     # (A, N)
-    h = (u ** 2) @ (s[None, :] ** 2 / (s[None, :] ** 2 + alphas_A[:, None])).T + 1.0 / y_N.shape[0]  # (N, A)
-    loo = ((y_N[None, :] - fit) / (1 - h.T)) ** 2
-    return coef, mu, sd, ym, loo.mean(1)
+RIDGE_ALPHAS = tuple(10.0 ** np.arange(-3, 4))
 
 
-class Ridge(NamedTuple):
-    """A fitted ridge regressor on standardised features (see `ridge_fit`)."""
-    coef: np.ndarray
-    mean: np.ndarray
-    scale: np.ndarray
-    intercept: float
-    alpha: float
+def cell_folds(groups_N, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(N,) fold index per network, whole groups (hyperparameter cells) per fold.
 
-    def predict(self, x_NxF) -> np.ndarray:
-        """Predictions for the rows of `x_NxF` (raw features; standardised with the training statistics)."""
-        z = (np.asarray(x_NxF, np.float64) - self.mean) / self.scale
-        return z @ self.coef + self.intercept
-
-
-def ridge_fit(x_NxF, y_N, alphas: Sequence[float] = tuple(10.0 ** np.arange(-3, 4))) -> Ridge:
-    """Ridge regression in JAX: features standardised, intercept unpenalised, alpha by leave-one-out.
-
-    For one alpha the coefficients equal scikit-learn's ``Ridge(alpha)`` fitted on the standardised
-    features. The leave-one-out error of every alpha comes in closed form from the hat matrix.
-
-    Args:
-      x_NxF: features; y_N: targets.
-      alphas: candidate penalties; the one with the smallest leave-one-out squared error is kept.
-
-    Returns:
-      A `Ridge` with a `predict` method.
+    scikit-learn's ``GroupKFold(shuffle=True)``: no group is in two folds, so a held-out network's
+    cell never appears among the training networks. With a single group (a seeds-only zoo) there is
+    no cell to leak and each network is its own group.
     """
-    with jax.enable_x64(True):
-        coef, mu, sd, ym, loo = _ridge_path(jnp.asarray(x_NxF, jnp.float64), jnp.asarray(y_N, jnp.float64),
-                                            jnp.asarray(alphas, jnp.float64))
-        best = int(jnp.argmin(loo))
-        return Ridge(np.asarray(coef[best]), np.asarray(mu), np.asarray(sd), float(ym), float(alphas[best]))
+    from sklearn.model_selection import GroupKFold
+    groups_N = np.asarray(groups_N)
+    if len(np.unique(groups_N)) < 2:
+        groups_N = np.arange(len(groups_N))
+    k = min(int(folds), len(np.unique(groups_N)))
+    if k < 2:
+        raise ClaimError(f"folds: {folds!r} must be >= 2 (and the zoo needs >= 2 networks)")
+    fold_N = np.empty(len(groups_N), np.int64)
+    for f, (_, test) in enumerate(GroupKFold(k, shuffle=True, random_state=seed).split(groups_N, groups=groups_N)):
+        fold_N[test] = f
+    return fold_N
 
 
-def r2_score(y, yhat) -> float:
-    """Coefficient of determination 1 - SSE/SST."""
-    y, yhat = np.asarray(y, np.float64), np.asarray(yhat, np.float64)
-    sst = ((y - y.mean()) ** 2).sum()
-    return float(1 - ((y - yhat) ** 2).sum() / sst) if sst > 0 else float("nan")
+def predict_accuracy(features: Mapping[str, tuple[list[str], np.ndarray]], acc_N, *, groups_N=None,
+                     folds: int = 5, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predicts test accuracy of held-out hyperparameter cells from each feature set.
 
-
-def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
-    return np.array_split(np.random.default_rng(seed).permutation(n), k)
-
-
-def predict_accuracy(features: Mapping[str, tuple[list[str], np.ndarray]], acc_N, *, folds: int = 5,
-                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predicts test accuracy of held-out networks (k-fold) from each feature set.
-
-    Models: "ridge" (`ridge_fit`, JAX; predictions clipped to the training targets' range) and
-    "gradient_boosting" (scikit-learn's ``GradientBoostingRegressor``). Non-finite feature columns
-    are dropped. Scores on the out-of-fold predictions: R² and Kendall's tau.
+    Folds come from `cell_folds(groups_N)`: pass the hyperparameter cells (`groups.hyperparameter_cells`)
+    so that seeds of one cell are never on both sides; otherwise the score measures memorised cells.
+    Every feature set (weights and the hyperparameters-only baseline) is scored on the same folds.
+    Models: "ridge" (scikit-learn's ``RidgeCV`` on standardised features, alpha in `RIDGE_ALPHAS` by
+    efficient leave-one-out on the training fold; predictions clipped to the training targets' range)
+    and "gradient_boosting" (``GradientBoostingRegressor``). Non-finite feature columns are dropped.
+    Scores on the out-of-fold predictions: R² (``sklearn.metrics.r2_score``) and Kendall's tau.
 
     Args:
       features: ``{name: (names, X_NxF)}``, e.g. ``{"weights": weight_features(p), "hyperparameters": ...}``.
       acc_N: accuracy of the kept networks (rows of every X).
-      folds: number of folds (at most N).
+      groups_N: cell id per network (default: every network its own group, i.e. plain k-fold).
+      folds: number of folds (at most the number of groups).
       seed: fold assignment and boosting seed.
 
     Returns:
-      (scores, predictions): scores has columns features, model, r2, kendall_tau, n_features;
-      predictions has network (row), accuracy and one column per features × model.
+      (scores, predictions): scores has columns features, model, r2, kendall_tau, n_features, n_folds;
+      predictions has row, fold, accuracy and one column per features × model.
     """
     from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
     y = np.asarray(acc_N, np.float64)
     n = len(y)
     if n < 4:
         raise ClaimError(f"predict_accuracy: needs at least 4 networks, got {n}")
-    parts = _folds(n, min(folds, n), seed)
-    rows, preds = [], {"row": np.arange(n), "accuracy": y}
+    fold_N = cell_folds(np.arange(n) if groups_N is None else groups_N, folds, seed)
+    k = int(fold_N.max()) + 1
+    rows, preds = [], {"row": np.arange(n), "fold": fold_N, "accuracy": y}
     for fname, (names, x) in features.items():
         x = np.asarray(x, np.float64)
         x = x[:, np.isfinite(x).all(0)]  # e.g. a variance that overflowed float32 in a blown-up network
@@ -583,19 +744,19 @@ def predict_accuracy(features: Mapping[str, tuple[list[str], np.ndarray]], acc_N
             continue
         for model in ("ridge", "gradient_boosting"):
             yhat = np.empty(n)
-            for test in parts:
-                train = np.setdiff1d(np.arange(n), test)
+            for f in range(k):
+                test, train = fold_N == f, fold_N != f
                 if model == "ridge":  # clipped to the training targets' range: a blown-up network's
                     # extreme features must not extrapolate to accuracies of 1e6
-                    yhat[test] = np.clip(ridge_fit(x[train], y[train]).predict(x[test]), y[train].min(),
-                                         y[train].max())
+                    r = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(x[train], y[train])
+                    yhat[test] = np.clip(r.predict(x[test]), y[train].min(), y[train].max())
                 else:
                     gb = GradientBoostingRegressor(n_estimators=200, max_depth=2, learning_rate=0.05,
                                                    subsample=1.0, random_state=seed)
                     yhat[test] = gb.fit(x[train], y[train]).predict(x[test])
             preds[f"{fname}:{model}"] = yhat
-            rows.append({"features": fname, "model": model, "r2": r2_score(y, yhat),
-                         "kendall_tau": kendall_tau(y, yhat), "n_features": x.shape[1]})
+            rows.append({"features": fname, "model": model, "r2": float(r2_score(y, yhat)),
+                         "kendall_tau": kendall_tau(y, yhat), "n_features": x.shape[1], "n_folds": k})
     return pd.DataFrame(rows), pd.DataFrame(preds)
 
 
