@@ -472,7 +472,9 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
     if f.dropped:
         log.warning("claim distances: %d statistic columns dropped (undefined in an analysed network)", f.dropped)
     ct = claims.claim_table(dists, labels[keep], n_permutations=n_permutations, n_boot=n_boot, alpha=alpha,
-                            seed=seed, **_cells_kw(claims.claim_table, cells[keep]))
+                            seed=seed)
+    ct, grid_notes = _with_grid_tests(ct, dists, acc[keep], cells[keep], quantile=quantile if threshold is None
+                                      else 0.25, n_permutations=n_permutations, alpha=alpha, seed=seed, out=out)
     rundir.write_csv(out / "claim_tests.csv", ct)
     primary = "wasserstein" if "wasserstein" in dists else next(iter(dists))
     whole = ct[ct.layer == stats.ALL]
@@ -482,31 +484,32 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
         "primary_metric": primary, "verdict": top.verdict, "within_optimal": top.within_optimal,
         "within_suboptimal": top.within_suboptimal, "across": top.across, "ratio": top.ratio,
         "p_greater": top.p_greater, "p_less": top.p_less, "exact": bool(top.exact), "ci": [top.ci_low, top.ci_high],
-        **{c: top[c] for c in ADJUSTED_COLUMNS if c in top},
-        "n_tests": int(len(ct)), **verdict_counts(ct, alpha),
+        **{c: top[c] for c in HEADLINE_COLUMNS if c in top},
+        "n_tests": int(len(ct)), **verdict_counts(ct, alpha), "notes": grid_notes,
         "whole_network": _records(whole), "per_layer": _records(ct[ct.layer != stats.ALL])}
-    summary["seed_dispersion"] = _seed_dispersion(dists, acc[keep], cells[keep], primary, n_permutations, seed,
-                                                  alpha, out)
-    summary["sensitivity"] = sensitivity(params, last, dists[primary].get(stats.ALL), keep, primary,
-                                         choice=choice, n_permutations=n_permutations, alpha=alpha,
-                                         block_size=block_size)
+    summary["seed_dispersion"] = {k: top[v] for k, v in SEED_COLUMNS.items() if v in top}
+    summary["sensitivity"] = sensitivity(params, last, keep, primary, choice=choice, n_permutations=n_permutations,
+                                         alpha=alpha, block_size=block_size)
     rundir.write_csv(out / "sensitivity.csv", pd.DataFrame(summary["sensitivity"]))
 
     # Dispersion and correlation of every per-layer / whole-network statistic.
     t = _claim_inputs(table)
     disp = claims.dispersion(t, labels, n_permutations=n_permutations, seed=seed, alpha=alpha)
     rundir.write_csv(out / "dispersion.csv", disp)
-    nh, nr = int((disp.verdict == "holds").sum()), int((disp.verdict == "reversed").sum())
+    nh, nr = int((disp.verdict == "holds").sum()), int((disp.verdict == "reversed").sum())  # Holm
     larger = int((disp.ratio > 1).sum())
     summary["dispersion"] = {
         "n_statistics": int(len(disp)), "n_larger_suboptimal": larger, "n_holds": nh, "n_reversed": nr,
+        "n_holds_raw": int((disp.p_greater < alpha).sum()), "n_reversed_raw": int((disp.p_less < alpha).sum()),
         "verdict": "holds" if nh > nr and larger > len(disp) / 2 else "reversed" if nr > nh and larger < len(disp) / 2
         else "not significant", "whole_network": _records(disp[disp.layer == stats.ALL])}
     corr = claims.correlations(t, acc, exclude=excluded)
     rundir.write_csv(out / "correlations.csv", corr)
     strongest = corr.dropna().reindex(corr.dropna().rho.abs().sort_values(ascending=False).index).head(15)
     summary["correlation"] = {"n_tests": int(corr.rho.notna().sum()),
-                              "n_significant": int((corr.p_value < alpha).sum()), "strongest": _records(strongest)}
+                              "n_significant": int((corr.p_holm < alpha).sum()),
+                              "n_significant_bh": int((corr.p_bh < alpha).sum()),
+                              "n_significant_raw": int((corr.p_value < alpha).sum()), "strongest": _records(strongest)}
 
     # Predicting accuracy from weights (Unterthiner et al. 2020) vs hyperparameters alone.
     wn, wx = claims.weight_features(params)
@@ -515,8 +518,9 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
     pred: dict = {"folds": min(folds, int(keep.sum()))}
     if keep.sum() >= max(folds, 6):
         scores, preds = claims.predict_accuracy(feats, acc[keep], folds=folds, seed=seed,
-                                                **_cells_kw(claims.predict_accuracy, cells[keep]))
+                                                groups_N=cells[keep])
         preds.insert(0, "network", np.flatnonzero(keep))
+        pred["folds"], pred["grouped_by"] = int(preds.fold.max()) + 1, "hyperparameter cell"
         rundir.write_csv(out / "prediction_scores.csv", scores)
         rundir.write_csv(out / "predictions.csv", preds.drop(columns="row"))
         pred["scores"] = _records(scores)
@@ -580,31 +584,57 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
     return summary, figs
 
 
-def _seed_dispersion(dists, acc_n, cells_n, primary: str, n_permutations: int, seed: int, alpha: float,
-                     out: Path) -> dict:
-    """The claim free of hyperparameter confounding (`claims.seed_dispersion`), whole network first."""
+# claim_tests.csv columns of the grid-respecting tests, joined on (metric, layer): the cell-level
+# permutation test (`claims.cell_claim_table`) and the seed dispersion (`claims.seed_dispersion_table`).
+CELL_COLUMNS = {"within_optimal": "within_optimal_cells", "within_suboptimal": "within_suboptimal_cells",
+                "p_value": "p_cell", "p_holm": "p_cell_holm", "p_bh": "p_cell_bh", "verdict": "verdict_cell",
+                "n_optimal_cells": "n_optimal_cells", "n_suboptimal_cells": "n_suboptimal_cells",
+                "exact": "exact_cell"}
+SEED_COLUMNS = {"n_cells": "seed_n_cells", "rho": "seed_rho", "p_value": "seed_p", "p_holm": "seed_p_holm",
+                "p_bh": "seed_p_bh", "verdict": "verdict_seed"}
+HEADLINE_COLUMNS = ("p_value", "p_holm", "p_bh", *CELL_COLUMNS.values())
+
+
+def _with_grid_tests(ct: pd.DataFrame, dists, acc_n, cells_n, *, quantile: float, n_permutations: int,
+                     alpha: float, seed: int, out: Path) -> tuple[pd.DataFrame, list[str]]:
+    """`ct` with the cell-level test and the seed dispersion of each (metric, layer) beside it.
+
+    Each family (network-level, cell-level, seed dispersion) is Holm/BH-adjusted over its own rows
+    (`claims.adjust_table`). Also writes seed_dispersion_cells.csv (one row per metric, layer, cell).
+    """
     from jaxweights import claims
-    if not hasattr(claims, "seed_dispersion"):
-        return {"note": "seed-dispersion test not available in this version of jaxweights.claims"}
-    sd = claims.seed_dispersion(dists, acc_n, cells_n, n_permutations=n_permutations, seed=seed, alpha=alpha)
-    rundir.write_csv(out / "seed_dispersion.csv", sd)
-    top = sd[(sd.metric == primary) & (sd.layer == stats.ALL)]
-    return {**(_records(top.head(1))[0] if len(top) else {}), "table": _records(sd)}
+    notes = []
+    cc = claims.cell_claim_table(dists, acc_n, cells_n, quantile=quantile, n_permutations=n_permutations,
+                                 alpha=alpha, seed=seed)
+    if cc.attrs.get("skipped"):
+        notes.append(cc.attrs["skipped"])
+    sd, sd_cells = claims.seed_dispersion_table(dists, acc_n, cells_n, alpha=alpha)
+    rundir.write_csv(out / "seed_dispersion_cells.csv", sd_cells)
+    if not sd.empty and sd.rho.isna().all():
+        notes.append("seed dispersion not computed: it needs at least 3 hyperparameter cells with 2 or more "
+                     "analysed seeds")
+    key = ["metric", "layer"]
+    for t, names in ((cc, CELL_COLUMNS), (sd, SEED_COLUMNS)):
+        have = {k: v for k, v in names.items() if k in t}
+        if not t.empty:
+            ct = ct.merge(t[key + list(have)].rename(columns=have), on=key, how="left")
+    return ct, notes
 
 
 SENSITIVITY_QUANTILES = (0.25, 0.5)
 
 
-def sensitivity(params, last: pd.DataFrame, d_kept, keep_N, metric: str, *, choice: Mapping[str, Any],
+def sensitivity(params, last: pd.DataFrame, keep_N, metric: str, *, choice: Mapping[str, Any],
                 n_permutations: int = 2000, alpha: float = 0.05, block_size: int = 64) -> list[dict]:
     """The headline test (whole network, `metric`) under the other reasonable groupings.
 
     Rows: quantile 0.25 and 0.5 × not-learned networks excluded / included × exploded networks
-    excluded / included (diverged ones are always out; `--min_accuracy` and the threshold, if any,
-    apply only to the grouping in force, flagged ``in_force``). Each row: the networks analysed, the
-    group sizes, within-group mean distances, the network-level permutation p (networks
-    exchangeable) and the cell-level one (whole hyperparameter cells exchangeable, when the claims
-    module provides it), the verdict; or why that grouping cannot be tested.
+    excluded / included (diverged ones are always out; `--min_accuracy` and a threshold apply only to
+    the grouping in force, flagged ``in_force``). Each row: the networks analysed, group sizes,
+    within-group mean distances, the two-sided network-level permutation p (networks exchangeable),
+    the cell-level one (whole hyperparameter cells exchangeable, `claims.cell_permutation_test`), the
+    verdicts at `alpha` (each row is one pre-specified test: no multiplicity adjustment), or why that
+    grouping cannot be tested.
 
     Distances are the whole-network ones over every non-diverged network, computed once; each row
     uses the rows and columns of its networks (exact for distances of two networks alone, e.g.
@@ -612,23 +642,26 @@ def sensitivity(params, last: pd.DataFrame, d_kept, keep_N, metric: str, *, choi
     """
     from jaxweights import claims
     from jaxweights import groups as G
+    seed = choice.get("seed", 0)
     base = network_groups(last, params, **{**choice, "quantile": 0.25, "threshold": None, "min_accuracy": None,
                                            "include_exploded": True, "include_not_learned": True})
     pool = base.analysed.to_numpy(bool)  # every non-diverged network
     flat = {k: np.asarray(v)[pool] for k, v in stats.flatten(params).items()}
-    d_pool = np.asarray(distances.compute(flat, metrics=[metric], per=("network",),
-                                          block_size=block_size)[metric][stats.ALL], np.float64)
+    with _quiet_undefined():
+        d_pool = np.asarray(distances.compute(flat, metrics=[metric], per=("network",),
+                                              block_size=block_size)[metric][stats.ALL], np.float64)
     pos = np.full(len(pool), -1)
     pos[pool] = np.arange(pool.sum())
+    acc = last.sort_values("network").test_acc.to_numpy(np.float64)
     rows = []
     for q in SENSITIVITY_QUANTILES:
         for nl in (False, True):
             for ex in (False, True):
                 row = {"quantile": q, "not_learned": "included" if nl else "excluded",
                        "exploded": "included" if ex else "excluded",
-                       "in_force": (choice.get("threshold") is None and choice.get("min_accuracy") is None and
-                                    q == choice.get("quantile") and nl == bool(choice.get("include_not_learned"))
-                                    and ex == bool(choice.get("include_exploded")))}
+                       "in_force": bool(choice.get("threshold") is None and choice.get("min_accuracy") is None and
+                                        q == choice.get("quantile") and nl == bool(choice.get("include_not_learned"))
+                                        and ex == bool(choice.get("include_exploded")))}
                 try:
                     g = network_groups(last, params, **{**choice, "quantile": q, "threshold": None,
                                                         "min_accuracy": None, "include_exploded": ex,
@@ -640,47 +673,43 @@ def sensitivity(params, last: pd.DataFrame, d_kept, keep_N, metric: str, *, choi
                 idx = pos[a]
                 d = d_pool[np.ix_(idx, idx)]
                 lab = g.label.to_numpy()[a]
+                row["n_analysed"] = int(a.sum())
                 if not np.isfinite(d).all():
-                    rows.append({**row, "n_analysed": int(a.sum()), "note": "non-finite distances"})
+                    rows.append({**row, "note": "non-finite distances between analysed networks"})
                     continue
                 gd = claims.group_distances(d, lab)
-                pt = claims.permutation_test(d, lab, n_permutations=n_permutations, seed=choice.get("seed", 0))
-                row.update(n_analysed=int(a.sum()), n_optimal=int((lab == G.OPTIMAL).sum()),
-                           n_suboptimal=int((lab == G.SUBOPTIMAL).sum()),
+                pt = claims.permutation_test(d, lab, n_permutations=n_permutations, seed=seed)
+                p = float(claims.two_sided(pt.p_greater, pt.p_less))
+                row.update(n_optimal=int((lab == G.OPTIMAL).sum()), n_suboptimal=int((lab == G.SUBOPTIMAL).sum()),
                            within_optimal=gd["within_optimal"], within_suboptimal=gd["within_suboptimal"],
-                           ratio=gd["ratio"], p_greater=pt.p_greater, p_less=pt.p_less,
-                           verdict=claims.verdict(pt.p_greater, pt.p_less, alpha))
-                if hasattr(claims, "cell_permutation_test"):
-                    cp = claims.cell_permutation_test(d, lab, g.cell.to_numpy()[a], n_permutations=n_permutations,
-                                                      seed=choice.get("seed", 0))
-                    row.update(p_cell=cp.p_greater, verdict_cell=claims.verdict(cp.p_greater, cp.p_less, alpha))
+                           ratio=gd["ratio"], p_value=p,
+                           verdict=claims.verdict(p, np.sign(pt.p_less - pt.p_greater), alpha))
+                try:
+                    cp = claims.cell_permutation_test(d, acc[a], g.cell.to_numpy()[a], quantile=q,
+                                                      n_permutations=n_permutations, seed=seed)
+                    pc = float(claims.two_sided(cp.p_greater, cp.p_less))
+                    row.update(p_cell=pc, verdict_cell=claims.verdict(pc, np.sign(cp.p_less - cp.p_greater), alpha))
+                except G.ClaimError as e:
+                    row.update(verdict_cell=f"not testable: {e}")
                 rows.append(row)
     return rows
 
 
-# p-value columns a table of many tests may carry: raw, cell-level (hyperparameter cells kept together),
-# and the Holm / Benjamini-Hochberg adjusted ones of `claims`.
-ADJUSTED_COLUMNS = ("p_cell", "p_holm", "p_bh", "p_cell_holm", "p_cell_bh")
-
-
 def verdict_counts(ct: pd.DataFrame, alpha: float) -> dict:
-    """How many tests hold / are reversed, counted on Holm-adjusted p-values (raw ones beside, named so).
+    """How many tests hold / are reversed, on Holm-adjusted p-values (the table's `verdict`), with the
+    uncorrected counts beside them, named as such.
 
-    A count of raw-p verdicts over tens of tests is not evidence (about alpha × tests hold by chance);
-    the report shows the adjusted count and names the raw one as raw.
+    A count of raw-p verdicts over tens of tests is not evidence (about alpha × tests hold by chance).
     """
-    raw = {"n_holds_raw": int((ct.p_greater < alpha).sum()), "n_reversed_raw": int((ct.p_less < alpha).sum())}
-    if "p_holm" not in ct:
-        return {**raw, "n_holds": raw["n_holds_raw"], "n_reversed": raw["n_reversed_raw"], "adjustment": "none"}
-    holds = ct.p_holm < alpha
-    rev = ct.p_holm_less < alpha if "p_holm_less" in ct else (ct.p_less < alpha) & (ct.verdict == "reversed")
-    return {**raw, "n_holds": int(holds.sum()), "n_reversed": int((rev & ~holds).sum()), "adjustment": "holm"}
-
-
-def _cells_kw(fn, cells_N) -> dict:
-    """`cells=` for the claims functions that take hyperparameter cells (the grid-respecting test)."""
-    import inspect
-    return {"cells": cells_N} if "cells" in inspect.signature(fn).parameters else {}
+    raw = ct.p_value < alpha if "p_value" in ct else ct.p_greater.lt(alpha) | ct.p_less.lt(alpha)
+    up = ct.p_greater < ct.p_less
+    out = {"n_holds": int((ct.verdict == "holds").sum()), "n_reversed": int((ct.verdict == "reversed").sum()),
+           "n_holds_raw": int((raw & up).sum()), "n_reversed_raw": int((raw & ~up).sum()),
+           "adjustment": "holm" if "p_holm" in ct else "none"}
+    if "verdict_cell" in ct:
+        out["n_holds_cell"] = int((ct.verdict_cell == "holds").sum())
+        out["n_reversed_cell"] = int((ct.verdict_cell == "reversed").sum())
+    return out
 
 
 GROUPING_OPTIONS = ("quantile", "threshold", "min_accuracy", "include_exploded", "include_not_learned",

@@ -198,26 +198,26 @@ def excluded_table(s: Mapping[str, Any]) -> str:
 
 
 def counts_words(c: Mapping[str, Any], alpha: float) -> str:
-    """How many of the claim tests hold / are reversed, from adjusted p-values when the table has them."""
-    if c.get("adjustment", "none") != "none":
-        return (f"Across all metrics and layers, after Holm's correction over the {c['n_tests']} tests, the claim "
-                f"holds in {c['n_holds']} and is reversed in {c['n_reversed']} (uncorrected p &lt; {fmt(alpha)}: "
-                f"{c.get('n_holds_raw', '–')} and {c.get('n_reversed_raw', '–')}, which counts chance hits).")
-    return (f"Across all metrics and layers, uncorrected (p &lt; {fmt(alpha)} per test, no multiplicity "
-            f"correction; expect about {fmt(alpha * c['n_tests'], 2)} by chance): holds in {c['n_holds']} of "
-            f"{c['n_tests']} tests, reversed in {c['n_reversed']}.")
+    """How many of the claim tests hold / are reversed: counted on Holm-adjusted p-values."""
+    txt = (f"Across all metrics and layers, after Holm's correction over the {c['n_tests']} tests, the claim "
+           f"holds in {c['n_holds']} and is reversed in {c['n_reversed']}")
+    if "n_holds_cell" in c:
+        txt += (f"; with hyperparameter cells as the unit it holds in {c['n_holds_cell']} and is reversed in "
+                f"{c['n_reversed_cell']}")
+    return txt + (f" (uncorrected p &lt; {fmt(alpha)}: {c.get('n_holds_raw', '–')} and {c.get('n_reversed_raw', '–')}"
+                  f", a count that includes chance hits).")
 
 
 def seed_dispersion_html(d: Mapping[str, Any]) -> str:
     """The seed-dispersion result: do cells that train well have seeds that end up alike?"""
-    if not d:
+    if not d or d.get("rho") is None:
         return ""
-    if "rho" not in d:
-        return f"<p>Seed dispersion: {esc(d.get('note', 'not computed'))}.</p>"
-    return (f"<p>Free of hyperparameter confounding: within each hyperparameter cell, the mean distance between "
-            f"its seeds against the cell's mean accuracy, Spearman ρ = {fmt(d['rho'])} over {d.get('n_cells', '–')} "
-            f"cells, p = {fmt(d.get('p_value'))} (negative ρ: cells that train well have seeds that end up alike). "
-            f"Table <code>seed_dispersion.csv</code>.</p>")
+    return (f"<p>Free of hyperparameter confounding (seed dispersion): within each hyperparameter cell, the "
+            f"mean distance between its seeds against the cell's mean accuracy, Spearman ρ = {fmt(d['rho'])} over "
+            f"{d.get('n_cells', '–')} cells, p = {fmt(d.get('p_value'))} (Holm {fmt(d.get('p_holm'))}): "
+            f"{verdict_html(d.get('verdict', '–'))} (negative ρ: cells that train well have seeds that end up "
+            f"alike). Tables <code>claim_tests.csv</code> (columns seed_*), "
+            f"<code>seed_dispersion_cells.csv</code>.</p>")
 
 
 def claim_words(s: Mapping[str, Any]) -> str:
@@ -229,11 +229,18 @@ def claim_words(s: Mapping[str, Any]) -> str:
             }.get(v, "there is no significant difference in how alike optimal and suboptimal networks are")
     txt = (f"In words: {what} (whole network, {esc(c['primary_metric'])} distance: mean within the optimal group "
            f"{fmt(c['within_optimal'])}, within the suboptimal group {fmt(c['within_suboptimal'])}, ratio "
-           f"{fmt(c['ratio'])}, permutation p = {fmt(c['p_greater'])}")
+           f"{fmt(c['ratio'])}, permutation p = {fmt(c.get('p_value', c['p_greater']))}, Holm-adjusted over "
+           f"{c['n_tests']} tests {fmt(c.get('p_holm'))}")
     if c.get("p_cell") is not None:
-        txt += f"; keeping hyperparameter cells together p = {fmt(c['p_cell'])}"
+        txt += (f"; with whole hyperparameter cells as the unit p = {fmt(c['p_cell'])}, Holm "
+                f"{fmt(c.get('p_cell_holm'))}: {verdict_html(c.get('verdict_cell', '–'))}")
     txt += ")."
-    if v == "holds" and c.get("p_cell") is not None and c["p_cell"] >= s["alpha"]:
+    sd = s.get("seed_dispersion") or {}
+    if sd.get("rho") is not None:
+        txt += (f" Within hyperparameter cells, seeds of well-training cells end up "
+                f"{'closer' if sd['rho'] < 0 else 'further apart'} (Spearman ρ = {fmt(sd['rho'])} over "
+                f"{sd.get('n_cells')} cells, p = {fmt(sd.get('p_value'))}: {verdict_html(sd.get('verdict', '–'))}).")
+    if v == "holds" and c.get("verdict_cell") not in (None, "holds"):
         txt += (" With whole hyperparameter cells permuted it is not significant: the likeness may be that of "
                 "networks trained with the same hyperparameters, not of good networks as such.")
     rows = [r for r in s.get("sensitivity") or [] if r.get("verdict")]
@@ -264,13 +271,13 @@ def intro_html(s: Mapping[str, Any]) -> str:
         sens.loc[bad, "verdict"] = [f"not testable ({i + 1})" for i in range(int(bad.sum()))]
         notes = "".join(f"<p><small>({i + 1}) {esc(n)}</small></p>" for i, n in enumerate(sens.note[bad]))
     cols = _present(sens, ["quantile", "not_learned", "exploded", "n_analysed", "n_optimal", "n_suboptimal",
-                           "within_optimal", "within_suboptimal", "ratio", "p_greater", "p_cell", "verdict",
+                           "within_optimal", "within_suboptimal", "ratio", "p_value", "verdict", "p_cell",
                            "verdict_cell", "in_force"])
     return head + ("<p><b>Sensitivity</b> of the headline (whole network, "
-                   f"{esc(s['claim']['primary_metric'])}) to the grouping: p_greater with networks exchangeable, "
-                   "p_cell with whole hyperparameter cells exchangeable. Each row is one pre-specified test, so "
-                   "its raw p applies; the adjusted p of the headline among all claim tests is in the "
-                   "claims section.</p>" + table(sens, cols) + notes)
+                   f"{esc(s['claim']['primary_metric'])}) to the grouping: two-sided permutation p with networks "
+                   "exchangeable (p_value) and with whole hyperparameter cells exchangeable (p_cell). Each row is "
+                   "one pre-specified test at the stated level, not adjusted; the headline's p adjusted over all "
+                   "claim tests is given above.</p>" + table(sens, cols) + notes)
 
 
 def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "") -> list[Section]:
@@ -297,38 +304,51 @@ def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "
         f"{' (exact)' if c.get('exact') else ''}; 95% bootstrap interval of the difference "
         f"[{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]. {counts_words(c, s['alpha'])}</p>"
         + seed_dispersion_html(s.get("seed_dispersion") or {}) +
-        "<p>Whole network, every metric (p_greater: networks exchangeable; p_cell: whole hyperparameter cells "
-        "exchangeable; p_holm / p_bh: adjusted over every test of <code>claim_tests.csv</code>):</p>" +
-        table(wn, _present(wn, ["metric", "within_optimal", "within_suboptimal", "across", "ratio", "p_greater",
-                                "p_cell", "p_holm", "p_bh", "ci_low", "ci_high", "verdict"])) +
+        "<p>Whole network, every metric. p_value: two-sided, networks exchangeable; p_holm / p_bh: adjusted "
+        "(Holm, Benjamini–Hochberg) over every network-level test of <code>claim_tests.csv</code>; verdict from "
+        "p_holm. p_cell…: the same claim with whole hyperparameter cells exchangeable (pairs of one cell never "
+        "count). seed_…: seed dispersion against accuracy over cells (Spearman).</p>" +
+        table(wn, _present(wn, ["metric", "within_optimal", "within_suboptimal", "ratio", "p_value", "p_holm",
+                                "p_bh", "verdict", "p_cell", "p_cell_holm", "verdict_cell", "seed_rho", "seed_p",
+                                "seed_p_holm", "verdict_seed"])) +
         "<p>Per layer (table <code>claim_tests.csv</code>):</p>" +
         table(pd.DataFrame(c["per_layer"]), _present(pd.DataFrame(c["per_layer"]),
                                                      ["metric", "layer", "within_optimal", "within_suboptimal",
-                                                      "ratio", "p_greater", "p_cell", "p_holm", "p_bh",
-                                                      "verdict"])),
+                                                      "ratio", "p_value", "p_holm", "verdict", "p_cell_holm",
+                                                      "verdict_cell", "seed_rho", "seed_p_holm",
+                                                      "verdict_seed"])),
         [figs[k] for k in ("distance_heatmap", "weight_histograms", "kde_by_bin", "pca") if k in figs]))
     d = s["dispersion"]
     secs.append(Section(
         p + "Dispersion of the statistics",
         f"<p>Variance across networks of each statistic (per layer and whole network): larger in the suboptimal "
         f"group for {d['n_larger_suboptimal']} of {d['n_statistics']} statistics; significantly larger "
-        f"(permutation p &lt; {fmt(s['alpha'])}) for {d['n_holds']}, significantly smaller for {d['n_reversed']}. "
-        f"Verdict: {verdict_html(d['verdict'])}.</p>" +
-        table(pd.DataFrame(d["whole_network"]), ["statistic", "var_optimal", "var_suboptimal", "ratio",
-                                                 "p_greater", "verdict"])))
+        f"(permutation test, Holm-adjusted p &lt; {fmt(s['alpha'])} over the {d['n_statistics']}) for {d['n_holds']}, "
+        f"significantly smaller for {d['n_reversed']} (uncorrected: {d.get('n_holds_raw', '–')} and "
+        f"{d.get('n_reversed_raw', '–')}). Verdict: {verdict_html(d['verdict'])}.</p>" +
+        table(pd.DataFrame(d["whole_network"]), _present(pd.DataFrame(d["whole_network"]),
+                                                         ["statistic", "var_optimal", "var_suboptimal", "ratio",
+                                                          "p_value", "p_holm", "p_bh", "verdict"]))))
     r = s["correlation"]
     secs.append(Section(
         p + "Which statistics follow accuracy? (Spearman)",
         f"<p>{r['n_significant']} of {r['n_tests']} (layer, statistic) pairs correlate with test accuracy at "
-        f"p &lt; {fmt(s['alpha'])}. Strongest:</p>" +
-        table(pd.DataFrame(r["strongest"]), ["layer", "statistic", "rho", "p_value", "n"]),
+        f"Holm-adjusted p &lt; {fmt(s['alpha'])} ({r.get('n_significant_bh', '–')} at Benjamini–Hochberg-adjusted "
+        f"p, {r.get('n_significant_raw', '–')} uncorrected). Strongest:</p>" +
+        table(pd.DataFrame(r["strongest"]), _present(pd.DataFrame(r["strongest"]),
+                                                     ["layer", "statistic", "rho", "p_value", "p_holm", "p_bh",
+                                                      "n"])),
         [figs[k] for k in ("statistics_vs_accuracy", "weight_matrices") if k in figs]))
     pr = s["prediction"]
     secs.append(Section(
         p + "Predicting accuracy from the weights (Unterthiner et al. 2020)",
         (f"<p>{esc(pr['note'])}</p>" if pr.get("note") else "") +
-        f"<p>Held-out networks ({pr.get('folds', '–')}-fold). Verdict: {esc(pr.get('verdict', '–'))}.</p>" +
-        table(pd.DataFrame(pr.get("scores", [])), ["features", "model", "r2", "kendall_tau", "n_features"])))
+        f"<p>Held-out hyperparameter cells ({pr.get('folds', '–')} folds grouped by cell: no seed of a test "
+        f"network's cell is trained on; column <code>fold</code> of <code>predictions.csv</code>). "
+        f"Verdict: {esc(pr.get('verdict', '–'))}.</p>" +
+        table(pd.DataFrame(pr.get("scores", [])), _present(pd.DataFrame(pr.get("scores", [])),
+                                                           ["features", "model", "r2", "kendall_tau", "n_features",
+                                                            "n_folds"]))))
     b = s["bin_divergence"]
     secs.append(Section(
         p + "Accuracy bins: node strength and layer fluctuation (La Malfa et al. 2021)",
