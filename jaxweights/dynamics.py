@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -382,10 +383,21 @@ def capture_zoo(model, params_N: Any, x: Array, chunk: int | None = None) -> dic
 
 # ============================== CKA ==============================
 
+HIGHEST = jax.lax.Precision.HIGHEST  # full float32 products on GPU/TPU too (their default is TF32/bf16 passes)
+
+
 def gram(x_nxd: Array) -> Array:
-    """Linear Gram matrix `X Xᵀ` of one representation `(n, d)` (at least float32)."""
+    """Linear Gram matrix `Xc Xcᵀ` of one representation `(n, d)`, features centred first (at least float32).
+
+    Each feature's mean over the n examples is subtracted before the products: `Xc Xcᵀ = H X Xᵀ H`
+    in exact arithmetic (what linear CKA's HSIC centres anyway), but without the cancellation of
+    centring a Gram matrix built from large uncentred features afterwards (a float32 feature mean
+    of 1e3 left linear and unbiased CKA wrong by 0.1 to NaN). Unbiased HSIC is invariant to a
+    constant offset of the features, so centring changes it only by rounding.
+    """
     x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
-    return jnp.einsum("nd,md->nm", x, x)  # no explicit transpose: vmaps into one batched matmul
+    x = x - x.mean(0, keepdims=True)
+    return jnp.einsum("nd,md->nm", x, x, precision=HIGHEST)  # no explicit transpose: one batched matmul when vmapped
 
 
 def _center(k):
@@ -425,7 +437,9 @@ def cka_minibatch(x: Array, y: Array, batch_size: int) -> Array:
     """Minibatch CKA with the unbiased HSIC (Nguyen et al. 2021): HSIC₁ averaged over minibatches.
 
     The n examples are split into `n // batch_size` consecutive minibatches (a remainder is
-    dropped); `CKA = mean HSIC₁(K, L) / sqrt(mean HSIC₁(K, K) · mean HSIC₁(L, L))`.
+    dropped); `CKA = mean HSIC₁(K, L) / sqrt(mean HSIC₁(K, K) · mean HSIC₁(L, L))`. Each minibatch's
+    features are centred with that minibatch's means before its Gram matrix (`gram`): HSIC₁ is
+    invariant to a constant feature offset, so this changes it only by removing rounding error.
     """
     gx, gy = _minibatch_grams(x, batch_size), _minibatch_grams(y, batch_size)
     kl = jax.vmap(hsic_unbiased)(gx, gy).mean()
@@ -435,6 +449,7 @@ def cka_minibatch(x: Array, y: Array, batch_size: int) -> Array:
 
 
 def _minibatch_grams(x, batch_size):
+    """Gram matrices `(b, B, B)` of consecutive minibatches, each centred with its own feature means."""
     b = x.shape[0] // batch_size
     xb = x[: b * batch_size].reshape(b, batch_size, -1)
     return jax.vmap(gram)(xb)
@@ -482,7 +497,7 @@ def cka_matrix(grams: Array, unbiased: bool = False) -> Array:
     """
     g = grams if grams.ndim == 4 else grams[:, None]
     left, right = _forms(g, unbiased)
-    return _normalised(left @ right.T)
+    return _normalised(jnp.matmul(left, right.T, precision=HIGHEST))
 
 
 # ============================== modularity ==============================
@@ -515,13 +530,34 @@ def knn_indices(x_nxd: Array, k: int = 3) -> Array:
     """Indices `(n, k)` of each sample's k most cosine-similar other samples."""
     x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    s = jnp.einsum("nd,md->nm", x, x)
+    s = jnp.einsum("nd,md->nm", x, x, precision=HIGHEST)
     s = jnp.where(jnp.eye(s.shape[0], dtype=bool), -jnp.inf, s)
     return jax.lax.top_k(s, k)[1]
 
 
+# Why a representation's modularity (and linear probe) is NaN: `representation_status` codes.
+OK, NO_SIGNAL, NON_FINITE = 0, 1, 2
+REASONS = {OK: "", NO_SIGNAL: "no signal: every probe example has the same representation (dead or constant layer)",
+           NON_FINITE: "non-finite representation (NaN or inf activations: a blown-up network)"}
+
+
+def representation_status(x_nxd: Array) -> Array:
+    """`OK`, `NO_SIGNAL` or `NON_FINITE` for one representation `(n, d)` (an int32 scalar).
+
+    No signal: the examples' representations are all equal (spread over examples at most 1e-6 of
+    the largest |activation|; an all-zero layer counts). Its k-NN graph then only reflects how ties
+    are broken (modularity −0.22 on MNIST, an artefact), so readings of it are NaN.
+    """
+    x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
+    spread = (x.max(0) - x.min(0)).max()
+    return jnp.where(~jnp.isfinite(x).all(), NON_FINITE,
+                     jnp.where(spread <= 1e-6 * jnp.abs(x).max(), NO_SIGNAL, OK)).astype(jnp.int32)
+
+
 def knn_modularity(x_nxd: Array, labels_n: Array, num_classes: int, k: int = 3) -> Array:
     """Modularity of the label communities in the cosine k-NN graph of one representation.
+
+    NaN when the representation has no signal or is non-finite (`representation_status`).
 
     Equals `modularity(knn_graph(x, k), labels)` but works on the `(n, k)` neighbour lists
     instead of an n × n adjacency (no scatter, which is slow when vmapped on CPU): with
@@ -536,7 +572,8 @@ def knn_modularity(x_nxd: Array, labels_n: Array, num_classes: int, k: int = 3) 
     n_c = jax.nn.one_hot(labels_n, num_classes, dtype=jnp.float32).sum(0)
     in_c = jax.nn.one_hot(nb.reshape(-1), num_classes, dtype=jnp.float32).sum(0)
     deg_c = (k * n_c + in_c) / 2
-    return (within - (deg_c ** 2).sum() / two_m) / two_m
+    q = (within - (deg_c ** 2).sum() / two_m) / two_m
+    return jnp.where(representation_status(x_nxd) == OK, q, jnp.nan)
 
 
 def modularity_curves(model, params_N: Any, x: Array, labels: Array, num_classes: int, k: int = 3,
@@ -613,15 +650,52 @@ def plane_points(x_a: Array, x_b: Array, x_c: Array, resolution: int = 16, margi
     return x_a[None] + al * (x_b - x_a)[None] + be * (x_c - x_a)[None]
 
 
-def choose_triples(labels: np.ndarray, num_planes: int, seed: int = 0) -> np.ndarray:
-    """`num_planes` triples of probe indices with three different labels each (deterministic)."""
+def choose_triples(labels: np.ndarray, num_planes: int, seed: int = 0, num_classes: int | None = None) -> np.ndarray:
+    """`num_planes` triples of probe indices with three different labels each (seeded).
+
+    Each triple draws three distinct classes among those present, then one example of each: no
+    rejection loop, so it ends even when classes are missing.
+
+    Raises:
+      DynamicsError: fewer than three classes among `labels` (naming the missing ones).
+    """
+    labels = np.asarray(labels).reshape(-1)
+    present = np.unique(labels)
+    if len(present) < 3:
+        universe = range(num_classes) if num_classes else ()
+        missing = [c for c in universe if c not in set(present.tolist())]
+        raise DynamicsError(f"probe labels: decision-region planes need examples of 3 different classes; the probe set "
+                            f"has only class(es) {present.tolist()}" + (f" (missing: {missing})" if missing else ""))
     rng = np.random.default_rng(seed)
     out = []
-    while len(out) < num_planes:
-        idx = rng.choice(len(labels), 3, replace=False)
-        if len(set(labels[idx].tolist())) == 3:
-            out.append(idx)
-    return np.asarray(out)
+    for _ in range(num_planes):
+        cls = rng.choice(present, 3, replace=False)
+        out.append([rng.choice(np.flatnonzero(labels == c)) for c in cls])
+    return np.asarray(out, np.int64).reshape(-1, 3)
+
+
+def _stratified_indices(labels_n: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
+    """n indices drawn class-stratified (proportional to class frequency, at least one per present class
+    when n allows), seeded, in a random order. Same contract as `jaxweights.data.stratified_indices`.
+    """
+    # TODO: replace by data.stratified_indices
+    labels = np.asarray(labels_n).reshape(-1)
+    if not 0 <= n <= len(labels):
+        raise DynamicsError(f"stratified draw: {n} examples asked of {len(labels)}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / max(len(labels), 1)
+    take = np.minimum(np.floor(quota).astype(int), counts)
+    if n >= len(classes):
+        take = np.maximum(take, 1)
+    while take.sum() > n:  # bounded: each pass removes one
+        i = np.argmax(np.where(take > 1, take - quota, -np.inf))
+        take[i] -= 1
+    while take.sum() < n:  # bounded: each pass adds one (n <= len(labels) leaves room)
+        i = np.argmax(np.where(take < counts, quota - take, -np.inf))
+        take[i] += 1
+    idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), t, replace=False) for c, t in zip(classes, take)])
+    return rng.permutation(idx)
 
 
 # ============================== a whole run ==============================
@@ -646,13 +720,16 @@ def run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
     return c
 
 
-def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None = None, model: Any = None):
+def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None = None, model: Any = None,
+               seed: int = 0):
     """The model and standardised probe data of a run: `(setup, x_probe, y_probe, x_eval, y_eval)`.
 
-    The probe set is the first `probe_size` test images; the held-out set for probe accuracy
-    the next `probe_size` (fewer if the test split is smaller). `model` is the Flax module of a run
-    trained with your own module (`train_and_evaluate(..., model=...)`); other runs rebuild theirs
-    from the config.
+    The probe set is a seeded class-stratified draw of `probe_size` images from the whole test split
+    (classes in proportion to their frequency, each present class at least once); the held-out set
+    for probe accuracy a second such draw of `probe_size` (fewer if the split is smaller) from the
+    remaining test images. Never the first images: a split stored grouped by class would give
+    one-class sets. `model` is the Flax module of a run trained with your own module
+    (`train_and_evaluate(..., model=...)`); other runs rebuild theirs from the config.
     """
     from jaxweights import run as run_lib
     from jaxweights import train as train_lib
@@ -664,16 +741,19 @@ def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None 
     with config.unlocked():
         if data_dir:
             config.data_dir = str(data_dir)
-        config.max_test = 0 if not config.max_test else max(int(config.max_test), 2 * probe_size)
+        config.max_test = 0  # the whole test split: the probe and held-out sets are drawn from it below
     ds = run_lib.load_dataset(config)
     setup = run_lib.make_setup(config, ds, model)
     n = ds.x_test.shape[0]
     if n < probe_size + 10:
         raise DynamicsError(f"probe_size: {probe_size} needs more than the {n} test images")
-    xp = train_lib.normalize(setup, jnp.asarray(ds.x_test[:probe_size]))
-    xe = train_lib.normalize(setup, jnp.asarray(ds.x_test[probe_size: 2 * probe_size]))
-    return setup, xp, jnp.asarray(ds.y_test[:probe_size], jnp.int32), xe, jnp.asarray(
-        ds.y_test[probe_size: 2 * probe_size], jnp.int32)
+    y = np.asarray(ds.y_test)
+    probe = _stratified_indices(y, probe_size, seed=seed)
+    rest = np.setdiff1d(np.arange(n), probe)
+    held = rest[_stratified_indices(y[rest], min(probe_size, len(rest)), seed=seed + 1)]
+    xp = train_lib.normalize(setup, jnp.asarray(ds.x_test[probe]))
+    xe = train_lib.normalize(setup, jnp.asarray(ds.x_test[held]))
+    return setup, xp, jnp.asarray(y[probe], jnp.int32), xe, jnp.asarray(y[held], jnp.int32)
 
 
 def _final_metrics(run_dir: Path) -> pd.DataFrame:
@@ -681,16 +761,27 @@ def _final_metrics(run_dir: Path) -> pd.DataFrame:
     return m[m.epoch == m.epoch.max()].set_index("network").sort_index()
 
 
-def good_networks(run_dir: str | Path, quantile: float = 0.5) -> np.ndarray:
-    """Boolean `(N,)`: networks whose final test accuracy is at least the zoo's `quantile` (diverged: False)."""
-    last = _final_metrics(Path(run_dir))
-    acc = last.test_acc.where(~last.diverged.astype(bool))
-    return (acc >= np.nanquantile(acc, quantile)).to_numpy()
+def network_masks(num_networks: int, optimal_N=None, exclude_N=None) -> tuple[np.ndarray, np.ndarray]:
+    """Checked boolean `(optimal_N, exclude_N)` of a zoo of `num_networks`; an excluded network is never optimal.
+
+    The dynamics never decide which networks are optimal: the caller passes the labels (the one
+    definition is `jaxweights.groups`). `optimal_N=None`: every network not excluded;
+    `exclude_N=None`: none excluded.
+    """
+    out = []
+    for name, m, default in (("optimal_N", optimal_N, True), ("exclude_N", exclude_N, False)):
+        m = np.full(num_networks, default) if m is None else np.asarray(m)
+        if m.shape != (num_networks,) or m.dtype != bool:
+            raise DynamicsError(f"{name}: a boolean mask of the {num_networks} networks is needed, got "
+                                f"dtype {m.dtype}, shape {m.shape}")
+        out.append(m)
+    return out[0] & ~out[1], out[1]
 
 
 def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, y_eval, *, k: int = 3,
                             cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4,
-                            resolution: int = 16, chunk: int | None = None, memory_mb: int = 1024):
+                            resolution: int = 16, chunk: int | None = None, memory_mb: int = 1024,
+                            exclude_N: np.ndarray | None = None):
     """CKA, probes and modularity of every network, layer and snapshot.
 
     Networks are processed in blocks whose activations (all layers, all epochs) fit in
@@ -709,6 +800,8 @@ def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, 
       num_planes, resolution: decision-region planes and their grid size.
       chunk: networks vmapped at once (`jax.lax.map` batch size; default `default_chunk()`).
       memory_mb: budget for the captured activations of one block of networks.
+      exclude_N: boolean `(N,)`, networks (diverged, exploded) whose network × network CKA rows and
+        columns are NaN (see `RepresentationDynamics.finish`).
 
     Returns:
       `(cka, modularity_df, probes_df, regions)`: `cka` a dict of arrays (see `write_dynamics`),
@@ -720,7 +813,7 @@ def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, 
                                 probe_steps=probe_steps, num_planes=num_planes, resolution=resolution, chunk=chunk,
                                 memory_mb=memory_mb) as acc:
         acc.add(snapshots)
-        return acc.finish()
+        return acc.finish(exclude_N)
 
 
 class RepresentationDynamics:
@@ -736,7 +829,7 @@ class RepresentationDynamics:
 
     def __init__(self, setup, epochs, x_probe, y_probe, x_eval, y_eval, *, k: int = 3, cka_batch: int = 100,
                  probe_steps: int = 300, num_planes: int = 4, resolution: int = 16, chunk: int | None = None,
-                 memory_mb: int = 1024):
+                 memory_mb: int = 1024, seed: int = 0):
         import tempfile
         self.model, self.c = setup.model, setup.num_classes
         self.epochs = list(epochs)
@@ -745,7 +838,7 @@ class RepresentationDynamics:
         labels = np.asarray(y_probe)
         xp_np = np.asarray(x_probe)
         planes = jnp.concatenate([plane_points(*(jnp.asarray(xp_np[i]) for i in t), resolution=resolution)
-                                  for t in choose_triples(labels, num_planes)])
+                                  for t in choose_triples(labels, num_planes, seed, self.c)])
         self.batch = jnp.concatenate([x_probe, x_eval, planes])
         self.n, self.ne = n, ne = x_probe.shape[0], x_eval.shape[0]
         self.bs = bs = n // max(n // cka_batch, 1)
@@ -756,19 +849,22 @@ class RepresentationDynamics:
             lin = cka_matrix(jax.vmap(gram)(x))
             unb = cka_matrix(jax.vmap(lambda a: _minibatch_grams(a, bs))(x), True)
             mod = jax.vmap(lambda a: knn_modularity(a, y_probe, c, k))(x)
-            return lin, unb, mod
+            return lin, unb, mod, jax.vmap(representation_status)(x)
 
         def probe_one(r):  # one network, one layer, one epoch: (n_total, f)
             probe = train_probe(r[:n], y_probe, c, probe_steps)
-            return ((probe_predict(probe, r[:n]) == y_probe).mean(),
-                    (probe_predict(probe, r[n:n + ne]) == y_eval).mean(), probe_predict(probe, r[n + ne:]))
+            ok = jnp.isfinite(r).all()  # NaN/inf activations: NaN readings, not argmax-of-NaN accuracies
+            nan_if_bad = lambda a: jnp.where(ok, a, jnp.nan)
+            return (nan_if_bad((probe_predict(probe, r[:n]) == y_probe).mean()),
+                    nan_if_bad((probe_predict(probe, r[n:n + ne]) == y_eval).mean()),
+                    jnp.where(ok, probe_predict(probe, r[n + ne:]), -1))
 
         def layers_one(xs):  # one network's final representations of every layer
             out = []
             for unbiased in (False, True):
                 lr = [_cka_forms(x[:n], unbiased, bs) for x in xs]
                 left, right = jnp.stack([a for a, _ in lr]), jnp.stack([b for _, b in lr])
-                out.append(_normalised(left @ right.T))
+                out.append(_normalised(jnp.matmul(left, right.T, precision=HIGHEST)))
             return tuple(out)
 
         self._dyn = jax.jit(lambda r: jax.lax.map(per_network, r, batch_size=chunk))
@@ -821,13 +917,15 @@ class RepresentationDynamics:
         L, E = len(names), len(snapshots)
         N = reps_e[0][names[0]].shape[0]
         mod, probe_acc, probe_train = (np.zeros((N, E, L)) for _ in range(3))
+        status = np.zeros((N, E, L), np.int32)
         preds = np.zeros((N, L, E, self.batch.shape[0] - n - ne), np.int32)
         lin_epochs, unb_epochs = np.zeros((N, L, E, E)), np.zeros((N, L, E, E))
         files = {}
         for li, name in enumerate(names):
             r = jnp.stack([reps_e[e][name] for e in range(E)], 1)  # (N, E, n_total, f)
-            lin, unb, m = self._dyn(r)
+            lin, unb, m, st = self._dyn(r)
             lin_epochs[:, li], unb_epochs[:, li], mod[:, :, li] = np.asarray(lin), np.asarray(unb), np.asarray(m)
+            status[:, :, li] = np.asarray(st)
             for unbiased in (False, True):
                 left, right = self._forms(r[:, -1, :n], unbiased)
                 stem = Path(self._tmp.name) / f"{len(self.form_files)}_{li}_{int(unbiased)}"
@@ -843,7 +941,9 @@ class RepresentationDynamics:
             del r
         lin_layers, unb_layers = (np.asarray(a) for a in self._layers([reps_e[-1][name] for name in names]))
         regions = (preds[:, :, :, None, :] == preds[:, :, None, :, :]).mean(-1)  # (N, L, E, E)
-        self.parts.append(dict(mod=mod, probe_acc=probe_acc, probe_train=probe_train, regions=regions,
+        bad = (preds < 0).any(-1)  # (N, L, E): a probe of non-finite activations
+        regions[bad[:, :, :, None] | bad[:, :, None, :]] = np.nan
+        self.parts.append(dict(mod=mod, status=status, probe_acc=probe_acc, probe_train=probe_train, regions=regions,
                                linear_epochs=lin_epochs, unbiased_epochs=unb_epochs,
                                linear_layers=lin_layers, unbiased_layers=unb_layers))
         self.form_files.append((N, files))
@@ -860,17 +960,24 @@ class RepresentationDynamics:
             for nj, fj in self.form_files:
                 right = np.load(fj[li, unbiased][1], mmap_mode="r")
                 with np.errstate(invalid="ignore", over="ignore"):  # blown-up networks: NaN, as in JAX
-                    h[oi:oi + ni, oj:oj + nj] = np.asarray(left, np.float32) @ np.asarray(right, np.float32).T
+                    h[oi:oi + ni, oj:oj + nj] = np.asarray(left, np.float64) @ np.asarray(right, np.float64).T
                 oj += nj
             oi += ni
         d = np.diagonal(h)
         with np.errstate(divide="ignore", invalid="ignore"):  # a dead or blown-up layer: NaN, as in-JAX CKA
             return h / np.sqrt(np.outer(d, d))
 
-    def finish(self):
-        """`(cka, modularity_df, probes_df, regions)` of every network added (see `representation_dynamics`)."""
+    def finish(self, exclude_N: np.ndarray | None = None):
+        """`(cka, modularity_df, probes_df, regions)` of every network added (see `representation_dynamics`).
+
+        `{linear,unbiased}_networks` rows and columns of the networks in `exclude_N` are NaN, as are
+        those of a network whose last-epoch representation is non-finite: a blown-up network gets
+        no CKA value that looks real. Each entry is computed from its two networks alone (float64
+        products), so the other networks' values are the same with or without them.
+        """
         if not self.parts:
             raise DynamicsError("no networks were added")
+        _, exclude_N = network_masks(self.num_networks, None, exclude_N)
         cat = {key: np.concatenate([p[key] for p in self.parts]) for key in self.parts[0]}
         names, epochs = self.names, self.epochs
         N, L, E = self.num_networks, len(names), len(epochs)
@@ -879,11 +986,22 @@ class RepresentationDynamics:
                "linear_epochs": cat["linear_epochs"], "unbiased_epochs": cat["unbiased_epochs"],
                "linear_networks": np.stack([self._networks_cka(li, False) for li in range(L)]),
                "unbiased_networks": np.stack([self._networks_cka(li, True) for li in range(L)])}
+        bad = exclude_N | (cat["status"][:, -1] == NON_FINITE).any(1)
+        for key in ("linear_networks", "unbiased_networks"):
+            cka[key][:, bad, :] = np.nan
+            cka[key][:, :, bad] = np.nan
         regions = cat["regions"]
         grid = pd.MultiIndex.from_product([range(N), epochs, range(L)], names=["network", "epoch", "depth"]).to_frame(
             index=False)
         grid.insert(2, "layer", np.asarray(names)[grid.depth.to_numpy()])
-        mod_df = grid.assign(modularity=cat["mod"].reshape(-1))
+        codes = cat["status"].reshape(-1)
+        mod_df = grid.assign(modularity=cat["mod"].reshape(-1), reason=[REASONS[c] for c in codes])
+        for code in (NO_SIGNAL, NON_FINITE):
+            hit = mod_df[codes == code]
+            if len(hit):
+                log.warning("modularity NaN for %d of %d (network, epoch, layer) representations, %s; e.g. network "
+                            "%d, epoch %d, layer %s", len(hit), len(mod_df), REASONS[code], hit.network.iloc[0],
+                            hit.epoch.iloc[0], hit.layer.iloc[0])
         pr = grid.assign(probe_acc=cat["probe_acc"].reshape(-1), probe_train_acc=cat["probe_train"].reshape(-1))
         prev = np.full((N, E, L), np.nan)
         if E > 1:
@@ -894,19 +1012,22 @@ class RepresentationDynamics:
         return cka, mod_df, pr, regions
 
 
-def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int = 500, k: int = 3,
-                   cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4, resolution: int = 16,
-                   tol: float = 0.01, data_dir: str | None = None, figures: bool = True, chunk: int | None = None,
-                   memory_mb: int = 1024, model: Any = None) -> Path:
+def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.ndarray | None = None,
+                   exclude_N: np.ndarray | None = None, optimal_rule: str | None = None, probe_size: int = 500,
+                   k: int = 3, cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4,
+                   resolution: int = 16, tol: float = 0.01, data_dir: str | None = None, figures: bool = True,
+                   chunk: int | None = None, memory_mb: int = 1024, model: Any = None, seed: int = 0) -> Path:
     """Computes the learning dynamics of a run directory and writes them into `out_dir`.
 
     Files written (a run with static groups is handled per group, in `out_dir/groups/<NN>/`):
 
         rwc.csv                network, layer, depth, epoch, rwc_l1_ratio, rwc_mean_elementwise, zero_weights
         stats_over_epochs.csv  epoch, network, layer, statistic, value, undefined
-        modularity.csv         network, epoch, layer, depth, modularity, candidate (last epoch's
-                               pruning candidates per network)
-        pruning.json           {"layers": zoo-level candidates, "curve": mean final modularity per layer}
+        modularity.csv         network, epoch, layer, depth, modularity, reason (why the modularity
+                               is NaN: no signal or non-finite representation; empty when defined),
+                               candidate (last epoch's pruning candidates per network)
+        pruning.json           {"layers": zoo-level candidates, "curve": mean final modularity per
+                               layer of the optimal networks, "networks": their indices}
         cka.npz                layers, epochs, {linear,unbiased}_layers (N, L, L) at the last
                                epoch, {linear,unbiased}_epochs (N, L, E, E), {linear,unbiased}_networks (L, N, N)
         probes.csv             network, epoch, layer, depth, probe_acc, probe_train_acc,
@@ -917,7 +1038,15 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
     Args:
       run_dir: a run directory of `jaxweights train` (per-epoch checkpoints kept).
       out_dir: where to write.
-      probe_size: probe images (first test images; the next ones are held out for probe accuracy).
+      optimal_N: boolean `(N,)`, the optimal networks, as the caller defines them (`jaxweights.groups`);
+        the summaries (`dynamics.json`, pruning curve, figures) are over them. None: every network
+        not excluded.
+      exclude_N: boolean `(N,)`, networks (diverged, exploded) left out of every across-network
+        summary and figure, with NaN network × network CKA. None: none. Their own per-network rows
+        stay in the tables.
+      optimal_rule: words for the rule behind `optimal_N`, shown in the report.
+      probe_size: probe images, a seeded class-stratified draw from the test split; a second draw
+        from the other test images is held out for probe accuracy (`probe_data`).
       k: neighbours of the modularity graph (Lu et al. use 3).
       cka_batch: minibatch size of the unbiased-HSIC CKA.
       probe_steps: Adam steps per linear probe.
@@ -928,6 +1057,7 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
       chunk: networks vmapped at once (default `default_chunk()`: 1 on CPU, 64 on accelerators).
       memory_mb: memory for captured activations; networks are processed in blocks that fit.
       model: the Flax module of a run trained with your own module (see `probe_data`).
+      seed: of the probe and held-out draws and the decision-region triples' draw.
 
     A zoo trained in chunks is read one chunk's snapshots at a time; its `stats_over_epochs.csv`
     `hist_*` rows then use each chunk's own bin edges.
@@ -941,13 +1071,17 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
     groups = sorted(p for p in (run_dir / "groups").glob("*") if (p / "config.json").exists()) \
         if (run_dir / "groups").is_dir() else []
     if groups and not (run_dir / "checkpoints").is_dir():
+        if optimal_N is not None or exclude_N is not None:
+            raise DynamicsError(f"{run_dir}: a run with static groups; pass optimal_N/exclude_N per group, "
+                                f"calling write_dynamics on {run_dir}/groups/NN")
         for g in groups:
             write_dynamics(g, out_dir / "groups" / g.name, probe_size=probe_size, k=k, cka_batch=cka_batch,
                            probe_steps=probe_steps, num_planes=num_planes, resolution=resolution, tol=tol,
-                           data_dir=data_dir, figures=figures, chunk=chunk, memory_mb=memory_mb, model=model)
+                           data_dir=data_dir, figures=figures, chunk=chunk, memory_mb=memory_mb, model=model,
+                           seed=seed)
         return out_dir
     dirs = snapshot_dirs(run_dir)
-    setup, xp, yp, xe, ye = probe_data(run_dir, probe_size, data_dir, model)
+    setup, xp, yp, xe, ye = probe_data(run_dir, probe_size, data_dir, model, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     rwc_parts, stat_parts, epochs, offset = [], [], None, 0
     with contextlib.ExitStack() as stack:  # the CKA factor files go when this block ends
@@ -960,14 +1094,15 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
                 epochs = e
                 acc = stack.enter_context(RepresentationDynamics(
                     setup, epochs, xp, yp, xe, ye, k=k, cka_batch=cka_batch, probe_steps=probe_steps,
-                    num_planes=num_planes, resolution=resolution, chunk=chunk, memory_mb=memory_mb))
+                    num_planes=num_planes, resolution=resolution, chunk=chunk, memory_mb=memory_mb, seed=seed))
             _check_same_epochs(d, e, epochs)
             rwc_parts.append(relative_weight_change(snaps, epochs).assign(network=lambda t: t.network + offset))
             stat_parts.append(statistics_over_epochs(snaps, epochs).assign(network=lambda t: t.network + offset))
             acc.add(snaps)
             offset += next(iter(snaps[0].values())).shape[0]
             del snaps
-        cka, mod, probes, regions = acc.finish()
+        optimal_N, exclude_N = network_masks(acc.num_networks, optimal_N, exclude_N)
+        cka, mod, probes, regions = acc.finish(exclude_N)
     rundir.write_csv(out_dir / "rwc.csv", pd.concat(rwc_parts).sort_values(
         ["depth", "epoch", "network"], kind="stable").reset_index(drop=True))
     rundir.write_csv(out_dir / "stats_over_epochs.csv", pd.concat(stat_parts).sort_values(
@@ -978,20 +1113,25 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, probe_size: int 
     cand = {n: set(pruning_candidates(q, layers, tol)) for n, q in enumerate(curves)}
     mod["candidate"] = [(e == epochs[-1]) and (l in cand[n]) for n, e, l in zip(mod.network, mod.epoch, mod.layer)]
     rundir.write_csv(out_dir / "modularity.csv", mod)
-    good = good_networks(run_dir)
-    mean_curve = np.nanmean(curves[good], 0) if good.any() else np.nanmean(curves, 0)
+    rule = optimal_rule or ("given by the caller" if optimal_N.sum() < (~exclude_N).sum()
+                            else "none given: every analysed network")
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN layer (no signal anywhere): NaN, as it should
+        mean_curve = np.nanmean(curves[optimal_N], 0) if optimal_N.any() else np.full(len(layers), np.nan)
     rundir.write_json(out_dir / "pruning.json", {
         "layers": pruning_candidates(mean_curve, layers, tol), "tol": tol, "depth_names": layers,
-        "curve": [float(v) for v in mean_curve], "networks": "final test accuracy >= the zoo's median"})
+        "curve": [float(v) for v in mean_curve], "networks": np.flatnonzero(optimal_N).tolist(),
+        "optimal_rule": rule})
     _write_npz(out_dir / "cka.npz", cka)
     _write_npz(out_dir / "probe_regions.npz", {"agreement": regions, "layers": np.asarray(layers),
                                                "epochs": np.asarray(epochs)})
     rundir.write_csv(out_dir / "probes.csv", probes)
     from jaxweights.report import _finite  # strict JSON: NaN -> null
     rundir.write_json(out_dir / "dynamics.json", _finite(summarize(
-        pd.read_csv(out_dir / "rwc.csv"), mod, probes, cka, good, pruning_candidates(mean_curve, layers, tol))))
+        pd.read_csv(out_dir / "rwc.csv"), mod, probes, cka, optimal_N, pruning_candidates(mean_curve, layers, tol),
+        exclude_N=exclude_N, optimal_rule=rule)))
     if figures:
-        write_figures(out_dir, good=good)
+        write_figures(out_dir, optimal_N, exclude_N)
     return out_dir
 
 
@@ -1004,51 +1144,55 @@ def _spearman(x, y) -> float:
 
 
 def summarize(rwc: pd.DataFrame, mod: pd.DataFrame, probes: pd.DataFrame, cka: Mapping[str, np.ndarray],
-              good: np.ndarray, candidates: Sequence[str]) -> dict:
+              optimal_N: np.ndarray, candidates: Sequence[str], *, exclude_N: np.ndarray | None = None,
+              optimal_rule: str = "given by the caller") -> dict:
     """The answers the report gives about a zoo's dynamics (`dynamics.json`), over its optimal networks.
 
     Args:
       rwc, mod, probes, cka: the tables of `write_dynamics`.
-      good: boolean `(N,)` optimal networks (`good_networks`: final test accuracy ≥ the median).
+      optimal_N: boolean `(N,)` optimal networks, from the caller (`jaxweights.groups`); the
+        dynamics have no rule of their own.
       candidates: the zoo-level pruning candidates.
+      exclude_N: boolean `(N,)` networks (diverged, exploded) never summarised, even if marked optimal.
+      optimal_rule: words for the rule behind `optimal_N`.
 
     Returns:
-      `{"n_networks", "n_optimal", "optimal_rule", "rwc", "modularity", "cka", "probes"}`:
-      per-layer tables (lists of records, depth order) and headline numbers: Spearman ρ of depth vs
-      median RWC of the optimal networks at the first and last compared epoch (`later_layers_change_more`
-      when both are positive), and of depth vs their mean final modularity (`modularity_rises_with_depth`).
+      `{"n_networks", "n_optimal", "n_excluded", "excluded", "optimal_rule", "rwc", "modularity",
+      "cka", "probes"}`: per-layer tables (lists of records, depth order) and headline numbers:
+      Spearman ρ of depth vs median RWC of the optimal networks at the first and last compared epoch
+      (`later_layers_change_more` when both are positive), and of depth vs their mean final
+      modularity (`modularity_rises_with_depth`). With no optimal network left every number is NaN.
     """
-    good = np.asarray(good, bool)
-    if not good.any():
-        good = np.ones_like(good)
+    good, exclude_N = network_masks(len(np.asarray(optimal_N)), optimal_N, exclude_N)
     g = set(np.flatnonzero(good).tolist())
     epochs = [int(e) for e in cka["epochs"]]
     layers = [str(l) for l in cka["layers"]]
-    r = rwc[rwc.network.isin(g)]
-    per = r.groupby(["layer", "depth", "epoch"]).rwc_l1_ratio.median().unstack("epoch")
+    keys = ["layer", "depth", "epoch"]
+    every = rwc.groupby(keys).rwc_l1_ratio.median().index  # all layers and epochs, even with no optimal network
+    per = rwc[rwc.network.isin(g)].groupby(keys).rwc_l1_ratio.median().reindex(every).unstack("epoch")
     per = per.reset_index().sort_values("depth")
     e_first, e_last = per.columns[2], per.columns[-1]
     rwc_rows = [{"layer": row.layer, "depth": int(row.depth), "first_epoch": float(row[e_first]),
                  "last_epoch": float(row[e_last])} for _, row in per.iterrows()]
     rho_first, rho_last = _spearman(per.depth, per[e_first]), _spearman(per.depth, per[e_last])
-    last = mod[(mod.epoch == epochs[-1]) & mod.network.isin(g)]
-    curve = last.groupby(["depth", "layer"]).modularity.mean().reset_index().sort_values("depth")
+    final = mod[mod.epoch == epochs[-1]]
+    curve = final[final.network.isin(g)].groupby(["depth", "layer"]).modularity.mean().reindex(
+        final.groupby(["depth", "layer"]).modularity.mean().index).reset_index().sort_values("depth")
     rho_mod = _spearman(curve.depth, curve.modularity)
     idx = np.flatnonzero(good)
+    nanmean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # no empty-slice warning
     cka_rows = []
     for li, l in enumerate(layers):
         m = cka["linear_networks"][li][np.ix_(idx, idx)]
-        off = m[~np.eye(len(idx), dtype=bool)]
-        cka_rows.append({"layer": l, "depth": li,
-                         "across_networks": float(np.nanmean(off)) if off.size else float("nan"),
-                         "first_vs_last_epoch": float(np.nanmean(cka["linear_epochs"][idx, li, 0, -1]))})
+        cka_rows.append({"layer": l, "depth": li, "across_networks": nanmean(m[~np.eye(len(idx), dtype=bool)]),
+                         "first_vs_last_epoch": nanmean(cka["linear_epochs"][idx, li, 0, -1])})
     pr = probes[(probes.epoch == epochs[-1]) & probes.network.isin(g)]
     probe_rows = [{"layer": l, "depth": int(d), "probe_acc": float(v.probe_acc.mean()),
                    "region_agreement_prev": float(v.region_agreement_prev.mean())}
                   for (d, l), v in pr.groupby(["depth", "layer"])]
     return {
-        "n_networks": int(len(good)), "n_optimal": int(good.sum()),
-        "optimal_rule": "final test accuracy >= the zoo's median (diverged excluded)", "epochs": epochs,
+        "n_networks": int(len(good)), "n_optimal": int(good.sum()), "n_excluded": int(exclude_N.sum()),
+        "excluded": np.flatnonzero(exclude_N).tolist(), "optimal_rule": optimal_rule, "epochs": epochs,
         "rwc": {"definition": "rwc_l1_ratio = ||w_t - w_{t-1}||_1 / ||w_{t-1}||_1, median of the optimal networks",
                 "first_epoch": int(e_first), "last_epoch": int(e_last), "per_layer": rwc_rows,
                 "rho_depth_first": rho_first, "rho_depth_last": rho_last,
@@ -1070,8 +1214,11 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
     p = f"{prefix}: " if prefix else ""
     r, m = s["rwc"], s["modularity"]
     yes = lambda b: "yes" if b else "no"
+    ex = s.get("excluded", [])
     head = (f"<p>Over the {s['n_optimal']} optimal of {s['n_networks']} networks ({report.esc(s['optimal_rule'])}); "
-            f"snapshots at epochs {', '.join(map(str, s['epochs']))}.</p>")
+            + (f"{len(ex)} excluded (diverged or exploded: network{'s' if len(ex) > 1 else ''} "
+               f"{', '.join(map(str, ex))}), left out of every summary and figure; " if ex else "")
+            + f"snapshots at epochs {', '.join(map(str, s['epochs']))}.</p>")
     return [
         report.Section(
             p + "Learning dynamics: how much does each layer move?",
@@ -1217,12 +1364,15 @@ def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
     return agg
 
 
-def write_figures(out_dir: str | Path, good: np.ndarray | None = None) -> list[Path]:
+def write_figures(out_dir: str | Path, optimal_N: np.ndarray | None = None,
+                  exclude_N: np.ndarray | None = None) -> list[Path]:
     """Draws the dynamics figures from the tables `write_dynamics` wrote into `out_dir/figures/`.
 
     Args:
       out_dir: a folder written by `write_dynamics`.
-      good: boolean `(N,)` marking the optimal networks (see `good_networks`); default all.
+      optimal_N: boolean `(N,)` marking the optimal networks (from the caller); default every
+        network not excluded.
+      exclude_N: boolean `(N,)` networks left out of every figure (diverged, exploded); default none.
 
     Returns:
       The PNG paths (each has a CSV of its data beside it).
@@ -1231,15 +1381,16 @@ def write_figures(out_dir: str | Path, good: np.ndarray | None = None) -> list[P
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     rwc = pd.read_csv(out_dir / "rwc.csv")
-    n = int(rwc.network.max()) + 1
-    good = np.ones(n, bool) if good is None else np.asarray(good)
+    good, exclude_N = network_masks(int(rwc.network.max()) + 1, optimal_N, exclude_N)
+    keep = lambda t: t[~exclude_N[t.network.to_numpy()]]  # figure scales from the analysed networks only
     paths = [fig_dir / "rwc.png", fig_dir / "modularity_depth.png", fig_dir / "stats_over_epochs.png"]
-    plot_rwc(rwc, good, paths[0])
-    plot_modularity(pd.read_csv(out_dir / "modularity.csv"), good, paths[1])
-    plot_stats_over_epochs(pd.read_csv(out_dir / "stats_over_epochs.csv"), good, paths[2])
+    plot_rwc(keep(rwc), good, paths[0])
+    plot_modularity(keep(pd.read_csv(out_dir / "modularity.csv")), good, paths[1])
+    plot_stats_over_epochs(keep(pd.read_csv(out_dir / "stats_over_epochs.csv")), good, paths[2])
     with np.load(out_dir / "cka.npz") as z:
         cka = {k: z[k] for k in z.files}
-    best = int(np.flatnonzero(good)[0]) if good.any() else 0
+    best = int(np.flatnonzero(good)[0]) if good.any() else int(np.flatnonzero(~exclude_N)[0]) \
+        if (~exclude_N).any() else 0
     paths.append(fig_dir / f"cka_network{best}.png")
     plot_cka(cka, best, paths[-1])
     return paths

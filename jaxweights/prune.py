@@ -4,7 +4,7 @@ Lu et al. (ECCV 2022) find that the modularity of class communities in k-NN grap
 representations rises with depth, and read a plateau or a drop as a sign that a layer can be
 removed. This module checks that claim instead of assuming it: it takes the zoo-level candidates
 (`jaxweights.dynamics.pruning_candidates` on the mean last-epoch modularity curve of the
-networks at or above the median test accuracy), trains the same zoo (same config, seeds and
+optimal networks, as `jaxweights analyze` chose them, or as the caller passes them), trains the same zoo (same config, seeds and
 hyperparameter grid) without those hidden layers into `<run_dir>/pruned/`, and reports each
 network's final test accuracy before and after.
 """
@@ -29,27 +29,35 @@ class PruneError(dynamics.DynamicsError):
 
 
 def candidate_layers(run_dir: str | Path, *, probe_size: int = 500, k: int = 3, tol: float = 0.01,
-                     data_dir: str | None = None) -> tuple[list[str], dict]:
+                     data_dir: str | None = None, optimal_N: np.ndarray | None = None,
+                     exclude_N: np.ndarray | None = None) -> tuple[list[str], dict]:
     """Zoo-level pruning candidates of a finished run, from its final parameters.
 
-    Uses `<run_dir>/analysis/pruning.json` when `analyze` wrote one, else computes the
-    modularity curves of the final parameters on the first `probe_size` test images.
+    Uses `<run_dir>/analysis/pruning.json` when `analyze` wrote one (and no masks are passed),
+    else computes the modularity curves of the final parameters on a seeded class-stratified
+    probe set of `probe_size` test images (`dynamics.probe_data`) and averages those of the
+    networks in `optimal_N` (default: every network) not in `exclude_N`.
 
     Returns:
-      `(layers, info)`: candidate layer names and the curve they were read from.
+      `(layers, info)`: candidate layer names and the curve they were read from (`info["networks"]`:
+      the networks averaged).
     """
     run_dir = Path(run_dir)
     saved = run_dir / "analysis" / "pruning.json"
-    if saved.exists():
+    if saved.exists() and optimal_N is None and exclude_N is None:
         info = json.loads(saved.read_text())
         return list(info["layers"]), info
     setup, xp, yp, _, _ = dynamics.probe_data(run_dir, probe_size, data_dir)
     params = rundir.flatten_params(rundir.load_params(run_dir / "params.npz"))
     names, q = dynamics.modularity_curves(setup.model, params, xp, yp, setup.num_classes, k)
-    good = dynamics.good_networks(run_dir)
-    curve = np.nanmean(q[good] if good.any() else q, 0)
+    good, _ = dynamics.network_masks(q.shape[0], optimal_N, exclude_N)
+    if not good.any():
+        raise PruneError(f"{run_dir}: no network left to read the modularity curve from (optimal_N/exclude_N)")
+    curve = np.nanmean(q[good], 0)
     layers = dynamics.pruning_candidates(curve, names, tol)
-    return layers, {"layers": layers, "tol": tol, "depth_names": names, "curve": [float(v) for v in curve]}
+    return layers, {"layers": layers, "tol": tol, "depth_names": names, "curve": [float(v) for v in curve],
+                    "networks": np.flatnonzero(good).tolist(),
+                    "optimal_rule": "given by the caller" if optimal_N is not None else "every network"}
 
 
 def pruned_hidden(hidden: Sequence[int], layers: Sequence[str]) -> tuple[int, ...]:
@@ -71,7 +79,8 @@ def pruned_hidden(hidden: Sequence[int], layers: Sequence[str]) -> tuple[int, ..
 
 def prune_run(run_dir: str | Path, *, layers: Sequence[str] | None = None, out_dir: str | Path | None = None,
               data_dir: str | None = None, overwrite: bool = False, progress: bool = False,
-              probe_size: int = 500, tol: float = 0.01) -> pd.DataFrame:
+              probe_size: int = 500, tol: float = 0.01, optimal_N: np.ndarray | None = None,
+              exclude_N: np.ndarray | None = None) -> pd.DataFrame:
     """Removes flagged hidden layers of an MLP zoo, retrains it, and reports the accuracy change.
 
     Args:
@@ -81,7 +90,9 @@ def prune_run(run_dir: str | Path, *, layers: Sequence[str] | None = None, out_d
       data_dir: data folder (default: the run's config).
       overwrite: passed to `run.train_and_evaluate` for the pruned run.
       progress: show a progress bar while retraining.
-      probe_size, tol: for `candidate_layers`.
+      probe_size, tol, optimal_N, exclude_N: for `candidate_layers`; `prune.json`'s
+        `median_delta_good` is over the networks the curve was read from (`optimal_N` when given,
+        else those of `analysis/pruning.json`, else every network not diverged).
 
     Returns:
       One row per network: `network, seed, <hyperparameters>, test_acc_original, test_acc_pruned,
@@ -97,8 +108,10 @@ def prune_run(run_dir: str | Path, *, layers: Sequence[str] | None = None, out_d
         raise PruneError(f"{run_dir}: a run with static groups; prune one group: {run_dir}/groups/NN")
     if config.model.name != "mlp":
         raise PruneError(f"model.name: pruning removes MLP hidden layers; this run trains {config.model.name!r}")
+    info = {}
     if layers is None:
-        layers, info = candidate_layers(run_dir, probe_size=probe_size, tol=tol, data_dir=data_dir)
+        layers, info = candidate_layers(run_dir, probe_size=probe_size, tol=tol, data_dir=data_dir,
+                                        optimal_N=optimal_N, exclude_N=exclude_N)
         log.info("modularity curve %s over %s; candidates %s", np.round(info["curve"], 3).tolist(),
                  info["depth_names"], layers)
     hidden = tuple(config.model.hidden)
@@ -124,11 +137,23 @@ def prune_run(run_dir: str | Path, *, layers: Sequence[str] | None = None, out_d
     report["diverged_original"] = before.diverged.astype(bool)
     report["diverged_pruned"] = after.diverged.astype(bool).to_numpy()
     rundir.write_csv(out_dir / "prune.csv", report)
-    good = dynamics.good_networks(run_dir)
+    saved = run_dir / "analysis" / "pruning.json"
+    if "networks" not in info and saved.exists():
+        info = json.loads(saved.read_text())
+    if optimal_N is not None:
+        good = dynamics.network_masks(len(report), optimal_N, exclude_N)[0]
+        rule = "given by the caller"
+    elif isinstance(info.get("networks"), list):  # older pruning.json files name a rule instead
+        good = np.isin(np.arange(len(report)), info["networks"])
+        rule = info.get("optimal_rule", "as analyze chose them")
+    else:
+        good = ~report.diverged_original.to_numpy()
+        rule = "every network not diverged (none given)"
     rundir.write_json(out_dir / "prune.json", {
         "removed": list(layers), "hidden_before": list(hidden), "hidden_after": list(new_hidden),
         "best_before": float(report.test_acc_original[~report.diverged_original].max()),
         "best_after": float(report.test_acc_pruned[~report.diverged_pruned].max()),
-        "median_delta_good": float(report.delta[good].median()),
+        "median_delta_good": float(report.delta[good].median()), "good_networks": np.flatnonzero(good).tolist(),
+        "good_rule": rule,
         "median_delta_all": float(report.delta.median())})
     return report

@@ -127,6 +127,64 @@ def test_cka_matrix_equals_pairwise_loop(x64, unbiased):
     np.testing.assert_allclose(np.asarray(dynamics.cka_matrix(grams, unbiased)), np.asarray(ref), rtol=1e-9)
 
 
+def np_minibatch_cka_centred(x, y, b):
+    """Nguyen et al. 2021 in float64, each minibatch's features centred first (allowed: see the offset test)."""
+    h = np.zeros(3)
+    for i in range(x.shape[0] // b):
+        xi, yi = x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
+        xi, yi = xi - xi.mean(0), yi - yi.mean(0)
+        k, l = xi @ xi.T, yi @ yi.T
+        h += [np_hsic_unbiased(k, l), np_hsic_unbiased(k, k), np_hsic_unbiased(l, l)]
+    return h[0] / np.sqrt(h[1] * h[2])
+
+
+def test_unbiased_hsic_is_invariant_to_a_constant_feature_offset(x64):
+    """Why centring the features is allowed for the unbiased HSIC: Song et al.'s estimator on the
+    uncentred Gram matrices (U-statistic and closed form, float64 at offsets where float64 is still
+    exact enough) does not change when a constant vector is added to every example's features."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(9, 4)), rng.normal(size=(9, 3))
+    base = np_hsic_u_statistic(x @ x.T, y @ y.T)
+    xo, yo = x + rng.normal(size=4) * 3, y + rng.normal(size=3) * 3
+    assert np_hsic_u_statistic(xo @ xo.T, yo @ yo.T) == pytest.approx(base, rel=1e-9)
+    assert np_hsic_unbiased(xo @ xo.T, yo @ yo.T) == pytest.approx(base, rel=1e-9)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    assert np_hsic_unbiased(xc @ xc.T, yc @ yc.T) == pytest.approx(base, rel=1e-9)
+    x, y = rng.normal(size=(60, 20)), rng.normal(size=(60, 30))
+    ours = float(dynamics.cka_minibatch(jnp.asarray(x + 5.0), jnp.asarray(y - 2.0), 20))
+    assert ours == pytest.approx(np_minibatch_cka(x + 5.0, y - 2.0, 20), rel=1e-8)  # uncentred float64 formula
+
+
+@pytest.mark.parametrize("mean", [0.0, 1e2, 1e3, 1e4])
+def test_cka_in_float32_equals_float64_reference_at_large_feature_means(mean):
+    """Blown-up networks have activations with large means: float32 CKA must still match float64.
+
+    Uncentred float32 Gram matrices gave unbiased CKA 1.58 at mean 1e2 and NaN at 1e3. Measured
+    error with centred features: below 2e-7 at every mean (10 seeds); tolerance 1e-5."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(200, 30))
+    y = x @ rng.normal(size=(30, 40)) + 2 * rng.normal(size=(200, 40))
+    off = mean * rng.uniform(0.5, 1.5, size=40)
+    xs, ys = (x + off[:30]).astype(np.float32), (y + off).astype(np.float32)  # what float32 activations hold
+    x64_, y64_ = xs.astype(np.float64), ys.astype(np.float64)
+    lin = lambda a, b: float(dynamics.cka_linear(jnp.asarray(a), jnp.asarray(b)))
+    unb = lambda a, b: float(dynamics.cka_minibatch(jnp.asarray(a), jnp.asarray(b), 50))
+    assert lin(xs, ys) == pytest.approx(np_linear_cka(x64_, y64_), abs=1e-5)
+    assert unb(xs, ys) == pytest.approx(np_minibatch_cka_centred(x64_, y64_, 50), abs=1e-5)
+    q = ortho_group.rvs(40, random_state=7).astype(np.float32)
+    for cka in (lin, unb):
+        assert cka(xs, xs) == pytest.approx(1.0, abs=1e-5)
+        base = cka(xs, ys)
+        assert cka(xs, ys @ q) == pytest.approx(base, abs=1e-5)  # orthogonal transform
+        assert cka(3.0 * xs, 0.25 * ys) == pytest.approx(base, abs=1e-5)  # isotropic scaling
+        assert cka(xs + np.float32(1e3), ys) == pytest.approx(base, abs=1e-5)  # constant offset
+    # The matrix form used for layer x layer, epoch x epoch and network x network CKA agrees.
+    for unbiased, ref in ((False, np_linear_cka(x64_, y64_)), (True, np_minibatch_cka_centred(x64_, y64_, 50))):
+        g = jnp.stack([dynamics._minibatch_grams(jnp.asarray(a), 50) if unbiased else dynamics.gram(jnp.asarray(a))
+                       for a in (xs, ys)])
+        assert float(dynamics.cka_matrix(g, unbiased)[0, 1]) == pytest.approx(ref, abs=1e-5)
+
+
 # ------------------------------------------------------------------ modularity
 
 def test_knn_graph_and_modularity_equal_sklearn_and_networkx(mnist_slice):
@@ -147,6 +205,27 @@ def test_knn_graph_and_modularity_equal_sklearn_and_networkx(mnist_slice):
     assert ours > 0.3  # raw MNIST pixels already cluster by digit
     # The neighbour-list form used for whole zoos gives the same number.
     assert float(dynamics.knn_modularity(jnp.asarray(x), jnp.asarray(y_tr), 10, 3)) == pytest.approx(ref, abs=1e-6)
+
+
+def test_modularity_of_a_representation_without_signal_is_nan(mnist_slice):
+    """A dead (all-zero) or constant layer, or NaN/inf activations: NaN, not a number that looks real
+    (the k-NN graph of identical points only shows how ties are broken: −0.22 on these images)."""
+    x = mnist_slice[0][:200].reshape(200, -1).astype(np.float32) / 255.0
+    y = jnp.asarray(mnist_slice[1][:200])
+    q = lambda r: float(dynamics.knn_modularity(jnp.asarray(r, jnp.float32), y, 10, 3))
+    assert q(x) > 0.3  # the real images: a real reading (equal to networkx in the test above)
+    const = np.tile(np.linspace(-1, 2, x.shape[1], dtype=np.float32), (200, 1))
+    with_nan, with_inf = x.copy(), x.copy()
+    with_nan[3, 5], with_inf[7, 1] = np.nan, np.inf
+    cases = {"zero": np.zeros_like(x), "constant": const, "nan": with_nan, "inf": with_inf}
+    for name, r in cases.items():
+        assert np.isnan(q(r)), name
+    for name, code in (("zero", dynamics.NO_SIGNAL), ("constant", dynamics.NO_SIGNAL), ("nan", dynamics.NON_FINITE),
+                       ("inf", dynamics.NON_FINITE)):
+        assert int(dynamics.representation_status(jnp.asarray(cases[name]))) == code, name
+    assert int(dynamics.representation_status(jnp.asarray(x))) == dynamics.OK
+    # the pruning rule skips the NaN layer instead of reading a plateau into it
+    assert dynamics.pruning_candidates([0.1, np.nan, 0.3, 0.5], ["input", "Dense_0", "Dense_1", "Dense_2"]) == []
 
 
 def test_pruning_candidates_rule():
@@ -213,7 +292,7 @@ def test_end_to_end_files_and_shapes(zoo):
         np.testing.assert_allclose(z["linear_networks"][0], 1.0, atol=1e-4)
         np.testing.assert_allclose(z["linear_epochs"][:, 0], 1.0, atol=1e-4)
     mod = pd.read_csv(out / "modularity.csv")
-    assert len(mod) == n * e * 4 and mod.modularity.between(-0.5, 1).all()
+    assert len(mod) == n * e * 4 and mod.modularity.between(-0.5, 1).all() and mod.reason.isna().all()
     probes = pd.read_csv(out / "probes.csv")
     assert len(probes) == n * e * 3
     last = probes[(probes.epoch == 2) & (probes.network == 0)]
@@ -306,6 +385,137 @@ def test_chunked_equals_all_at_once(zoo, data_dir):
     np.testing.assert_allclose(q1, q4, atol=1e-6)
 
 
+def _with_alarm(seconds, fn):
+    """Runs fn; a hang (the old rejection loop of choose_triples) becomes a test failure."""
+    import signal
+
+    def boom(*_):
+        raise TimeoutError(f"did not finish in {seconds} s")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_choose_triples_is_bounded_and_names_missing_classes():
+    labels = np.repeat(np.arange(10), 20)  # grouped by class, as cifar10.npz's test split
+    with pytest.raises(dynamics.DynamicsError):  # one class only: ends with an error, never hangs
+        _with_alarm(20, lambda: dynamics.choose_triples(np.zeros(50, int), 2))
+    t = _with_alarm(20, lambda: dynamics.choose_triples(labels, 50, seed=3, num_classes=10))
+    assert t.shape == (50, 3) and all(len(set(labels[r].tolist())) == 3 for r in t)
+    np.testing.assert_array_equal(t, dynamics.choose_triples(labels, 50, seed=3, num_classes=10))  # seeded
+    for few in (np.zeros(50, int), np.repeat([0, 4], 25)):  # fewer than 3 classes: an error naming the others
+        with pytest.raises(dynamics.DynamicsError, match=r"missing: \[.*1, 2, 3.*9\]"):
+            _with_alarm(20, lambda: dynamics.choose_triples(few, 2, num_classes=10))
+
+
+def test_probe_and_held_out_sets_are_stratified_on_class_grouped_cifar10(tmp_path, data_dir):
+    """cifar10.npz's test split is stored grouped by class: the first images are all airplanes."""
+    from jaxweights import config as config_lib
+    with np.load(data_dir / "cifar10.npz") as z:
+        y_all, x_all = z["y_test"].reshape(-1).astype(int), z["x_test"]
+    assert (y_all[:500] == y_all[0]).all()  # the trap the old front slices fell into
+    c = config_lib.default_config()
+    with c.unlocked():
+        c.dataset, c.max_train, c.max_test, c.batch_size = "cifar10", 256, 400, 64
+    rundir.write_json(tmp_path / "config.json", c.to_dict())
+    setup, xp, yp, xe, ye = dynamics.probe_data(tmp_path, 200, str(data_dir))
+    yp, ye = np.asarray(yp), np.asarray(ye)
+    assert xp.shape[0] == 200 and xe.shape[0] == 200
+    for y in (yp, ye):  # every class, in proportion (20 each, the split being balanced), not grouped
+        np.testing.assert_array_equal(np.bincount(y, minlength=10), np.full(10, 20))
+        assert (np.diff(y) != 0).sum() > 100
+    # the images are real test images with their own labels; probe and held-out sets are disjoint
+    mean, std = np.asarray(setup.mean, np.float32), np.asarray(setup.std, np.float32)
+    raw = lambda a: np.rint(np.asarray(a) * std + mean).astype(np.uint8)  # undo the standardisation
+    key = {x.tobytes(): i for i, x in enumerate(x_all)}
+    ip = [key[r.tobytes()] for r in raw(xp)]
+    ie = [key[r.tobytes()] for r in raw(xe)]
+    np.testing.assert_array_equal(y_all[ip], yp)
+    np.testing.assert_array_equal(y_all[ie], ye)
+    assert not set(ip) & set(ie)
+    # seeded: the same draw again, another seed another draw
+    assert np.array_equal(np.asarray(dynamics.probe_data(tmp_path, 200, str(data_dir), seed=0)[2]), yp)
+    assert not np.array_equal(np.asarray(dynamics.probe_data(tmp_path, 200, str(data_dir), seed=2)[1]), xp)
+    _with_alarm(20, lambda: dynamics.choose_triples(yp, 8, num_classes=10))
+
+
+def test_bad_networks_do_not_change_healthy_readings_and_get_nan_with_reasons(zoo, data_dir):
+    """A NaN network, an exploded one (every kernel x30: finite, huge activations) and a dead one
+    (Dense_1 zeroed) beside the 4 healthy networks: the healthy networks' CKA, modularity and
+    probes are those `write_dynamics` wrote for the healthy zoo alone; the bad ones get NaN
+    (excluded or non-finite) and the dead layers' modularity NaN with its reason."""
+    run, out = zoo
+    setup, xp, yp, xe, ye = dynamics.probe_data(run, 200, str(data_dir))
+    epochs, snaps = dynamics.load_snapshots(run)
+    bad_snaps = []
+    for snap in snaps:
+        nan, big, dead = ({k: v[:1].copy() for k, v in snap.items()} for _ in range(3))
+        nan["Dense_0/kernel"][:] = np.nan
+        for k in big:
+            big[k] *= 30.0 if k.endswith("kernel") else 1.0
+        dead["Dense_1/kernel"][:], dead["Dense_1/bias"][:] = 0.0, 0.0
+        bad_snaps.append({k: np.concatenate([snap[k], nan[k], big[k], dead[k]]) for k in snap})
+    exclude = np.array([False] * 4 + [True, True, False])
+    cka, mod, pr, _ = dynamics.representation_dynamics(  # the settings of the `zoo` fixture
+        setup, bad_snaps, epochs, xp, yp, xe, ye, cka_batch=50, probe_steps=200, num_planes=2, resolution=8,
+        exclude_N=exclude)
+    with np.load(out / "cka.npz") as z:
+        for key in ("linear_networks", "unbiased_networks"):
+            np.testing.assert_allclose(cka[key][:, :4, :4], z[key], rtol=1e-5, atol=1e-6, err_msg=key)
+            assert np.isnan(cka[key][:, 4:6]).all() and np.isnan(cka[key][:, :, 4:6]).all(), key
+            assert np.isfinite(cka[key][0, 6, :4]).all()  # the dead network is not excluded: its input is real
+        for key in ("linear_layers", "linear_epochs", "unbiased_epochs"):
+            np.testing.assert_allclose(cka[key][:4], z[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    healthy = lambda t: t[t.network < 4].reset_index(drop=True)
+    ref_mod, ref_pr = pd.read_csv(out / "modularity.csv"), pd.read_csv(out / "probes.csv")
+    np.testing.assert_allclose(healthy(mod).modularity, ref_mod.modularity, atol=1e-6)
+    assert healthy(mod).reason.eq("").all()
+    for col in ("probe_acc", "probe_train_acc", "region_agreement_final"):
+        np.testing.assert_allclose(healthy(pr)[col], ref_pr[col], atol=1e-6, err_msg=col)
+    # the NaN network: non-finite representations from Dense_0 on: NaN probes and modularity, with the reason
+    p = pr[pr.network == 4]
+    assert p.probe_acc.isna().all() and p.probe_train_acc.isna().all() and p.region_agreement_final.isna().all()
+    m = mod[mod.network == 4]
+    hidden = m[m.layer != "input"]
+    assert hidden.modularity.isna().all() and (hidden.reason == dynamics.REASONS[dynamics.NON_FINITE]).all()
+    assert m[m.layer == "input"].modularity.notna().all() and (m[m.layer == "input"].reason == "").all()
+    # the dead network: Dense_1 is all zero (no signal), Dense_2 the bias alone (constant)
+    d = mod[(mod.network == 6) & mod.layer.isin(["Dense_1", "Dense_2"])]
+    assert d.modularity.isna().all() and (d.reason == dynamics.REASONS[dynamics.NO_SIGNAL]).all()
+    # the exploded network keeps its own (finite) per-network readings; only across-network ones are NaN
+    assert mod[mod.network == 5].modularity.notna().all()
+
+
+def test_summaries_use_the_callers_optimal_and_exclude_masks(zoo):
+    """dynamics.json is over optimal_N & ~exclude_N exactly, recomputed here with pandas; no rule of its own."""
+    run, out = zoo
+    rwc, mod, probes = (pd.read_csv(out / f) for f in ("rwc.csv", "modularity.csv", "probes.csv"))
+    with np.load(out / "cka.npz") as z:
+        cka = {k: z[k] for k in z.files}
+    optimal, exclude = np.array([True, False, True, True]), np.array([False, False, False, True])
+    s = dynamics.summarize(rwc, mod, probes, cka, optimal, ["Dense_1"], exclude_N=exclude, optimal_rule="top 25%")
+    assert s["n_optimal"] == 2 and s["n_excluded"] == 1 and s["excluded"] == [3] and s["optimal_rule"] == "top 25%"
+    good = [0, 2]
+    for row in s["rwc"]["per_layer"]:
+        v = rwc[(rwc.layer == row["layer"]) & rwc.network.isin(good) & (rwc.epoch == 2)]
+        assert row["last_epoch"] == pytest.approx(v.rwc_l1_ratio.median())
+    for row in s["modularity"]["per_layer"]:
+        v = mod[(mod.layer == row["layer"]) & (mod.epoch == 2) & mod.network.isin(good)]
+        assert row["modularity"] == pytest.approx(v.modularity.mean())
+    for li, row in enumerate(s["cka"]["per_layer"]):
+        assert row["across_networks"] == pytest.approx(cka["linear_networks"][li][0, 2])
+    none = dynamics.summarize(rwc, mod, probes, cka, np.zeros(4, bool), [])  # no optimal network: NaN, no fallback
+    assert none["n_optimal"] == 0 and all(np.isnan(r["last_epoch"]) for r in none["rwc"]["per_layer"])
+    with pytest.raises(dynamics.DynamicsError, match="optimal_N: a boolean mask of the 4 networks"):
+        dynamics.summarize(rwc, mod, probes, cka, np.array([1, 0, 1, 1]), [])
+    with pytest.raises(dynamics.DynamicsError, match="exclude_N"):
+        dynamics.summarize(rwc, mod, probes, cka, optimal, [], exclude_N=np.zeros(3, bool))
+
+
 def test_plane_points_corners():
     a, b, c = (jnp.full((2, 2, 1), v, jnp.float32) for v in (0.0, 1.0, 3.0))
     pts = np.asarray(dynamics.plane_points(a, b, c, resolution=2, margin=0.0))
@@ -350,8 +560,9 @@ def test_analyze_writes_dynamics_tables_report_sections_and_summary(zoo, data_di
     s = json.loads((out / "summary.json").read_text())
     d = s["dynamics"]
     assert d == json.loads((out / "dynamics.json").read_text())
-    # The summary's numbers are those of the tables, over the networks at or above the median accuracy.
-    good = np.flatnonzero(dynamics.good_networks(work))
+    # The summary's numbers are those of the tables, over the networks the caller marked optimal
+    # (listed in pruning.json; every network when none are given).
+    good = np.asarray(json.loads((out / "pruning.json").read_text())["networks"])
     assert d["n_optimal"] == len(good) and d["epochs"] == [0, 1, 2]
     rwc = pd.read_csv(out / "rwc.csv")
     for row in d["rwc"]["per_layer"]:
