@@ -51,7 +51,8 @@ rundir.Checkpoints.save = wrapped(rundir.Checkpoints.save, "checkpoint")
 rundir.write_params = wrapped(rundir.write_params, "params.npz")
 make = train.make_zoo_fns
 train.make_zoo_fns = lambda *a, **k: (lambda z: train.ZooFns(wrapped(z.init, "init"), wrapped(z.train_epoch, "epoch"),
-                                                            wrapped(z.evaluate, "evaluate")))(make(*a, **k))
+                                                            wrapped(z.evaluate, "evaluate"),
+                                                            wrapped(z.reference_weight, "reference")))(make(*a, **k))
 n, hidden, steps, data_dir, workdir = json.loads(sys.argv[1])
 c = config_lib.default_config()
 c.model.hidden, c.num_seeds, c.num_epochs = tuple(hidden), 1, 1

@@ -178,9 +178,12 @@ def cmd_train(args: Sequence[str]) -> int:
     from jaxweights import run
     df = run.train_and_evaluate(config, fv.workdir, overwrite=fv.overwrite, progress=fv.progress)
     last = df[df.epoch == df.epoch.max()]
-    ok = last[~last.diverged.astype(bool)]
+    diverged = last.diverged.astype(bool)
+    exploded = last["exploded"].astype(bool) if "exploded" in last else diverged & False
+    ok = last[~diverged & ~exploded]  # accuracy of the networks an analysis keeps
     print(f"trained {len(last)} networks into {fv.workdir}: best test accuracy "
-          f"{ok.test_acc.max():.4f}, median {ok.test_acc.median():.4f}, {int(last.diverged.sum())} diverged")
+          f"{ok.test_acc.max():.4f}, median {ok.test_acc.median():.4f}, {int(diverged.sum())} diverged, "
+          f"{int(exploded.sum())} exploded")
     return 0
 
 

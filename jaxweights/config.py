@@ -39,7 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.dataset = "mnist"
     c.data_dir = ""  # "" = $JAXWEIGHTS_DATA_DIR, then system locations, then tfds.
-    c.max_train = 0  # 0 = the whole split; >0 keeps the first examples (smoke runs, tests).
+    # 0 = the whole split; >0 keeps that many examples, a class-stratified draw with a fixed seed
+    # (`data.stratified_indices`, seed `data.SUBSET_SEED`): every run and analysis sees the same subset.
+    c.max_train = 0
     c.max_test = 0
     c.model = ml_collections.ConfigDict({"name": "mlp", "init": "fan_in", "hidden": (128, 64)})
     c.optimizer = "sgd"
@@ -56,6 +58,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.label_noises = (0.0,)
     c.train_fractions = (1.0,)
     c.eval_batch_size = 1000
+    # A network is flagged `exploded` after an epoch (not diverged, yet blown up) when its test loss
+    # exceeds explode_loss_factor x ln(num_classes) (a uniform guess's loss) or its largest |w| exceeds
+    # explode_weight_factor x its largest |w| at initialisation (at init scale 1 if that is larger).
+    c.explode_loss_factor = 10.0
+    c.explode_weight_factor = 100.0
     c.compute_dtype = "float32"
     c.checkpoint_every = 1  # epochs between orbax checkpoints of the stacked state.
     c.keep_checkpoints = 0  # 0 = keep every checkpoint (per-epoch snapshots for the dynamics).
@@ -90,6 +97,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     mem = config.memory_limit_mb
     if isinstance(mem, bool) or not isinstance(mem, (int, float, np.integer, np.floating)) or not mem >= 0:
         raise ConfigError(f"config.memory_limit_mb: must be a number of MiB >= 0 (0 = the device's memory), got {mem!r}")
+    for key in ("explode_loss_factor", "explode_weight_factor"):
+        v = config[key]
+        if not _is_number(v) or not 1 < v < float("inf"):
+            raise ConfigError(f"config.{key}: must be a finite number > 1 (a factor at or below 1 would flag "
+                              f"healthy networks), got {v!r}")
     if not isinstance(config.multihost, (bool, np.bool_)):
         raise ConfigError(f"config.multihost: must be True or False, got {config.multihost!r}")
     if config.optimizer not in OPTIMIZERS:

@@ -13,6 +13,10 @@
    `dataset-fashion-mnist` package installs `/usr/share/datasets/fashion-mnist`).
 3. `digits` comes from scikit-learn's bundled copy; the others from `tfds.data_source`
    (downloads only when no data directory was given).
+
+`max_train` / `max_test` keep a class-stratified draw (`stratified_indices` with the fixed seed
+`SUBSET_SEED`), never the first examples: a split stored grouped by class (CIFAR-10's test split
+in Keras' npz is) would otherwise give a subset of one class.
 """
 
 from __future__ import annotations
@@ -82,6 +86,48 @@ _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned-byte images (3-D) / labe
 _FORMATS = {k: f"{k}.npz or IDX files" for k in ("mnist", "fashion_mnist")} | {
     "cifar10": "cifar10.npz or cifar-10-batches-py/"}
 _DIGITS_TRAIN = 1500  # digits split: first 1500 of load_digits() train, remaining 297 test
+SUBSET_SEED = 0  # the seed of every max_train/max_test draw: all runs and analyses see the same subset
+_ROWS_PER_READ = 4096  # images read at a time while picking a subset out of an npz
+
+
+def stratified_indices(labels_n: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
+    """n indices into `labels_n`, a seeded class-stratified draw without replacement, in random order.
+
+    Each class present gets its proportional share n·c_k/N rounded by largest remainders
+    (Hamilton's method: every share is within one of n·c_k/N), raised to at least one example
+    per present class when n is at least the number of classes (taken back from the classes most
+    over their share). Within a class the examples are a uniform draw; the result is shuffled, so
+    it is never grouped by class. Same labels, n and seed: same indices.
+
+    Args:
+      labels_n: (N,) class labels (any values `np.unique` can sort).
+      n: how many indices, 0 <= n <= N.
+      seed: seed of `np.random.default_rng`.
+
+    Returns:
+      (n,) int64 indices, all distinct.
+    """
+    labels_n = np.asarray(labels_n).reshape(-1)
+    total = labels_n.shape[0]
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= total:
+        raise ValueError(f"stratified_indices: n must be an integer in [0, {total}], got {n!r}")
+    rng = np.random.default_rng(seed)
+    classes, inverse, counts = np.unique(labels_n, return_inverse=True, return_counts=True)
+    share = n * counts / total
+    alloc = np.floor(share).astype(np.int64)
+    tiebreak = rng.random(len(classes))  # seeded, never by class order
+    short = n - int(alloc.sum())
+    order = np.lexsort((tiebreak, -(share - alloc)))  # largest remainder first
+    alloc[order[:short]] += 1
+    if n >= len(classes):
+        for k in np.flatnonzero(alloc == 0):  # one each for the classes rounded to none
+            alloc[k] = 1
+            over = np.where(alloc > 1, alloc - share, -np.inf)
+            alloc[int(np.argmax(over))] -= 1
+    picked = [rng.choice(np.flatnonzero(inverse == k), size=int(a), replace=False)
+              for k, a in enumerate(alloc) if a]
+    out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+    return rng.permutation(out).astype(np.int64)
 
 
 def spec(name: str) -> DatasetSpec:
@@ -140,8 +186,13 @@ def _read_idx(path: Path, ndim: int, image_hw: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
-def _npy_member(zf: zipfile.ZipFile, key: str, path: Path, limit: int | None) -> tuple[np.ndarray, int]:
-    """Read the first `limit` rows of `key` from an npz; return them and the full row count."""
+def _npy_member(zf: zipfile.ZipFile, key: str, path: Path, limit: int | None,
+                rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Read the first `limit` rows of `key` from an npz, or (`rows` given) those rows in that order,
+    streaming through the member so only the kept rows stay in memory; return them and the full
+    row count."""
+    if rows is not None:
+        return _npy_rows(zf, key, path, rows)
     fmt = np.lib.format
     try:
         with zf.open(key + ".npy") as f:
@@ -166,8 +217,48 @@ def _npy_member(zf: zipfile.ZipFile, key: str, path: Path, limit: int | None) ->
     return np.frombuffer(buf, dtype).reshape((k, *shape[1:])), shape[0]
 
 
+def _npy_rows(zf: zipfile.ZipFile, key: str, path: Path, rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """`_npy_member` for chosen rows: reads the whole member (its CRC is checked at the end) in
+    blocks of `_ROWS_PER_READ` rows and keeps the chosen ones."""
+    fmt = np.lib.format
+    try:
+        with zf.open(key + ".npy") as f:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise DataError(f"{path}: {key} has unsupported .npy version {version}")
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran or dtype.hasobject or not shape:
+                raise DataError(f"{path}: {key} must be a C-ordered numeric array with a batch axis")
+            row_bytes = math.prod(shape[1:]) * dtype.itemsize  # math.prod: no int64 wrap-around
+            if shape[0] * row_bytes > zf.getinfo(key + ".npy").file_size:  # before allocating for it
+                raise DataError(f"{path}: {key} is truncated (header shape {shape} needs more bytes than the "
+                                f"member holds)")
+            out = np.empty((len(rows), *shape[1:]), dtype)
+            order = np.argsort(rows, kind="stable")
+            sorted_rows = rows[order]
+            for start in range(0, shape[0], _ROWS_PER_READ):
+                k = min(_ROWS_PER_READ, shape[0] - start)
+                buf = f.read(k * row_bytes)
+                if len(buf) != k * row_bytes:
+                    raise DataError(f"{path}: {key} is truncated (row {start + len(buf) // max(row_bytes, 1)} "
+                                    f"of {shape[0]})")
+                lo, hi = np.searchsorted(sorted_rows, [start, start + k])
+                if hi > lo:
+                    block = np.frombuffer(buf, dtype).reshape((k, *shape[1:]))
+                    out[order[lo:hi]] = block[sorted_rows[lo:hi] - start]
+            if f.read(1):  # also reaches EOF: checks the CRC
+                raise DataError(f"{path}: {key} has bytes beyond its header shape {shape}")
+    except DataError:
+        raise
+    except _READ_ERRORS as e:
+        raise DataError(f"{path}: corrupted npz member {key} ({type(e).__name__}: {e})") from e
+    return out, shape[0]
+
+
 def _load_npz(path: Path, limits: tuple[int | None, int | None]) -> dict:
-    """Read a Keras-style npz, only the first `limits` rows of each split."""
+    """Read a Keras-style npz; a split with a limit below its size keeps the `stratified_indices`
+    draw of its labels, read without holding the whole split's images."""
     try:
         zf = zipfile.ZipFile(path)
     except _READ_ERRORS as e:
@@ -179,7 +270,12 @@ def _load_npz(path: Path, limits: tuple[int | None, int | None]) -> dict:
             raise DataError(f"{path}: missing keys {missing} (has {sorted(present)})")
         parts = {}
         for split, limit in zip(("train", "test"), limits):
-            (x, nx), (y, ny) = (_npy_member(zf, f"{a}_{split}", path, limit) for a in "xy")
+            y, ny = _npy_member(zf, f"y_{split}", path, None)
+            rows = None
+            if limit is not None and limit < ny and (y.ndim == 1 or y.shape[1:] == (1,)):
+                rows = stratified_indices(y, limit, seed=SUBSET_SEED)
+                y = y[rows]
+            x, nx = _npy_member(zf, f"x_{split}", path, limit, rows)
             if nx != ny:
                 raise DataError(f"{path}: x_{split} has {nx} images but y_{split} has {ny} labels")
             parts[f"x_{split}"], parts[f"y_{split}"] = (x, f"{path}[x_{split}]"), (y, f"{path}[y_{split}]")
@@ -227,15 +323,13 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_batches(d: Path, limits: tuple[int | None, int | None]) -> dict:
-    """Read the CIFAR-10 python batches; train batches past `limits[0]` images are skipped."""
+    """Read the CIFAR-10 python batches, all of them (a `max_train` draw needs every label)."""
     files = [d / f"data_batch_{i}" for i in range(1, 6)] + [d / "test_batch"]
     for f in files:
         if not f.is_file():
             raise DataError(f"{f}: missing file (CIFAR-10 python batches in {d})")
     xs, ys = [], []
     for f in files[:5]:
-        if limits[0] is not None and sum(map(len, xs)) >= limits[0]:
-            break
         x, y = _read_batch(f)
         xs.append(x)
         ys.append(y)
@@ -269,14 +363,14 @@ def _search_dir(name: str, s: DatasetSpec, root: Path, limits) -> tuple[dict, st
 
 
 def _from_tfds(name: str, s: DatasetSpec, data_dir: Path | None, limits) -> dict:
-    """Read `name` with `tfds.data_source`; downloads only when `data_dir` is None."""
+    """Read `name` with `tfds.data_source`, whole splits (a limit is drawn from all labels by
+    `_finish`); downloads only when `data_dir` is None."""
     import tensorflow_datasets as tfds  # lazy: heavy, and only needed as a last resort
 
     parts = {}
-    for split, limit in zip(("train", "test"), limits):
+    for split in ("train", "test"):
         src = tfds.data_source(_TFDS_NAMES[name], split=split, data_dir=data_dir, download=data_dir is None)
-        n = len(src) if limit is None else min(limit, len(src))
-        recs = [src[i] for i in range(n)]  # one by one: the tfds mock's __getitems__ is broken
+        recs = [src[i] for i in range(len(src))]  # one by one: the tfds mock's __getitems__ is broken
         x = np.stack([np.asarray(r["image"]) for r in recs]) if recs else np.zeros((0, *s.image_shape), np.uint8)
         y = np.asarray([r["label"] for r in recs], dtype=np.int64)
         parts[f"x_{split}"], parts[f"y_{split}"] = (x, f"tfds:{name}/{split}"), (y, f"tfds:{name}/{split}")
@@ -311,7 +405,9 @@ def _finish(name: str, s: DatasetSpec, parts: dict, source: str, limits) -> Data
         bad = y[(y < 0) | (y >= s.num_classes)]
         if bad.size:
             raise DataError(f"{yw}: {bad.size} labels outside [0, {s.num_classes}), e.g. {bad[0]}")
-        x, y = x[:limit], y[:limit]
+        if limit is not None and len(y) > limit:
+            keep = stratified_indices(y, limit, seed=SUBSET_SEED)
+            x, y = x[keep], y[keep]
         out[f"x_{split}"] = np.require(x, np.uint8, ["C", "W", "O"])
         out[f"y_{split}"] = np.require(y, np.int32, ["C", "W", "O"])
     x = out["x_train"]
@@ -330,8 +426,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, max_train: int
     Args:
       name: one of `DATASETS`.
       data_dir: folder with the data; defaults to $JAXWEIGHTS_DATA_DIR when that is set.
-      max_train: keep only the first `max_train` train examples (None: all).
-      max_test: keep only the first `max_test` test examples (None: all).
+      max_train: keep only `max_train` train examples (None: all), drawn class-stratified by
+        `stratified_indices(y_train, max_train, seed=SUBSET_SEED)`, in that (random) order.
+      max_test: the same for the test split.
       use_tfds: whether to fall back to tensorflow-datasets.
       log: logger that receives one INFO line per place tried.
 

@@ -28,7 +28,14 @@ from jaxweights import models, rundir, train
 
 log = logging.getLogger("jaxweights")
 
-METRIC_COLUMNS = ["train_loss", "train_acc", "test_loss", "test_acc", "diverged"]
+METRIC_COLUMNS = ["train_loss", "train_acc", "test_loss", "test_acc", "diverged", "exploded", "max_abs_weight"]
+BOOL_METRICS = ("diverged", "exploded")
+
+
+def _float32_metrics(df: pd.DataFrame) -> pd.DataFrame:
+    """Saved metrics read back as the float32 the device wrote (rewritten rows then read the same);
+    columns an older run directory lacks stay missing."""
+    return df.astype({c: np.float32 for c in METRIC_COLUMNS if c not in BOOL_METRICS and c in df})
 
 
 class RunError(RuntimeError):
@@ -162,7 +169,7 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
     log.info("%s: %d networks × %d steps/epoch × %d epochs (%s on %s, %d device(s), %d process(es))", workdir,
              n_nets, steps, config.num_epochs, config.model.name, config.dataset, mesh.size, jax.process_count())
     if plan.num_chunks == 1:
-        _train_chunk(config, workdir, grid, fns, data, mesh, plan.chunk_size, resume, progress)
+        _train_chunk(config, workdir, grid, fns, data, mesh, plan.chunk_size, resume, progress, setup.num_classes)
         return pd.read_csv(workdir / "metrics.csv")
 
     if main:
@@ -174,10 +181,10 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
         log.info("%s: chunk %d/%d, networks %d-%d", workdir, k + 1, plan.num_chunks, rows.network.iloc[0],
                  rows.network.iloc[-1])
         if resume and (cdir / "params.npz").exists():  # finished before an interruption
-            old = pd.read_csv(cdir / "metrics.csv")
-            frames.append(old.astype({c: np.float32 for c in METRIC_COLUMNS if c != "diverged"}))
+            frames.append(_float32_metrics(pd.read_csv(cdir / "metrics.csv")))
             continue
-        frames.append(_train_chunk(config, cdir, rows, fns, data, mesh, plan.chunk_size, resume, progress))
+        frames.append(_train_chunk(config, cdir, rows, fns, data, mesh, plan.chunk_size, resume, progress,
+                                   setup.num_classes))
     metrics = pd.concat(frames).sort_values(["epoch", "network"], kind="stable").reset_index(drop=True)
     if main:
         rundir.write_csv(workdir / "metrics.csv", metrics)
@@ -188,8 +195,11 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
 
 
 def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.DataFrame, fns: train.ZooFns,
-                 data: tuple, mesh, n_pad: int, resume: bool, progress: bool) -> pd.DataFrame:
+                 data: tuple, mesh, n_pad: int, resume: bool, progress: bool, num_classes: int) -> pd.DataFrame:
     """Trains the networks of `grid`, padded to `n_pad` (copies of the last one), into `workdir`.
+
+    After each epoch a network is flagged `exploded` by `train.exploded` (the factors are
+    `config.explode_loss_factor` and `config.explode_weight_factor`; see the README's "Run directory").
 
     Padded networks are exact copies of the last real one (same seed and hyperparameters), so
     they cost compute but never change a number; they are sliced off before anything is
@@ -201,15 +211,15 @@ def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.Data
     padded = pd.concat([grid, grid.iloc[[n - 1] * (n_pad - n)]], ignore_index=True)
     hp = train.shard(train.Hyper(*(np.asarray(f) for f in train.hyper_from_grid(padded))), mesh)
     ckpt = rundir.Checkpoints(workdir, keep=config.keep_checkpoints)
+    # the yardstick of the exploded rule, from the (deterministic) initialisation: resumes get the same
+    w_ref = np.asarray(train.to_host(fns.reference_weight(hp)))[:n]
     state = fns.init(hp)
     start, frames = 0, []
     if resume and ckpt.latest_epoch() is not None:
         start = ckpt.latest_epoch()
         state = _restore(ckpt, start, state, n, mesh)
         if start > 0 and (workdir / "metrics.csv").exists():
-            old = pd.read_csv(workdir / "metrics.csv")
-            # Metrics are float32 on device; keep them float32 so rewritten rows read the same.
-            old = old.astype({k: np.float32 for k in METRIC_COLUMNS if k != "diverged"})
+            old = _float32_metrics(pd.read_csv(workdir / "metrics.csv"))
             frames.append(old[old.epoch <= start])
         log.info("%s: resuming after epoch %d", workdir, start)
     elif start == 0:
@@ -224,19 +234,22 @@ def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.Data
         test_m = fns.evaluate(state.params, x_test, y_test, m_test)
         m = train.to_host({**train_m, **test_m, "diverged": state.diverged})
         m = {k: np.asarray(v)[:n] for k, v in m.items()}  # padding never reaches the outputs
+        m["exploded"] = train.exploded(m["test_loss"], m["max_abs_weight"], w_ref, m["diverged"], num_classes,
+                                       float(config.explode_loss_factor), float(config.explode_weight_factor))
         dt = time.perf_counter() - t0
         frames.append(_metrics_rows(grid, epoch, m))
         if main:
             rundir.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True))
         if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
             ckpt.save(epoch, _unpad(state, n, mesh))
-        ok = ~m["diverged"]
+        ok = ~m["diverged"] & ~m["exploded"]
         best = float(np.max(m["test_acc"][ok])) if ok.any() else float("nan")
         bar.update(1)
         bar.set_postfix_str(f"nets={n} nets·steps/s={n_nets * steps / dt:,.0f} best_acc={best:.4f} "
-                            f"diverged={int(m['diverged'].sum())}")
-        log.info("epoch %d/%d: %.1fs, %.0f networks·steps/s, best test acc %.4f, %d diverged",
-                 epoch, config.num_epochs, dt, n_nets * steps / dt, best, int(m["diverged"].sum()))
+                            f"diverged={int(m['diverged'].sum())} exploded={int(m['exploded'].sum())}")
+        log.info("epoch %d/%d: %.1fs, %.0f networks·steps/s, best test acc %.4f, %d diverged, %d exploded",
+                 epoch, config.num_epochs, dt, n_nets * steps / dt, best, int(m["diverged"].sum()),
+                 int(m["exploded"].sum()))
     bar.close()
     ckpt.close()
     params = jax.tree.map(lambda x: np.asarray(x)[:n], train.to_host(state.params))

@@ -7,7 +7,7 @@ trains in one compiled program. PRNG keys are derived, never stored:
 
     net_key   = fold_in(PRNGKey(config.seed), seed)
     init      = fold_in(net_key, 0)
-    data order= fold_in(fold_in(net_key, 1), epoch)
+    data order= fold_in(fold_in(net_key, 1), epoch)   (see `epoch_indices`)
     subset    = fold_in(net_key, 2)       (which examples a train_fraction < 1 keeps)
     label noise = fold_in(fold_in(net_key, 3), example index)
 
@@ -16,7 +16,8 @@ data in the same order and the same noisy labels: a grid compares like with like
 
 A network whose loss or parameters become non-finite is marked diverged at that step and its
 parameters and optimizer state stay frozen at the last finite values; nothing it does reaches
-another network, since vmapped networks share no arithmetic.
+another network, since vmapped networks share no arithmetic. A network whose weights or loss
+blew up while staying finite is flagged exploded after each epoch (`exploded`).
 """
 
 from __future__ import annotations
@@ -140,13 +141,39 @@ def loss_and_logits(setup: Setup, params: PyTree, x: Array, y: Array) -> tuple[A
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
 
+def epoch_indices(net_key: Array, epoch: Array, train_fraction: Array, n: int, steps: int,
+                  batch_size: int) -> Array:
+    """The `steps * batch_size` training-example indices of one network's epoch, in order.
+
+    The network keeps m = round(f·n) examples (at least one batch), the first m of a permutation
+    fixed by its key, the same every epoch. Each epoch shuffles them afresh and walks through
+    passes over them, each pass in its own random order, until the epoch's steps are filled: every
+    kept example appears floor(T/m) or ceil(T/m) times in an epoch of T = steps·batch_size
+    draws, and which ones get the extra visit changes from epoch to epoch. Pure and traced in f,
+    so networks with different fractions share one compiled program at the same compute.
+    """
+    total = steps * batch_size
+    subset = jax.random.permutation(jax.random.fold_in(net_key, 2), n)  # kept: subset[:m]
+    m = jnp.clip(jnp.round(train_fraction * n).astype(jnp.int32), batch_size, n)
+    key = jax.random.fold_in(jax.random.fold_in(net_key, 1), epoch)
+    # a random order of 0..m-1 with m traced: sort n uniforms with the slots >= m pushed last
+    u_n = jax.random.uniform(jax.random.fold_in(key, 0), (n,))
+    perm_n = jnp.argsort(jnp.where(jnp.arange(n) < m, u_n, 2.0))
+    # draw t of the epoch is slot t % m of pass t // m; shuffle the draws within each pass
+    t = jnp.arange(total)
+    v_t = jax.random.uniform(jax.random.fold_in(key, 1), (total,))
+    within_t = jnp.lexsort((v_t, t // m))
+    return subset[perm_n[within_t % m]]
+
+
 def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
                 x_train: Array, y_train: Array, *, rwc_every: int = 0) -> tuple[TrainState, dict[str, Array]]:
     """One epoch of one network: `len(x_train) // batch_size` steps in a `lax.scan`.
 
     With `train_fraction` f < 1 the network trains on a fixed subset of round(f·n) examples
     (chosen by its seed) for the same number of steps, so every network gets the same compute
-    and sees its subset about 1/f times per epoch.
+    and sees each kept example about 1/f times per epoch, all of them equally often (±1, see
+    `epoch_indices`).
 
     With `rwc_every` = k > 0 the scan also carries the kernels of the last k-step boundary and
     returns `metrics["rwc_l1_ratio"]`: `{kernel path: (steps,)}`, the relative weight change
@@ -160,9 +187,7 @@ def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
     n, b = x_train.shape[0], setup.batch_size
     steps = n // b
     key = _net_key(setup, hp)
-    order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
-    subset = jax.random.permutation(jax.random.fold_in(key, 2), n)
-    m = jnp.clip(jnp.round(hp.train_fraction * n).astype(jnp.int32), b, n)
+    idx_all = epoch_indices(key, epoch, hp.train_fraction, n, steps, b)
     noise_key = jax.random.fold_in(key, 3)
     tx = make_optimizer(setup, hp)
 
@@ -174,7 +199,7 @@ def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
 
     def step(carry, i):
         state, loss_sum, correct = carry
-        idx = subset[jax.lax.dynamic_slice_in_dim(order, i * b, b) % m]
+        idx = jax.lax.dynamic_slice_in_dim(idx_all, i * b, b)
         x = normalize(setup, x_train[idx])
         y = noisy_labels(idx, y_train[idx].astype(jnp.int32))
         (loss, logits), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
@@ -192,6 +217,34 @@ def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
         return _train_with_rwc(step, state, zero, steps, rwc_every)
     (state, loss_sum, correct), _ = jax.lax.scan(step, (state, zero, zero), jnp.arange(steps))
     return state, {"train_loss": loss_sum / steps, "train_acc": correct / steps}
+
+
+def max_abs_weight(params: PyTree) -> Array:
+    """The largest |w| over all parameters of one network (float32 scalar; inf/NaN if any is)."""
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(params)]))
+
+
+def reference_max_abs_weight(setup: Setup, hp: Hyper, image_shape: tuple[int, ...]) -> Array:
+    """The yardstick of one network's `exploded` weight rule: the larger of its initial max |w| and
+    that of the same seed's initialisation at init scale 1 (so a small init scale does not make
+    ordinary learned weights look like a blow-up)."""
+    own = init_network(setup, hp, image_shape).params
+    unit = init_network(setup, hp._replace(init_scale=jnp.ones_like(hp.init_scale)), image_shape).params
+    return jnp.maximum(max_abs_weight(own), max_abs_weight(unit))
+
+
+def exploded(test_loss_N: np.ndarray, max_abs_weight_N: np.ndarray, reference_N: np.ndarray,
+             diverged_N: np.ndarray, num_classes: int, loss_factor: float = 10.0,
+             weight_factor: float = 100.0) -> np.ndarray:
+    """Which networks blew up without becoming non-finite (bool (N,)).
+
+    exploded = not diverged and (test loss > `loss_factor` · ln(num_classes), i.e. that many times
+    the loss of a uniform guess, or not finite; or max |w| > `weight_factor` · `reference_N`, the
+    network's `reference_max_abs_weight`, or not finite). NaN comparisons count as blown up.
+    """
+    loss_ok = np.asarray(test_loss_N, np.float64) <= loss_factor * np.log(num_classes)
+    w_ok = np.asarray(max_abs_weight_N, np.float64) <= weight_factor * np.asarray(reference_N, np.float64)
+    return ~np.asarray(diverged_N, bool) & ~(loss_ok & w_ok)
 
 
 def _kernels(params: PyTree) -> dict[str, Array]:
@@ -216,7 +269,8 @@ def _train_with_rwc(step, state, zero, steps: int, every: int):
 
 
 def evaluate(setup: Setup, params: PyTree, x: Array, y: Array, mask: Array, eval_batch: int) -> dict[str, Array]:
-    """Test loss and accuracy of N stacked networks on a padded split, in chunks of `eval_batch`.
+    """Test loss and accuracy of N stacked networks on a padded split, in chunks of `eval_batch`,
+    and each network's `max_abs_weight` (N,).
 
     The scan runs over chunks with the networks vmapped inside, so the working set is
     N × eval_batch activations. `mask` marks real (1) and padding (0) examples.
@@ -236,7 +290,8 @@ def evaluate(setup: Setup, params: PyTree, x: Array, y: Array, mask: Array, eval
     zero = jnp.zeros((n_nets,), jnp.float32)
     (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), jnp.arange(chunks))
     total = mask.sum()
-    return {"test_loss": loss_sum / total, "test_acc": correct / total}
+    return {"test_loss": loss_sum / total, "test_acc": correct / total,
+            "max_abs_weight": jax.vmap(max_abs_weight)(params)}
 
 
 def pad_split(x: np.ndarray, y: np.ndarray, eval_batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,6 +309,7 @@ class ZooFns(NamedTuple):
     init: Callable[[Hyper], TrainState]
     train_epoch: Callable[..., tuple[TrainState, dict[str, Array]]]
     evaluate: Callable[..., dict[str, Array]]
+    reference_weight: Callable[[Hyper], Array] | None = None  # `reference_max_abs_weight` of each network
 
 
 def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int,
@@ -276,13 +332,15 @@ def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int,
         data and the epoch number are replicated, and no device talks to another.
 
     Returns:
-      `ZooFns(init, train_epoch, evaluate)`.
+      `ZooFns(init, train_epoch, evaluate, reference_weight)`.
     """
     init = jax.vmap(lambda hp: init_network(setup, hp, image_shape))
+    ref = jax.vmap(lambda hp: reference_max_abs_weight(setup, hp, image_shape))
     k = setup.vmap_chunk
     if k:  # chunks of k networks vmapped, one chunk after another inside the program
         # (the initialisation too: its random draws take several times the state while they live)
         init = lambda hp: jax.lax.map(lambda h: init_network(setup, h, image_shape), hp, batch_size=k)
+        ref = lambda hp: jax.lax.map(lambda h: reference_max_abs_weight(setup, h, image_shape), hp, batch_size=k)
         epoch = lambda s, hp, e, x, y: jax.lax.map(lambda a: train_epoch(setup, a[0], a[1], e, x, y), (s, hp),
                                                    batch_size=k)
         one = lambda q, x, y, m: jax.tree.map(lambda v: v[0], evaluate(  # evaluate stacks: one network as N=1
@@ -297,9 +355,10 @@ def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int,
         # etc.) with no collectives, so there is nothing for the varying-axis check to guard.
         sm = lambda f, ins: jax.shard_map(f, mesh=mesh, in_specs=ins, out_specs=net, check_vma=False)
         init = sm(init, (net,))
+        ref = sm(ref, (net,))
         epoch = sm(epoch, (net, net, rep, rep, rep))
         ev = sm(ev, (net, rep, rep, rep))
-    return ZooFns(jax.jit(init), jax.jit(epoch, donate_argnums=(0,)), jax.jit(ev))
+    return ZooFns(jax.jit(init), jax.jit(epoch, donate_argnums=(0,)), jax.jit(ev), jax.jit(ref))
 
 
 # ============================== devices and hosts ==============================

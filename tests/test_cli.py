@@ -29,7 +29,8 @@ def test_run_directory_contract(tmp_path, data_dir):
     assert cfg["num_epochs"] == 2 and cfg["model"]["hidden"] == [16] and cfg["learning_rates"] == [0.05, 10000.0]
     m = pd.read_csv(run / "metrics.csv")
     assert list(m.columns) == ["network", "seed", "learning_rate", "init_scale", "weight_decay", "label_noise",
-                               "train_fraction", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "diverged"]
+                               "train_fraction", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "diverged",
+                               "exploded", "max_abs_weight"]
     assert len(m) == 4 * 2 and sorted(m.epoch.unique()) == [1, 2]
     last = m[m.epoch == 2].set_index("network")
     assert not last.diverged[[0, 1]].any() and last.diverged[[2, 3]].any()

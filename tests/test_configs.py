@@ -58,3 +58,21 @@ def test_each_dataset_and_family_trains_on_real_data(tmp_path, data_dir, dataset
     assert np.isfinite(df.train_loss).all() and (df.train_loss < np.log(10) + 0.3).all()
     with np.load(tmp_path / "run" / "params.npz") as z:
         assert all(z[k].shape[0] == len(df) for k in z.files)
+
+
+@pytest.mark.parametrize("key", ["explode_loss_factor", "explode_weight_factor"])
+@pytest.mark.parametrize("bad", [0.5, 1.0, -3.0, float("inf"), float("nan")])
+def test_explode_factors_are_validated(key, bad):
+    c = config_lib.default_config()
+    c[key] = bad  # (a ConfigDict refuses non-numbers for a float field by itself)
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.validate(c)
+    msg = str(info.value)
+    assert msg.startswith(f"config.{key}:") and "\n" not in msg
+
+
+def test_explode_factor_defaults_and_overrides_validate():
+    c = config_lib.default_config()
+    assert (c.explode_loss_factor, c.explode_weight_factor) == (10.0, 100.0)
+    c.explode_loss_factor, c.explode_weight_factor = 3, 1e6
+    config_lib.validate(c)

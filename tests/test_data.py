@@ -124,9 +124,11 @@ def test_mnist_npz(real_dir, isolated):
         np.testing.assert_array_equal(ds.x_test[..., 0], raw["x_test"])
     small = data.load("mnist", real_dir, max_train=1000, max_test=10)
     assert small.x_train.shape == (1000, 28, 28, 1) and small.y_test.shape == (10,)
-    np.testing.assert_array_equal(small.x_train, ds.x_train[:1000])
-    np.testing.assert_array_equal(small.y_train, ds.y_train[:1000])
-    assert small.x_train.flags.owndata  # the slice does not keep the full array alive
+    keep = data.stratified_indices(ds.y_train, 1000, seed=data.SUBSET_SEED)  # a stratified draw, not the first 1000
+    np.testing.assert_array_equal(small.x_train, ds.x_train[keep])
+    np.testing.assert_array_equal(small.y_train, ds.y_train[keep])
+    np.testing.assert_array_equal(small.y_test, ds.y_test[data.stratified_indices(ds.y_test, 10, seed=data.SUBSET_SEED)])
+    assert small.x_train.flags.owndata  # the subset does not keep the full array alive
 
 
 def test_fashion_mnist_from_system_location(isolated, monkeypatch):
@@ -140,11 +142,19 @@ def test_fashion_mnist_from_system_location(isolated, monkeypatch):
     assert np.bincount(ds.y_train).tolist() == [6000] * 10
 
 
-def test_cifar10_npz_slice(real_dir, cifar_raw, isolated):
+def test_cifar10_npz_slice(real_dir, isolated):
     ds = data.load("cifar10", real_dir, max_train=5000, max_test=1000)
     assert ds.x_train.shape == (5000, 32, 32, 3) and ds.x_test.shape == (1000, 32, 32, 3)
     np.testing.assert_allclose(ds.x_train.mean(axis=(0, 1, 2)), CIFAR_TRAIN_MEANS, atol=3)
-    assert_same(ds, cifar_raw)
+    with np.load(real_dir / "cifar10.npz") as z:  # the stratified draw of the full splits, read by numpy
+        raw = {}
+        for split, n in (("train", 5000), ("test", 1000)):
+            y = z[f"y_{split}"].ravel()
+            keep = data.stratified_indices(y, n, seed=data.SUBSET_SEED)
+            raw[f"x_{split}"], raw[f"y_{split}"] = z[f"x_{split}"][keep], y[keep]
+    assert_same(ds, raw)
+    # the test split is stored grouped by class: its first 1000 are one class, the draw has all ten
+    assert np.bincount(ds.y_test, minlength=10).tolist() == [100] * 10
 
 
 def test_cifar10_python_batches(tmp_path, cifar_raw, isolated):
@@ -154,7 +164,8 @@ def test_cifar10_python_batches(tmp_path, cifar_raw, isolated):
     assert "cifar-10-batches-py" in ds.source
     assert_same(ds, raw)  # pixel-exact: checks CHW rows -> HWC
     few = data.load("cifar10", tmp_path, max_train=25, max_test=3, use_tfds=False)
-    np.testing.assert_array_equal(few.x_train, raw["x_train"][:25])
+    keep = data.stratified_indices(raw["y_train"], 25, seed=data.SUBSET_SEED)
+    np.testing.assert_array_equal(few.x_train, raw["x_train"][keep])
     assert few.x_test.shape == (3, 32, 32, 3)
 
 
@@ -308,15 +319,20 @@ NPZ_CASES = {
 }
 
 
+SUBSET = {"whole": {}, "subset": {"max_train": 30, "max_test": 7}}  # a subset streams the rows it keeps
+
+
+@pytest.mark.parametrize("limits", SUBSET)
 @pytest.mark.parametrize("case", NPZ_CASES)
-def test_bad_npz(tmp_path, isolated, case):
+def test_bad_npz(tmp_path, isolated, case, limits):
     changes, match = NPZ_CASES[case]
     path = _npz(tmp_path, **changes)
-    raises_naming(path, "mnist", tmp_path, use_tfds=False, match=match)
+    raises_naming(path, "mnist", tmp_path, use_tfds=False, match=match, **SUBSET[limits])
 
 
+@pytest.mark.parametrize("limits", SUBSET)
 @pytest.mark.parametrize("how", ["garbage", "truncated", "flipped"])
-def test_corrupted_npz(tmp_path, isolated, how):
+def test_corrupted_npz(tmp_path, isolated, how, limits):
     path = _npz(tmp_path)
     raw = bytearray(path.read_bytes())
     if how == "garbage":
@@ -326,7 +342,7 @@ def test_corrupted_npz(tmp_path, isolated, how):
     else:
         raw[len(raw) // 4] ^= 0xFF  # inside x_train's data: CRC mismatch
     path.write_bytes(bytes(raw))
-    raises_naming(path, "mnist", tmp_path, use_tfds=False)
+    raises_naming(path, "mnist", tmp_path, use_tfds=False, **SUBSET[limits])
 
 
 def test_fashion_files_are_not_mnist(tmp_path, isolated):
@@ -379,3 +395,47 @@ def test_missing_cifar_batch(tmp_path, isolated):
 def test_bad_limits(isolated):
     with pytest.raises(DataError, match="max_train"):
         data.load("digits", max_train=-1)
+
+
+# ---------------------------------------------------------------- stratified subsets
+
+
+def _largest_share_error(labels, keep):
+    """max over classes of |count in the subset - n * (class share of the whole split)|, in float64."""
+    labels = np.asarray(labels).ravel()
+    k = int(labels.max()) + 1
+    full, sub = np.bincount(labels, minlength=k), np.bincount(labels[keep], minlength=k)
+    return np.max(np.abs(sub - len(keep) * full / full.sum()))
+
+
+def test_stratified_cifar_test_split_has_every_class(real_dir):
+    with np.load(real_dir / "cifar10.npz") as z:
+        y = z["y_test"].ravel()
+    assert len(np.unique(y[:1000])) == 1  # why: the first 1000 are all one class
+    keep = data.stratified_indices(y, 1000)
+    assert np.abs(np.bincount(y[keep], minlength=10) - 100).max() <= 1
+    assert len(np.unique(keep)) == 1000 and keep.min() >= 0 and keep.max() < len(y)
+    # a random order, not grouped by class: about 1 in 10 neighbours share a class (grouped: 99%)
+    assert np.mean(y[keep][1:] == y[keep][:-1]) < 0.2
+
+
+@pytest.mark.parametrize("n", [1000, 777, 10, 60000])
+def test_stratified_mnist_matches_class_proportions(real_dir, n):
+    with np.load(real_dir / "mnist.npz") as z:
+        y = z["y_train"]
+    keep = data.stratified_indices(y, n, seed=3)
+    assert keep.shape == (n,) and len(np.unique(keep)) == n
+    assert _largest_share_error(y, keep) <= 1.0
+    np.testing.assert_array_equal(keep, data.stratified_indices(y, n, seed=3))  # same seed, same draw
+    if n < len(y):
+        assert not np.array_equal(np.sort(keep), np.sort(data.stratified_indices(y, n, seed=4)))
+
+
+def test_stratified_keeps_rare_classes_and_refuses_bad_sizes():
+    y = np.array([0] * 91 + list(range(1, 10)))  # one class holds 91%
+    assert np.bincount(y[data.stratified_indices(y, 10)]).tolist() == [1] * 10  # one of each when n allows
+    assert len(np.unique(data.stratified_indices(y, 5))) == 5
+    assert data.stratified_indices(y, 0).shape == (0,)
+    for bad in (-1, 101, 2.5):
+        with pytest.raises(ValueError, match="stratified_indices: n"):
+            data.stratified_indices(y, bad)

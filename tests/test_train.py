@@ -170,3 +170,80 @@ def test_network_memory_counts_the_initialisation_temporaries():
     init = jax.jit(lambda h: train.init_network(setup, h, (28, 28, 1))).lower(hp1).compile().memory_analysis()
     assert init.temp_size_in_bytes > state_b  # the draws outweigh the state they make
     assert temp_b >= init.temp_size_in_bytes
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.7, 1.0])
+def test_epoch_indices_visit_every_kept_example_equally_often(fraction):
+    """train_fraction f: a fixed kept subset of round(f·n), each kept example drawn floor or ceil of
+    T/m times per epoch, in a fresh order each epoch (the old `subset[order % m]` drew a fixed 43%
+    of them twice at f = 0.7)."""
+    n, b = 1000, 32
+    steps = n // b
+    key = jax.random.PRNGKey(7)
+    f = jnp.float32(fraction)
+    idx = [np.asarray(train.epoch_indices(key, jnp.int32(e), f, n, steps, b)) for e in (1, 2, 3)]
+    m = max(b, min(n, int(round(fraction * n))))
+    for i in idx:
+        assert i.shape == (steps * b,)
+        counts = np.bincount(i, minlength=n)
+        kept = np.flatnonzero(counts)
+        if fraction < 1:
+            assert len(kept) == m  # only (and all) kept examples
+            q, r = divmod(steps * b, m)
+            assert sorted(np.unique(counts[kept]).tolist()) == sorted({q, q + 1} if r else {q})
+            assert np.sum(counts[kept] == q + 1) == r
+        else:
+            assert counts.max() == 1  # one partial pass: every example at most once
+    if fraction < 1:
+        assert all(set(i) == set(idx[0]) for i in idx)  # the same kept subset every epoch
+    assert not np.array_equal(idx[0], idx[1]) and not np.array_equal(idx[1], idx[2])  # a fresh order
+    # vmapped over networks with different fractions: the same schedules as one at a time
+    fs = jnp.asarray([0.3, 0.7, 1.0], jnp.float32)
+    batched = jax.vmap(lambda ff: train.epoch_indices(key, jnp.int32(1), ff, n, steps, b))(fs)
+    np.testing.assert_array_equal(np.asarray(batched[{0.3: 0, 0.7: 1, 1.0: 2}[fraction]]), idx[0])
+
+
+def test_reference_weight_is_at_least_the_unit_scale_initialisation():
+    """A small init scale must not make ordinary learned weights look 100x blown up."""
+    setup = _setup()
+    hp = train.hyper_from_grid(_grid(init_scales=[0.1, 1.0, 3.0], num_seeds=1))
+    ref = np.asarray(train.make_zoo_fns(setup, (28, 28, 1), 500).reference_weight(hp))
+    init = jax.vmap(lambda h: train.init_network(setup, h, (28, 28, 1)))(hp)
+    own = np.max([np.abs(np.asarray(x, np.float64)).reshape(3, -1).max(1) for x in jax.tree.leaves(init.params)], 0)
+    # the MLP's biases start at 0, so its max |w| scales with the init scale
+    np.testing.assert_allclose(own / [0.1, 1.0, 3.0], own[1], rtol=1e-6)
+    np.testing.assert_allclose(ref, [own[1], own[1], own[2]], rtol=1e-6)
+
+
+def test_exploded_network_is_flagged_and_matches_the_documented_rule(tmp_path, data_dir):
+    """lr 0.5 with init scale 3 blows one network up to |w| ~ 3e4 with finite loss: exploded, while
+    healthy networks are not; the flag and max |w| agree with numpy on the saved files."""
+    from jaxweights import rundir, run
+    c = config_lib.default_config()
+    c.data_dir, c.model.hidden = str(data_dir), (128, 64)
+    c.max_train, c.max_test, c.num_epochs, c.num_seeds = 2048, 500, 1, 2
+    c.learning_rates, c.init_scales = (0.05, 0.5), (1.0, 3.0)
+    df = run.train_and_evaluate(c, tmp_path / "run", progress=False)
+    with np.load(tmp_path / "run" / "params.npz") as z:
+        w_max = np.max([np.abs(z[k].astype(np.float64)).reshape(len(df), -1).max(1) for k in z.files], 0)
+    ckpt = rundir.Checkpoints(tmp_path / "run")
+    try:
+        init = ckpt.manager.restore(0)["params"]
+    finally:
+        ckpt.close()
+    w0 = np.max([np.abs(np.asarray(x, np.float64)).reshape(len(df), -1).max(1) for x in jax.tree.leaves(init)], 0)
+    np.testing.assert_allclose(df.max_abs_weight, w_max, rtol=1e-6)
+    # init scales >= 1: the yardstick is the network's own initial max |w|
+    rule = ~df.diverged & ((df.test_loss > 10 * np.log(10)) | (w_max > 100 * w0) | ~np.isfinite(df.test_loss))
+    np.testing.assert_array_equal(df.exploded, rule)
+    blown = df[df.exploded]
+    assert len(blown) >= 1 and (blown.learning_rate == 0.5).all() and (blown.init_scale == 3.0).all()
+    assert np.isfinite(blown.max_abs_weight).all() and (blown.max_abs_weight > 1e3).all()
+    healthy = df[df.learning_rate == 0.05]
+    assert not healthy.exploded.any() and not healthy.diverged.any() and (healthy.test_acc > 0.5).all()
+    # trained in 2 chunks of 4, 3 networks vmapped at a time: the same flags and max |w|
+    c.chunk_size, c.vmap_chunk = 4, 3
+    chunked = run.train_and_evaluate(c, tmp_path / "chunked", progress=False)
+    assert (tmp_path / "chunked" / "chunks" / "01").is_dir()
+    np.testing.assert_array_equal(chunked.exploded, df.exploded)
+    np.testing.assert_allclose(chunked.max_abs_weight, df.max_abs_weight, rtol=1e-4)
