@@ -220,7 +220,13 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
                 masks = {}
                 if (rd / "metrics.csv").exists():  # the one definition of optimal (`groups.split_groups`)
                     g = run_groups(rd, params, claim_options)
-                    masks = {"optimal_N": (g.label == OPTIMAL).to_numpy(), "exclude_N": ~g.analysed.to_numpy(bool)}
+                    left = g.state[~g.analysed].value_counts()
+                    q = claim_options.get("threshold")
+                    rule = (f"test accuracy >= {q if np.ndim(q) == 0 else q[1]}" if q is not None else
+                            f"top {claim_options.get('quantile', 0.25):.0%} of the analysed networks by test accuracy")
+                    masks = {"optimal_N": (g.label == OPTIMAL).to_numpy(), "exclude_N": ~g.analysed.to_numpy(bool),
+                             "optimal_rule": rule + (" (left out: " + ", ".join(f"{n} {st}" for st, n in left.items())
+                                                     + ")" if len(left) else "")}
                 skipped = _dynamics(rd, out, dynamics is True, data_dir,
                                     {"model": model, **masks, **(dynamics_options or {})})
                 if skipped:
