@@ -303,7 +303,11 @@ def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options
             return why
     log.info("%s: learning dynamics", rd)
     try:
-        dyn.write_dynamics(rd, out, data_dir=data_dir, **options)
+        with _quiet_undefined() as f:
+            dyn.write_dynamics(rd, out, data_dir=data_dir, **options)
+        if f.dropped:
+            log.warning("learning dynamics: %d (checkpoint, layer, statistic) warnings of undefined statistics "
+                        "folded into this line (stats_over_epochs.csv, column `undefined`)", f.dropped)
     except (dyn.DynamicsError, data_lib.DataError, config_lib.ConfigError) as e:
         if required:
             raise
@@ -536,8 +540,8 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
         pred["best_weights_r2"], pred["best_weights_tau"] = bw.r2, bw.kendall_tau
         pred["best_hyperparameters_r2"] = h.r2.max() if len(h) else None
         better = not len(h) or bw.r2 > h.r2.max()
-        pred["verdict"] = (f"weight statistics predict held-out accuracy with R² {bw.r2:.3f}, Kendall τ "
-                           f"{bw.kendall_tau:.3f} ({bw.model})" +
+        pred["verdict"] = (f"weight statistics {'predict' if bw.r2 > 0 else 'do not predict'} the accuracy of "
+                           f"held-out cells (best R² {bw.r2:.3f}, Kendall τ {bw.kendall_tau:.3f}, {bw.model})" +
                            (f", {'better' if better else 'no better'} than hyperparameters alone "
                             f"(R² {h.r2.max():.3f})" if len(h) else ""))
     else:
@@ -595,7 +599,7 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
 CELL_COLUMNS = {"within_optimal": "within_optimal_cells", "within_suboptimal": "within_suboptimal_cells",
                 "p_value": "p_cell", "p_holm": "p_cell_holm", "p_bh": "p_cell_bh", "verdict": "verdict_cell",
                 "n_optimal_cells": "n_optimal_cells", "n_suboptimal_cells": "n_suboptimal_cells",
-                "exact": "exact_cell"}
+                "exact": "exact_cell", "n_permutations": "n_permutations_cell"}
 SEED_COLUMNS = {"n_cells": "seed_n_cells", "rho": "seed_rho", "p_value": "seed_p", "p_holm": "seed_p_holm",
                 "p_bh": "seed_p_bh", "verdict": "verdict_seed"}
 HEADLINE_COLUMNS = ("p_value", "p_holm", "p_bh", *CELL_COLUMNS.values())

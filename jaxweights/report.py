@@ -112,7 +112,7 @@ def img(path: str | os.PathLike, alt: str = "") -> str:
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;max-width:100%;overflow-x:auto}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}figcaption{font-size:.8em;color:#666}
 .verdict{font-weight:600}.holds{color:#1a7f37}.reversed{color:#b35900}.ns{color:#666}
@@ -240,6 +240,10 @@ def claim_words(s: Mapping[str, Any]) -> str:
         txt += (f" Within hyperparameter cells, seeds of well-training cells end up "
                 f"{'closer' if sd['rho'] < 0 else 'further apart'} (Spearman ρ = {fmt(sd['rho'])} over "
                 f"{sd.get('n_cells')} cells, p = {fmt(sd.get('p_value'))}: {verdict_html(sd.get('verdict', '–'))}).")
+    if c.get("exact_cell") and c.get("n_permutations_cell") and 2 / c["n_permutations_cell"] >= s["alpha"]:
+        txt += (f" The cell-level test cannot reach p &lt; {fmt(s['alpha'])} on this grid: with "
+                f"{c.get('n_optimal_cells')} optimal and {c.get('n_suboptimal_cells')} suboptimal cells its smallest "
+                f"attainable two-sided p is {fmt(2 / c['n_permutations_cell'])}; a grid with more cells can.")
     if v == "holds" and c.get("verdict_cell") not in (None, "holds"):
         txt += (" With whole hyperparameter cells permuted it is not significant: the likeness may be that of "
                 "networks trained with the same hyperparameters, not of good networks as such.")
@@ -264,20 +268,29 @@ def intro_html(s: Mapping[str, Any]) -> str:
     if sens.empty:
         return head
     sens = sens.assign(in_force=sens.in_force.map({True: "◀ in force", False: ""}),
-                       quantile=[f"top/bottom {q:.0%}" for q in sens.quantile])
-    notes = ""
-    if "note" in sens:
-        bad = sens.note.notna()
-        sens.loc[bad, "verdict"] = [f"not testable ({i + 1})" for i in range(int(bad.sum()))]
-        notes = "".join(f"<p><small>({i + 1}) {esc(n)}</small></p>" for i, n in enumerate(sens.note[bad]))
-    cols = _present(sens, ["quantile", "not_learned", "exploded", "n_analysed", "n_optimal", "n_suboptimal",
-                           "within_optimal", "within_suboptimal", "ratio", "p_value", "verdict", "p_cell",
-                           "verdict_cell", "in_force"])
+                       quantile=[f"{q:.0%}" for q in sens["quantile"]])
+    if "n_optimal" in sens:
+        sens["optimal / suboptimal"] = [f"{a:.0f} / {b:.0f}" if a == a else "–"
+                                        for a, b in zip(sens.n_optimal, sens.n_suboptimal)]
+    notes, why = [], []
+    for col in ("note", "verdict_cell"):
+        if col not in sens:
+            continue
+        for i in sens.index:
+            n = sens.at[i, col]
+            if isinstance(n, str) and (col == "note" or n.startswith("not testable")):
+                text = n.removeprefix("not testable: ")
+                if text not in notes:
+                    notes.append(text)
+                sens.at[i, "verdict" if col == "note" else col] = f"not testable ({notes.index(text) + 1})"
+    foot = "".join(f"<p><small>({i + 1}) {esc(n)}</small></p>" for i, n in enumerate(notes))
+    cols = _present(sens, ["quantile", "not_learned", "exploded", "n_analysed", "optimal / suboptimal", "ratio",
+                           "p_value", "verdict", "p_cell", "verdict_cell", "in_force"])
     return head + ("<p><b>Sensitivity</b> of the headline (whole network, "
                    f"{esc(s['claim']['primary_metric'])}) to the grouping: two-sided permutation p with networks "
                    "exchangeable (p_value) and with whole hyperparameter cells exchangeable (p_cell). Each row is "
                    "one pre-specified test at the stated level, not adjusted; the headline's p adjusted over all "
-                   "claim tests is given above.</p>" + table(sens, cols) + notes)
+                   "claim tests is given above. quantile: the top and bottom fraction of the analysed networks.</p>" + table(sens, cols) + foot)
 
 
 def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "") -> list[Section]:

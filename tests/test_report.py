@@ -76,7 +76,7 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     sens = pd.DataFrame(s["sensitivity"])
     assert len(sens) == 8 and sens.in_force.sum() == 1
     assert sens[sens.in_force].p_value.iloc[0] == pytest.approx(s["claim"]["p_value"])
-    assert sens[(sens.not_learned == "included") & (sens.quantile == 0.25) &
+    assert sens[(sens.not_learned == "included") & (sens["quantile"] == 0.25) &
                 (sens.exploded == "excluded")].n_analysed.iloc[0] == s["n_kept"] + not_learned.sum()
     # verdict counts from the Holm-adjusted p-values of claim_tests.csv
     ct = pd.read_csv(out / "claim_tests.csv")
