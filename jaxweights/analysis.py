@@ -201,7 +201,7 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
     _check_metrics(metrics or ())  # before any work, so a bad name costs nothing
     runs = _run_dirs(workdir)
     if report:  # refuse impossible grouping options before minutes of distances
-        _check_grouping(runs, claim_options)
+        claim_options = _check_grouping(runs, claim_options)
     # Several processes (`config.multihost`) all compute (the sharded statistics and distances
     # need every process); process 0 alone writes `analysis/`, the others into a scratch folder.
     main = jax.process_index() == 0
@@ -218,8 +218,14 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
             table = analyze_params(params, out, metrics=metrics, block_size=block_size)
             if dynamics is not False:
                 masks = {}
+                g = None
                 if (rd / "metrics.csv").exists():  # the one definition of optimal (`groups.split_groups`)
-                    g = run_groups(rd, params, claim_options)
+                    from jaxweights.groups import ClaimError
+                    try:
+                        g = run_groups(rd, params, claim_options)
+                    except ClaimError as e:  # only without the report (it refuses this before)
+                        log.warning("learning dynamics: no optimal group (%s); every analysed network counts", e)
+                if g is not None:
                     left = g.state[~g.analysed].value_counts()
                     q = claim_options.get("threshold")
                     rule = (f"test accuracy >= {q if np.ndim(q) == 0 else q[1]}" if q is not None else
@@ -418,7 +424,7 @@ def network_groups(last: pd.DataFrame, params, *, quantile: float = 0.25, thresh
 def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, metrics: Sequence[str] | None = None,
                 block_size: int = 64, quantile: float = 0.25, threshold=None, min_accuracy: float | None = None,
                 include_exploded: bool = False, include_not_learned: bool = False, num_classes: int = 10,
-                chance_margin: float = 0.05, bins=4, n_permutations: int = 2000,
+                chance_margin: float = 0.05, grouping_note: str | None = None, bins=4, n_permutations: int = 2000,
                 n_boot: int = 1000, alpha: float = 0.05, folds: int = 5, seed: int = 0,
                 name: str = "") -> tuple[dict, dict]:
     """Tests the optimal-vs-suboptimal claims on one zoo and draws its figures into `out/figures/`.
@@ -463,7 +469,7 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
         "quantile": None if threshold is not None else quantile, "threshold": threshold,
         "min_accuracy": min_accuracy, "include_exploded": include_exploded,
         "include_not_learned": include_not_learned, "chance_accuracy": 1 / num_classes,
-        "chance_margin": chance_margin,
+        "chance_margin": chance_margin, "note": grouping_note,
         "n_optimal": int((labels == claims.OPTIMAL).sum()), "n_suboptimal": int((labels == claims.SUBOPTIMAL).sum()),
         "optimal_acc": [acc[labels == claims.OPTIMAL].min(), acc[labels == claims.OPTIMAL].max()],
         "suboptimal_acc": [acc[labels == claims.SUBOPTIMAL].min(), acc[labels == claims.SUBOPTIMAL].max()],
@@ -723,7 +729,7 @@ def verdict_counts(ct: pd.DataFrame, alpha: float) -> dict:
 
 
 GROUPING_OPTIONS = ("quantile", "threshold", "min_accuracy", "include_exploded", "include_not_learned",
-                    "chance_margin", "seed")
+                    "chance_margin", "seed")  # `network_groups` options among `analyze_workdir`'s
 
 
 def _last_epoch(rd: Path) -> pd.DataFrame:
@@ -753,10 +759,31 @@ def run_groups(rd: Path, params, options: Mapping[str, Any]) -> pd.DataFrame:
                           **{k: options[k] for k in GROUPING_OPTIONS if k in options})
 
 
-def _check_grouping(runs, options) -> None:
+def _check_grouping(runs, options) -> dict:
+    """`options`, checked on every run; refuses impossible groupings (one line naming the option).
+
+    When leaving out the networks that did not learn leaves too few networks to group (a small zoo
+    half at chance), they are included instead (`include_not_learned`), with a warning and a
+    `grouping_note` the report shows: a study of the networks that are there beats none.
+    """
+    from jaxweights import groups as G
     for _, rd in runs:
-        if (rd / "metrics.csv").exists():
-            run_groups(rd, rundir.load_params(rd / "params.npz"), options)
+        if not (rd / "metrics.csv").exists():
+            continue
+        params = rundir.load_params(rd / "params.npz")
+        try:
+            run_groups(rd, params, options)
+        except G.ClaimError as e:
+            if options.get("include_not_learned"):
+                raise
+            try:
+                run_groups(rd, params, {**options, "include_not_learned": True})
+            except G.ClaimError:
+                raise e from None
+            note = (f"networks that did not learn are included: leaving them out, the grouping fails ({e})")
+            log.warning("%s: %s", rd, note)
+            options = {**options, "include_not_learned": True, "grouping_note": note}
+    return options
 
 
 def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), dynamics_notes=None, **options) -> Path:

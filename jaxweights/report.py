@@ -181,7 +181,7 @@ def left_out_words(s: Mapping[str, Any]) -> str:
         if n:
             inc = (st == "exploded" and g.get("include_exploded")) or (st == "not_learned" and
                                                                        g.get("include_not_learned"))
-            parts.append(f"{n} {STATE_WORDS[st]}" + (" (included on request)" if inc else " (left out)"))
+            parts.append(f"{n} {STATE_WORDS[st]}" + (" (included)" if inc else " (left out)"))
     return "; ".join(parts) if parts else "none left out"
 
 
@@ -263,7 +263,8 @@ def intro_html(s: Mapping[str, Any]) -> str:
             else f"accuracy threshold {esc(g['threshold'])}")
     head = (f"<p><b>Grouping in force:</b> {rule}; {s['n_kept']} of {s['n_networks']} networks analysed "
             f"({g.get('n_cells', '–')} hyperparameter cells), {left_out_words(s)}. Chance accuracy "
-            f"{fmt(g.get('chance_accuracy'))}, margin {fmt(g.get('chance_margin'))}. {claim_words(s)}</p>")
+            f"{fmt(g.get('chance_accuracy'))}, margin {fmt(g.get('chance_margin'))}. "
+            + (f"<b>Note:</b> {esc(g['note'])}. " if g.get("note") else "") + f"{claim_words(s)}</p>")
     sens = pd.DataFrame(s.get("sensitivity") or [])
     if sens.empty:
         return head
