@@ -258,7 +258,7 @@ def intro_html(s: Mapping[str, Any]) -> str:
     """The report's first paragraph: the grouping in force, what was left out, what the zoo shows; then
     the headline under the other reasonable groupings (`summary["sensitivity"]`)."""
     g = s["grouping"]
-    rule = (f"optimal = the top {fmt(g['quantile'])} and suboptimal = the bottom {fmt(g['quantile'])} of the "
+    rule = (f"optimal = the top {g['quantile']:.0%} and suboptimal = the bottom {g['quantile']:.0%} of the "
             f"analysed networks by test accuracy" if g.get("quantile") is not None
             else f"accuracy threshold {esc(g['threshold'])}")
     head = (f"<p><b>Grouping in force:</b> {rule}; {s['n_kept']} of {s['n_networks']} networks analysed "
