@@ -4,7 +4,8 @@
                        [--data_dir DIR] [--overwrite] [--no-progress]
     jaxweights study   --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR [--data_dir D]
     jaxweights analyze --workdir DIR [--metrics a,b] [--block_size K] [--quantile Q | --threshold T[,T2]]
-                       [--min_accuracy A] [--bins B] [--permutations P] [--bootstrap B] [--noreport]
+                       [--min_accuracy A] [--include_exploded] [--include_not_learned]
+                       [--chance_margin M] [--bins B] [--permutations P] [--bootstrap B] [--noreport]
                        [--[no]dynamics] [--probe_size N] [--data_dir DIR] [--multihost]
     jaxweights analyze-params PATH... --out DIR [--layout auto|torch|flax] [--stacked auto|yes|no]
                        [--metrics a,b] [--block_size K] [--layers a,b] [--nofigures]
@@ -94,7 +95,13 @@ def _flag_values(command: str, argv: list[str]):
         flags.DEFINE_float("quantile", 0.25, "Optimal = top, suboptimal = bottom quantile by test accuracy.",
                            flag_values=fv)
         flags.DEFINE_list("threshold", None, "Accuracy threshold t (or lo,hi) instead of --quantile.", flag_values=fv)
-        flags.DEFINE_float("min_accuracy", None, "Also leave out networks below this accuracy (e.g. chance).",
+        flags.DEFINE_float("min_accuracy", None, "Also leave out analysed networks below this accuracy (on top of "
+                           "the not-learned ones, which are left out by default).", flag_values=fv)
+        flags.DEFINE_bool("include_exploded", False, "Analyse exploded networks (weights or loss blew up, still "
+                          "finite) instead of leaving them out.", flag_values=fv)
+        flags.DEFINE_bool("include_not_learned", False, "Analyse networks within --chance_margin of chance "
+                          "accuracy instead of leaving them out.", flag_values=fv)
+        flags.DEFINE_float("chance_margin", 0.05, "A network below chance accuracy + this margin did not learn.",
                            flag_values=fv)
         flags.DEFINE_integer("bins", 4, "Equal-count accuracy bins of the complex-network comparison.", flag_values=fv)
         flags.DEFINE_integer("permutations", 2000, "Permutations of the group tests.", flag_values=fv)
@@ -200,6 +207,8 @@ def cmd_analyze(args: Sequence[str]) -> int:
         run.init_distributed({"multihost": True})
     out = analysis.analyze_workdir(fv.workdir, metrics=fv.metrics, block_size=fv.block_size, report=fv.report,
                                    quantile=fv.quantile, threshold=threshold, min_accuracy=fv.min_accuracy,
+                                   include_exploded=fv.include_exploded, include_not_learned=fv.include_not_learned,
+                                   chance_margin=fv.chance_margin,
                                    bins=fv.bins, n_permutations=fv.permutations, n_boot=fv.bootstrap,
                                    dynamics=fv.dynamics, data_dir=fv.data_dir,
                                    dynamics_options={"probe_size": fv.probe_size})

@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -51,6 +52,13 @@ def _colorbar(fig, axes, norm, label="test accuracy"):
     fig.colorbar(sm, ax=list(axes), label=label, shrink=0.8)
 
 
+def _empty(ax, why: str) -> None:
+    """An empty panel that says why it is empty."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=8, color="0.3", transform=ax.transAxes)
+
+
 def kernel_leaves(params) -> list[str]:
     """Kernel leaf paths in depth order (input side first)."""
     from jaxweights.claims import layer_depths
@@ -69,12 +77,13 @@ def _robust_edges(w_ND: np.ndarray, bins: int, q: float = 0.002, seed: int = 0) 
     return np.linspace(lo, hi, bins + 1) if hi > lo else np.linspace(lo - 1, hi + 1, bins + 1)
 
 
-def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8,
+def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8, networks=None,
                       stem: str = "weight_histograms") -> Path:
     """Per-layer weight histograms of every network overlaid, coloured by test accuracy.
 
     Edges are shared by all networks and span the pooled 0.2-99.8% quantiles (weights outside
-    are left out of the plot; masses are fractions of each network's weights).
+    are left out of the plot; masses are fractions of each network's weights). `networks`: the
+    network id of each row of `params` in the CSV (default 0..N-1).
     """
     leaves = kernel_leaves(params)[:max_layers]
     flat = stats.flatten(params)
@@ -96,7 +105,8 @@ def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8
         ax.set_title(leaf, fontsize=9)
         ax.set_yscale("log")
         ax.set_xlabel("weight")
-        rows.append(pd.DataFrame({"layer": leaf, "network": np.repeat(np.arange(len(h)), len(centres)),
+        ids = np.arange(len(h)) if networks is None else np.asarray(networks)
+        rows.append(pd.DataFrame({"layer": leaf, "network": np.repeat(ids, len(centres)),
                                   "bin_left": np.tile(edges[:-1], len(h)), "bin_right": np.tile(edges[1:], len(h)),
                                   "mass": h.ravel(), "test_acc": np.repeat(acc_N, len(centres))}))
     axes[0].set_ylabel("fraction of weights")
@@ -132,14 +142,20 @@ def kde_by_bin(out, params, bins_N, edges, *, grid: int = 400, per_network: int 
             ax.plot(g, dens, color=colours[b], label=label)
             rows.append(pd.DataFrame({"layer": leaf, "bin": b, "acc_low": edges[b], "acc_high": edges[b + 1],
                                       "x": g, "density": dens}))
+        if not ax.lines:
+            _empty(ax, "no accuracy bin has two distinct weights")
         ax.set_title(leaf, fontsize=9)
         ax.set_xlabel("weight")
-    axes[0].legend(title="test accuracy bin", fontsize=7)
+    if axes[0].lines:
+        axes[0].legend(title="test accuracy bin", fontsize=7)
     return _save(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
 
 
-def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", stem: str = "distance_heatmap") -> Path:
-    """The N×N distance matrix with networks ordered by test accuracy (best first)."""
+def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem: str = "distance_heatmap") -> Path:
+    """The N×N distance matrix with networks ordered by test accuracy (best first).
+
+    `networks`: the network id of each row of `d_NxN` in the CSV (default 0..N-1).
+    """
     order = np.argsort(-np.asarray(acc_N), kind="stable")
     d = np.asarray(d_NxN)[np.ix_(order, order)]
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -151,8 +167,9 @@ def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", stem: str = "distanc
     ax.set_xlabel("network rank by accuracy")
     ax.set_ylabel("network rank by accuracy")
     n = len(order)
+    ids = order if networks is None else np.asarray(networks)[order]
     data = pd.DataFrame({"row_rank": np.repeat(np.arange(n), n), "col_rank": np.tile(np.arange(n), n),
-                         "row_network": np.repeat(order, n), "col_network": np.tile(order, n),
+                         "row_network": np.repeat(ids, n), "col_network": np.tile(ids, n),
                          "distance": d.ravel()})
     return _save(fig, out, stem, data)
 
@@ -188,7 +205,7 @@ def statistics_vs_accuracy(out, table: pd.DataFrame, acc_N, labels, *,
         ax.tick_params(labelsize=7)
     if panels:
         axes[0].legend(fontsize=6)
-        axes[0].set_xlabel("test accuracy", fontsize=8)
+        fig.supxlabel("test accuracy (analysed networks)", fontsize=9)
     return _save(fig, out, stem, t[["network", "layer", "statistic", "value", "test_acc", "group"]])
 
 
@@ -226,6 +243,10 @@ def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem:
     rows = []
     for ax, name in zip(axes, names):
         m = np.asarray(mats[name])
+        if not np.isfinite(m[~np.eye(len(m), dtype=bool)]).any():
+            _empty(ax, "no finite divergence:\nfewer than 2 distinct values\nper accuracy bin")
+            ax.set_title(name, fontsize=8)
+            continue
         # symmetric log colours: the lowest-vs-highest bins can be 1e5 × the adjacent ones
         im = ax.imshow(m, cmap="magma", norm=matplotlib.colors.SymLogNorm(linthresh=1.0, vmin=0))
         ax.set_xticks(range(len(m)), labels[:len(m)], rotation=45, fontsize=6)
@@ -261,25 +282,46 @@ def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "wei
     return _save(fig, out, stem, pd.concat(rows, ignore_index=True))
 
 
-def accuracy_over_epochs(out, metrics: pd.DataFrame, *, stem: str = "accuracy_over_epochs") -> Path:
-    """Test accuracy of every network over epochs, coloured by its final accuracy; diverged dashed."""
+LEFT_OUT_STYLE = {"diverged": ("0.55", "--"), "exploded": ("tab:red", ":"), "not_learned": ("0.75", "-."),
+                  "below_min_accuracy": ("0.75", "-.")}
+
+
+def accuracy_over_epochs(out, metrics: pd.DataFrame, *, states: pd.Series | None = None,
+                         stem: str = "accuracy_over_epochs") -> Path:
+    """Test accuracy of every network over epochs, coloured by its final accuracy.
+
+    Networks left out of the analysis (`states`: network -> "diverged", "exploded", "not_learned",
+    "below_min_accuracy"; default: the `diverged` column) are drawn in grey/red with their own line
+    style and left out of the colour scale.
+    """
     m = metrics.sort_values(["network", "epoch"])
     key = ["group", "network"] if "group" in m else ["network"]
     final = m[m.epoch == m.epoch.max()].set_index(key)
-    norm = _acc_norm(final.test_acc.fillna(final.test_acc.min()))
+    if states is None:
+        div = final.diverged.astype(bool) if "diverged" in final else pd.Series(False, final.index)
+        states = pd.Series(np.where(div, "diverged", "ok"), index=final.index)
+    left = {k: v for k, v in states.items() if v in LEFT_OUT_STYLE}
+    kept = final.test_acc[[k not in left for k in final.index]]
+    norm = _acc_norm(kept.fillna(kept.min()) if len(kept) else final.test_acc.fillna(0))
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, g in m.groupby(key):
         k = k[0] if len(key) == 1 else k  # groupby on a one-column list yields 1-tuples
         f = final.test_acc.get(k, np.nan)
-        div = bool(final.diverged.get(k, False)) if "diverged" in final else False
-        ax.plot(g.epoch, g.test_acc, color="0.5" if div else plt.get_cmap(CMAP)(norm(f)),
-                ls="--" if div else "-", lw=0.9, alpha=0.8)
+        colour, ls = LEFT_OUT_STYLE.get(left.get(k), (plt.get_cmap(CMAP)(norm(f)), "-"))
+        ax.plot(g.epoch, g.test_acc, color=colour, ls=ls, lw=0.9, alpha=0.8)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"{len(final)} networks (dashed grey: diverged)", fontsize=9)
-    _colorbar(fig, [ax], norm, "final test accuracy")
-    cols = [c for c in (*key, "epoch", "test_acc", "test_loss", "train_acc", "diverged") if c in m]
-    return _save(fig, out, stem, m[cols])
+    counts = pd.Series(list(left.values()), dtype=object).value_counts()
+    style = {"diverged": "grey dashed", "exploded": "red dotted", "not_learned": "light dash-dot",
+             "below_min_accuracy": "light dash-dot"}
+    what = ", ".join(f"{n} {st.replace('_', ' ')} ({style[st]})" for st, n in counts.items())
+    ax.set_title(f"{len(final)} networks" + (f"; left out: {what}" if what else ""), fontsize=8)
+    _colorbar(fig, [ax], norm, "final test accuracy (analysed networks)")
+    cols = [c for c in (*key, "epoch", "test_acc", "test_loss", "train_acc", "diverged", "exploded") if c in m]
+    data = m[cols].assign(state=[left.get(k, "ok") for k in (m[key[0]] if len(key) == 1 else
+                                                              zip(*(m[c] for c in key)))])
+    return _save(fig, out, stem, data)
 
 
 def depth_profile(out, table: pd.DataFrame, *, value: str = "ratio", stem: str = "depth_profile") -> Path:

@@ -49,10 +49,14 @@ def _merge(target, updates) -> None:
 
 
 def _row(dataset: str, family: str, s: dict[str, Any]) -> dict[str, Any]:
-    c, pr = s["claim"], s["prediction"]
-    return {"dataset": dataset, "model": family, "networks": s["n_networks"], "diverged": s["n_diverged"],
+    c, pr, sd = s["claim"], s["prediction"], s.get("seed_dispersion") or {}
+    return {"dataset": dataset, "model": family, "networks": s["n_networks"], "analysed": s.get("n_kept"),
+            "diverged": s["n_diverged"], "exploded": s.get("n_exploded"), "not_learned": s.get("n_not_learned"),
             "best_acc": s["grouping"]["optimal_acc"][1], "claim": c["verdict"], "ratio": c["ratio"],
-            "p_value": c["p_greater"], "tests_holding": f"{c['n_holds']}/{c['n_tests']}",
+            "p_value": c.get("p_value", c["p_greater"]), "p_holm": c.get("p_holm"),
+            "claim_cells": c.get("verdict_cell"), "p_cell": c.get("p_cell"),
+            "seed_rho": sd.get("rho"), "seed_p": sd.get("p_value"),
+            "tests_holding_holm": f"{c['n_holds']}/{c['n_tests']}",
             "dispersion": s["dispersion"]["verdict"], "prediction_r2": pr.get("best_weights_r2"),
             "prediction_tau": pr.get("best_weights_tau"), "hparams_r2": pr.get("best_hyperparameters_r2")}
 
@@ -100,8 +104,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
                     for d, m in zip(verdicts.dataset, verdicts["model"]))
     head = report.Section(
         "Verdicts per dataset × model",
-        "<p>claim: are optimal networks more alike than suboptimal ones (whole network, permutation test); "
-        "ratio: mean distance within suboptimal / within optimal; dispersion: do statistics vary more among "
+        "<p>claim: are optimal networks more alike than suboptimal ones (whole network, permutation test, "
+        "verdict on the Holm-adjusted p); claim_cells / p_cell: the same with whole hyperparameter cells as the "
+        "unit; seed_rho / seed_p: Spearman of the seeds' dispersion within a cell against the cell's accuracy "
+        "(negative: cells that train well have seeds that end up alike); tests_holding_holm: claim tests holding "
+        "after Holm's correction; ratio: mean distance within suboptimal / within optimal; dispersion: do statistics vary more among "
         "suboptimal networks; prediction: held-out R² and Kendall τ of accuracy predicted from weight "
         "statistics, beside hyperparameters alone.</p>" + report.table(verdicts) + f"<ul>{links}</ul>")
     summary = {"zoos": {k: v for k, v in summaries.items() if k != "comparison"},

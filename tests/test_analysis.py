@@ -68,3 +68,112 @@ def test_statistics_and_distances_of_real_trained_weights_equal_scipy(trained, x
     k1 = np.asarray(params["Dense_1"]["kernel"], np.float64)
     hidden = np.asarray(params["Dense_0"]["kernel"], np.float64).sum(1) + b + k1.sum(2)
     np.testing.assert_allclose(ns["Dense_0"], hidden, rtol=1e-5)
+
+
+# ------------------------------------------- a constructed zoo with one exploded network (huge, finite weights)
+
+def _zoo(exploded: bool):
+    """4 hyperparameter cells × 4 seeds of a 20-8-10 MLP; the best cell's seeds nearly equal, the worst
+    cell's far apart; with `exploded`, a 13th network at index 5 with finite weights of 1e20 (no
+    `exploded` column: the analysis must recognise it from the weights)."""
+    rng = np.random.default_rng(0)
+    shapes = {"Dense_0/kernel": (20, 8), "Dense_0/bias": (8,), "Dense_1/kernel": (8, 10), "Dense_1/bias": (10,)}
+    base = {k: rng.normal(0, 0.3, s) for k, s in shapes.items()}
+    spread = {0.1: 0.01, 0.05: 0.05, 0.01: 0.15, 0.001: 0.4}  # learning rate -> seed-to-seed spread
+    accs = {0.1: (0.95, 0.96, 0.97, 0.98), 0.05: (0.9, 0.91, 0.92, 0.93), 0.01: (0.6, 0.65, 0.7, 0.75),
+            0.001: (0.4, 0.45, 0.5, 0.55)}
+    nets, rows = [], []
+    for lr, sd in spread.items():
+        for seed in range(4):
+            nets.append({k: v * (1 + sd * seed) + rng.normal(0, sd, v.shape) for k, v in base.items()})
+            rows.append({"seed": seed, "learning_rate": lr, "init_scale": 1.0, "test_acc": accs[lr][seed],
+                         "test_loss": 1.0 - accs[lr][seed]})
+    if exploded:
+        nets.insert(5, {k: v * 1e20 for k, v in base.items()})
+        rows.insert(5, {"seed": 0, "learning_rate": 0.5, "init_scale": 3.0, "test_acc": 0.3, "test_loss": 2.0})
+    params = {k: np.stack([n[k] for n in nets]).astype(np.float32) for k in shapes}
+    last = pd.DataFrame(rows).assign(epoch=1, train_loss=0.5, train_acc=0.5, diverged=False)
+    last.insert(0, "network", np.arange(len(last)))
+    return params, last
+
+
+def _summarise(tmp_path, name, exploded, **kw):
+    from jaxweights import analysis
+    params, last = _zoo(exploded)
+    out = tmp_path / name
+    out.mkdir()
+    table = analysis.analyze_params(params, out, metrics=["wasserstein"])
+    s, _ = analysis.zoo_summary(params, table, last, out, metrics=["wasserstein"], n_permutations=300, n_boot=50,
+                                folds=3, **kw)
+    return s, out
+
+
+@pytest.fixture(scope="module")
+def exploded_zoo(tmp_path_factory):
+    import logging
+    tmp = tmp_path_factory.mktemp("exploded")
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda r: seen.append(r.getMessage())
+    logging.getLogger("jaxweights").addHandler(handler)
+    try:
+        with_it = _summarise(tmp, "with", True)
+    finally:
+        logging.getLogger("jaxweights").removeHandler(handler)
+    return with_it, _summarise(tmp, "without", False)[0], seen
+
+
+def test_an_exploded_network_is_left_out_listed_and_changes_neither_headline_nor_figure_scales(exploded_zoo):
+    import scipy.stats as ss
+    (s, out), clean, seen = exploded_zoo
+    undefined = [m for m in seen if "undefined" in m]
+    # one line for the undefined statistics, blaming float32 overflow of network 5, not zero variance
+    assert len(undefined) == 1 and "float32 overflow" in undefined[0] and "(5" in undefined[0], undefined
+    assert s["n_exploded"] == 1 and s["n_kept"] == 16 and clean["n_exploded"] == 0
+    (ex,) = s["excluded"]
+    assert ex["network"] == 5 and ex["state"] == "exploded" and ex["learning_rate"] == 0.5 and "max |w|" in ex["why"]
+    groups = pd.read_csv(out / "groups.csv").set_index("network")
+    assert groups.group[5] == "exploded" and not groups.analysed[5]
+    # the headline is that of the zoo without it, and equals scipy's W1 over the optimal pairs
+    for k in ("verdict", "within_optimal", "within_suboptimal", "p_greater", "ratio"):
+        assert s["claim"][k] == clean["claim"][k], k
+    params, _ = _zoo(False)
+    flat = np.concatenate([params[k].reshape(16, -1).astype(np.float64) for k in sorted(params)], 1)
+    opt = [0, 1, 2, 3]  # the learning rate 0.1 cell is the best
+    ref = np.mean([ss.wasserstein_distance(flat[i], flat[j]) for i in opt for j in opt if i < j])
+    np.testing.assert_allclose(s["claim"]["within_optimal"], ref, rtol=1e-4)
+    # the best cell's 4 seeds are the closest of all C(8, 4) = 70 splits: the exact one-sided p is 1/70
+    assert s["claim"]["exact"] and s["claim"]["p_greater"] == pytest.approx(1 / 70)
+    # sensitivity: the in-force row is the headline; including the exploded network is a row of its own
+    sens = pd.DataFrame(s["sensitivity"])
+    top = sens[sens.in_force].iloc[0]
+    assert top.n_analysed == 16 and top.p_value == s["claim"]["p_value"]
+    assert set(sens[sens.exploded == "included"].n_analysed.dropna()) == {17}
+    # figure scales from the 16 healthy networks only
+    wmax = max(float(np.abs(v).max()) for v in params.values())
+    h = pd.read_csv(out / "figures" / "weight_histograms.csv")
+    assert len(set(h.network)) == 16
+    assert h[["bin_left", "bin_right"]].abs().to_numpy().max() <= wmax
+    k = pd.read_csv(out / "figures" / "kde_by_bin.csv")
+    assert k.x.abs().max() <= wmax
+    d = pd.read_csv(out / "figures" / "distance_heatmap.csv")
+    assert 5 not in set(d.row_network) and d.distance.max() < 10
+    sv = pd.read_csv(out / "figures" / "statistics_vs_accuracy.csv")
+    assert 5 not in set(sv.network) and sv.value.abs().max() < 1e3
+    m = pd.read_csv(out / "figures" / "weight_matrices.csv")
+    assert m.value.abs().max() <= wmax and 5 not in set(m.network)
+
+
+def test_include_exploded_puts_it_back_in_the_suboptimal_group():
+    from jaxweights import analysis
+    params, last = _zoo(True)
+    g = analysis.network_groups(last, params).set_index("network")
+    assert g.state[5] == "exploded" and not g.analysed[5] and g.group[5] == "exploded"
+    g = analysis.network_groups(last, params, include_exploded=True).set_index("network")
+    assert g.analysed.sum() == 17 and g.state[5] == "exploded" and g.group[5] == "suboptimal"
+    # the run's own `exploded` column wins over the weight rule
+    g = analysis.network_groups(last.assign(exploded=False), params).set_index("network")
+    assert g.state[5] == "ok" and g.analysed[5]
+    # a network at chance is its own group, not the bottom of "suboptimal"
+    g = analysis.network_groups(last.assign(test_acc=last.test_acc.where(last.network != 0, 0.11)), params)
+    assert g.set_index("network").group[0] == "not_learned"

@@ -23,12 +23,14 @@ FIGURES = ("weight_histograms", "kde_by_bin", "distance_heatmap", "statistics_vs
 DYNAMICS_FIGURES = 4  # rwc, statistics over epochs, CKA of one network, modularity over depth
 IMAGES = len(FIGURES) + DYNAMICS_FIGURES
 SUMMARY_KEYS = {
-    "": ["zoo", "n_networks", "n_diverged", "n_kept", "alpha", "grouping", "claim", "dispersion", "correlation",
-         "prediction", "bin_divergence", "figures"],
+    "": ["zoo", "n_networks", "n_diverged", "n_exploded", "n_not_learned", "n_below_min_accuracy", "n_kept", "alpha",
+         "grouping", "excluded", "claim", "seed_dispersion", "sensitivity", "dispersion", "correlation", "prediction",
+         "bin_divergence", "figures"],
     "grouping": ["rule", "quantile", "threshold", "n_optimal", "n_suboptimal", "optimal_acc", "suboptimal_acc",
                  "bin_edges", "bin_counts"],
     "claim": ["primary_metric", "verdict", "within_optimal", "within_suboptimal", "across", "ratio", "p_greater",
-              "p_less", "exact", "ci", "n_tests", "n_holds", "n_reversed", "whole_network", "per_layer"],
+              "p_less", "exact", "ci", "p_value", "p_holm", "p_bh", "p_cell", "p_cell_holm", "verdict_cell", "n_tests",
+              "n_holds", "n_reversed", "n_holds_raw", "n_reversed_raw", "whole_network", "per_layer"],
     "dispersion": ["n_statistics", "n_larger_suboptimal", "n_holds", "n_reversed", "verdict", "whole_network"],
     "correlation": ["n_tests", "n_significant", "strongest"],
     "prediction": ["folds", "scores", "verdict", "best_weights_r2", "best_weights_tau", "best_hyperparameters_r2"],
@@ -60,9 +62,29 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     n = len(last)
     assert s["n_networks"] == n >= 20 and s["n_diverged"] == int(last.diverged.sum()) >= 2
     assert s["grouping"]["n_optimal"] == s["grouping"]["n_suboptimal"] == round(0.25 * s["n_kept"])
-    assert s["grouping"]["optimal_acc"][0] > 0.7 > 0.3 > s["grouping"]["suboptimal_acc"][1]  # good and poor
+    assert s["grouping"]["optimal_acc"][0] > 0.7 > s["grouping"]["suboptimal_acc"][1]  # good and poor
     groups = pd.read_csv(out / "groups.csv").set_index("network")
     assert (groups.group[last.diverged.to_numpy(bool)] == "diverged").all()
+    # left out by default: diverged, exploded (training's flag) and not learned (accuracy < 0.1 + 0.05)
+    div, exp = last.diverged.to_numpy(bool), last.exploded.to_numpy(bool) & ~last.diverged.to_numpy(bool)
+    not_learned = ~div & ~exp & (last.test_acc.to_numpy() < 0.15)
+    assert s["n_exploded"] == exp.sum() and s["n_not_learned"] == not_learned.sum() > 0
+    assert s["n_kept"] == n - div.sum() - exp.sum() - not_learned.sum() == groups.analysed.sum()
+    assert {e["network"] for e in s["excluded"]} == set(last.network[div | exp | not_learned])
+    assert (groups.group[not_learned] == "not_learned").all()
+    # the sensitivity table: the row in force is the headline; the 8 groupings are all there
+    sens = pd.DataFrame(s["sensitivity"])
+    assert len(sens) == 8 and sens.in_force.sum() == 1
+    assert sens[sens.in_force].p_value.iloc[0] == pytest.approx(s["claim"]["p_value"])
+    assert sens[(sens.not_learned == "included") & (sens["quantile"] == 0.25) &
+                (sens.exploded == "excluded")].n_analysed.iloc[0] == s["n_kept"] + not_learned.sum()
+    # verdict counts from the Holm-adjusted p-values of claim_tests.csv
+    ct = pd.read_csv(out / "claim_tests.csv")
+    assert s["claim"]["n_holds"] == int(((ct.p_holm < 0.05) & (ct.p_greater < ct.p_less)).sum())
+    assert {"p_cell", "p_cell_holm", "verdict_cell", "seed_rho", "seed_p", "seed_p_holm"} <= set(ct.columns)
+    # prediction folds grouped by hyperparameter cell: no cell in two folds
+    preds = pd.read_csv(out / "predictions.csv").merge(groups.reset_index()[["network", "cell"]], on="network")
+    assert (preds.groupby("cell").fold.nunique() == 1).all() and preds.fold.nunique() > 1
     # within-group means of the whole-network W1 == scipy over the same pairs
     params = rundir.load_params(run / "params.npz")
     flat = np.concatenate([np.asarray(v, np.float64).reshape(n, -1)
@@ -77,7 +99,7 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     # a Spearman correlation in correlations.csv == scipy on stats.csv
     stats_t = pd.read_csv(out / "stats.csv")
     corr = pd.read_csv(out / "correlations.csv").set_index(["layer", "statistic"])
-    kept = ~last.diverged.to_numpy(bool)
+    kept = groups.analysed.to_numpy(bool)
     v = stats_t[(stats_t.layer == "Dense_0") & (stats_t.statistic == "std")].sort_values("network").value.to_numpy()
     r = ss.spearmanr(v[kept], last.test_acc.to_numpy()[kept])
     np.testing.assert_allclose(corr.loc[("Dense_0", "std"), ["rho", "p_value"]].to_numpy(float),
@@ -100,8 +122,10 @@ def test_every_figure_and_its_data_exist(analysed):
     assert html.count("data:image/png;base64,") == IMAGES and "src=\"figures/" not in html
     assert "An extra section" in html and "plugged in for run" in html
     for title in ("Are optimal networks more alike", "Dispersion", "Spearman", "Predicting accuracy",
-                  "node strength and layer fluctuation"):
+                  "node strength and layer fluctuation", "Grouping in force", "Sensitivity", "not_learned",
+                  "hyperparameter cells"):
         assert title in html
+    assert html.index("Grouping in force") < html.index("Networks and groups")  # the first paragraph
 
 
 def test_report_renders_in_headless_chromium_with_every_image_decoded(analysed, tmp_path):
@@ -132,17 +156,25 @@ def test_cli_grouping_options_and_refusals(analysed, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "threshold" in err[0] and "optimal" in err[0]
     assert (run / "analysis" / "summary.json").read_bytes() == before
-    # chance-level networks left out on request, counted apart from the diverged ones
-    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--min_accuracy", "0.2", "--nodynamics",
+    # --min_accuracy leaves out, on top of the not-learned networks, the rest below it, counted apart
+    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--min_accuracy", "0.5", "--nodynamics",
                      "--permutations", "200", "--bootstrap", "50"]) == 0
     s = json.loads((run / "analysis" / "summary.json").read_text())
     m = pd.read_csv(run / "metrics.csv")
     last = m[m.epoch == m.epoch.max()]
-    below = int(((last.test_acc < 0.2) & ~last.diverged.astype(bool)).sum())
-    assert below > 0 and s["n_below_min_accuracy"] == below and s["n_diverged"] == int(last.diverged.sum())
-    assert s["n_kept"] == len(last) - below - s["n_diverged"] and s["grouping"]["suboptimal_acc"][0] >= 0.2
+    bad = last.diverged.astype(bool) | last.exploded.astype(bool)
+    not_learned = ~bad & (last.test_acc < 0.15)
+    below = int((~bad & ~not_learned & (last.test_acc < 0.5)).sum())
+    assert below > 0 and s["n_below_min_accuracy"] == below and s["n_not_learned"] == not_learned.sum()
+    assert s["n_kept"] == len(last) - below - int(bad.sum()) - int(not_learned.sum())
+    assert s["grouping"]["suboptimal_acc"][0] >= 0.5
     groups = pd.read_csv(run / "analysis" / "groups.csv")
     assert (groups.group == "below_min_accuracy").sum() == below
+    # --include_not_learned puts the chance-level networks back among the analysed ones
+    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--include_not_learned", "--nodynamics",
+                     "--permutations", "200", "--bootstrap", "50"]) == 0
+    s = json.loads((run / "analysis" / "summary.json").read_text())
+    assert s["n_kept"] == len(last) - int(bad.sum()) and s["grouping"]["include_not_learned"]
 
 
 def test_study_writes_a_combined_report_with_a_verdict_table(tmp_path, data_dir):
