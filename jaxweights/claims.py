@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
@@ -817,9 +816,6 @@ def bin_divergence(values_N, bins_N, *, grid: int = 1000, max_samples: int = 200
 # ------------------------------------------------------------------------------------- depth
 
 
-def _natural_key(name: str):
-    """Natural sort key; kept for callers, no longer used to order layers (execution order is)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def layer_depths(layers: Sequence[str]) -> dict[str, float]:

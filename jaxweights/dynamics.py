@@ -51,6 +51,7 @@ import numpy as np
 import optax
 import pandas as pd
 
+from jaxweights import data as data_lib
 from jaxweights import rundir, stats, strength
 
 log = logging.getLogger("jaxweights")
@@ -148,9 +149,9 @@ def stack_epochs(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray
 
 
 def kernel_layers(flat: Mapping[str, Any]) -> list[str]:
-    """Layers with a `kernel` leaf, in natural name order (`Dense_0, Dense_1, ..., Dense_10`)."""
-    names = [stats.layer_of(p) for p, x in flat.items() if stats.is_kernel(p, x)]
-    return sorted(names, key=strength._natural_key)
+    """Layers with a `kernel` leaf, in the order of `flat` (a run's snapshots come in the model's
+    execution order: `stats.layer_order`); names are never sorted."""
+    return list(dict.fromkeys(stats.layer_of(p) for p, x in flat.items() if stats.is_kernel(p, x)))
 
 
 # ============================== relative weight change ==============================
@@ -677,30 +678,6 @@ def choose_triples(labels: np.ndarray, num_planes: int, seed: int = 0, num_class
     return np.asarray(out, np.int64).reshape(-1, 3)
 
 
-def _stratified_indices(labels_n: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
-    """n indices drawn class-stratified (proportional to class frequency, at least one per present class
-    when n allows), seeded, in a random order. Same contract as `jaxweights.data.stratified_indices`.
-    """
-    # TODO: replace by data.stratified_indices
-    labels = np.asarray(labels_n).reshape(-1)
-    if not 0 <= n <= len(labels):
-        raise DynamicsError(f"stratified draw: {n} examples asked of {len(labels)}")
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = counts * n / max(len(labels), 1)
-    take = np.minimum(np.floor(quota).astype(int), counts)
-    if n >= len(classes):
-        take = np.maximum(take, 1)
-    while take.sum() > n:  # bounded: each pass removes one
-        i = np.argmax(np.where(take > 1, take - quota, -np.inf))
-        take[i] -= 1
-    while take.sum() < n:  # bounded: each pass adds one (n <= len(labels) leaves room)
-        i = np.argmax(np.where(take < counts, quota - take, -np.inf))
-        take[i] += 1
-    idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), t, replace=False) for c, t in zip(classes, take)])
-    return rng.permutation(idx)
-
-
 # ============================== a whole run ==============================
 
 def run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
@@ -751,9 +728,9 @@ def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None 
     if n < probe_size + 10:
         raise DynamicsError(f"probe_size: {probe_size} needs more than the {n} test images")
     y = np.asarray(ds.y_test)
-    probe = _stratified_indices(y, probe_size, seed=seed)
+    probe = data_lib.stratified_indices(y, probe_size, seed=seed)
     rest = np.setdiff1d(np.arange(n), probe)
-    held = rest[_stratified_indices(y[rest], min(probe_size, len(rest)), seed=seed + 1)]
+    held = rest[data_lib.stratified_indices(y[rest], min(probe_size, len(rest)), seed=seed + 1)]
     xp = train_lib.normalize(setup, jnp.asarray(ds.x_test[probe]))
     xe = train_lib.normalize(setup, jnp.asarray(ds.x_test[held]))
     return setup, xp, jnp.asarray(y[probe], jnp.int32), xe, jnp.asarray(y[held], jnp.int32)
@@ -1348,7 +1325,7 @@ def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
     d = st[st.statistic.isin(statistics) & ~st.layer.str.contains("/") & (st.layer != stats.ALL)]
     d = d.assign(group=np.where(np.asarray(good)[d.network.to_numpy()], "optimal", "suboptimal"))
     agg = d.groupby(["statistic", "layer", "group", "epoch"]).value.median().reset_index()
-    layers = sorted(agg.layer.unique(), key=lambda l: (l != INPUT, strength._natural_key(l)))
+    layers = sorted(d.layer.unique(), key=lambda l: l != INPUT)  # input first, then the table's (execution) order
     fig = Figure(figsize=(2.8 * len(layers), 2.4 * len(statistics)), layout="constrained")
     axes = fig.subplots(len(statistics), len(layers), squeeze=False)
     for i, s in enumerate(statistics):

@@ -101,7 +101,7 @@ def split_groups(acc_N, *, quantile: float | None = 0.25, threshold: float | Seq
     Args:
       acc_N: test accuracy per network.
       quantile: with no threshold, the top `quantile` fraction of the non-excluded networks (by rank,
-        round(quantile * n), at least 2) is optimal and the bottom fraction suboptimal;
+        round(quantile * n), at least 2, at most n // 2) is optimal and the bottom fraction suboptimal;
         0 < quantile <= 0.5. Networks with exactly equal accuracy at a cut are ordered by a random
         permutation drawn from `seed`, so which of them is in the group does not follow grid order.
       threshold: a number t (optimal: acc >= t, suboptimal: acc < t) or a pair (lo, hi)
@@ -133,8 +133,9 @@ def split_groups(acc_N, *, quantile: float | None = 0.25, threshold: float | Seq
     else:
         if quantile is None or not 0 < quantile <= 0.5:
             raise ClaimError(f"quantile: {quantile!r} must be in (0, 0.5]")
-        k = max(2, int(round(quantile * len(ok))))
-        if 2 * k > len(ok):
+        # at most half each: at quantile 0.5 and an odd count the median network is in neither group
+        k = min(max(2, int(round(quantile * len(ok)))), len(ok) // 2)
+        if k < 2:
             raise ClaimError(f"quantile: {quantile} needs at least 4 analysed networks; the zoo has {len(ok)}")
         tiebreak = np.random.default_rng(seed).permutation(len(ok))
         order = ok[np.lexsort((tiebreak, acc_N[ok]))]  # by accuracy, ties in random order

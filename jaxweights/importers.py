@@ -94,9 +94,6 @@ def detect_format(path: str | os.PathLike) -> str:
                       ".msgpack/.flax, .npz or .safetensors")
 
 
-def _natural_key(name: str):
-    """Natural sort key (kept for callers; files keep their own stored order instead)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _orbax_item_dir(p: Path) -> Path:

@@ -165,11 +165,13 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
         rundir.write_csv(workdir / "hparams.csv", grid)
     data = train.shard(host_data, mesh, networks_axis=False)  # every device holds the data
     fns = train.make_zoo_fns(setup, image_shape, eval_batch, mesh)
+    order = models.param_order(setup.model, image_shape)  # params.npz keeps the model's execution order
     n_nets, steps = len(grid), ds.x_train.shape[0] // config.batch_size
     log.info("%s: %d networks × %d steps/epoch × %d epochs (%s on %s, %d device(s), %d process(es))", workdir,
              n_nets, steps, config.num_epochs, config.model.name, config.dataset, mesh.size, jax.process_count())
     if plan.num_chunks == 1:
-        _train_chunk(config, workdir, grid, fns, data, mesh, plan.chunk_size, resume, progress, setup.num_classes)
+        _train_chunk(config, workdir, grid, fns, data, mesh, plan.chunk_size, resume, progress, setup.num_classes,
+                     order)
         return pd.read_csv(workdir / "metrics.csv")
 
     if main:
@@ -184,7 +186,7 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
             frames.append(_float32_metrics(pd.read_csv(cdir / "metrics.csv")))
             continue
         frames.append(_train_chunk(config, cdir, rows, fns, data, mesh, plan.chunk_size, resume, progress,
-                                   setup.num_classes))
+                                   setup.num_classes, order))
     metrics = pd.concat(frames).sort_values(["epoch", "network"], kind="stable").reset_index(drop=True)
     if main:
         rundir.write_csv(workdir / "metrics.csv", metrics)
@@ -195,7 +197,8 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
 
 
 def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.DataFrame, fns: train.ZooFns,
-                 data: tuple, mesh, n_pad: int, resume: bool, progress: bool, num_classes: int) -> pd.DataFrame:
+                 data: tuple, mesh, n_pad: int, resume: bool, progress: bool, num_classes: int,
+                 order: list[str] | None = None) -> pd.DataFrame:
     """Trains the networks of `grid`, padded to `n_pad` (copies of the last one), into `workdir`.
 
     After each epoch a network is flagged `exploded` by `train.exploded` (the factors are
@@ -254,7 +257,7 @@ def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.Data
     ckpt.close()
     params = jax.tree.map(lambda x: np.asarray(x)[:n], train.to_host(state.params))
     if main:
-        rundir.write_params(workdir / "params.npz", params)
+        rundir.write_params(workdir / "params.npz", params, order=order)  # members in execution order
     _sync("trained " + str(workdir))
     return pd.concat(frames, ignore_index=True)
 
@@ -347,13 +350,14 @@ def _concat_params(paths: list[Path], out: Path) -> None:
 
     Each leaf is streamed into the zip as one `.npy` (the header of the whole array, then the
     chunks' rows), so a zoo larger than memory still gets one `params.npz` that `np.load` reads.
-    Members are sorted and dated 1980-01-01 like `rundir.npz_bytes`, so equal runs give equal files.
+    Members keep the chunks' order (the model's execution order) and are dated 1980-01-01 like
+    `rundir.npz_bytes`, so equal runs give equal files.
     """
     files = [np.load(p) for p in paths]
     try:
         def write(f):
             with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
-                for k in sorted(files[0].files):
+                for k in files[0].files:
                     first = files[0][k]
                     header = np.lib.format.header_data_from_array_1_0(first)
                     header["shape"] = (sum(z[k].shape[0] for z in files), *first.shape[1:])

@@ -47,7 +47,6 @@ deep neural networks via complex networks", ICTAI 2021, arXiv 2110.02628.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -58,11 +57,6 @@ import pandas as pd
 from jaxweights import stats
 
 INPUT = "input"
-
-
-def _natural_key(name: str):
-  """Natural sort key (kept for callers outside this module; layer order no longer uses it)."""
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def chain(params: Mapping[str, Any], layers: Sequence[str] | None = None):

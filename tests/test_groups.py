@@ -92,3 +92,15 @@ def test_cells_of_a_real_grid_table():
     assert np.all(np.bincount(cells) == n_seeds)
     # metrics and flags never split a cell; a table without hyperparameters is one cell
     assert (groups.hyperparameter_cells(last[["network", "seed", "test_acc"]]) == 0).all()
+
+
+def test_half_split_of_an_odd_count_leaves_the_median_in_the_middle():
+    # quantile 0.5 of 47 networks: 23 below the median, 23 above, the median network in neither group
+    acc = np.random.default_rng(1).permutation(47) / 47
+    labels = groups.split_groups(acc, quantile=0.5)
+    median = np.argsort(acc)[23]
+    assert labels[median] == MIDDLE
+    assert (labels == OPTIMAL).sum() == (labels == SUBOPTIMAL).sum() == 23
+    assert acc[labels == OPTIMAL].min() > acc[median] > acc[labels == SUBOPTIMAL].max()
+    with pytest.raises(groups.ClaimError, match="at least 4"):
+        groups.split_groups(acc[:3], quantile=0.5)
