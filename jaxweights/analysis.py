@@ -66,7 +66,8 @@ def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, b
                    layers: Sequence[str] | None = None) -> pd.DataFrame:
     """Writes stats.csv, node_strength.npz and distances/ for stacked `params` into `out`.
 
-    `layers` sets the chain order of kernel layers for node strength (default: natural name order).
+    `layers` sets the chain order of kernel layers for node strength (default: the params' order,
+    which is the execution order for a run's `params.npz`; names are never sorted).
     With several devices, statistics and distances run with the networks axis split over all of
     them (`train.networks_mesh`).
     """

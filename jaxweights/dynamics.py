@@ -206,7 +206,7 @@ def relative_weight_change(snapshots: Sequence[Mapping[str, Any]], epochs: Seque
     Args:
       snapshots: per-epoch flat parameters `[{path: (N, ...)}]`, oldest first (`load_snapshots`).
       epochs: the epoch of each snapshot (default 0, 1, ...).
-      layers: kernel layers to report (default all, natural order).
+      layers: kernel layers to report (default all, in the snapshots' execution order).
 
     Returns:
       Tidy DataFrame `network, layer, depth, epoch, rwc_l1_ratio, rwc_mean_elementwise,
@@ -1248,7 +1248,10 @@ def _savefig(fig, path: Path) -> None:
 
 
 def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str = "rwc_l1_ratio") -> pd.DataFrame:
-    """RWC per layer over epochs, median of optimal vs suboptimal networks (PNG + CSV of the plotted data).
+    """RWC per layer over epochs, median of the optimal vs the other given networks (PNG + CSV of the plotted data).
+
+    `good` marks the optimal networks; every other row passed in is drawn as "suboptimal" (the caller
+    drops excluded networks first).
 
     Returns:
       The plotted table `group, layer, epoch, median, q25, q75`.
@@ -1320,7 +1323,7 @@ def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd
 
 def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
                            statistics: Sequence[str] = ("mean", "std", "layer_fluctuation")) -> pd.DataFrame:
-    """Per-layer statistics over epochs, median of optimal vs suboptimal networks (PNG + CSV)."""
+    """Per-layer statistics over epochs, median of the optimal vs the other given networks (PNG + CSV)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
     d = st[st.statistic.isin(statistics) & ~st.layer.str.contains("/") & (st.layer != stats.ALL)]
     d = d.assign(group=np.where(np.asarray(good)[d.network.to_numpy()], "optimal", "suboptimal"))
