@@ -8,8 +8,9 @@ Reads the final parameters of every network (`params.npz`, networks axis first) 
     node_strength.npz         one (N, nodes) array per layer ("input" first)
     distances/<metric>.npz    one N×N array per layer for every distance metric
     networks.csv              the last epoch's metrics of each network (accuracy, diverged, ...)
-    groups.csv, claim_tests.csv, dispersion.csv, correlations.csv, prediction_scores.csv,
-    predictions.csv, bin_divergence.npz, figures/*.png (+ the CSV behind each),
+    groups.csv, claim_tests.csv, seed_dispersion_cells.csv, sensitivity.csv, dispersion.csv,
+    correlations.csv, prediction_scores.csv, predictions.csv, bin_divergence.npz,
+    figures/*.png (+ the CSV behind each),
     report.html, summary.json  the optimal-vs-suboptimal study (`zoo_summary`, `report_workdir`)
 
 The new analysis is built in a temporary folder and swapped in at the end, so an interrupted
