@@ -780,7 +780,7 @@ def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, 
       num_planes, resolution: decision-region planes and their grid size.
       chunk: networks vmapped at once (`jax.lax.map` batch size; default `default_chunk()`).
       memory_mb: budget for the captured activations of one block of networks.
-      exclude_N: boolean `(N,)`, networks (diverged, exploded) whose network × network CKA rows and
+      exclude_N: boolean `(N,)`, networks left out (diverged, exploded, not learned, ...) whose network × network CKA rows and
         columns are NaN (see `RepresentationDynamics.finish`).
 
     Returns:
@@ -1021,8 +1021,9 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
       optimal_N: boolean `(N,)`, the optimal networks, as the caller defines them (`jaxweights.groups`);
         the summaries (`dynamics.json`, pruning curve, figures) are over them. None: every network
         not excluded.
-      exclude_N: boolean `(N,)`, networks (diverged, exploded) left out of every across-network
-        summary and figure, with NaN network × network CKA. None: none. Their own per-network rows
+      exclude_N: boolean `(N,)`, the networks the study leaves out (diverged, exploded, not learned,
+        below `--min_accuracy`: `analysis.network_groups`); they are in no across-network summary
+        or figure and get NaN network × network CKA. None: none. Their own per-network rows
         stay in the tables.
       optimal_rule: words for the rule behind `optimal_N`, shown in the report.
       probe_size: probe images, a seeded class-stratified draw from the test split; a second draw
@@ -1135,7 +1136,7 @@ def summarize(rwc: pd.DataFrame, mod: pd.DataFrame, probes: pd.DataFrame, cka: M
       optimal_N: boolean `(N,)` optimal networks, from the caller (`jaxweights.groups`); the
         dynamics have no rule of their own.
       candidates: the zoo-level pruning candidates.
-      exclude_N: boolean `(N,)` networks (diverged, exploded) never summarised, even if marked optimal.
+      exclude_N: boolean `(N,)` networks left out of the study (diverged, exploded, not learned, ...) never summarised, even if marked optimal.
       optimal_rule: words for the rule behind `optimal_N`.
 
     Returns:
@@ -1198,7 +1199,7 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
     yes = lambda b: "yes" if b else "no"
     ex = s.get("excluded", [])
     head = (f"<p>Over the {s['n_optimal']} optimal of {s['n_networks']} networks ({report.esc(s['optimal_rule'])}); "
-            + (f"{len(ex)} excluded (diverged or exploded: network{'s' if len(ex) > 1 else ''} "
+            + (f"{len(ex)} excluded (left out of the study: network{'s' if len(ex) > 1 else ''} "
                f"{', '.join(map(str, ex))}), left out of every summary and figure; " if ex else "")
             + f"snapshots at epochs {', '.join(map(str, s['epochs']))}.</p>")
     return [
@@ -1357,7 +1358,7 @@ def write_figures(out_dir: str | Path, optimal_N: np.ndarray | None = None,
       out_dir: a folder written by `write_dynamics`.
       optimal_N: boolean `(N,)` marking the optimal networks (from the caller); default every
         network not excluded.
-      exclude_N: boolean `(N,)` networks left out of every figure (diverged, exploded); default none.
+      exclude_N: boolean `(N,)` networks left out of every figure (those left out of the study); default none.
 
     Returns:
       The PNG paths (each has a CSV of its data beside it).
