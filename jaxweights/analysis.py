@@ -655,8 +655,9 @@ def sensitivity(params, last: pd.DataFrame, keep_N, metric: str, *, choice: Mapp
     grouping cannot be tested.
 
     Distances are the whole-network ones over every non-diverged network, computed once; each row
-    uses the rows and columns of its networks (exact for distances of two networks alone, e.g.
-    Wasserstein, KS, euclidean, cosine).
+    uses the rows and columns of its networks (exact for distances of two networks alone:
+    Wasserstein, KS, energy; the histogram, KDE and statistic-vector metrics keep the ranges and
+    z-scoring of the pool's core networks).
     """
     from jaxweights import claims
     from jaxweights import groups as G
