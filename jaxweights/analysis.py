@@ -8,8 +8,9 @@ Reads the final parameters of every network (`params.npz`, networks axis first) 
     node_strength.npz         one (N, nodes) array per layer ("input" first)
     distances/<metric>.npz    one N×N array per layer for every distance metric
     networks.csv              the last epoch's metrics of each network (accuracy, diverged, ...)
-    groups.csv, claim_tests.csv, dispersion.csv, correlations.csv, prediction_scores.csv,
-    predictions.csv, bin_divergence.npz, figures/*.png (+ the CSV behind each),
+    groups.csv, claim_tests.csv, seed_dispersion_cells.csv, sensitivity.csv, dispersion.csv,
+    correlations.csv, prediction_scores.csv, predictions.csv, bin_divergence.npz,
+    figures/*.png (+ the CSV behind each),
     report.html, summary.json  the optimal-vs-suboptimal study (`zoo_summary`, `report_workdir`)
 
 The new analysis is built in a temporary folder and swapped in at the end, so an interrupted
@@ -66,7 +67,8 @@ def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, b
                    layers: Sequence[str] | None = None) -> pd.DataFrame:
     """Writes stats.csv, node_strength.npz and distances/ for stacked `params` into `out`.
 
-    `layers` sets the chain order of kernel layers for node strength (default: natural name order).
+    `layers` sets the chain order of kernel layers for node strength (default: the params' order,
+    which is the execution order for a run's `params.npz`; names are never sorted).
     With several devices, statistics and distances run with the networks axis split over all of
     them (`train.networks_mesh`).
     """
@@ -653,8 +655,9 @@ def sensitivity(params, last: pd.DataFrame, keep_N, metric: str, *, choice: Mapp
     grouping cannot be tested.
 
     Distances are the whole-network ones over every non-diverged network, computed once; each row
-    uses the rows and columns of its networks (exact for distances of two networks alone, e.g.
-    Wasserstein, KS, euclidean, cosine).
+    uses the rows and columns of its networks (exact for distances of two networks alone:
+    Wasserstein, KS, energy; the histogram, KDE and statistic-vector metrics keep the ranges and
+    z-scoring of the pool's core networks).
     """
     from jaxweights import claims
     from jaxweights import groups as G

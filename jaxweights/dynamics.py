@@ -206,7 +206,7 @@ def relative_weight_change(snapshots: Sequence[Mapping[str, Any]], epochs: Seque
     Args:
       snapshots: per-epoch flat parameters `[{path: (N, ...)}]`, oldest first (`load_snapshots`).
       epochs: the epoch of each snapshot (default 0, 1, ...).
-      layers: kernel layers to report (default all, natural order).
+      layers: kernel layers to report (default all, in the snapshots' execution order).
 
     Returns:
       Tidy DataFrame `network, layer, depth, epoch, rwc_l1_ratio, rwc_mean_elementwise,
@@ -780,7 +780,7 @@ def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, 
       num_planes, resolution: decision-region planes and their grid size.
       chunk: networks vmapped at once (`jax.lax.map` batch size; default `default_chunk()`).
       memory_mb: budget for the captured activations of one block of networks.
-      exclude_N: boolean `(N,)`, networks (diverged, exploded) whose network × network CKA rows and
+      exclude_N: boolean `(N,)`, networks left out (diverged, exploded, not learned, ...) whose network × network CKA rows and
         columns are NaN (see `RepresentationDynamics.finish`).
 
     Returns:
@@ -1021,8 +1021,9 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
       optimal_N: boolean `(N,)`, the optimal networks, as the caller defines them (`jaxweights.groups`);
         the summaries (`dynamics.json`, pruning curve, figures) are over them. None: every network
         not excluded.
-      exclude_N: boolean `(N,)`, networks (diverged, exploded) left out of every across-network
-        summary and figure, with NaN network × network CKA. None: none. Their own per-network rows
+      exclude_N: boolean `(N,)`, the networks the study leaves out (diverged, exploded, not learned,
+        below `--min_accuracy`: `analysis.network_groups`); they are in no across-network summary
+        or figure and get NaN network × network CKA. None: none. Their own per-network rows
         stay in the tables.
       optimal_rule: words for the rule behind `optimal_N`, shown in the report.
       probe_size: probe images, a seeded class-stratified draw from the test split; a second draw
@@ -1135,7 +1136,7 @@ def summarize(rwc: pd.DataFrame, mod: pd.DataFrame, probes: pd.DataFrame, cka: M
       optimal_N: boolean `(N,)` optimal networks, from the caller (`jaxweights.groups`); the
         dynamics have no rule of their own.
       candidates: the zoo-level pruning candidates.
-      exclude_N: boolean `(N,)` networks (diverged, exploded) never summarised, even if marked optimal.
+      exclude_N: boolean `(N,)` networks left out of the study (diverged, exploded, not learned, ...) never summarised, even if marked optimal.
       optimal_rule: words for the rule behind `optimal_N`.
 
     Returns:
@@ -1198,7 +1199,7 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
     yes = lambda b: "yes" if b else "no"
     ex = s.get("excluded", [])
     head = (f"<p>Over the {s['n_optimal']} optimal of {s['n_networks']} networks ({report.esc(s['optimal_rule'])}); "
-            + (f"{len(ex)} excluded (diverged or exploded: network{'s' if len(ex) > 1 else ''} "
+            + (f"{len(ex)} excluded (left out of the study: network{'s' if len(ex) > 1 else ''} "
                f"{', '.join(map(str, ex))}), left out of every summary and figure; " if ex else "")
             + f"snapshots at epochs {', '.join(map(str, s['epochs']))}.</p>")
     return [
@@ -1248,7 +1249,10 @@ def _savefig(fig, path: Path) -> None:
 
 
 def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str = "rwc_l1_ratio") -> pd.DataFrame:
-    """RWC per layer over epochs, median of optimal vs suboptimal networks (PNG + CSV of the plotted data).
+    """RWC per layer over epochs, median of the optimal vs the other given networks (PNG + CSV of the plotted data).
+
+    `good` marks the optimal networks; every other row passed in is drawn as "suboptimal" (the caller
+    drops excluded networks first).
 
     Returns:
       The plotted table `group, layer, epoch, median, q25, q75`.
@@ -1320,7 +1324,7 @@ def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd
 
 def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
                            statistics: Sequence[str] = ("mean", "std", "layer_fluctuation")) -> pd.DataFrame:
-    """Per-layer statistics over epochs, median of optimal vs suboptimal networks (PNG + CSV)."""
+    """Per-layer statistics over epochs, median of the optimal vs the other given networks (PNG + CSV)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
     d = st[st.statistic.isin(statistics) & ~st.layer.str.contains("/") & (st.layer != stats.ALL)]
     d = d.assign(group=np.where(np.asarray(good)[d.network.to_numpy()], "optimal", "suboptimal"))
@@ -1354,7 +1358,7 @@ def write_figures(out_dir: str | Path, optimal_N: np.ndarray | None = None,
       out_dir: a folder written by `write_dynamics`.
       optimal_N: boolean `(N,)` marking the optimal networks (from the caller); default every
         network not excluded.
-      exclude_N: boolean `(N,)` networks left out of every figure (diverged, exploded); default none.
+      exclude_N: boolean `(N,)` networks left out of every figure (those left out of the study); default none.
 
     Returns:
       The PNG paths (each has a CSV of its data beside it).

@@ -30,7 +30,7 @@ both is refused (set the layout). Reading `torch` maps `a.b.weight` -> `a/b/kern
 to `(*spatial, in, out)` (1-D weights, i.e. norm scales, become `a/b/scale`), `a.b.bias` ->
 `a/b/bias`, so statistics, node strength and distances see Flax conventions. PyTorch flattens
 conv feature maps channel-first (C, H, W) and Flax channel-last (H, W, C); a Linear layer that
-follows a conv layer (in the chain order node strength uses: natural name order, or `layers=`)
+follows a conv layer (in the chain order node strength uses: the file's stored order, or `layers=`)
 has its input rows permuted from the first to the second, which changes no statistic but puts
 node strength's "channel c feeds rows r % C == c" rule right. `layout="flax"` on files whose
 leaves are named `weight` renames them to `kernel` without transposing.

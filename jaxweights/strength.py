@@ -34,9 +34,10 @@ Two conv definitions, chosen by ``conv_strength`` (default ``"channel"``):
     These are the row and column sums of the convolution's dense matrix. Needs the input's
     spatial size, the strides and the padding (``models.Conv``: "SAME", padding split as
     ``pad // 2`` before), and no pooling between layers (a max pool has no weights).
-  The default stays ``"channel"``: it is defined for every CNN the library trains (which pool),
-  its node counts do not grow with the image, and per-position values mostly rescale the
-  per-channel ones by the number of positions a weight reaches.
+  The default stays ``"channel"``: it is defined for every CNN the library trains (which pool)
+  and its node counts do not grow with the image. Through a stride-1 convolution a position away
+  from the borders gets exactly its channel's per-channel in- or out-strength; the readings
+  differ at borders, under strides and before a dense layer.
 
 Output keys: ``"input"`` for the network's input nodes, then each layer's name for the
 nodes that layer outputs (the last one is the output layer).
