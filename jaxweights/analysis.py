@@ -131,15 +131,18 @@ class _quiet_undefined:
 
 
 # |w|**4 (the fourth moment behind kurtosis) overflows float32 above this.
-_F32_FOURTH_POWER_MAX = float(np.finfo(np.float32).max) ** 0.25
+# moments are computed on rescaled weights (jaxweights.stats) and never overflow; a float32 *sum* such as
+# `l1` of a large layer can, once |w| reaches about float32 max / 1e8
+_F32_SUM_RISK = float(np.finfo(np.float32).max) / 1e8
 
 
 def undefined_reasons(table: pd.DataFrame, params) -> pd.DataFrame:
     """Why each network with undefined (NaN) statistics has them: one row per such network.
 
     Columns: network, n_undefined, max_abs_weight, reason, one of "non-finite weights",
-    "float32 overflow" (finite weights so large that their powers overflow float32: |w|**4 above
-    ~1.4e9), "zero variance or all-zero kernel" (scipy's criterion, see `jaxweights.stats`).
+    "float32 overflow" (finite weights so large, max |w| above ~3.4e30, that a float32 sum over a
+    layer such as `l1` can overflow), "zero variance or all-zero kernel" (scipy's criterion, see
+    `jaxweights.stats`).
     """
     bad = table[table.undefined.astype(bool)].groupby("network").size()
     if bad.empty:
@@ -157,7 +160,7 @@ def undefined_reasons(table: pd.DataFrame, params) -> pd.DataFrame:
         top = np.maximum(top, np.where(ok, np.abs(w.astype(np.float64)), 0).max(1, initial=0))
     nets = bad.index.to_numpy()
     reason = np.where(~finite[nets], "non-finite weights",
-                      np.where(small & (top[nets] > _F32_FOURTH_POWER_MAX), "float32 overflow",
+                      np.where(small & (top[nets] > _F32_SUM_RISK), "float32 overflow",
                                "zero variance or all-zero kernel"))
     return pd.DataFrame({"network": nets, "n_undefined": bad.to_numpy(), "max_abs_weight": top[nets],
                          "reason": reason})

@@ -42,11 +42,8 @@ import pandas as pd
 import scipy.stats as ss
 
 from jaxweights import distances, groups, stats
-from jaxweights.groups import (EXCLUDED, MIDDLE, NOT_HYPERPARAMETERS, OPTIMAL, SUBOPTIMAL, ClaimError,  # noqa: F401
-                               hyperparameter_cells, network_states, split_groups)
-
-# groups.csv names; EXCLUDED networks are the diverged ones as long as callers exclude by divergence only
-GROUP_NAMES = {OPTIMAL: "optimal", MIDDLE: "middle", SUBOPTIMAL: "suboptimal", EXCLUDED: "diverged"}
+from jaxweights.groups import (EXCLUDED, GROUP_NAMES, MIDDLE, NOT_HYPERPARAMETERS, OPTIMAL, SUBOPTIMAL,  # noqa: F401
+                               ClaimError, hyperparameter_cells, network_states, split_groups)
 FEATURE_QUANTILES = (0, 25, 50, 75, 100)
 
 

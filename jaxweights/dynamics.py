@@ -1251,20 +1251,20 @@ def _savefig(fig, path: Path) -> None:
 def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str = "rwc_l1_ratio") -> pd.DataFrame:
     """RWC per layer over epochs, median of the optimal vs the other given networks (PNG + CSV of the plotted data).
 
-    `good` marks the optimal networks; every other row passed in is drawn as "suboptimal" (the caller
-    drops excluded networks first).
+    `good` marks the optimal networks; every other row passed in is drawn as "others" (the middle
+    and suboptimal analysed networks; the caller drops excluded networks first).
 
     Returns:
       The plotted table `group, layer, epoch, median, q25, q75`.
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
-    df = rwc.assign(group=np.where(np.asarray(good)[rwc.network.to_numpy()], "optimal", "suboptimal"))
+    df = rwc.assign(group=np.where(np.asarray(good)[rwc.network.to_numpy()], "optimal", "others"))
     agg = df.groupby(["group", "layer", "depth", "epoch"])[column].agg(
         median="median", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75)).reset_index()
     layers = agg.sort_values("depth").layer.unique()
     fig = Figure(figsize=(10, 3.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, grp in zip(axes, ("optimal", "suboptimal")):
+    for ax, grp in zip(axes, ("optimal", "others")):
         for l in layers:
             d = agg[(agg.group == grp) & (agg.layer == l)]
             ax.plot(d.epoch, d["median"], marker="o", label=l)
@@ -1315,7 +1315,7 @@ def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd
     names = last.sort_values("depth").drop_duplicates("depth")
     ax.set_xticks(names.depth)
     ax.set_xticklabels(names.layer, rotation=45, fontsize=8)
-    ax.set(ylabel="modularity (k-NN, k=3)", title="blue: optimal, red: suboptimal")
+    ax.set(ylabel="modularity (k-NN, k=3)", title="blue: optimal, red: other analysed networks")
     path = Path(path)
     _savefig(fig, path)
     rundir.write_csv(path.with_suffix(".csv"), last)
@@ -1327,7 +1327,7 @@ def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
     """Per-layer statistics over epochs, median of the optimal vs the other given networks (PNG + CSV)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
     d = st[st.statistic.isin(statistics) & ~st.layer.str.contains("/") & (st.layer != stats.ALL)]
-    d = d.assign(group=np.where(np.asarray(good)[d.network.to_numpy()], "optimal", "suboptimal"))
+    d = d.assign(group=np.where(np.asarray(good)[d.network.to_numpy()], "optimal", "others"))
     agg = d.groupby(["statistic", "layer", "group", "epoch"]).value.median().reset_index()
     layers = sorted(d.layer.unique(), key=lambda l: l != INPUT)  # input first, then the table's (execution) order
     fig = Figure(figsize=(2.8 * len(layers), 2.4 * len(statistics)), layout="constrained")
@@ -1335,7 +1335,7 @@ def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
     for i, s in enumerate(statistics):
         for j, l in enumerate(layers):
             ax = axes[i, j]
-            for grp, color in (("optimal", "C0"), ("suboptimal", "C3")):
+            for grp, color in (("optimal", "C0"), ("others", "C3")):
                 q = agg[(agg.statistic == s) & (agg.layer == l) & (agg.group == grp)]
                 ax.plot(q.epoch, q.value, color=color, marker=".", label=grp)
             if not ((agg.statistic == s) & (agg.layer == l)).any():
