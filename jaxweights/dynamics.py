@@ -1269,7 +1269,7 @@ def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str 
             d = agg[(agg.group == grp) & (agg.layer == l)]
             ax.plot(d.epoch, d["median"], marker="o", label=l)
             ax.fill_between(d.epoch, d.q25, d.q75, alpha=0.2)
-        ax.set(title=f"{grp} networks", xlabel="epoch", yscale="log")
+        ax.set(title="optimal networks" if grp == "optimal" else "other analysed networks", xlabel="epoch", yscale="log")
     axes[0].set_ylabel(column)
     axes[0].legend(fontsize=8)
     path = Path(path)
