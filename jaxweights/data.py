@@ -186,6 +186,19 @@ def _read_idx(path: Path, ndim: int, image_hw: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
+def _npy_header(f, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an open `.npy` member's header; refuses what the loaders cannot stream."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise DataError(f"{path}: {key} has unsupported .npy version {version}")
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    if fortran or dtype.hasobject or not shape:
+        raise DataError(f"{path}: {key} must be a C-ordered numeric array with a batch axis")
+    return shape, dtype
+
+
 def _npy_member(zf: zipfile.ZipFile, key: str, path: Path, limit: int | None,
                 rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Read the first `limit` rows of `key` from an npz, or (`rows` given) those rows in that order,
@@ -193,16 +206,9 @@ def _npy_member(zf: zipfile.ZipFile, key: str, path: Path, limit: int | None,
     row count."""
     if rows is not None:
         return _npy_rows(zf, key, path, rows)
-    fmt = np.lib.format
     try:
         with zf.open(key + ".npy") as f:
-            version = fmt.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                raise DataError(f"{path}: {key} has unsupported .npy version {version}")
-            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
-            if fortran or dtype.hasobject or not shape:
-                raise DataError(f"{path}: {key} must be a C-ordered numeric array with a batch axis")
+            shape, dtype = _npy_header(f, path, key)
             k = shape[0] if limit is None else min(limit, shape[0])
             nbytes = k * int(np.prod(shape[1:])) * dtype.itemsize
             buf = f.read(nbytes)
@@ -220,16 +226,9 @@ def _npy_member(zf: zipfile.ZipFile, key: str, path: Path, limit: int | None,
 def _npy_rows(zf: zipfile.ZipFile, key: str, path: Path, rows: np.ndarray) -> tuple[np.ndarray, int]:
     """`_npy_member` for chosen rows: reads the whole member (its CRC is checked at the end) in
     blocks of `_ROWS_PER_READ` rows and keeps the chosen ones."""
-    fmt = np.lib.format
     try:
         with zf.open(key + ".npy") as f:
-            version = fmt.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                raise DataError(f"{path}: {key} has unsupported .npy version {version}")
-            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
-            if fortran or dtype.hasobject or not shape:
-                raise DataError(f"{path}: {key} must be a C-ordered numeric array with a batch axis")
+            shape, dtype = _npy_header(f, path, key)
             row_bytes = math.prod(shape[1:]) * dtype.itemsize  # math.prod: no int64 wrap-around
             if shape[0] * row_bytes > zf.getinfo(key + ".npy").file_size:  # before allocating for it
                 raise DataError(f"{path}: {key} is truncated (header shape {shape} needs more bytes than the "
