@@ -509,6 +509,7 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
         "n_tests": int(len(ct)), **verdict_counts(ct, alpha), "notes": grid_notes,
         "whole_network": _records(whole), "per_layer": _records(ct[ct.layer != stats.ALL])}
     summary["seed_dispersion"] = {k: top[v] for k, v in SEED_COLUMNS.items() if v in top}
+    _headline_verdicts(summary, top, alpha)
     summary["sensitivity"] = sensitivity(params, last, keep, primary, choice=choice, n_permutations=n_permutations,
                                          alpha=alpha, block_size=block_size)
     rundir.write_csv(out / "sensitivity.csv", pd.DataFrame(summary["sensitivity"]))
@@ -732,6 +733,24 @@ def verdict_counts(ct: pd.DataFrame, alpha: float) -> dict:
         out["n_holds_cell"] = int((ct.verdict_cell == "holds").sum())
         out["n_reversed_cell"] = int((ct.verdict_cell == "reversed").sum())
     return out
+
+
+def _headline_verdicts(summary: dict, top: pd.Series, alpha: float) -> None:
+    """The headline (whole network, primary metric) is one pre-specified test: its verdicts come from its
+    own two-sided p, like each row of the sensitivity table; the table's Holm-adjusted verdicts stay beside
+    them (`verdict_holm`, ...) and decide the counts over its many (metric, layer) tests."""
+    from jaxweights import claims
+    c, sd = summary["claim"], summary["seed_dispersion"]
+    sign = lambda x: float(np.sign(x)) if np.isfinite(x) else 0.0
+    c["verdict_holm"] = c["verdict"]
+    c["verdict"] = claims.verdict(float(top.p_value), sign(top.p_less - top.p_greater), alpha)
+    if "p_cell" in top and pd.notna(top.p_cell):
+        c["verdict_cell_holm"] = c.get("verdict_cell")
+        c["verdict_cell"] = claims.verdict(
+            float(top.p_cell), sign(top.within_suboptimal_cells - top.within_optimal_cells), alpha)
+    if sd.get("p_value") is not None and pd.notna(sd["p_value"]):
+        sd["verdict_holm"] = sd.get("verdict")
+        sd["verdict"] = claims.verdict(float(sd["p_value"]), -sign(sd["rho"]), alpha)  # holds: rho < 0
 
 
 GROUPING_OPTIONS = ("quantile", "threshold", "min_accuracy", "include_exploded", "include_not_learned",

@@ -214,8 +214,8 @@ def seed_dispersion_html(d: Mapping[str, Any]) -> str:
         return ""
     return (f"<p>Free of hyperparameter confounding (seed dispersion): within each hyperparameter cell, the "
             f"mean distance between its seeds against the cell's mean accuracy, Spearman ρ = {fmt(d['rho'])} over "
-            f"{d.get('n_cells', '–')} cells, p = {fmt(d.get('p_value'))} (Holm {fmt(d.get('p_holm'))}): "
-            f"{verdict_html(d.get('verdict', '–'))} (negative ρ: cells that train well have seeds that end up "
+            f"{d.get('n_cells', '–')} cells, p = {fmt(d.get('p_value'))}: {verdict_html(d.get('verdict', '–'))} "
+            f"(Holm over the table {fmt(d.get('p_holm'))}; negative ρ: cells that train well have seeds that end up "
             f"alike). Tables <code>claim_tests.csv</code> (columns seed_*), "
             f"<code>seed_dispersion_cells.csv</code>.</p>")
 
@@ -229,11 +229,12 @@ def claim_words(s: Mapping[str, Any]) -> str:
             }.get(v, "there is no significant difference in how alike optimal and suboptimal networks are")
     txt = (f"In words: {what} (whole network, {esc(c['primary_metric'])} distance: mean within the optimal group "
            f"{fmt(c['within_optimal'])}, within the suboptimal group {fmt(c['within_suboptimal'])}, ratio "
-           f"{fmt(c['ratio'])}, permutation p = {fmt(c.get('p_value', c['p_greater']))}, Holm-adjusted over "
-           f"{c['n_tests']} tests {fmt(c.get('p_holm'))}")
+           f"{fmt(c['ratio'])}, permutation p = {fmt(c.get('p_value', c['p_greater']))}: the pre-specified "
+           f"headline test, judged on its own p; Holm-adjusted over all {c['n_tests']} claim tests "
+           f"{fmt(c.get('p_holm'))}: {verdict_html(c.get('verdict_holm', c['verdict']))}")
     if c.get("p_cell") is not None:
-        txt += (f"; with whole hyperparameter cells as the unit p = {fmt(c['p_cell'])}, Holm "
-                f"{fmt(c.get('p_cell_holm'))}: {verdict_html(c.get('verdict_cell', '–'))}")
+        txt += (f"; with whole hyperparameter cells as the unit p = {fmt(c['p_cell'])}: "
+                f"{verdict_html(c.get('verdict_cell', '–'))} (Holm over the table {fmt(c.get('p_cell_holm'))})")
     txt += ")."
     sd = s.get("seed_dispersion") or {}
     if sd.get("rho") is not None:

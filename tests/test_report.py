@@ -82,6 +82,12 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     ct = pd.read_csv(out / "claim_tests.csv")
     assert s["claim"]["n_holds"] == int(((ct.p_holm < 0.05) & (ct.p_greater < ct.p_less)).sum())
     assert {"p_cell", "p_cell_holm", "verdict_cell", "seed_rho", "seed_p", "seed_p_holm"} <= set(ct.columns)
+    # the headline is one pre-specified test: its verdict is its own p's, as in the sensitivity row in force;
+    # the Holm-adjusted verdict of the same row of claim_tests.csv stays beside it
+    top = ct[(ct.metric == "wasserstein") & (ct.layer == "__all__")].iloc[0]
+    assert s["claim"]["verdict_holm"] == top.verdict
+    assert s["claim"]["verdict"] == sens[sens.in_force].verdict.iloc[0]
+    assert (s["claim"]["verdict"] == "not significant") == (top.p_value >= 0.05 or top.p_greater == top.p_less)
     # prediction folds grouped by hyperparameter cell: no cell in two folds
     preds = pd.read_csv(out / "predictions.csv").merge(groups.reset_index()[["network", "cell"]], on="network")
     assert (preds.groupby("cell").fold.nunique() == 1).all() and preds.fold.nunique() > 1
