@@ -39,6 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import jax
+
     print(f"device: {jax.devices()[0].device_kind}; overrides: {args.set or 'none'}")
     print(f"{'config':<22} {'nets':>5} {'epochs':>6} {'best':>7} {'median':>7} {'div':>4} {'time_s':>7}  best network")
     t_start = time.perf_counter()
@@ -63,8 +64,11 @@ def main() -> None:
         ok = last[~last.diverged.astype(bool)]
         best = ok.loc[ok.test_acc.idxmax()]
         desc = f"lr={best.learning_rate:g} init_scale={best.init_scale:g} seed={int(best.seed)}"
-        print(f"{Path(path).stem:<22} {len(last):>5} {int(df.epoch.max()):>6} {ok.test_acc.max():>7.4f} "
-              f"{ok.test_acc.median():>7.4f} {int(last.diverged.sum()):>4} {dt:>7.0f}  {desc}", flush=True)
+        print(
+            f"{Path(path).stem:<22} {len(last):>5} {int(df.epoch.max()):>6} {ok.test_acc.max():>7.4f} "
+            f"{ok.test_acc.median():>7.4f} {int(last.diverged.sum()):>4} {dt:>7.0f}  {desc}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

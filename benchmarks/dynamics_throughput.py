@@ -54,6 +54,7 @@ def nx_modularity(x, labels, k=3):
     import networkx as nx
     from networkx.algorithms.community import modularity
     from sklearn.neighbors import NearestNeighbors
+
     idx = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(x).kneighbors(x, return_distance=False)
     a = np.zeros((len(x), len(x)))
     for i, row in enumerate(idx):
@@ -78,8 +79,12 @@ def main():
     cka_one = jax.jit(dynamics.cka_linear)
     gram_n = jax.jit(jax.vmap(dynamics.gram))
     mat = jax.jit(dynamics.cka_matrix, static_argnums=1)
-    epoch_one = jax.jit(lambda r: (dynamics.cka_matrix(jax.vmap(dynamics.gram)(r)),
-                                   dynamics.cka_matrix(jax.vmap(lambda x: dynamics._minibatch_grams(x, 100))(r), True)))
+    epoch_one = jax.jit(
+        lambda r: (
+            dynamics.cka_matrix(jax.vmap(dynamics.gram)(r)),
+            dynamics.cka_matrix(jax.vmap(lambda x: dynamics._minibatch_grams(x, 100))(r), True),
+        )
+    )
     epoch_all = jax.jit(jax.vmap(epoch_one))
     epoch_map = jax.jit(lambda r: jax.lax.map(epoch_one, r, batch_size=1))
     mod_f = lambda x: dynamics.knn_modularity(x, y, 10, 3)
@@ -104,8 +109,9 @@ def main():
         t_batch = timed(lambda: epoch_all(reps_e))
         t_map = timed(lambda: epoch_map(reps_e))
         t_loop = timed(lambda: [epoch_one(reps_e[i]) for i in range(n_nets)], repeats=1)
-        rows.append((f"cka epochs ({args.epochs}×{args.epochs}, linear + unbiased)", n_nets, t_batch, t_map, t_loop,
-                     ""))
+        rows.append(
+            (f"cka epochs ({args.epochs}×{args.epochs}, linear + unbiased)", n_nets, t_batch, t_map, t_loop, "")
+        )
 
         t_batch = timed(lambda: mod_all(reps))
         t_map = timed(lambda: mod_map(reps))
@@ -117,10 +123,14 @@ def main():
         t_nx = (time.perf_counter() - t) * n_nets / k
         rows.append(("modularity (k-NN k=3 + Newman)", n_nets, t_batch, t_map, t_loop, f"{t_nx:.3f}*"))
 
-    print(f"devices: {jax.devices()}; n={args.n} probe examples, d={args.d} features; times in seconds "
-          "(* extrapolated from a sample)\n")
-    print("| task | N | vmap all N | lax.map, 1 at a time | loop of jitted | loop / best JAX | numpy / networkx "
-          "| reference / best JAX |")
+    print(
+        f"devices: {jax.devices()}; n={args.n} probe examples, d={args.d} features; times in seconds "
+        "(* extrapolated from a sample)\n"
+    )
+    print(
+        "| task | N | vmap all N | lax.map, 1 at a time | loop of jitted | loop / best JAX | numpy / networkx "
+        "| reference / best JAX |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for task, n_nets, tb, tm, tl, ref in rows:
         best = min(tb, tm) if tm is not None else tb

@@ -45,19 +45,26 @@ def row(name: str, s: dict) -> str:
     g, c, sd = s["grouping"], s["claim"], s.get("seed_dispersion", {})
     holm = c.get("verdict_holm", c["verdict"])
     left = f"{s['n_diverged']} / {s['n_exploded']} / {s['n_not_learned']}"
-    cell = (f"{_f(c.get('p_cell'))} ({c.get('n_optimal_cells', '–')} vs {c.get('n_suboptimal_cells', '–')} cells)"
-            if c.get("p_cell") is not None else "not testable")
+    cell = (
+        f"{_f(c.get('p_cell'))} ({c.get('n_optimal_cells', '–')} vs {c.get('n_suboptimal_cells', '–')} cells)"
+        if c.get("p_cell") is not None
+        else "not testable"
+    )
     seed = f"ρ {_f(sd.get('rho'), 2)}, p {_f(sd.get('p_value'))} ({sd.get('n_cells', '–')} cells)" if sd else "–"
     holding = f"{c['n_holds']}/{c['n_tests']} (raw {c['n_holds_raw']})"
-    return (f"| {name} | {s['n_networks']} ({left}) | {s['n_kept']} in {g['n_cells']} cells | "
-            f"{_range(g['optimal_acc'])} | {_range(g['suboptimal_acc'])} | "
-            f"{_f(c['within_optimal'])} / {_f(c['within_suboptimal'])} | {_f(c.get('p_value'))} / "
-            f"{_f(c.get('p_holm'))} | {_own_verdict(c, s['alpha'])} / {holm} | {cell} | {seed} | {holding} |")
+    return (
+        f"| {name} | {s['n_networks']} ({left}) | {s['n_kept']} in {g['n_cells']} cells | "
+        f"{_range(g['optimal_acc'])} | {_range(g['suboptimal_acc'])} | "
+        f"{_f(c['within_optimal'])} / {_f(c['within_suboptimal'])} | {_f(c.get('p_value'))} / "
+        f"{_f(c.get('p_holm'))} | {_own_verdict(c, s['alpha'])} / {holm} | {cell} | {seed} | {holding} |"
+    )
 
 
 def main(root: str) -> None:
-    print("| zoo | networks (diverged / exploded / not learned) | analysed | optimal acc | suboptimal acc "
-          "| W1 within opt / sub | p / p Holm | verdict (p / Holm) | cell-level p | seed dispersion | tests holding (Holm) |")
+    print(
+        "| zoo | networks (diverged / exploded / not learned) | analysed | optimal acc | suboptimal acc "
+        "| W1 within opt / sub | p / p Holm | verdict (p / Holm) | cell-level p | seed dispersion | tests holding (Holm) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for d in sorted(Path(root).iterdir()):
         f = d / "analysis" / "summary.json"

@@ -78,8 +78,12 @@ print("RESULT " + json.dumps({"n": n, "state": state_b, "step": step_b, "planned
 def measure(n: int | str, hidden: list[int], steps: int, data_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = json.dumps([n, hidden, steps, data_dir, os.path.join(tmp, "run")])
-        out = subprocess.run([sys.executable, "-c", CHILD, args], capture_output=True, text=True,
-                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"N={n} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -98,22 +102,28 @@ def main() -> None:
     rows = [measure(n if n == "max" else int(n), hidden, args.steps, args.data_dir) for n in args.ns.split(",")]
     phases = list(dict.fromkeys(p for r in rows for p in r["peaks"]))
     r0 = rows[0]
-    print(f"MLP 784-{'-'.join(map(str, hidden))}-10, SGD, batch 128, {args.steps} steps; one network: state "
-          f"{r0['state'] / 2**20:.2f} MiB, temporaries {r0['step'] / 2**20:.2f} MiB; plan budget "
-          f"{gb(r0['budget'])} GB -> at most {r0['largest']} networks per chunk")
+    print(
+        f"MLP 784-{'-'.join(map(str, hidden))}-10, SGD, batch 128, {args.steps} steps; one network: state "
+        f"{r0['state'] / 2**20:.2f} MiB, temporaries {r0['step'] / 2**20:.2f} MiB; plan budget "
+        f"{gb(r0['budget'])} GB -> at most {r0['largest']} networks per chunk"
+    )
     phases = [p for p in phases if not p[-1].isdigit()]  # later chunks repeat the first one's phases
-    head = f"{'N':>6} {'chunks':>9} {'baseline':>9} {'planned':>8} " + " ".join(f"{p:>12}" for p in phases) + \
-        f" {'peak':>7} {'peak-base':>9} {'/planned':>8}"
+    head = (
+        f"{'N':>6} {'chunks':>9} {'baseline':>9} {'planned':>8} "
+        + " ".join(f"{p:>12}" for p in phases)
+        + f" {'peak':>7} {'peak-base':>9} {'/planned':>8}"
+    )
     print("peak resident memory (GB) by phase")
     print(head)
     print("-" * len(head))
     for r in rows:
         peak = max(r["peaks"].values())
         chunks = f"{r['chunks']}×{r['chunk']}"
-        print(f"{r['n']:>6} {chunks:>9} {gb(r['baseline']):>9} {gb(r['planned']):>8} "
-              + " ".join(f"{gb(max(v for q, v in r['peaks'].items() if q.split(' ')[0] == p)):>12}"
-                         for p in phases)
-              + f" {gb(peak):>7} {gb(peak - r['baseline']):>9} {(peak - r['baseline']) / r['planned']:>8.2f}")
+        print(
+            f"{r['n']:>6} {chunks:>9} {gb(r['baseline']):>9} {gb(r['planned']):>8} "
+            + " ".join(f"{gb(max(v for q, v in r['peaks'].items() if q.split(' ')[0] == p)):>12}" for p in phases)
+            + f" {gb(peak):>7} {gb(peak - r['baseline']):>9} {(peak - r['baseline']) / r['planned']:>8.2f}"
+        )
 
 
 if __name__ == "__main__":

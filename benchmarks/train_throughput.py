@@ -71,21 +71,28 @@ def _seconds_per_call(f, a, reps: int) -> float:
 
 def matmul_ceiling(dtype, n: int = 4096, reps: int = 5) -> float:
     """FLOP/s of a large square `jnp.dot` (the machine's practical matmul ceiling)."""
-    return 2 * n ** 3 / _seconds_per_call(jax.jit(lambda a: a @ a), jnp.ones((n, n), dtype), reps)
+    return 2 * n**3 / _seconds_per_call(jax.jit(lambda a: a @ a), jnp.ones((n, n), dtype), reps)
 
 
-def memory_bandwidth(n_bytes: int = 2 ** 28, reps: int = 5) -> float:
+def memory_bandwidth(n_bytes: int = 2**28, reps: int = 5) -> float:
     """Bytes/s (read + written) of a large elementwise pass (the machine's practical memory ceiling)."""
-    return 2 * n_bytes / _seconds_per_call(jax.jit(lambda a: a * 1.5 + 1.0), jnp.ones((n_bytes // 4,), jnp.float32),
-                                           reps)
+    return (
+        2 * n_bytes / _seconds_per_call(jax.jit(lambda a: a * 1.5 + 1.0), jnp.ones((n_bytes // 4,), jnp.float32), reps)
+    )
 
 
 def _setup(name: str, batch: int, dtype, conv_impl: str = "im2col", vmap_chunk: int = 0) -> train.Setup:
     shape = SHAPES[name]
     kw = dict(KWARGS[name], conv_impl=conv_impl) if name == "cnn" else KWARGS[name]
     model = models.make_model(name, num_classes=10, image_shape=shape, dtype=dtype, **kw)
-    return train.Setup(model=model, batch_size=batch, mean=(127.0,) * shape[-1], std=(64.0,) * shape[-1],
-                       compute_dtype=dtype or jnp.float32, vmap_chunk=vmap_chunk)
+    return train.Setup(
+        model=model,
+        batch_size=batch,
+        mean=(127.0,) * shape[-1],
+        std=(64.0,) * shape[-1],
+        compute_dtype=dtype or jnp.float32,
+        vmap_chunk=vmap_chunk,
+    )
 
 
 def max_networks(name: str, steps: int, batch: int, dtype, mesh, conv_impl: str = "im2col") -> int:
@@ -93,13 +100,23 @@ def max_networks(name: str, steps: int, batch: int, dtype, mesh, conv_impl: str 
     setup = _setup(name, batch, dtype, conv_impl)
     state_b, step_b = train.network_memory(setup, SHAPES[name], 500)
     data_b = steps * batch * (int(np.prod(SHAPES[name])) + 4)
-    plan = train.plan_memory(10**9, mesh.size if mesh is not None else 1, state_b, step_b, data_b,
-                             int(0.9 * train.device_memory_bytes()))
+    plan = train.plan_memory(
+        10**9, mesh.size if mesh is not None else 1, state_b, step_b, data_b, int(0.9 * train.device_memory_bytes())
+    )
     return plan.chunk_size
 
 
-def bench_jax(name: str, n_nets: int, steps: int, batch: int, dtype, reps: int,
-              conv_impl: str = "im2col", mesh=None, vmap_chunk: int = 0) -> tuple[float, float]:
+def bench_jax(
+    name: str,
+    n_nets: int,
+    steps: int,
+    batch: int,
+    dtype,
+    reps: int,
+    conv_impl: str = "im2col",
+    mesh=None,
+    vmap_chunk: int = 0,
+) -> tuple[float, float]:
     """(networks·steps/s, FLOP/s) of one jitted epoch of `n_nets` vmapped networks.
 
     With `mesh` (`train.networks_mesh()`) the networks axis is sharded over its devices
@@ -133,16 +150,34 @@ def bench_jax(name: str, n_nets: int, steps: int, batch: int, dtype, reps: int,
 
 # ------------------------------ PyTorch baselines ------------------------------
 
+
 def torch_model(name: str):
     import torch.nn as tnn
 
     if name == "mlp":
-        return tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 512), tnn.ReLU(), tnn.Linear(512, 256), tnn.ReLU(),
-                              tnn.Linear(256, 128), tnn.ReLU(), tnn.Linear(128, 10))
+        return tnn.Sequential(
+            tnn.Flatten(),
+            tnn.Linear(784, 512),
+            tnn.ReLU(),
+            tnn.Linear(512, 256),
+            tnn.ReLU(),
+            tnn.Linear(256, 128),
+            tnn.ReLU(),
+            tnn.Linear(128, 10),
+        )
     if name == "cnn":
-        return tnn.Sequential(tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-                              tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
-                              tnn.Linear(64 * 7 * 7, 128), tnn.ReLU(), tnn.Linear(128, 10))
+        return tnn.Sequential(
+            tnn.Conv2d(1, 32, 3, padding=1),
+            tnn.ReLU(),
+            tnn.MaxPool2d(2),
+            tnn.Conv2d(32, 64, 3, padding=1),
+            tnn.ReLU(),
+            tnn.MaxPool2d(2),
+            tnn.Flatten(),
+            tnn.Linear(64 * 7 * 7, 128),
+            tnn.ReLU(),
+            tnn.Linear(128, 10),
+        )
     if name == "vit":
         return _torch_vit_class()()
     raise ValueError(name)
@@ -164,8 +199,9 @@ def _torch_vit_class():
                 self.p = p
                 self.embed = tnn.Linear(p * p * 3, d)
                 self.pos = tnn.Parameter(torch.zeros(1, (32 // p) ** 2, d))
-                layer = tnn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, activation="gelu",
-                                                    batch_first=True, norm_first=True)
+                layer = tnn.TransformerEncoderLayer(
+                    d, heads, 2 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+                )
                 self.enc = tnn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
                 self.norm, self.head = tnn.LayerNorm(d), tnn.Linear(d, 10)
 
@@ -174,17 +210,20 @@ def _torch_vit_class():
                 x = x.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(b, -1, 3 * p * p)
                 x = self.enc(self.embed(x) + self.pos)
                 return self.head(self.norm(x).mean(1))
+
         _VIT = ViT
     return _VIT
 
 
 def _torch_device():
     import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _sync():
     import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -192,6 +231,7 @@ def _sync():
 def _torch_zoo(name: str, n_nets: int, steps: int, batch: int):
     """Random NCHW batches for `steps` steps and `n_nets` freshly initialised models."""
     import torch
+
     shape, dev = SHAPES[name], _torch_device()
     x = torch.randn(steps, batch, shape[2], shape[0], shape[1], device=dev)
     y = torch.randint(0, 10, (steps, batch), device=dev)
@@ -210,6 +250,7 @@ def _timed(run, steps: int, n_nets: int) -> float:
 def bench_torch_loop(name: str, n_nets: int, steps: int, batch: int) -> float:
     """networks·steps/s of a Python loop over networks, each with its own model and SGD."""
     import torch
+
     x, y, nets = _torch_zoo(name, n_nets, steps, batch)
     opts = [torch.optim.SGD(m.parameters(), lr=0.01) for m in nets]
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -220,6 +261,7 @@ def bench_torch_loop(name: str, n_nets: int, steps: int, batch: int) -> float:
                 opt.zero_grad(set_to_none=True)
                 loss_fn(net(x[s]), y[s]).backward()
                 opt.step()
+
     return _timed(run, steps, n_nets)
 
 
@@ -227,6 +269,7 @@ def bench_torch_func(name: str, n_nets: int, steps: int, batch: int) -> float:
     """networks·steps/s of a `torch.func` ensemble: stacked parameters, vmap(grad), manual SGD."""
     import torch
     from torch.func import functional_call, grad, stack_module_state, vmap
+
     x, y, nets = _torch_zoo(name, n_nets, steps, batch)
     params, buffers = stack_module_state(nets)
     base = torch_model(name).to("meta")
@@ -242,6 +285,7 @@ def bench_torch_func(name: str, n_nets: int, steps: int, batch: int) -> float:
             with torch.no_grad():
                 for key in params:
                     params[key].sub_(0.01 * grads[key])
+
     return _timed(run, steps, n_nets)
 
 
@@ -253,6 +297,7 @@ def _in_fresh_process(fn, *args):
     """
     import concurrent.futures
     import multiprocessing
+
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
         return ex.submit(fn, *args).result()
 
@@ -269,13 +314,22 @@ def main() -> None:
     ap.add_argument("--conv-impl", default="im2col", choices=["im2col", "xla"], help="CNN convolution")
     ap.add_argument("--torch-steps", type=int, default=10)
     ap.add_argument("--torch-max-n", type=int, default=64, help="skip the PyTorch columns above this N")
-    ap.add_argument("--sharded", action="store_true",
-                    help="shard the networks axis over all devices (N rounded up to a multiple of them)")
-    ap.add_argument("--vmap-chunk", default="-1",
-                    help="networks vmapped at once (lax.map over chunks); -1 = the library default "
-                         "(8 on CPU, all on accelerators), 0 = all; a list (0,16,128) times each")
-    ap.add_argument("--compare-conv", action="store_true",
-                    help="CNN only: im2col vs XLA (grouped) convolutions, all vmapped vs lax.map chunks")
+    ap.add_argument(
+        "--sharded",
+        action="store_true",
+        help="shard the networks axis over all devices (N rounded up to a multiple of them)",
+    )
+    ap.add_argument(
+        "--vmap-chunk",
+        default="-1",
+        help="networks vmapped at once (lax.map over chunks); -1 = the library default "
+        "(8 on CPU, all on accelerators), 0 = all; a list (0,16,128) times each",
+    )
+    ap.add_argument(
+        "--compare-conv",
+        action="store_true",
+        help="CNN only: im2col vs XLA (grouped) convolutions, all vmapped vs lax.map chunks",
+    )
     ap.add_argument("--chunks", default="1,8", help="lax.map chunk sizes for --compare-conv")
     ap.add_argument("--impls", default="im2col,xla", help="convolution forms for --compare-conv")
     args = ap.parse_args()
@@ -286,6 +340,7 @@ def main() -> None:
     chunks = [train.default_vmap_chunk() if int(c) < 0 else int(c) for c in args.vmap_chunk.split(",")]
     defaults = {"mlp": "1,8,64", "cnn": "1,8", "vit": "1,8"}
     import importlib.util
+
     have_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
     dev = jax.devices()[0]
     # Sharded: one device's ceilings times the devices (right for real accelerators; simulated CPU
@@ -293,20 +348,29 @@ def main() -> None:
     n_dev = mesh.size if mesh else 1
     ceiling = matmul_ceiling(dtype or jnp.float32) * n_dev
     bandwidth = memory_bandwidth() * n_dev
-    print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
-          f"batch {args.batch}, {args.steps} steps/epoch, conv {args.conv_impl}, "
-          f"{'sharded over %d devices' % mesh.size if mesh else 'one device'}")
-    print(f"matmul ceiling (4096² jnp.dot): {ceiling / 1e12:.3f} TFLOP/s; memory bandwidth (256 MiB "
-          f"elementwise pass, read + write): {bandwidth / 1e9:,.1f} GB/s")
-    head = f"{'model':<5} {'N':>5} {'chunk':>5} {'jax nets·steps/s':>17} {'TFLOP/s':>8} {'% ceil':>7} " \
-           f"{'MB/step':>8} {'flop/B':>7} {'roof':>7} {'% roof':>7} " \
-           f"{'torch loop':>11} {'torch.func':>11} {'×loop':>7} {'×func':>7}"
+    print(
+        f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
+        f"batch {args.batch}, {args.steps} steps/epoch, conv {args.conv_impl}, "
+        f"{f'sharded over {mesh.size} devices' if mesh else 'one device'}"
+    )
+    print(
+        f"matmul ceiling (4096² jnp.dot): {ceiling / 1e12:.3f} TFLOP/s; memory bandwidth (256 MiB "
+        f"elementwise pass, read + write): {bandwidth / 1e9:,.1f} GB/s"
+    )
+    head = (
+        f"{'model':<5} {'N':>5} {'chunk':>5} {'jax nets·steps/s':>17} {'TFLOP/s':>8} {'% ceil':>7} "
+        f"{'MB/step':>8} {'flop/B':>7} {'roof':>7} {'% roof':>7} "
+        f"{'torch loop':>11} {'torch.func':>11} {'×loop':>7} {'×func':>7}"
+    )
     print(head)
     print("-" * len(head))
     for name in args.models.split(","):
         for v in (args.ns or defaults[name]).split(","):
-            n = (max_networks(name, args.steps, args.batch, dtype, mesh, args.conv_impl) if v == "max"
-                 else train.pad_networks(int(v), n_dev))
+            n = (
+                max_networks(name, args.steps, args.batch, dtype, mesh, args.conv_impl)
+                if v == "max"
+                else train.pad_networks(int(v), n_dev)
+            )
             tl = tf = float("nan")
             if have_torch and n <= args.torch_max_n:
                 tl = _in_fresh_process(bench_torch_loop, name, n, args.torch_steps, args.batch)
@@ -315,22 +379,27 @@ def main() -> None:
             # a chunk of at least the networks per device is the same program as vmapping all of them
             for k in dict.fromkeys(k if 0 < k < per_dev else 0 for k in chunks):
                 nsps, fl = bench_jax(name, n, args.steps, args.batch, dtype, args.reps, args.conv_impl, mesh, k)
-                step_flops, step_bytes = train.step_cost(_setup(name, args.batch, dtype, args.conv_impl),
-                                                         SHAPES[name], k or per_dev)
+                step_flops, step_bytes = train.step_cost(
+                    _setup(name, args.batch, dtype, args.conv_impl), SHAPES[name], k or per_dev
+                )
                 intensity = step_flops / step_bytes if step_bytes else float("nan")
                 roof = min(ceiling, bandwidth * intensity)
-                print(f"{name:<5} {n:>5} {k or 'all':>5} {nsps:>17,.1f} {fl / 1e12:>8.3f} "
-                      f"{100 * fl / ceiling:>6.1f}% {step_bytes / 1e6:>8.2f} {intensity:>7.1f} {roof / 1e12:>7.3f} "
-                      f"{100 * fl / roof:>6.1f}% {tl:>11,.1f} {tf:>11,.1f} {nsps / tl:>7.2f} {nsps / tf:>7.2f}",
-                      flush=True)
+                print(
+                    f"{name:<5} {n:>5} {k or 'all':>5} {nsps:>17,.1f} {fl / 1e12:>8.3f} "
+                    f"{100 * fl / ceiling:>6.1f}% {step_bytes / 1e6:>8.2f} {intensity:>7.1f} {roof / 1e12:>7.3f} "
+                    f"{100 * fl / roof:>6.1f}% {tl:>11,.1f} {tf:>11,.1f} {nsps / tl:>7.2f} {nsps / tf:>7.2f}",
+                    flush=True,
+                )
 
 
 def compare_conv(args) -> None:
     """The CNN zoo with each convolution form and networks mapping, side by side."""
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
     dev = jax.devices()[0]
-    print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
-          f"batch {args.batch}, {args.steps} steps/epoch; CNN {KWARGS['cnn']}")
+    print(
+        f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, compute {args.dtype}, "
+        f"batch {args.batch}, {args.steps} steps/epoch; CNN {KWARGS['cnn']}"
+    )
     head = f"{'N':>5} {'conv':>7} {'networks':>14} {'nets·steps/s':>13} {'× best':>7}"
     print(head)
     print("-" * len(head))

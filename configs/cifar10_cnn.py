@@ -1,7 +1,7 @@
 r"""Zoo of CNNs on cifar10: seeds × learning rates × init scales (see jaxweights/presets.py).
 
-    jaxweights train --config configs/cifar10_cnn.py --workdir runs/cifar10_cnn
-    jaxweights train --config configs/cifar10_cnn.py:quick --workdir runs/cifar10_cnn_quick  # smoke run
+jaxweights train --config configs/cifar10_cnn.py --workdir runs/cifar10_cnn
+jaxweights train --config configs/cifar10_cnn.py:quick --workdir runs/cifar10_cnn_quick  # smoke run
 """
 
 from jaxweights.presets import study_config

@@ -1,7 +1,7 @@
 r"""Zoo of VITs on cifar10: seeds × learning rates × init scales (see jaxweights/presets.py).
 
-    jaxweights train --config configs/cifar10_vit.py --workdir runs/cifar10_vit
-    jaxweights train --config configs/cifar10_vit.py:quick --workdir runs/cifar10_vit_quick  # smoke run
+jaxweights train --config configs/cifar10_vit.py --workdir runs/cifar10_vit
+jaxweights train --config configs/cifar10_vit.py:quick --workdir runs/cifar10_vit_quick  # smoke run
 """
 
 from jaxweights.presets import study_config

@@ -1,7 +1,7 @@
 r"""Zoo of CNNs on fashion_mnist: seeds × learning rates × init scales (see jaxweights/presets.py).
 
-    jaxweights train --config configs/fashion_mnist_cnn.py --workdir runs/fashion_mnist_cnn
-    jaxweights train --config configs/fashion_mnist_cnn.py:quick --workdir runs/fashion_mnist_cnn_quick  # smoke run
+jaxweights train --config configs/fashion_mnist_cnn.py --workdir runs/fashion_mnist_cnn
+jaxweights train --config configs/fashion_mnist_cnn.py:quick --workdir runs/fashion_mnist_cnn_quick  # smoke run
 """
 
 from jaxweights.presets import study_config

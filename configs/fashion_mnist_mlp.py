@@ -1,7 +1,7 @@
 r"""Zoo of MLPs on fashion_mnist: seeds × learning rates × init scales (see jaxweights/presets.py).
 
-    jaxweights train --config configs/fashion_mnist_mlp.py --workdir runs/fashion_mnist_mlp
-    jaxweights train --config configs/fashion_mnist_mlp.py:quick --workdir runs/fashion_mnist_mlp_quick  # smoke run
+jaxweights train --config configs/fashion_mnist_mlp.py --workdir runs/fashion_mnist_mlp
+jaxweights train --config configs/fashion_mnist_mlp.py:quick --workdir runs/fashion_mnist_mlp_quick  # smoke run
 """
 
 from jaxweights.presets import study_config

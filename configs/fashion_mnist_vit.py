@@ -1,7 +1,7 @@
 r"""Zoo of VITs on fashion_mnist: seeds × learning rates × init scales (see jaxweights/presets.py).
 
-    jaxweights train --config configs/fashion_mnist_vit.py --workdir runs/fashion_mnist_vit
-    jaxweights train --config configs/fashion_mnist_vit.py:quick --workdir runs/fashion_mnist_vit_quick  # smoke run
+jaxweights train --config configs/fashion_mnist_vit.py --workdir runs/fashion_mnist_vit
+jaxweights train --config configs/fashion_mnist_vit.py:quick --workdir runs/fashion_mnist_vit_quick  # smoke run
 """
 
 from jaxweights.presets import study_config

@@ -1,7 +1,7 @@
 r"""Zoo of CNNs on mnist: seeds × learning rates × init scales (see jaxweights/presets.py).
 
-    jaxweights train --config configs/mnist_cnn.py --workdir runs/mnist_cnn
-    jaxweights train --config configs/mnist_cnn.py:quick --workdir runs/mnist_cnn_quick  # smoke run
+jaxweights train --config configs/mnist_cnn.py --workdir runs/mnist_cnn
+jaxweights train --config configs/mnist_cnn.py:quick --workdir runs/mnist_cnn_quick  # smoke run
 """
 
 from jaxweights.presets import study_config

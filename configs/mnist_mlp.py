@@ -1,7 +1,7 @@
 r"""Zoo of MLPs on mnist: seeds × learning rates × init scales (see jaxweights/presets.py).
 
-    jaxweights train --config configs/mnist_mlp.py --workdir runs/mnist_mlp
-    jaxweights train --config configs/mnist_mlp.py:quick --workdir runs/mnist_mlp_quick  # smoke run
+jaxweights train --config configs/mnist_mlp.py --workdir runs/mnist_mlp
+jaxweights train --config configs/mnist_mlp.py:quick --workdir runs/mnist_mlp_quick  # smoke run
 """
 
 from jaxweights.presets import study_config

@@ -25,8 +25,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -56,15 +57,24 @@ def _check_metrics(metrics: Sequence[str]) -> None:
 def _run_dirs(workdir: Path) -> list[tuple[str, Path]]:
     if (workdir / "params.npz").exists():
         return [("", workdir)]
-    groups = sorted(p for p in (workdir / "groups").glob("*") if (p / "params.npz").exists()) \
-        if (workdir / "groups").is_dir() else []
+    groups = (
+        sorted(p for p in (workdir / "groups").glob("*") if (p / "params.npz").exists())
+        if (workdir / "groups").is_dir()
+        else []
+    )
     if not groups:
         raise AnalysisError(f"{workdir}: no params.npz (is this a finished `jaxweights train` run directory?)")
     return [(p.name, p) for p in groups]
 
 
-def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, block_size: int = 64,
-                   layers: Sequence[str] | None = None) -> pd.DataFrame:
+def analyze_params(
+    params,
+    out: Path,
+    *,
+    metrics: Sequence[str] | None = None,
+    block_size: int = 64,
+    layers: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Writes stats.csv, node_strength.npz and distances/ for stacked `params` into `out`.
 
     `layers` sets the chain order of kernel layers for node strength (default: the params' order,
@@ -75,6 +85,7 @@ def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, b
     mesh = None
     if jax.device_count() > 1:  # the networks axis split over every device (same numbers as one device)
         from jaxweights import train
+
         mesh = train.networks_mesh()
         log.info("statistics and distances sharded over %d devices", mesh.size)
     with _quiet_undefined():
@@ -97,8 +108,11 @@ def analyze_params(params, out: Path, *, metrics: Sequence[str] | None = None, b
     with _quiet_undefined() as f:
         distances.write(str(out), distances.compute(params, metrics=chosen, block_size=block_size, mesh=mesh))
     if f.dropped:
-        log.warning("statistic-vector distances (euclidean, cosine): %d (metric, layer, statistic) columns dropped "
-                    "because some network's statistic is undefined (the networks above)", f.dropped)
+        log.warning(
+            "statistic-vector distances (euclidean, cosine): %d (metric, layer, statistic) columns dropped "
+            "because some network's statistic is undefined (the networks above)",
+            f.dropped,
+        )
     return table
 
 
@@ -159,11 +173,12 @@ def undefined_reasons(table: pd.DataFrame, params) -> pd.DataFrame:
         finite &= ok.all(1)
         top = np.maximum(top, np.where(ok, np.abs(w.astype(np.float64)), 0).max(1, initial=0))
     nets = bad.index.to_numpy()
-    reason = np.where(~finite[nets], "non-finite weights",
-                      np.where(small & (top[nets] > _F32_SUM_RISK), "float32 overflow",
-                               "zero variance or all-zero kernel"))
-    return pd.DataFrame({"network": nets, "n_undefined": bad.to_numpy(), "max_abs_weight": top[nets],
-                         "reason": reason})
+    reason = np.where(
+        ~finite[nets],
+        "non-finite weights",
+        np.where(small & (top[nets] > _F32_SUM_RISK), "float32 overflow", "zero variance or all-zero kernel"),
+    )
+    return pd.DataFrame({"network": nets, "n_undefined": bad.to_numpy(), "max_abs_weight": top[nets], "reason": reason})
 
 
 def undefined_summary(table: pd.DataFrame, params) -> str:
@@ -176,14 +191,25 @@ def undefined_summary(table: pd.DataFrame, params) -> str:
         nets = ", ".join(map(str, g.network.head(8))) + (", ..." if len(g) > 8 else "")
         extra = f", max |w| up to {g.max_abs_weight.max():.3g}" if why == "float32 overflow" else ""
         parts.append(f"{len(g)} network(s) with {why} ({nets}{extra})")
-    return (f"{int(r.n_undefined.sum())} statistic values undefined (NaN, column `undefined` of stats.csv) in "
-            + "; ".join(parts))
+    return (
+        f"{int(r.n_undefined.sum())} statistic values undefined (NaN, column `undefined` of stats.csv) in "
+        + "; ".join(parts)
+    )
 
 
-def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None = None,
-                    block_size: int = 64, report: bool = True, extra_sections=(), dynamics: bool | None = None,
-                    data_dir: str | None = None, dynamics_options: Mapping[str, Any] | None = None,
-                    model: Any = None, **claim_options) -> Path:
+def analyze_workdir(
+    workdir: str | os.PathLike,
+    *,
+    metrics: Sequence[str] | None = None,
+    block_size: int = 64,
+    report: bool = True,
+    extra_sections=(),
+    dynamics: bool | None = None,
+    data_dir: str | None = None,
+    dynamics_options: Mapping[str, Any] | None = None,
+    model: Any = None,
+    **claim_options,
+) -> Path:
     """Analyses a run directory into `<workdir>/analysis/`; returns that path.
 
     With `report` (and a `metrics.csv`), also tests the optimal-vs-suboptimal claims and writes
@@ -226,6 +252,7 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
                 g = None
                 if (rd / "metrics.csv").exists():  # the one definition of optimal (`groups.split_groups`)
                     from jaxweights.groups import ClaimError
+
                     try:
                         g = run_groups(rd, params, claim_options)
                     except ClaimError as e:  # only without the report (it refuses this before)
@@ -233,13 +260,22 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
                 if g is not None:
                     left = g.state[~g.analysed].value_counts()
                     q = claim_options.get("threshold")
-                    rule = (f"test accuracy >= {q if np.ndim(q) == 0 else q[1]}" if q is not None else
-                            f"top {claim_options.get('quantile', 0.25):.0%} of the analysed networks by test accuracy")
-                    masks = {"optimal_N": (g.label == OPTIMAL).to_numpy(), "exclude_N": ~g.analysed.to_numpy(bool),
-                             "optimal_rule": rule + (" (left out: " + ", ".join(f"{n} {st}" for st, n in left.items())
-                                                     + ")" if len(left) else "")}
-                skipped = _dynamics(rd, out, dynamics is True, data_dir,
-                                    {"model": model, **masks, **(dynamics_options or {})})
+                    rule = (
+                        f"test accuracy >= {q if np.ndim(q) == 0 else q[1]}"
+                        if q is not None
+                        else f"top {claim_options.get('quantile', 0.25):.0%} of the analysed networks by test accuracy"
+                    )
+                    masks = {
+                        "optimal_N": (g.label == OPTIMAL).to_numpy(),
+                        "exclude_N": ~g.analysed.to_numpy(bool),
+                        "optimal_rule": rule
+                        + (
+                            " (left out: " + ", ".join(f"{n} {st}" for st, n in left.items()) + ")" if len(left) else ""
+                        ),
+                    }
+                skipped = _dynamics(
+                    rd, out, dynamics is True, data_dir, {"model": model, **masks, **(dynamics_options or {})}
+                )
                 if skipped:
                     notes[name] = skipped
             if (rd / "metrics.csv").exists():
@@ -256,8 +292,16 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
         if nets:
             rundir.write_csv(tmp / "networks.csv", pd.concat(nets, ignore_index=True))
         if report and all((rd / "metrics.csv").exists() for _, rd in runs):
-            report_workdir(workdir, tmp, runs, extra_sections=extra_sections, metrics=metrics, block_size=block_size,
-                           dynamics_notes=notes, **claim_options)
+            report_workdir(
+                workdir,
+                tmp,
+                runs,
+                extra_sections=extra_sections,
+                metrics=metrics,
+                block_size=block_size,
+                dynamics_notes=notes,
+                **claim_options,
+            )
         final = workdir / "analysis"
         if main:
             old = workdir / ".analysis-old"
@@ -270,6 +314,7 @@ def analyze_workdir(workdir: str | os.PathLike, *, metrics: Sequence[str] | None
                 shutil.rmtree(old)
         if jax.process_count() > 1:  # nobody returns before process 0 has put `analysis/` in place
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices(f"analysed {workdir}")
         return final
     finally:
@@ -300,6 +345,7 @@ def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options
     from jaxweights import config as config_lib
     from jaxweights import data as data_lib
     from jaxweights import dynamics as dyn
+
     if not required:
         try:
             dirs = dyn.snapshot_dirs(rd)
@@ -308,8 +354,10 @@ def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options
             return str(e)
         kept = sum(p.name.isdigit() for p in (dirs[0] / "checkpoints").iterdir())
         if kept < 2:
-            why = (f"{dirs[0] / 'checkpoints'}: {kept} checkpoint(s); learning dynamics need per-epoch snapshots "
-                   "(train with checkpoint_every=1, keep_checkpoints=0)")
+            why = (
+                f"{dirs[0] / 'checkpoints'}: {kept} checkpoint(s); learning dynamics need per-epoch snapshots "
+                "(train with checkpoint_every=1, keep_checkpoints=0)"
+            )
             log.info("learning dynamics skipped: %s", why)
             return why
     log.info("%s: learning dynamics", rd)
@@ -317,8 +365,11 @@ def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options
         with _quiet_undefined() as f:
             dyn.write_dynamics(rd, out, data_dir=data_dir, **options)
         if f.dropped:
-            log.warning("learning dynamics: %d (checkpoint, layer, statistic) warnings of undefined statistics "
-                        "folded into this line (stats_over_epochs.csv, column `undefined`)", f.dropped)
+            log.warning(
+                "learning dynamics: %d (checkpoint, layer, statistic) warnings of undefined statistics "
+                "folded into this line (stats_over_epochs.csv, column `undefined`)",
+                f.dropped,
+            )
     except (dyn.DynamicsError, data_lib.DataError, config_lib.ConfigError) as e:
         if required:
             raise
@@ -373,10 +424,19 @@ def _max_abs_weight(last: pd.DataFrame, params) -> np.ndarray:
     return top
 
 
-def network_groups(last: pd.DataFrame, params, *, quantile: float = 0.25, threshold=None,
-                   min_accuracy: float | None = None, include_exploded: bool = False,
-                   include_not_learned: bool = False, num_classes: int = 10, chance_margin: float = 0.05,
-                   seed: int = 0) -> pd.DataFrame:
+def network_groups(
+    last: pd.DataFrame,
+    params,
+    *,
+    quantile: float = 0.25,
+    threshold=None,
+    min_accuracy: float | None = None,
+    include_exploded: bool = False,
+    include_not_learned: bool = False,
+    num_classes: int = 10,
+    chance_margin: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
     """The state, reason and group of every network: one row per network, in network order.
 
     States come from `groups.network_states` (diverged > exploded > not_learned > ok); diverged
@@ -389,13 +449,25 @@ def network_groups(last: pd.DataFrame, params, *, quantile: float = 0.25, thresh
       state, analysed (bool), why (empty for analysed networks), label (OPTIMAL ... EXCLUDED), group.
     """
     from jaxweights import groups as G
+
     last = last.sort_values("network").reset_index(drop=True)
     acc = last.test_acc.to_numpy(np.float64)
     top = _max_abs_weight(last, params)
-    state = G.network_states(acc, diverged_N=last.get("diverged"), exploded_N=exploded_fallback(last, params, num_classes),
-                             params=params, num_classes=num_classes, chance_margin=chance_margin)
-    out = last[[c for c in last.columns if c not in ("epoch", "train_loss", "train_acc", "diverged", "exploded",
-                                                     "max_abs_weight")]].copy()
+    state = G.network_states(
+        acc,
+        diverged_N=last.get("diverged"),
+        exploded_N=exploded_fallback(last, params, num_classes),
+        params=params,
+        num_classes=num_classes,
+        chance_margin=chance_margin,
+    )
+    out = last[
+        [
+            c
+            for c in last.columns
+            if c not in ("epoch", "train_loss", "train_acc", "diverged", "exploded", "max_abs_weight")
+        ]
+    ].copy()
     out["max_abs_weight"] = top
     out["cell"] = G.hyperparameter_cells(last)
     out["state"] = state
@@ -404,14 +476,20 @@ def network_groups(last: pd.DataFrame, params, *, quantile: float = 0.25, thresh
     why = np.full(len(acc), "", dtype=object)
     for i, st in enumerate(state):
         if st == "diverged":
-            why[i] = ("flagged diverged in training" if bool(last.get("diverged", pd.Series(False, last.index))[i])
-                      else "non-finite weights or accuracy")
+            why[i] = (
+                "flagged diverged in training"
+                if bool(last.get("diverged", pd.Series(False, last.index))[i])
+                else "non-finite weights or accuracy"
+            )
         elif st == "exploded":
             why[i] = f"exploded: max |w| {top[i]:.3g}, test loss {loss[i]:.3g}"
         elif st == "not_learned":
             why[i] = f"accuracy {acc[i]:.3f} < chance {chance:.3g} + margin {chance_margin:g}"
-    excluded = (state == "diverged") | ((state == "exploded") & (not include_exploded)) | \
-               ((state == "not_learned") & (not include_not_learned))
+    excluded = (
+        (state == "diverged")
+        | ((state == "exploded") & (not include_exploded))
+        | ((state == "not_learned") & (not include_not_learned))
+    )
     if min_accuracy is not None:
         below = ~excluded & (acc < min_accuracy)
         out.loc[below, "state"] = np.where(state[below] == "ok", "below_min_accuracy", state[below])
@@ -426,12 +504,30 @@ def network_groups(last: pd.DataFrame, params, *, quantile: float = 0.25, thresh
     return out
 
 
-def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, metrics: Sequence[str] | None = None,
-                block_size: int = 64, quantile: float = 0.25, threshold=None, min_accuracy: float | None = None,
-                include_exploded: bool = False, include_not_learned: bool = False, num_classes: int = 10,
-                chance_margin: float = 0.05, grouping_note: str | None = None, bins=4, n_permutations: int = 2000,
-                n_boot: int = 1000, alpha: float = 0.05, folds: int = 5, seed: int = 0,
-                name: str = "") -> tuple[dict, dict]:
+def zoo_summary(
+    params,
+    table: pd.DataFrame,
+    last: pd.DataFrame,
+    out: Path,
+    *,
+    metrics: Sequence[str] | None = None,
+    block_size: int = 64,
+    quantile: float = 0.25,
+    threshold=None,
+    min_accuracy: float | None = None,
+    include_exploded: bool = False,
+    include_not_learned: bool = False,
+    num_classes: int = 10,
+    chance_margin: float = 0.05,
+    grouping_note: str | None = None,
+    bins=4,
+    n_permutations: int = 2000,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    folds: int = 5,
+    seed: int = 0,
+    name: str = "",
+) -> tuple[dict, dict]:
     """Tests the optimal-vs-suboptimal claims on one zoo and draws its figures into `out/figures/`.
 
     Args:
@@ -450,13 +546,21 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
       (summary, figures): the numbers (JSON-able) and ``{figure name: PNG path}``.
     """
     from jaxweights import claims, figures
+
     last = last.sort_values("network").reset_index(drop=True)
     acc = last.test_acc.to_numpy(np.float64)
     if len(acc) != len(next(iter(stats.flatten(params).values()))):
         raise AnalysisError(f"{out}: metrics.csv has {len(acc)} networks but params.npz has a different number")
-    choice = dict(quantile=quantile, threshold=threshold, min_accuracy=min_accuracy,
-                  include_exploded=include_exploded, include_not_learned=include_not_learned,
-                  num_classes=num_classes, chance_margin=chance_margin, seed=seed)
+    choice = dict(
+        quantile=quantile,
+        threshold=threshold,
+        min_accuracy=min_accuracy,
+        include_exploded=include_exploded,
+        include_not_learned=include_not_learned,
+        num_classes=num_classes,
+        chance_margin=chance_margin,
+        seed=seed,
+    )
     gt = network_groups(last, params, **choice)
     labels = gt.label.to_numpy()
     state = gt.state.to_numpy()
@@ -465,21 +569,34 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
     keep = ~excluded
     cells = gt.cell.to_numpy()
     count = lambda st: int((state == st).sum())
-    summary: dict = {"zoo": name, "n_networks": int(len(acc)), "n_diverged": count("diverged"),
-                     "n_exploded": count("exploded"), "n_not_learned": count("not_learned"),
-                     "n_below_min_accuracy": count("below_min_accuracy"), "n_kept": int(keep.sum()),
-                     "alpha": alpha}
+    summary: dict = {
+        "zoo": name,
+        "n_networks": int(len(acc)),
+        "n_diverged": count("diverged"),
+        "n_exploded": count("exploded"),
+        "n_not_learned": count("not_learned"),
+        "n_below_min_accuracy": count("below_min_accuracy"),
+        "n_kept": int(keep.sum()),
+        "alpha": alpha,
+    }
     summary["grouping"] = {
         "rule": f"threshold {threshold}" if threshold is not None else f"top/bottom {quantile:.0%} by rank",
-        "quantile": None if threshold is not None else quantile, "threshold": threshold,
-        "min_accuracy": min_accuracy, "include_exploded": include_exploded,
-        "include_not_learned": include_not_learned, "chance_accuracy": 1 / num_classes,
-        "chance_margin": chance_margin, "note": grouping_note,
-        "n_optimal": int((labels == claims.OPTIMAL).sum()), "n_suboptimal": int((labels == claims.SUBOPTIMAL).sum()),
+        "quantile": None if threshold is not None else quantile,
+        "threshold": threshold,
+        "min_accuracy": min_accuracy,
+        "include_exploded": include_exploded,
+        "include_not_learned": include_not_learned,
+        "chance_accuracy": 1 / num_classes,
+        "chance_margin": chance_margin,
+        "note": grouping_note,
+        "n_optimal": int((labels == claims.OPTIMAL).sum()),
+        "n_suboptimal": int((labels == claims.SUBOPTIMAL).sum()),
         "optimal_acc": [acc[labels == claims.OPTIMAL].min(), acc[labels == claims.OPTIMAL].max()],
         "suboptimal_acc": [acc[labels == claims.SUBOPTIMAL].min(), acc[labels == claims.SUBOPTIMAL].max()],
         "n_cells": int(len(np.unique(cells[keep]))),
-        "bin_edges": list(edges), "bin_counts": np.bincount(bins_n[bins_n >= 0], minlength=len(edges) - 1).tolist()}
+        "bin_edges": list(edges),
+        "bin_counts": np.bincount(bins_n[bins_n >= 0], minlength=len(edges) - 1).tolist(),
+    }
     listed = gt[(state != "ok") | excluded]
     summary["excluded"] = _records(listed.drop(columns=["label", "cell"]))
     rundir.write_csv(out / "groups.csv", gt.drop(columns="label").assign(accuracy_bin=bins_n))
@@ -492,26 +609,46 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
         dists = distances.compute(kp, metrics=chosen, per=CLAIM_LEVELS, block_size=block_size)
     if f.dropped:
         log.warning("claim distances: %d statistic columns dropped (undefined in an analysed network)", f.dropped)
-    ct = claims.claim_table(dists, labels[keep], n_permutations=n_permutations, n_boot=n_boot, alpha=alpha,
-                            seed=seed)
-    ct, grid_notes = _with_grid_tests(ct, dists, acc[keep], cells[keep], quantile=quantile if threshold is None
-                                      else 0.25, n_permutations=n_permutations, alpha=alpha, seed=seed, out=out)
+    ct = claims.claim_table(dists, labels[keep], n_permutations=n_permutations, n_boot=n_boot, alpha=alpha, seed=seed)
+    ct, grid_notes = _with_grid_tests(
+        ct,
+        dists,
+        acc[keep],
+        cells[keep],
+        quantile=quantile if threshold is None else 0.25,
+        n_permutations=n_permutations,
+        alpha=alpha,
+        seed=seed,
+        out=out,
+    )
     rundir.write_csv(out / "claim_tests.csv", ct)
     primary = "wasserstein" if "wasserstein" in dists else next(iter(dists))
     whole = ct[ct.layer == stats.ALL]
     top = whole[whole.metric == primary]
     top = top.iloc[0] if len(top) else ct[ct.metric == primary].iloc[0]
     summary["claim"] = {
-        "primary_metric": primary, "verdict": top.verdict, "within_optimal": top.within_optimal,
-        "within_suboptimal": top.within_suboptimal, "across": top.across, "ratio": top.ratio,
-        "p_greater": top.p_greater, "p_less": top.p_less, "exact": bool(top.exact), "ci": [top.ci_low, top.ci_high],
+        "primary_metric": primary,
+        "verdict": top.verdict,
+        "within_optimal": top.within_optimal,
+        "within_suboptimal": top.within_suboptimal,
+        "across": top.across,
+        "ratio": top.ratio,
+        "p_greater": top.p_greater,
+        "p_less": top.p_less,
+        "exact": bool(top.exact),
+        "ci": [top.ci_low, top.ci_high],
         **{c: top[c] for c in HEADLINE_COLUMNS if c in top},
-        "n_tests": int(len(ct)), **verdict_counts(ct, alpha), "notes": grid_notes,
-        "whole_network": _records(whole), "per_layer": _records(ct[ct.layer != stats.ALL])}
+        "n_tests": int(len(ct)),
+        **verdict_counts(ct, alpha),
+        "notes": grid_notes,
+        "whole_network": _records(whole),
+        "per_layer": _records(ct[ct.layer != stats.ALL]),
+    }
     summary["seed_dispersion"] = {k: top[v] for k, v in SEED_COLUMNS.items() if v in top}
     _headline_verdicts(summary, top, alpha)
-    summary["sensitivity"] = sensitivity(params, last, keep, primary, choice=choice, n_permutations=n_permutations,
-                                         alpha=alpha, block_size=block_size)
+    summary["sensitivity"] = sensitivity(
+        params, last, keep, primary, choice=choice, n_permutations=n_permutations, alpha=alpha, block_size=block_size
+    )
     rundir.write_csv(out / "sensitivity.csv", pd.DataFrame(summary["sensitivity"]))
 
     # Dispersion and correlation of every per-layer / whole-network statistic.
@@ -521,17 +658,29 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
     nh, nr = int((disp.verdict == "holds").sum()), int((disp.verdict == "reversed").sum())  # Holm
     larger = int((disp.ratio > 1).sum())
     summary["dispersion"] = {
-        "n_statistics": int(len(disp)), "n_larger_suboptimal": larger, "n_holds": nh, "n_reversed": nr,
-        "n_holds_raw": int((disp.p_greater < alpha).sum()), "n_reversed_raw": int((disp.p_less < alpha).sum()),
-        "verdict": "holds" if nh > nr and larger > len(disp) / 2 else "reversed" if nr > nh and larger < len(disp) / 2
-        else "not significant", "whole_network": _records(disp[disp.layer == stats.ALL])}
+        "n_statistics": int(len(disp)),
+        "n_larger_suboptimal": larger,
+        "n_holds": nh,
+        "n_reversed": nr,
+        "n_holds_raw": int((disp.p_greater < alpha).sum()),
+        "n_reversed_raw": int((disp.p_less < alpha).sum()),
+        "verdict": "holds"
+        if nh > nr and larger > len(disp) / 2
+        else "reversed"
+        if nr > nh and larger < len(disp) / 2
+        else "not significant",
+        "whole_network": _records(disp[disp.layer == stats.ALL]),
+    }
     corr = claims.correlations(t, acc, exclude=excluded)
     rundir.write_csv(out / "correlations.csv", corr)
     strongest = corr.dropna().reindex(corr.dropna().rho.abs().sort_values(ascending=False).index).head(15)
-    summary["correlation"] = {"n_tests": int(corr.rho.notna().sum()),
-                              "n_significant": int((corr.p_holm < alpha).sum()),
-                              "n_significant_bh": int((corr.p_bh < alpha).sum()),
-                              "n_significant_raw": int((corr.p_value < alpha).sum()), "strongest": _records(strongest)}
+    summary["correlation"] = {
+        "n_tests": int(corr.rho.notna().sum()),
+        "n_significant": int((corr.p_holm < alpha).sum()),
+        "n_significant_bh": int((corr.p_bh < alpha).sum()),
+        "n_significant_raw": int((corr.p_value < alpha).sum()),
+        "strongest": _records(strongest),
+    }
 
     # Predicting accuracy from weights (Unterthiner et al. 2020) vs hyperparameters alone.
     wn, wx = claims.weight_features(params)
@@ -539,8 +688,7 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
     feats = {"weights": (wn, wx[keep]), "hyperparameters": (hn, hx[keep])}
     pred: dict = {"folds": min(folds, int(keep.sum()))}
     if keep.sum() >= max(folds, 6):
-        scores, preds = claims.predict_accuracy(feats, acc[keep], folds=folds, seed=seed,
-                                                groups_N=cells[keep])
+        scores, preds = claims.predict_accuracy(feats, acc[keep], folds=folds, seed=seed, groups_N=cells[keep])
         preds.insert(0, "network", np.flatnonzero(keep))
         pred["folds"], pred["grouped_by"] = int(preds.fold.max()) + 1, "hyperparameter cell"
         rundir.write_csv(out / "prediction_scores.csv", scores)
@@ -552,13 +700,21 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
         pred["best_weights_r2"], pred["best_weights_tau"] = bw.r2, bw.kendall_tau
         pred["best_hyperparameters_r2"] = h.r2.max() if len(h) else None
         better = not len(h) or bw.r2 > h.r2.max()
-        pred["verdict"] = (f"weight statistics {'predict' if bw.r2 > 0 else 'do not predict'} the accuracy of "
-                           f"held-out cells (best R² {bw.r2:.3f}, Kendall τ {bw.kendall_tau:.3f}, {bw.model})" +
-                           (f", {'better' if better else 'no better'} than hyperparameters alone "
-                            f"(R² {h.r2.max():.3f})" if len(h) else ""))
+        pred["verdict"] = (
+            f"weight statistics {'predict' if bw.r2 > 0 else 'do not predict'} the accuracy of "
+            f"held-out cells (best R² {bw.r2:.3f}, Kendall τ {bw.kendall_tau:.3f}, {bw.model})"
+            + (
+                f", {'better' if better else 'no better'} than hyperparameters alone (R² {h.r2.max():.3f})"
+                if len(h)
+                else ""
+            )
+        )
     else:
-        pred.update(scores=[], verdict="not computed",
-                    note=f"{int(keep.sum())} analysed networks: too few for {folds}-fold prediction")
+        pred.update(
+            scores=[],
+            verdict="not computed",
+            note=f"{int(keep.sum())} analysed networks: too few for {folds}-fold prediction",
+        )
     summary["prediction"] = pred
 
     # Accuracy bins: node strength and layer fluctuation distributions (La Malfa et al. 2021).
@@ -570,12 +726,18 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
         for layer, s in ns.items():
             mats[f"strength · {layer}"] = claims.bin_divergence(s, bins_n, seed=seed)
             if layer in fl:
-                mats[f"fluctuation · {layer}"] = claims.bin_divergence(fl[layer].reindex(range(len(acc))).to_numpy(),
-                                                                       bins_n, seed=seed)
+                mats[f"fluctuation · {layer}"] = claims.bin_divergence(
+                    fl[layer].reindex(range(len(acc))).to_numpy(), bins_n, seed=seed
+                )
         for q, m in mats.items():
             adj = [m[i, i + 1] for i in range(len(m) - 1)]
-            brows.append({"quantity": q, "adjacent_mean": float(np.nanmean(adj)) if np.isfinite(adj).any() else None,
-                          "lowest_vs_highest": m[0, -1] if len(m) > 1 else None})
+            brows.append(
+                {
+                    "quantity": q,
+                    "adjacent_mean": float(np.nanmean(adj)) if np.isfinite(adj).any() else None,
+                    "lowest_vs_highest": m[0, -1] if len(m) > 1 else None,
+                }
+            )
         bd = {"table": brows}
         np.savez(out / "bin_divergence.npz", **{k.replace(" · ", "__"): v for k, v in mats.items()})
     except ValueError as e:  # no chain of dense/conv layers (e.g. ViT)
@@ -589,52 +751,73 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, *, m
     figs["weight_histograms"] = figures.weight_histograms(fd, kp, acc[keep], networks=np.flatnonzero(keep))
     figs["kde_by_bin"] = figures.kde_by_bin(fd, kp, bins_n[keep], edges)
     d_all = dists[primary].get(stats.ALL, next(iter(dists[primary].values())))
-    figs["distance_heatmap"] = figures.distance_heatmap(fd, d_all, acc[keep], networks=np.flatnonzero(keep),
-                                                        title=f"{primary} distance, whole network, best first")
+    figs["distance_heatmap"] = figures.distance_heatmap(
+        fd, d_all, acc[keep], networks=np.flatnonzero(keep), title=f"{primary} distance, whole network, best first"
+    )
     figs["statistics_vs_accuracy"] = figures.statistics_vs_accuracy(fd, t, a_plot, labels)
     wide = claims.wide_statistics(t[t.statistic.isin(stats.SUMMARY) | t.statistic.str.startswith("q")])
     wide = wide.reindex(range(len(acc)))
-    figs["pca"] = figures.pca_of_statistics(fd, [f"{a}:{b}" for a, b in wide.columns],
-                                            wide.to_numpy(np.float64)[keep], acc[keep])
+    figs["pca"] = figures.pca_of_statistics(
+        fd, [f"{a}:{b}" for a, b in wide.columns], wide.to_numpy(np.float64)[keep], acc[keep]
+    )
     if mats:
         figs["bin_divergence"] = figures.bin_divergence_heatmaps(fd, mats, edges)
     figs["weight_matrices"] = figures.weight_matrices(fd, params, a_plot)
     if "epochs" in last.attrs:
-        figs["accuracy_over_epochs"] = figures.accuracy_over_epochs(fd, last.attrs["epochs"],
-                                                                    states=gt.set_index("network").group)
+        figs["accuracy_over_epochs"] = figures.accuracy_over_epochs(
+            fd, last.attrs["epochs"], states=gt.set_index("network").group
+        )
     summary["figures"] = {k: str(v.relative_to(out)) for k, v in figs.items()}
     return summary, figs
 
 
 # claim_tests.csv columns of the grid-respecting tests, joined on (metric, layer): the cell-level
 # permutation test (`claims.cell_claim_table`) and the seed dispersion (`claims.seed_dispersion_table`).
-CELL_COLUMNS = {"within_optimal": "within_optimal_cells", "within_suboptimal": "within_suboptimal_cells",
-                "p_value": "p_cell", "p_holm": "p_cell_holm", "p_bh": "p_cell_bh", "verdict": "verdict_cell",
-                "n_optimal_cells": "n_optimal_cells", "n_suboptimal_cells": "n_suboptimal_cells",
-                "exact": "exact_cell", "n_permutations": "n_permutations_cell"}
-SEED_COLUMNS = {"n_cells": "seed_n_cells", "rho": "seed_rho", "p_value": "seed_p", "p_holm": "seed_p_holm",
-                "p_bh": "seed_p_bh", "verdict": "verdict_seed"}
+CELL_COLUMNS = {
+    "within_optimal": "within_optimal_cells",
+    "within_suboptimal": "within_suboptimal_cells",
+    "p_value": "p_cell",
+    "p_holm": "p_cell_holm",
+    "p_bh": "p_cell_bh",
+    "verdict": "verdict_cell",
+    "n_optimal_cells": "n_optimal_cells",
+    "n_suboptimal_cells": "n_suboptimal_cells",
+    "exact": "exact_cell",
+    "n_permutations": "n_permutations_cell",
+}
+SEED_COLUMNS = {
+    "n_cells": "seed_n_cells",
+    "rho": "seed_rho",
+    "p_value": "seed_p",
+    "p_holm": "seed_p_holm",
+    "p_bh": "seed_p_bh",
+    "verdict": "verdict_seed",
+}
 HEADLINE_COLUMNS = ("p_value", "p_holm", "p_bh", *CELL_COLUMNS.values())
 
 
-def _with_grid_tests(ct: pd.DataFrame, dists, acc_n, cells_n, *, quantile: float, n_permutations: int,
-                     alpha: float, seed: int, out: Path) -> tuple[pd.DataFrame, list[str]]:
+def _with_grid_tests(
+    ct: pd.DataFrame, dists, acc_n, cells_n, *, quantile: float, n_permutations: int, alpha: float, seed: int, out: Path
+) -> tuple[pd.DataFrame, list[str]]:
     """`ct` with the cell-level test and the seed dispersion of each (metric, layer) beside it.
 
     Each family (network-level, cell-level, seed dispersion) is Holm/BH-adjusted over its own rows
     (`claims.adjust_table`). Also writes seed_dispersion_cells.csv (one row per metric, layer, cell).
     """
     from jaxweights import claims
+
     notes = []
-    cc = claims.cell_claim_table(dists, acc_n, cells_n, quantile=quantile, n_permutations=n_permutations,
-                                 alpha=alpha, seed=seed)
+    cc = claims.cell_claim_table(
+        dists, acc_n, cells_n, quantile=quantile, n_permutations=n_permutations, alpha=alpha, seed=seed
+    )
     if cc.attrs.get("skipped"):
         notes.append(cc.attrs["skipped"])
     sd, sd_cells = claims.seed_dispersion_table(dists, acc_n, cells_n, alpha=alpha)
     rundir.write_csv(out / "seed_dispersion_cells.csv", sd_cells)
     if not sd.empty and sd.rho.isna().all():
-        notes.append("seed dispersion not computed: it needs at least 3 hyperparameter cells with 2 or more "
-                     "analysed seeds")
+        notes.append(
+            "seed dispersion not computed: it needs at least 3 hyperparameter cells with 2 or more analysed seeds"
+        )
     key = ["metric", "layer"]
     for t, names in ((cc, CELL_COLUMNS), (sd, SEED_COLUMNS)):
         have = {k: v for k, v in names.items() if k in t}
@@ -646,8 +829,17 @@ def _with_grid_tests(ct: pd.DataFrame, dists, acc_n, cells_n, *, quantile: float
 SENSITIVITY_QUANTILES = (0.25, 0.5)
 
 
-def sensitivity(params, last: pd.DataFrame, keep_N, metric: str, *, choice: Mapping[str, Any],
-                n_permutations: int = 2000, alpha: float = 0.05, block_size: int = 64) -> list[dict]:
+def sensitivity(
+    params,
+    last: pd.DataFrame,
+    keep_N,
+    metric: str,
+    *,
+    choice: Mapping[str, Any],
+    n_permutations: int = 2000,
+    alpha: float = 0.05,
+    block_size: int = 64,
+) -> list[dict]:
     """The headline test (whole network, `metric`) under the other reasonable groupings.
 
     Rows: quantile 0.25 and 0.5 × not-learned networks excluded / included × exploded networks
@@ -665,14 +857,27 @@ def sensitivity(params, last: pd.DataFrame, keep_N, metric: str, *, choice: Mapp
     """
     from jaxweights import claims
     from jaxweights import groups as G
+
     seed = choice.get("seed", 0)
-    base = network_groups(last, params, **{**choice, "quantile": 0.25, "threshold": None, "min_accuracy": None,
-                                           "include_exploded": True, "include_not_learned": True})
+    base = network_groups(
+        last,
+        params,
+        **{
+            **choice,
+            "quantile": 0.25,
+            "threshold": None,
+            "min_accuracy": None,
+            "include_exploded": True,
+            "include_not_learned": True,
+        },
+    )
     pool = base.analysed.to_numpy(bool)  # every non-diverged network
     flat = {k: np.asarray(v)[pool] for k, v in stats.flatten(params).items()}
     with _quiet_undefined():
-        d_pool = np.asarray(distances.compute(flat, metrics=[metric], per=("network",),
-                                              block_size=block_size)[metric][stats.ALL], np.float64)
+        d_pool = np.asarray(
+            distances.compute(flat, metrics=[metric], per=("network",), block_size=block_size)[metric][stats.ALL],
+            np.float64,
+        )
     pos = np.full(len(pool), -1)
     pos[pool] = np.arange(pool.sum())
     acc = last.sort_values("network").test_acc.to_numpy(np.float64)
@@ -680,15 +885,31 @@ def sensitivity(params, last: pd.DataFrame, keep_N, metric: str, *, choice: Mapp
     for q in SENSITIVITY_QUANTILES:
         for nl in (False, True):
             for ex in (False, True):
-                row = {"quantile": q, "not_learned": "included" if nl else "excluded",
-                       "exploded": "included" if ex else "excluded",
-                       "in_force": bool(choice.get("threshold") is None and choice.get("min_accuracy") is None and
-                                        q == choice.get("quantile") and nl == bool(choice.get("include_not_learned"))
-                                        and ex == bool(choice.get("include_exploded")))}
+                row = {
+                    "quantile": q,
+                    "not_learned": "included" if nl else "excluded",
+                    "exploded": "included" if ex else "excluded",
+                    "in_force": bool(
+                        choice.get("threshold") is None
+                        and choice.get("min_accuracy") is None
+                        and q == choice.get("quantile")
+                        and nl == bool(choice.get("include_not_learned"))
+                        and ex == bool(choice.get("include_exploded"))
+                    ),
+                }
                 try:
-                    g = network_groups(last, params, **{**choice, "quantile": q, "threshold": None,
-                                                        "min_accuracy": None, "include_exploded": ex,
-                                                        "include_not_learned": nl})
+                    g = network_groups(
+                        last,
+                        params,
+                        **{
+                            **choice,
+                            "quantile": q,
+                            "threshold": None,
+                            "min_accuracy": None,
+                            "include_exploded": ex,
+                            "include_not_learned": nl,
+                        },
+                    )
                 except G.ClaimError as e:
                     rows.append({**row, "note": str(e)})
                     continue
@@ -703,13 +924,19 @@ def sensitivity(params, last: pd.DataFrame, keep_N, metric: str, *, choice: Mapp
                 gd = claims.group_distances(d, lab)
                 pt = claims.permutation_test(d, lab, n_permutations=n_permutations, seed=seed)
                 p = float(claims.two_sided(pt.p_greater, pt.p_less))
-                row.update(n_optimal=int((lab == G.OPTIMAL).sum()), n_suboptimal=int((lab == G.SUBOPTIMAL).sum()),
-                           within_optimal=gd["within_optimal"], within_suboptimal=gd["within_suboptimal"],
-                           ratio=gd["ratio"], p_value=p,
-                           verdict=claims.verdict(p, np.sign(pt.p_less - pt.p_greater), alpha))
+                row.update(
+                    n_optimal=int((lab == G.OPTIMAL).sum()),
+                    n_suboptimal=int((lab == G.SUBOPTIMAL).sum()),
+                    within_optimal=gd["within_optimal"],
+                    within_suboptimal=gd["within_suboptimal"],
+                    ratio=gd["ratio"],
+                    p_value=p,
+                    verdict=claims.verdict(p, np.sign(pt.p_less - pt.p_greater), alpha),
+                )
                 try:
-                    cp = claims.cell_permutation_test(d, acc[a], g.cell.to_numpy()[a], quantile=q,
-                                                      n_permutations=n_permutations, seed=seed)
+                    cp = claims.cell_permutation_test(
+                        d, acc[a], g.cell.to_numpy()[a], quantile=q, n_permutations=n_permutations, seed=seed
+                    )
                     pc = float(claims.two_sided(cp.p_greater, cp.p_less))
                     row.update(p_cell=pc, verdict_cell=claims.verdict(pc, np.sign(cp.p_less - cp.p_greater), alpha))
                 except G.ClaimError as e:
@@ -726,9 +953,13 @@ def verdict_counts(ct: pd.DataFrame, alpha: float) -> dict:
     """
     raw = ct.p_value < alpha if "p_value" in ct else ct.p_greater.lt(alpha) | ct.p_less.lt(alpha)
     up = ct.p_greater < ct.p_less
-    out = {"n_holds": int((ct.verdict == "holds").sum()), "n_reversed": int((ct.verdict == "reversed").sum()),
-           "n_holds_raw": int((raw & up).sum()), "n_reversed_raw": int((raw & ~up).sum()),
-           "adjustment": "holm" if "p_holm" in ct else "none"}
+    out = {
+        "n_holds": int((ct.verdict == "holds").sum()),
+        "n_reversed": int((ct.verdict == "reversed").sum()),
+        "n_holds_raw": int((raw & up).sum()),
+        "n_reversed_raw": int((raw & ~up).sum()),
+        "adjustment": "holm" if "p_holm" in ct else "none",
+    }
     if "verdict_cell" in ct:
         out["n_holds_cell"] = int((ct.verdict_cell == "holds").sum())
         out["n_reversed_cell"] = int((ct.verdict_cell == "reversed").sum())
@@ -740,6 +971,7 @@ def _headline_verdicts(summary: dict, top: pd.Series, alpha: float) -> None:
     own two-sided p, like each row of the sensitivity table; the table's Holm-adjusted verdicts stay beside
     them (`verdict_holm`, ...) and decide the counts over its many (metric, layer) tests."""
     from jaxweights import claims
+
     c, sd = summary["claim"], summary["seed_dispersion"]
     sign = lambda x: float(np.sign(x)) if np.isfinite(x) else 0.0
     c["verdict_holm"] = c["verdict"]
@@ -747,14 +979,22 @@ def _headline_verdicts(summary: dict, top: pd.Series, alpha: float) -> None:
     if "p_cell" in top and pd.notna(top.p_cell):
         c["verdict_cell_holm"] = c.get("verdict_cell")
         c["verdict_cell"] = claims.verdict(
-            float(top.p_cell), sign(top.within_suboptimal_cells - top.within_optimal_cells), alpha)
+            float(top.p_cell), sign(top.within_suboptimal_cells - top.within_optimal_cells), alpha
+        )
     if sd.get("p_value") is not None and pd.notna(sd["p_value"]):
         sd["verdict_holm"] = sd.get("verdict")
         sd["verdict"] = claims.verdict(float(sd["p_value"]), -sign(sd["rho"]), alpha)  # holds: rho < 0
 
 
-GROUPING_OPTIONS = ("quantile", "threshold", "min_accuracy", "include_exploded", "include_not_learned",
-                    "chance_margin", "seed")  # `network_groups` options among `analyze_workdir`'s
+GROUPING_OPTIONS = (
+    "quantile",
+    "threshold",
+    "min_accuracy",
+    "include_exploded",
+    "include_not_learned",
+    "chance_margin",
+    "seed",
+)  # `network_groups` options among `analyze_workdir`'s
 
 
 def _last_epoch(rd: Path) -> pd.DataFrame:
@@ -765,6 +1005,7 @@ def _last_epoch(rd: Path) -> pd.DataFrame:
 def num_classes(rd: Path, params=None) -> int:
     """Classes of a run's task: its dataset's (config.json), else the last kernel's outputs, else 10."""
     from jaxweights import data as data_lib
+
     try:
         ds = rundir.read_config(rd / "config.json").get("dataset")
         if ds in data_lib.SPECS:
@@ -780,8 +1021,12 @@ def num_classes(rd: Path, params=None) -> int:
 
 def run_groups(rd: Path, params, options: Mapping[str, Any]) -> pd.DataFrame:
     """`network_groups` of run directory `rd` with the grouping options among `options`."""
-    return network_groups(_last_epoch(rd), params, num_classes=num_classes(rd, params),
-                          **{k: options[k] for k in GROUPING_OPTIONS if k in options})
+    return network_groups(
+        _last_epoch(rd),
+        params,
+        num_classes=num_classes(rd, params),
+        **{k: options[k] for k in GROUPING_OPTIONS if k in options},
+    )
 
 
 def _check_grouping(runs, options) -> dict:
@@ -792,6 +1037,7 @@ def _check_grouping(runs, options) -> dict:
     `grouping_note` the report shows: a study of the networks that are there beats none.
     """
     from jaxweights import groups as G
+
     for _, rd in runs:
         if not (rd / "metrics.csv").exists():
             continue
@@ -805,7 +1051,7 @@ def _check_grouping(runs, options) -> dict:
                 run_groups(rd, params, {**options, "include_not_learned": True})
             except G.ClaimError:
                 raise e from None
-            note = (f"networks that did not learn are included: leaving them out, the grouping fails ({e})")
+            note = f"networks that did not learn are included: leaving them out, the grouping fails ({e})"
             log.warning("%s: %s", rd, note)
             options = {**options, "include_not_learned": True, "grouping_note": note}
     return options
@@ -818,6 +1064,7 @@ def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), dynamic
     `dynamics` entry in the summary; `dynamics_notes` (group -> why they were skipped) are recorded.
     """
     from jaxweights import claims, dynamics, figures, report
+
     dynamics_notes = dynamics_notes or {}
     sections, summaries, tables = [], {}, {}
     for name, rd in runs:
@@ -843,11 +1090,14 @@ def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), dynamic
         cmp = claims.same_pattern({k: v["claim"]["verdict"] for k, v in summaries.items()}, prof)
         fig = figures.depth_profile(out / "figures", prof)
         summary["comparison"] = {**cmp, "metric": metric, "profiles": _records(prof)}
-        sections.append(report.Section(
-            "Across groups: the same pattern?",
-            f"<p>Whole-network verdicts: {', '.join(f'{k}: {v}' for k, v in cmp['verdicts'].items())}; "
-            f"same verdict: {cmp['same_verdict']}; same depth trend of the distance ratio: {cmp['same_trend']}.</p>",
-            [fig]))
+        sections.append(
+            report.Section(
+                "Across groups: the same pattern?",
+                f"<p>Whole-network verdicts: {', '.join(f'{k}: {v}' for k, v in cmp['verdicts'].items())}; "
+                f"same verdict: {cmp['same_verdict']}; same depth trend of the distance ratio: {cmp['same_trend']}.</p>",
+                [fig],
+            )
+        )
     ctx = {"workdir": workdir, "analysis_dir": out, "summary": summary, "zoo": None}
     sections += report.provided_sections(ctx, extra_sections)
     intro = report.intro_html(summary) if "claim" in summary else ""

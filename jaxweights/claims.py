@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,19 @@ import pandas as pd
 import scipy.stats as ss
 
 from jaxweights import distances, groups, stats
-from jaxweights.groups import (EXCLUDED, GROUP_NAMES, MIDDLE, NOT_HYPERPARAMETERS, OPTIMAL, SUBOPTIMAL,  # noqa: F401
-                               ClaimError, hyperparameter_cells, network_states, split_groups)
+from jaxweights.groups import (  # noqa: F401
+    EXCLUDED,
+    GROUP_NAMES,
+    MIDDLE,
+    NOT_HYPERPARAMETERS,
+    OPTIMAL,
+    SUBOPTIMAL,
+    ClaimError,
+    hyperparameter_cells,
+    network_states,
+    split_groups,
+)
+
 FEATURE_QUANTILES = (0, 25, 50, 75, 100)
 
 
@@ -104,8 +116,7 @@ def group_distances(d_NxN, labels) -> dict[str, float]:
     labels = np.asarray(labels)
     o, s = np.flatnonzero(labels == OPTIMAL), np.flatnonzero(labels == SUBOPTIMAL)
     wo, ws, ac = _pair_mean(d, o, o), _pair_mean(d, s, s), _pair_mean(d, o, s)
-    return {"within_optimal": wo, "within_suboptimal": ws, "across": ac,
-            "ratio": ws / wo if wo > 0 else float("nan")}
+    return {"within_optimal": wo, "within_suboptimal": ws, "across": ac, "ratio": ws / wo if wo > 0 else float("nan")}
 
 
 def _within_means(d_nxn, m_Pxn):
@@ -124,6 +135,7 @@ class PermutationResult(NamedTuple):
     p_greater: P(T >= observed) under exchangeable labels ("optimal networks are more alike");
     p_less: P(T <= observed) (the reverse). exact: all splits enumerated.
     """
+
     statistic: float
     p_greater: float
     p_less: float
@@ -181,7 +193,7 @@ def permutation_test(d_NxN, labels, *, n_permutations: int = 2000, seed: int = 0
     masks, exact = _splits(len(idx), int(is_opt.sum()), n_permutations, seed)
     t = []
     for c in range(0, len(masks), 4096):
-        a, b = _within_means(d, masks[c:c + 4096])
+        a, b = _within_means(d, masks[c : c + 4096])
         t.append(b - a)
     t_perm = np.concatenate(t)
     pg, pl = _p_values(t_obs, t_perm, exact)
@@ -252,7 +264,7 @@ def two_sided(p_greater, p_less):
 
 
 def verdict(p_adjusted: float, direction: float, alpha: float = 0.05) -> str:
-    """"holds" (the claim's direction, direction > 0), "reversed" (direction < 0) or "not significant".
+    """ "holds" (the claim's direction, direction > 0), "reversed" (direction < 0) or "not significant".
 
     `p_adjusted` is a two-sided p already adjusted for multiplicity (the tables use Holm).
     """
@@ -261,8 +273,9 @@ def verdict(p_adjusted: float, direction: float, alpha: float = 0.05) -> str:
     return "holds" if direction > 0 else "reversed"
 
 
-def adjust_table(table: pd.DataFrame, *, p: str = "p_value", direction: str | None = None,
-                 alpha: float = 0.05) -> pd.DataFrame:
+def adjust_table(
+    table: pd.DataFrame, *, p: str = "p_value", direction: str | None = None, alpha: float = 0.05
+) -> pd.DataFrame:
     """Adds `p_holm` and `p_bh` (over all rows of the table: one family) after column `p`, and, with
     `direction` (a column whose sign says holds > 0 / reversed < 0), a `verdict` column from `p_holm`.
 
@@ -277,16 +290,27 @@ def adjust_table(table: pd.DataFrame, *, p: str = "p_value", direction: str | No
         cols.append(p)
     t["p_holm"], t["p_bh"] = holm(t[p].to_numpy(np.float64)), benjamini_hochberg(t[p].to_numpy(np.float64))
     i = cols.index(p) + 1
-    cols = [c for c in cols[:i] if c not in ("p_holm", "p_bh")] + ["p_holm", "p_bh"] + \
-        [c for c in cols[i:] if c not in ("p_holm", "p_bh", "verdict")]
+    cols = (
+        [c for c in cols[:i] if c not in ("p_holm", "p_bh")]
+        + ["p_holm", "p_bh"]
+        + [c for c in cols[i:] if c not in ("p_holm", "p_bh", "verdict")]
+    )
     if direction is not None:
         t["verdict"] = [verdict(ph, d, alpha) for ph, d in zip(t.p_holm, t[direction])] if len(t) else []
         cols.append("verdict")
     return t[cols]
 
 
-def claim_table(dists: Mapping[str, Mapping[str, np.ndarray]], labels, *, layers: Sequence[str] | None = None,
-                n_permutations: int = 2000, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+def claim_table(
+    dists: Mapping[str, Mapping[str, np.ndarray]],
+    labels,
+    *,
+    layers: Sequence[str] | None = None,
+    n_permutations: int = 2000,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
     """The central claim for every metric and layer, networks as the exchangeable unit.
 
     Read it beside `cell_claim_table` and `seed_dispersion_table`: in a grid, networks of one cell
@@ -318,14 +342,26 @@ def claim_table(dists: Mapping[str, Mapping[str, np.ndarray]], labels, *, layers
             g = group_distances(d, labels)
             pt = permutation_test(d, labels, n_permutations=n_permutations, seed=seed)
             ci = bootstrap_ci(d, labels, n_boot=n_boot, seed=seed)
-            rows.append({"metric": metric, "layer": layer, "n_optimal": int((labels == OPTIMAL).sum()),
-                         "n_suboptimal": int((labels == SUBOPTIMAL).sum()), **g,
-                         "statistic": pt.statistic, "p_greater": pt.p_greater, "p_less": pt.p_less,
-                         "exact": pt.exact, "ci_low": ci["difference"][0], "ci_high": ci["difference"][1],
-                         "p_value": float(two_sided(pt.p_greater, pt.p_less)),
-                         "direction": float(np.sign(pt.p_less - pt.p_greater))})
-    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(columns="direction",
-                                                                                      errors="ignore")
+            rows.append(
+                {
+                    "metric": metric,
+                    "layer": layer,
+                    "n_optimal": int((labels == OPTIMAL).sum()),
+                    "n_suboptimal": int((labels == SUBOPTIMAL).sum()),
+                    **g,
+                    "statistic": pt.statistic,
+                    "p_greater": pt.p_greater,
+                    "p_less": pt.p_less,
+                    "exact": pt.exact,
+                    "ci_low": ci["difference"][0],
+                    "ci_high": ci["difference"][1],
+                    "p_value": float(two_sided(pt.p_greater, pt.p_less)),
+                    "direction": float(np.sign(pt.p_less - pt.p_greater)),
+                }
+            )
+    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(
+        columns="direction", errors="ignore"
+    )
 
 
 # ------------------------------------------------------------------- tests that respect the grid
@@ -354,6 +390,7 @@ def cell_summary(acc_N, cells_N, *, exclude=None) -> tuple[np.ndarray, np.ndarra
 class CellPermutationResult(NamedTuple):
     """Cell-level test of T = mean distance between networks of different suboptimal cells - the same
     for optimal cells (see `cell_permutation_test`)."""
+
     statistic: float
     within_optimal: float
     within_suboptimal: float
@@ -378,9 +415,10 @@ def _cell_pair_sums(d_NxN, member_N, n_cells):
     return s, c
 
 
-def cell_permutation_test(d_NxN, acc_N, cells_N, *, quantile: float = 0.25, exclude=None,
-                          n_permutations: int = 2000, seed: int = 0) -> CellPermutationResult:
-    """"Optimal cells are more alike than suboptimal cells", with hyperparameter cells as the unit.
+def cell_permutation_test(
+    d_NxN, acc_N, cells_N, *, quantile: float = 0.25, exclude=None, n_permutations: int = 2000, seed: int = 0
+) -> CellPermutationResult:
+    """ "Optimal cells are more alike than suboptimal cells", with hyperparameter cells as the unit.
 
     Each cell (networks that differ only by seed, `groups.hyperparameter_cells`) gets the mean
     accuracy of its analysed seeds; the top `quantile` of cells is optimal, the bottom suboptimal
@@ -423,17 +461,19 @@ def cell_permutation_test(d_NxN, acc_N, cells_N, *, quantile: float = 0.25, excl
     wo, ws = within(is_opt[None])
     t_obs = float(ws[0] - wo[0])
     masks, exact = _splits(len(pool), int(is_opt.sum()), n_permutations, seed)
-    t = [np.subtract(*within(masks[i:i + 4096])[::-1]) for i in range(0, len(masks), 4096)]
+    t = [np.subtract(*within(masks[i : i + 4096])[::-1]) for i in range(0, len(masks), 4096)]
     pg, pl = _p_values(t_obs, np.concatenate(t), exact)
-    return CellPermutationResult(t_obs, float(wo[0]), float(ws[0]), pg, pl, len(masks), exact,
-                                 int(is_opt.sum()), int((~is_opt).sum()))
+    return CellPermutationResult(
+        t_obs, float(wo[0]), float(ws[0]), pg, pl, len(masks), exact, int(is_opt.sum()), int((~is_opt).sum())
+    )
 
 
 class SeedDispersion(NamedTuple):
     """Spearman correlation over cells of the seeds' dispersion with the cell's accuracy."""
+
     rho: float
-    p_value: float   # two-sided
-    p_less: float    # one-sided, rho < 0: cells that train well have seeds that end up alike
+    p_value: float  # two-sided
+    p_less: float  # one-sided, rho < 0: cells that train well have seeds that end up alike
     n_cells: int
     cells: pd.DataFrame  # cell, n_seeds, accuracy, dispersion
 
@@ -485,9 +525,18 @@ def _grid_tests(dists, layers, acc_N, exclude):
                 yield metric, layer, d
 
 
-def cell_claim_table(dists: Mapping[str, Mapping[str, np.ndarray]], acc_N, cells_N, *, exclude=None,
-                     quantile: float = 0.25, layers: Sequence[str] | None = None, n_permutations: int = 2000,
-                     alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+def cell_claim_table(
+    dists: Mapping[str, Mapping[str, np.ndarray]],
+    acc_N,
+    cells_N,
+    *,
+    exclude=None,
+    quantile: float = 0.25,
+    layers: Sequence[str] | None = None,
+    n_permutations: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
     """`cell_permutation_test` for every metric and layer (the grid-respecting claim_tests rows).
 
     Returns:
@@ -499,26 +548,45 @@ def cell_claim_table(dists: Mapping[str, Mapping[str, np.ndarray]], acc_N, cells
     rows = []
     for metric, layer, d in _grid_tests(dists, layers, acc_N, exclude):
         try:
-            r = cell_permutation_test(d, acc_N, cells_N, quantile=quantile, exclude=exclude,
-                                      n_permutations=n_permutations, seed=seed)
+            r = cell_permutation_test(
+                d, acc_N, cells_N, quantile=quantile, exclude=exclude, n_permutations=n_permutations, seed=seed
+            )
         except ClaimError as e:
             out = adjust_table(pd.DataFrame(rows))
             out.attrs["skipped"] = f"cell-level test not run: {e}"
             return out
-        rows.append({"metric": metric, "layer": layer, "n_optimal_cells": r.n_optimal_cells,
-                     "n_suboptimal_cells": r.n_suboptimal_cells, "within_optimal": r.within_optimal,
-                     "within_suboptimal": r.within_suboptimal,
-                     "ratio": r.within_suboptimal / r.within_optimal if r.within_optimal > 0 else float("nan"),
-                     "statistic": r.statistic, "p_greater": r.p_greater, "p_less": r.p_less, "exact": r.exact,
-                     "n_permutations": r.n_permutations, "p_value": float(two_sided(r.p_greater, r.p_less)),
-                     "direction": float(np.sign(r.p_less - r.p_greater))})
-    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(columns="direction",
-                                                                                      errors="ignore")
+        rows.append(
+            {
+                "metric": metric,
+                "layer": layer,
+                "n_optimal_cells": r.n_optimal_cells,
+                "n_suboptimal_cells": r.n_suboptimal_cells,
+                "within_optimal": r.within_optimal,
+                "within_suboptimal": r.within_suboptimal,
+                "ratio": r.within_suboptimal / r.within_optimal if r.within_optimal > 0 else float("nan"),
+                "statistic": r.statistic,
+                "p_greater": r.p_greater,
+                "p_less": r.p_less,
+                "exact": r.exact,
+                "n_permutations": r.n_permutations,
+                "p_value": float(two_sided(r.p_greater, r.p_less)),
+                "direction": float(np.sign(r.p_less - r.p_greater)),
+            }
+        )
+    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(
+        columns="direction", errors="ignore"
+    )
 
 
-def seed_dispersion_table(dists: Mapping[str, Mapping[str, np.ndarray]], acc_N, cells_N, *, exclude=None,
-                          layers: Sequence[str] | None = None,
-                          alpha: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+def seed_dispersion_table(
+    dists: Mapping[str, Mapping[str, np.ndarray]],
+    acc_N,
+    cells_N,
+    *,
+    exclude=None,
+    layers: Sequence[str] | None = None,
+    alpha: float = 0.05,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`seed_dispersion` for every metric and layer.
 
     Returns:
@@ -529,13 +597,26 @@ def seed_dispersion_table(dists: Mapping[str, Mapping[str, np.ndarray]], acc_N, 
     rows, per_cell = [], []
     for metric, layer, d in _grid_tests(dists, layers, acc_N, exclude):
         r = seed_dispersion(d, acc_N, cells_N, exclude=exclude)
-        rows.append({"metric": metric, "layer": layer, "n_cells": r.n_cells, "rho": r.rho, "p_value": r.p_value,
-                     "p_less": r.p_less, "direction": -np.sign(r.rho) if np.isfinite(r.rho) else 0.0})
+        rows.append(
+            {
+                "metric": metric,
+                "layer": layer,
+                "n_cells": r.n_cells,
+                "rho": r.rho,
+                "p_value": r.p_value,
+                "p_less": r.p_less,
+                "direction": -np.sign(r.rho) if np.isfinite(r.rho) else 0.0,
+            }
+        )
         per_cell.append(r.cells.assign(metric=metric, layer=layer))
-    tests = adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(columns="direction",
-                                                                                       errors="ignore")
-    cells = (pd.concat(per_cell, ignore_index=True)[["metric", "layer", "cell", "n_seeds", "accuracy", "dispersion"]]
-             if per_cell else pd.DataFrame(columns=["metric", "layer", "cell", "n_seeds", "accuracy", "dispersion"]))
+    tests = adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(
+        columns="direction", errors="ignore"
+    )
+    cells = (
+        pd.concat(per_cell, ignore_index=True)[["metric", "layer", "cell", "n_seeds", "accuracy", "dispersion"]]
+        if per_cell
+        else pd.DataFrame(columns=["metric", "layer", "cell", "n_seeds", "accuracy", "dispersion"])
+    )
     return tests, cells
 
 
@@ -544,12 +625,14 @@ def seed_dispersion_table(dists: Mapping[str, Mapping[str, np.ndarray]], acc_N, 
 
 def wide_statistics(table: pd.DataFrame) -> pd.DataFrame:
     """A tidy statistics table (network, layer, statistic, value) as networks × (layer, statistic)."""
-    return table.pivot_table(index="network", columns=["layer", "statistic"], values="value", aggfunc="first",
-                             dropna=False)
+    return table.pivot_table(
+        index="network", columns=["layer", "statistic"], values="value", aggfunc="first", dropna=False
+    )
 
 
-def dispersion(table: pd.DataFrame, labels, *, n_permutations: int = 2000, seed: int = 0,
-               alpha: float = 0.05) -> pd.DataFrame:
+def dispersion(
+    table: pd.DataFrame, labels, *, n_permutations: int = 2000, seed: int = 0, alpha: float = 0.05
+) -> pd.DataFrame:
     """Variance across networks (ddof 1) of every statistic within the optimal and suboptimal groups.
 
     The permutation test (same splits as `permutation_test`) asks whether the suboptimal group's
@@ -577,12 +660,13 @@ def dispersion(table: pd.DataFrame, labels, *, n_permutations: int = 2000, seed:
             k = mm.sum(1, keepdims=True)
             mu = mm @ x / k
             return np.maximum(mm @ (x * x) / k - mu * mu, 0) * k / (k - 1)
+
         mf = m.astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.log(var(1 - mf)) - np.log(var(mf)), var(mf), var(1 - mf)
 
     t_obs, vo, vs = log_ratio(is_opt[None])
-    t_perm = np.concatenate([log_ratio(masks[c:c + 1024])[0] for c in range(0, len(masks), 1024)])
+    t_perm = np.concatenate([log_ratio(masks[c : c + 1024])[0] for c in range(0, len(masks), 1024)])
     rows = []
     for j, c in enumerate(cols):
         layer, stat = wide.columns[c]
@@ -590,11 +674,22 @@ def dispersion(table: pd.DataFrame, labels, *, n_permutations: int = 2000, seed:
             continue  # a constant statistic (e.g. zero variance in one group)
         tp = t_perm[:, j]
         pg, pl = _p_values(float(t_obs[0, j]), tp[np.isfinite(tp)], exact)
-        rows.append({"layer": layer, "statistic": stat, "var_optimal": vo[0, j], "var_suboptimal": vs[0, j],
-                     "ratio": vs[0, j] / vo[0, j], "p_greater": pg, "p_less": pl,
-                     "p_value": float(two_sided(pg, pl)), "direction": float(np.sign(pl - pg))})
-    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(columns="direction",
-                                                                                      errors="ignore")
+        rows.append(
+            {
+                "layer": layer,
+                "statistic": stat,
+                "var_optimal": vo[0, j],
+                "var_suboptimal": vs[0, j],
+                "ratio": vs[0, j] / vo[0, j],
+                "p_greater": pg,
+                "p_less": pl,
+                "p_value": float(two_sided(pg, pl)),
+                "direction": float(np.sign(pl - pg)),
+            }
+        )
+    return adjust_table(pd.DataFrame(rows), direction="direction", alpha=alpha).drop(
+        columns="direction", errors="ignore"
+    )
 
 
 # --------------------------------------------------------------------------------- correlations
@@ -663,9 +758,13 @@ def hyperparameter_features(hparams: pd.DataFrame) -> tuple[list[str], np.ndarra
         metrics and health flags (`groups.NOT_HYPERPARAMETERS`, e.g. test_acc, max_abs_weight) are
         ignored, so nothing measured on the trained network leaks into the baseline.
     """
-    cols = [c for c in groups.hyperparameter_columns(hparams) if
-            pd.api.types.is_numeric_dtype(hparams[c]) and not pd.api.types.is_bool_dtype(hparams[c])
-            and hparams[c].nunique() > 1]
+    cols = [
+        c
+        for c in groups.hyperparameter_columns(hparams)
+        if pd.api.types.is_numeric_dtype(hparams[c])
+        and not pd.api.types.is_bool_dtype(hparams[c])
+        and hparams[c].nunique() > 1
+    ]
     out = []
     for c in cols:
         v = hparams[c].to_numpy(np.float64)
@@ -686,6 +785,7 @@ def cell_folds(groups_N, folds: int = 5, seed: int = 0) -> np.ndarray:
     no cell to leak and each network is its own group.
     """
     from sklearn.model_selection import GroupKFold
+
     groups_N = np.asarray(groups_N)
     if len(np.unique(groups_N)) < 2:
         groups_N = np.arange(len(groups_N))
@@ -698,8 +798,9 @@ def cell_folds(groups_N, folds: int = 5, seed: int = 0) -> np.ndarray:
     return fold_N
 
 
-def predict_accuracy(features: Mapping[str, tuple[list[str], np.ndarray]], acc_N, *, groups_N=None,
-                     folds: int = 5, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_accuracy(
+    features: Mapping[str, tuple[list[str], np.ndarray]], acc_N, *, groups_N=None, folds: int = 5, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predicts test accuracy of held-out hyperparameter cells from each feature set.
 
     Folds come from `cell_folds(groups_N)`: pass the hyperparameter cells (`groups.hyperparameter_cells`)
@@ -726,6 +827,7 @@ def predict_accuracy(features: Mapping[str, tuple[list[str], np.ndarray]], acc_N
     from sklearn.metrics import r2_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
     y = np.asarray(acc_N, np.float64)
     n = len(y)
     if n < 4:
@@ -733,7 +835,7 @@ def predict_accuracy(features: Mapping[str, tuple[list[str], np.ndarray]], acc_N
     fold_N = cell_folds(np.arange(n) if groups_N is None else groups_N, folds, seed)
     k = int(fold_N.max()) + 1
     rows, preds = [], {"row": np.arange(n), "fold": fold_N, "accuracy": y}
-    for fname, (names, x) in features.items():
+    for fname, (_names, x) in features.items():
         x = np.asarray(x, np.float64)
         x = x[:, np.isfinite(x).all(0)]  # e.g. a variance that overflowed float32 in a blown-up network
         if x.shape[1] == 0:
@@ -747,12 +849,21 @@ def predict_accuracy(features: Mapping[str, tuple[list[str], np.ndarray]], acc_N
                     r = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(x[train], y[train])
                     yhat[test] = np.clip(r.predict(x[test]), y[train].min(), y[train].max())
                 else:
-                    gb = GradientBoostingRegressor(n_estimators=200, max_depth=2, learning_rate=0.05,
-                                                   subsample=1.0, random_state=seed)
+                    gb = GradientBoostingRegressor(
+                        n_estimators=200, max_depth=2, learning_rate=0.05, subsample=1.0, random_state=seed
+                    )
                     yhat[test] = gb.fit(x[train], y[train]).predict(x[test])
             preds[f"{fname}:{model}"] = yhat
-            rows.append({"features": fname, "model": model, "r2": float(r2_score(y, yhat)),
-                         "kendall_tau": kendall_tau(y, yhat), "n_features": x.shape[1], "n_folds": k})
+            rows.append(
+                {
+                    "features": fname,
+                    "model": model,
+                    "r2": float(r2_score(y, yhat)),
+                    "kendall_tau": kendall_tau(y, yhat),
+                    "n_features": x.shape[1],
+                    "n_folds": k,
+                }
+            )
     return pd.DataFrame(rows), pd.DataFrame(preds)
 
 
@@ -770,8 +881,7 @@ def _kde_grid_logdens(samples: list[np.ndarray], grid: int):
 _kde = jax.jit(distances.kde_logdensity)
 
 
-def bin_divergence(values_N, bins_N, *, grid: int = 1000, max_samples: int = 20000,
-                   seed: int = 0) -> np.ndarray:
+def bin_divergence(values_N, bins_N, *, grid: int = 1000, max_samples: int = 20000, seed: int = 0) -> np.ndarray:
     """Symmetric KL between the accuracy bins' distributions of a quantity (La Malfa et al. 2021).
 
     Each bin pools the values of its networks (node strengths of a layer: an (N, nodes) array;
@@ -813,8 +923,6 @@ def bin_divergence(values_N, bins_N, *, grid: int = 1000, max_samples: int = 200
 # ------------------------------------------------------------------------------------- depth
 
 
-
-
 def layer_depths(layers: Sequence[str]) -> dict[str, float]:
     """Per-depth-normalised position in [0, 1] of each layer (input side 0, output layer 1).
 
@@ -824,8 +932,9 @@ def layer_depths(layers: Sequence[str]) -> dict[str, float]:
     return stats.layer_depths(layers)
 
 
-def depth_profiles(claim_tables: Mapping[str, pd.DataFrame], metric: str,
-                   layer_orders: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+def depth_profiles(
+    claim_tables: Mapping[str, pd.DataFrame], metric: str, layer_orders: Mapping[str, Sequence[str]] | None = None
+) -> pd.DataFrame:
     """Per-layer claim results of several zoos on a shared, per-depth-normalised layer axis.
 
     Args:
@@ -841,12 +950,24 @@ def depth_profiles(claim_tables: Mapping[str, pd.DataFrame], metric: str,
     rows = []
     for zoo, t in claim_tables.items():
         t = t[(t.metric == metric) & (t.layer != stats.ALL)]
-        order = list(t.layer) if layer_orders is None or zoo not in layer_orders else \
-            [l for l in layer_orders[zoo] if l in set(t.layer)] + [l for l in t.layer if l not in set(layer_orders[zoo])]
+        order = (
+            list(t.layer)
+            if layer_orders is None or zoo not in layer_orders
+            else [l for l in layer_orders[zoo] if l in set(t.layer)]
+            + [l for l in t.layer if l not in set(layer_orders[zoo])]
+        )
         depth = layer_depths(order)
         for r in t.itertuples():
-            rows.append({"zoo": zoo, "layer": r.layer, "depth": depth[r.layer], "ratio": r.ratio,
-                         "p_greater": r.p_greater, "verdict": r.verdict})
+            rows.append(
+                {
+                    "zoo": zoo,
+                    "layer": r.layer,
+                    "depth": depth[r.layer],
+                    "ratio": r.ratio,
+                    "p_greater": r.p_greater,
+                    "verdict": r.verdict,
+                }
+            )
     return pd.DataFrame(rows, columns=["zoo", "layer", "depth", "ratio", "p_greater", "verdict"])
 
 
@@ -864,5 +985,9 @@ def same_pattern(whole_network_verdicts: Mapping[str, str], profiles: pd.DataFra
         ok = np.isfinite(g.ratio.to_numpy(np.float64))
         trend[zoo] = spearman(g.depth.to_numpy()[ok], g.ratio.to_numpy()[ok])[0] if ok.sum() >= 3 else float("nan")
     signs = {np.sign(v) for v in trend.values() if np.isfinite(v)}
-    return {"same_verdict": len(set(whole_network_verdicts.values())) == 1, "verdicts": dict(whole_network_verdicts),
-            "depth_trend": trend, "same_trend": len(signs) == 1 and len(trend) > 1}
+    return {
+        "same_verdict": len(set(whole_network_verdicts.values())) == 1,
+        "verdicts": dict(whole_network_verdicts),
+        "depth_trend": trend,
+        "same_trend": len(signs) == 1 and len(trend) > 1,
+    }

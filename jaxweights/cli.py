@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 USAGE = """usage: jaxweights COMMAND [options]
 
@@ -43,42 +43,69 @@ Run `jaxweights COMMAND --help` for a command's options.
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from absl import flags
-    from jaxweights.config import ConfigError
-    from jaxweights.data import DataError
-    from jaxweights.run import RunError
+
     from jaxweights.analysis import AnalysisError
     from jaxweights.claims import ClaimError
-    from jaxweights.importers import ParamsError
+    from jaxweights.config import ConfigError
+    from jaxweights.data import DataError
     from jaxweights.dynamics import DynamicsError
+    from jaxweights.importers import ParamsError
+    from jaxweights.run import RunError
+
     # OSError: a missing file or folder, a full or read-only disk (rundir names the file it could not write).
-    return (ConfigError, DataError, RunError, AnalysisError, ClaimError, ParamsError, DynamicsError, flags.Error,
-            OSError)
+    return (
+        ConfigError,
+        DataError,
+        RunError,
+        AnalysisError,
+        ClaimError,
+        ParamsError,
+        DynamicsError,
+        flags.Error,
+        OSError,
+    )
 
 
 def _flag_values(command: str, argv: list[str]):
     from absl import flags
+
     fv = flags.FlagValues()
     flags.DEFINE_string("workdir", None, "Run directory.", flag_values=fv)
     if command == "train":
         from ml_collections import config_flags
-        config_flags.DEFINE_config_file("config", None, "Config file (a Python file with get_config).",
-                                        flag_values=fv, lock_config=False, sys_argv=argv,
-                                        accept_new_attributes=True)  # checked by config.validate
-        flags.DEFINE_string("data_dir", None, "Folder with the dataset files (overrides config.data_dir).",
-                            flag_values=fv)
+
+        config_flags.DEFINE_config_file(
+            "config",
+            None,
+            "Config file (a Python file with get_config).",
+            flag_values=fv,
+            lock_config=False,
+            sys_argv=argv,
+            accept_new_attributes=True,
+        )  # checked by config.validate
+        flags.DEFINE_string(
+            "data_dir", None, "Folder with the dataset files (overrides config.data_dir).", flag_values=fv
+        )
         flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds instead of resuming.", flag_values=fv)
         flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
     elif command == "analyze-params":
         flags.DEFINE_string("out", None, "Output directory.", flag_values=fv)
-        flags.DEFINE_enum("layout", "auto", ["auto", "torch", "flax"], "Kernel layout and naming of the files.",
-                          flag_values=fv)
-        flags.DEFINE_enum("stacked", "auto", ["auto", "yes", "no"],
-                          "Whether each file holds several networks, networks axis first.", flag_values=fv)
+        flags.DEFINE_enum(
+            "layout", "auto", ["auto", "torch", "flax"], "Kernel layout and naming of the files.", flag_values=fv
+        )
+        flags.DEFINE_enum(
+            "stacked",
+            "auto",
+            ["auto", "yes", "no"],
+            "Whether each file holds several networks, networks axis first.",
+            flag_values=fv,
+        )
         flags.DEFINE_list("layers", None, "Chain order of the kernel layers for node strength.", flag_values=fv)
         flags.DEFINE_bool("figures", True, "Write figures/*.png.", flag_values=fv)
     elif command == "prune":
-        flags.DEFINE_list("layers", None, "Hidden layers to remove (default: the modularity candidates).",
-                          flag_values=fv)
+        flags.DEFINE_list(
+            "layers", None, "Hidden layers to remove (default: the modularity candidates).", flag_values=fv
+        )
         flags.DEFINE_string("data_dir", None, "Folder with the dataset files.", flag_values=fv)
         flags.DEFINE_bool("overwrite", False, "Retrain DIR/pruned from scratch.", flag_values=fv)
         flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
@@ -87,36 +114,69 @@ def _flag_values(command: str, argv: list[str]):
         flags.DEFINE_integer("block_size", 64, "Rows and columns of the N×N distance blocks.", flag_values=fv)
     if command == "study":
         from ml_collections import config_flags
-        config_flags.DEFINE_config_file("config", None, "Study config (configs/studies/NAME.py[:quick]).",
-                                        flag_values=fv, lock_config=False, sys_argv=argv)
+
+        config_flags.DEFINE_config_file(
+            "config",
+            None,
+            "Study config (configs/studies/NAME.py[:quick]).",
+            flag_values=fv,
+            lock_config=False,
+            sys_argv=argv,
+        )
         flags.DEFINE_string("data_dir", None, "Folder with the dataset files.", flag_values=fv)
         flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
     if command == "analyze":
-        flags.DEFINE_float("quantile", 0.25, "Optimal = top, suboptimal = bottom quantile by test accuracy.",
-                           flag_values=fv)
+        flags.DEFINE_float(
+            "quantile", 0.25, "Optimal = top, suboptimal = bottom quantile by test accuracy.", flag_values=fv
+        )
         flags.DEFINE_list("threshold", None, "Accuracy threshold t (or lo,hi) instead of --quantile.", flag_values=fv)
-        flags.DEFINE_float("min_accuracy", None, "Also leave out analysed networks below this accuracy (on top of "
-                           "the not-learned ones, which are left out by default).", flag_values=fv)
-        flags.DEFINE_bool("include_exploded", False, "Analyse exploded networks (weights or loss blew up, still "
-                          "finite) instead of leaving them out.", flag_values=fv)
-        flags.DEFINE_bool("include_not_learned", False, "Analyse networks within --chance_margin of chance "
-                          "accuracy instead of leaving them out.", flag_values=fv)
-        flags.DEFINE_float("chance_margin", 0.05, "A network below chance accuracy + this margin did not learn.",
-                           flag_values=fv)
+        flags.DEFINE_float(
+            "min_accuracy",
+            None,
+            "Also leave out analysed networks below this accuracy (on top of "
+            "the not-learned ones, which are left out by default).",
+            flag_values=fv,
+        )
+        flags.DEFINE_bool(
+            "include_exploded",
+            False,
+            "Analyse exploded networks (weights or loss blew up, still finite) instead of leaving them out.",
+            flag_values=fv,
+        )
+        flags.DEFINE_bool(
+            "include_not_learned",
+            False,
+            "Analyse networks within --chance_margin of chance accuracy instead of leaving them out.",
+            flag_values=fv,
+        )
+        flags.DEFINE_float(
+            "chance_margin", 0.05, "A network below chance accuracy + this margin did not learn.", flag_values=fv
+        )
         flags.DEFINE_integer("bins", 4, "Equal-count accuracy bins of the complex-network comparison.", flag_values=fv)
         flags.DEFINE_integer("permutations", 2000, "Permutations of the group tests.", flag_values=fv)
         flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the confidence intervals.", flag_values=fv)
-        flags.DEFINE_bool("report", True, "Test the claims; write figures, report.html and summary.json.",
-                          flag_values=fv)
-        flags.DEFINE_bool("dynamics", None, "Learning dynamics (RWC, CKA, probes, modularity over epochs). Default: "
-                          "when the run kept per-epoch checkpoints; --dynamics requires them, --nodynamics skips.",
-                          flag_values=fv)
+        flags.DEFINE_bool(
+            "report", True, "Test the claims; write figures, report.html and summary.json.", flag_values=fv
+        )
+        flags.DEFINE_bool(
+            "dynamics",
+            None,
+            "Learning dynamics (RWC, CKA, probes, modularity over epochs). Default: "
+            "when the run kept per-epoch checkpoints; --dynamics requires them, --nodynamics skips.",
+            flag_values=fv,
+        )
         flags.DEFINE_integer("probe_size", 500, "Test images the representations are captured on.", flag_values=fv)
-        flags.DEFINE_string("data_dir", None, "Folder with the dataset files (default: the run's config).",
-                            flag_values=fv)
-        flags.DEFINE_bool("multihost", False, "Join a multi-host job (jax.distributed.initialize; start the same "
-                          "command in every process): the networks axis is split over every host's devices and "
-                          "process 0 writes.", flag_values=fv)
+        flags.DEFINE_string(
+            "data_dir", None, "Folder with the dataset files (default: the run's config).", flag_values=fv
+        )
+        flags.DEFINE_bool(
+            "multihost",
+            False,
+            "Join a multi-host job (jax.distributed.initialize; start the same "
+            "command in every process): the networks axis is split over every host's devices and "
+            "process 0 writes.",
+            flag_values=fv,
+        )
     flags.DEFINE_bool("help", False, "Show this help.", flag_values=fv, short_name="h")
     return fv
 
@@ -141,6 +201,7 @@ def _last_overrides(args: Sequence[str]) -> list[str]:
 
 def _parse(command: str, args: Sequence[str]):
     from absl import flags
+
     argv = [f"jaxweights {command}", *_last_overrides(args)]
     fv = _flag_values(command, argv)
     try:
@@ -163,6 +224,7 @@ def _parse(command: str, args: Sequence[str]):
 
 def cmd_train(args: Sequence[str]) -> int:
     from absl import flags
+
     fv = _parse("train", args)
     if fv["config"].value is None:
         raise flags.Error("--config: required (a Python file such as configs/quickstart.py)")
@@ -176,21 +238,26 @@ def cmd_train(args: Sequence[str]) -> int:
         with config.unlocked():
             config.data_dir = fv.data_dir
     from jaxweights import run
+
     df = run.train_and_evaluate(config, fv.workdir, overwrite=fv.overwrite, progress=fv.progress)
     last = df[df.epoch == df.epoch.max()]
     diverged = last.diverged.astype(bool)
     exploded = last["exploded"].astype(bool) if "exploded" in last else diverged & False
     ok = last[~diverged & ~exploded]  # accuracy of the networks an analysis keeps
-    print(f"trained {len(last)} networks into {fv.workdir}: best test accuracy "
-          f"{ok.test_acc.max():.4f}, median {ok.test_acc.median():.4f}, {int(diverged.sum())} diverged, "
-          f"{int(exploded.sum())} exploded")
+    print(
+        f"trained {len(last)} networks into {fv.workdir}: best test accuracy "
+        f"{ok.test_acc.max():.4f}, median {ok.test_acc.median():.4f}, {int(diverged.sum())} diverged, "
+        f"{int(exploded.sum())} exploded"
+    )
     return 0
 
 
 def cmd_analyze(args: Sequence[str]) -> int:
     from absl import flags
+
     fv = _parse("analyze", args)
     from jaxweights import analysis
+
     if not 0 < fv.quantile <= 0.5:
         raise flags.Error(f"--quantile: {fv.quantile} must be in (0, 0.5]")
     threshold = None
@@ -204,20 +271,33 @@ def cmd_analyze(args: Sequence[str]) -> int:
         threshold = threshold[0] if len(threshold) == 1 else threshold
     if fv.multihost:
         from jaxweights import run
+
         run.init_distributed({"multihost": True})
-    out = analysis.analyze_workdir(fv.workdir, metrics=fv.metrics, block_size=fv.block_size, report=fv.report,
-                                   quantile=fv.quantile, threshold=threshold, min_accuracy=fv.min_accuracy,
-                                   include_exploded=fv.include_exploded, include_not_learned=fv.include_not_learned,
-                                   chance_margin=fv.chance_margin,
-                                   bins=fv.bins, n_permutations=fv.permutations, n_boot=fv.bootstrap,
-                                   dynamics=fv.dynamics, data_dir=fv.data_dir,
-                                   dynamics_options={"probe_size": fv.probe_size})
+    out = analysis.analyze_workdir(
+        fv.workdir,
+        metrics=fv.metrics,
+        block_size=fv.block_size,
+        report=fv.report,
+        quantile=fv.quantile,
+        threshold=threshold,
+        min_accuracy=fv.min_accuracy,
+        include_exploded=fv.include_exploded,
+        include_not_learned=fv.include_not_learned,
+        chance_margin=fv.chance_margin,
+        bins=fv.bins,
+        n_permutations=fv.permutations,
+        n_boot=fv.bootstrap,
+        dynamics=fv.dynamics,
+        data_dir=fv.data_dir,
+        dynamics_options={"probe_size": fv.probe_size},
+    )
     print(f"analysis written to {out}")
     return 0
 
 
 def cmd_analyze_params(args: Sequence[str]) -> int:
     from absl import flags
+
     argv = ["jaxweights analyze-params", *args]
     fv = _flag_values("analyze-params", argv)
     paths = fv(argv)[1:]
@@ -230,9 +310,18 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
     if not fv.out:
         raise flags.Error("--out: required")
     from jaxweights import importers
+
     stacked = {"auto": None, "yes": True, "no": False}[fv.stacked]
-    params, table = importers.analyze_files(paths, fv.out, layout=fv.layout, stacked=stacked, layers=fv.layers,
-                                            metrics=fv.metrics, block_size=fv.block_size, figures=fv.figures)
+    params, table = importers.analyze_files(
+        paths,
+        fv.out,
+        layout=fv.layout,
+        stacked=stacked,
+        layers=fv.layers,
+        metrics=fv.metrics,
+        block_size=fv.block_size,
+        figures=fv.figures,
+    )
     n = int(table.network.max()) + 1
     print(f"analysed {n} networks from {len(paths)} file(s) into {fv.out}")
     return 0
@@ -241,20 +330,25 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
 def cmd_prune(args: Sequence[str]) -> int:
     fv = _parse("prune", args)
     from jaxweights import prune
-    report = prune.prune_run(fv.workdir, layers=fv.layers, data_dir=fv.data_dir, overwrite=fv.overwrite,
-                             progress=fv.progress)
+
+    report = prune.prune_run(
+        fv.workdir, layers=fv.layers, data_dir=fv.data_dir, overwrite=fv.overwrite, progress=fv.progress
+    )
     if report.empty:
         print(f"no layer of {fv.workdir} flagged for pruning; nothing retrained")
         return 0
     ok = ~report.diverged_original & ~report.diverged_pruned
-    print(f"pruned zoo in {fv.workdir}/pruned: best test accuracy {report.test_acc_original[ok].max():.4f} -> "
-          f"{report.test_acc_pruned[ok].max():.4f}, median change {report.delta[ok].median():+.4f} "
-          f"over {int(ok.sum())} networks (prune.csv)")
+    print(
+        f"pruned zoo in {fv.workdir}/pruned: best test accuracy {report.test_acc_original[ok].max():.4f} -> "
+        f"{report.test_acc_pruned[ok].max():.4f}, median change {report.delta[ok].median():+.4f} "
+        f"over {int(ok.sum())} networks (prune.csv)"
+    )
     return 0
 
 
 def cmd_study(args: Sequence[str]) -> int:
     from absl import flags
+
     fv = _parse("study", args)
     if fv["config"].value is None:
         raise flags.Error("--config: required (a study config such as configs/studies/optimal_vs_suboptimal.py)")
@@ -262,12 +356,18 @@ def cmd_study(args: Sequence[str]) -> int:
     if fv.data_dir:
         config.data_dir = fv.data_dir
     from jaxweights import study
+
     print(f"study report written to {study.run_study(config, fv.workdir, progress=fv.progress)}")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "analyze": cmd_analyze, "analyze-params": cmd_analyze_params, "prune": cmd_prune,
-            "study": cmd_study}
+COMMANDS = {
+    "train": cmd_train,
+    "analyze": cmd_analyze,
+    "analyze-params": cmd_analyze_params,
+    "prune": cmd_prune,
+    "study": cmd_study,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,8 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"jaxweights: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname).1s %(asctime)s %(name)s] %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname).1s %(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("absl", "orbax", "jax._src", "etils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -86,7 +86,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks a config, raising `ConfigError` naming the first bad key."""
     unknown = sorted(set(config.keys()) - set(default_config().keys()))
     if unknown:
-        raise ConfigError(f"config.{unknown[0]}: not a config key; known keys are {', '.join(sorted(default_config().keys()))}")
+        raise ConfigError(
+            f"config.{unknown[0]}: not a config key; known keys are {', '.join(sorted(default_config().keys()))}"
+        )
     for key in ("num_seeds", "num_epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
         v = config[key]
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
@@ -96,21 +98,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{key}: must be an integer >= 0, got {config[key]!r}")
     mem = config.memory_limit_mb
     if isinstance(mem, bool) or not isinstance(mem, (int, float, np.integer, np.floating)) or not mem >= 0:
-        raise ConfigError(f"config.memory_limit_mb: must be a number of MiB >= 0 (0 = the device's memory), got {mem!r}")
+        raise ConfigError(
+            f"config.memory_limit_mb: must be a number of MiB >= 0 (0 = the device's memory), got {mem!r}"
+        )
     for key in ("explode_loss_factor", "explode_weight_factor"):
         v = config[key]
         if not _is_number(v) or not 1 < v < float("inf"):
-            raise ConfigError(f"config.{key}: must be a finite number > 1 (a factor at or below 1 would flag "
-                              f"healthy networks), got {v!r}")
+            raise ConfigError(
+                f"config.{key}: must be a finite number > 1 (a factor at or below 1 would flag "
+                f"healthy networks), got {v!r}"
+            )
     if not isinstance(config.multihost, (bool, np.bool_)):
         raise ConfigError(f"config.multihost: must be True or False, got {config.multihost!r}")
     if config.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"config.optimizer: unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(
+            f"config.optimizer: unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"
+        )
     if config.schedule not in SCHEDULES:
-        raise ConfigError(f"config.schedule: unknown schedule {config.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        raise ConfigError(
+            f"config.schedule: unknown schedule {config.schedule!r}; expected one of {', '.join(SCHEDULES)}"
+        )
     if config.compute_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.compute_dtype: expected 'float32' or 'bfloat16', got {config.compute_dtype!r}")
-    for key, col in DYNAMIC.items():
+    for key, _col in DYNAMIC.items():
         values = config[key]
         if isinstance(values, (int, float)):
             raise ConfigError(f"config.{key}: must be a list of values, got the single value {values!r}")

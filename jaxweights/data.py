@@ -80,11 +80,16 @@ SPECS: dict[str, DatasetSpec] = {
 }
 DATASETS = tuple(SPECS)
 _TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
-_IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+_IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned-byte images (3-D) / labels (1-D)
 _FORMATS = {k: f"{k}.npz or IDX files" for k in ("mnist", "fashion_mnist")} | {
-    "cifar10": "cifar10.npz or cifar-10-batches-py/"}
+    "cifar10": "cifar10.npz or cifar-10-batches-py/"
+}
 _DIGITS_TRAIN = 1500  # digits split: first 1500 of load_digits() train, remaining 297 test
 SUBSET_SEED = 0  # the seed of every max_train/max_test draw: all runs and analyses see the same subset
 _ROWS_PER_READ = 4096  # images read at a time while picking a subset out of an npz
@@ -124,8 +129,7 @@ def stratified_indices(labels_n: np.ndarray, n: int, *, seed: int = 0) -> np.nda
             alloc[k] = 1
             over = np.where(alloc > 1, alloc - share, -np.inf)
             alloc[int(np.argmax(over))] -= 1
-    picked = [rng.choice(np.flatnonzero(inverse == k), size=int(a), replace=False)
-              for k, a in enumerate(alloc) if a]
+    picked = [rng.choice(np.flatnonzero(inverse == k), size=int(a), replace=False) for k, a in enumerate(alloc) if a]
     out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     return rng.permutation(out).astype(np.int64)
 
@@ -177,10 +181,11 @@ def _read_idx(path: Path, ndim: int, image_hw: tuple[int, int]) -> np.ndarray:
     magic = int.from_bytes(data[:4], "big")
     if magic != _IDX_MAGIC[ndim]:
         raise DataError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{_IDX_MAGIC[ndim]:08x}")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(data) - header != math.prod(dims):  # math.prod: np.prod would wrap around in int64
-        raise DataError(f"{path}: header dims {dims} need {math.prod(dims)} bytes of data, "
-                        f"file has {len(data) - header}")
+        raise DataError(
+            f"{path}: header dims {dims} need {math.prod(dims)} bytes of data, file has {len(data) - header}"
+        )
     if ndim == 3 and dims[1:] != image_hw:
         raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {image_hw[0]}x{image_hw[1]}")
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
@@ -199,8 +204,9 @@ def _npy_header(f, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _npy_member(zf: zipfile.ZipFile, key: str, path: Path, limit: int | None,
-                rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def _npy_member(
+    zf: zipfile.ZipFile, key: str, path: Path, limit: int | None, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """Read the first `limit` rows of `key` from an npz, or (`rows` given) those rows in that order,
     streaming through the member so only the kept rows stay in memory; return them and the full
     row count."""
@@ -231,8 +237,9 @@ def _npy_rows(zf: zipfile.ZipFile, key: str, path: Path, rows: np.ndarray) -> tu
             shape, dtype = _npy_header(f, path, key)
             row_bytes = math.prod(shape[1:]) * dtype.itemsize  # math.prod: no int64 wrap-around
             if shape[0] * row_bytes > zf.getinfo(key + ".npy").file_size:  # before allocating for it
-                raise DataError(f"{path}: {key} is truncated (header shape {shape} needs more bytes than the "
-                                f"member holds)")
+                raise DataError(
+                    f"{path}: {key} is truncated (header shape {shape} needs more bytes than the member holds)"
+                )
             out = np.empty((len(rows), *shape[1:]), dtype)
             order = np.argsort(rows, kind="stable")
             sorted_rows = rows[order]
@@ -240,8 +247,9 @@ def _npy_rows(zf: zipfile.ZipFile, key: str, path: Path, rows: np.ndarray) -> tu
                 k = min(_ROWS_PER_READ, shape[0] - start)
                 buf = f.read(k * row_bytes)
                 if len(buf) != k * row_bytes:
-                    raise DataError(f"{path}: {key} is truncated (row {start + len(buf) // max(row_bytes, 1)} "
-                                    f"of {shape[0]})")
+                    raise DataError(
+                        f"{path}: {key} is truncated (row {start + len(buf) // max(row_bytes, 1)} of {shape[0]})"
+                    )
                 lo, hi = np.searchsorted(sorted_rows, [start, start + k])
                 if hi > lo:
                     block = np.frombuffer(buf, dtype).reshape((k, *shape[1:]))
@@ -291,10 +299,14 @@ def _latin1_encode(text: str, encoding: str) -> bytes:
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickler for CIFAR-10 batches that only allows what numpy arrays need."""
 
-    _ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
-                ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
-                ("_codecs", "encode"): _latin1_encode, ("__builtin__", "bytes"): bytes}
+    _ALLOWED = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+        ("_codecs", "encode"): _latin1_encode,
+        ("__builtin__", "bytes"): bytes,
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
@@ -314,8 +326,10 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: expected a dict with b'data' and b'labels'")
     x, y = d[b"data"], np.asarray(d[b"labels"])
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
-        raise DataError(f"{path}: b'data' must be uint8 (n, 3072), got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}")
+        raise DataError(
+            f"{path}: b'data' must be uint8 (n, 3072), got {type(x).__name__} "
+            f"{getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}"
+        )
     if y.shape != (len(x),) or y.dtype.kind not in "iu":
         raise DataError(f"{path}: b'labels' must be {len(x)} integers, got {y.dtype} {y.shape}")
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y  # rows are CHW -> NHWC
@@ -334,8 +348,12 @@ def _load_batches(d: Path, limits: tuple[int | None, int | None]) -> dict:
         ys.append(y)
     x_test, y_test = _read_batch(files[5])
     train = f"{d}/data_batch_*"
-    return {"x_train": (np.concatenate(xs), train), "y_train": (np.concatenate(ys), train),
-            "x_test": (x_test, str(files[5])), "y_test": (y_test, str(files[5]))}
+    return {
+        "x_train": (np.concatenate(xs), train),
+        "y_train": (np.concatenate(ys), train),
+        "x_test": (x_test, str(files[5])),
+        "y_test": (y_test, str(files[5])),
+    }
 
 
 def _search_dir(name: str, s: DatasetSpec, root: Path, limits) -> tuple[dict, str] | None:
@@ -346,14 +364,14 @@ def _search_dir(name: str, s: DatasetSpec, root: Path, limits) -> tuple[dict, st
         if npz.is_file():
             return _load_npz(npz, limits), f"{npz} (Keras npz)"
         if name in ("mnist", "fashion_mnist"):
-            paths = {k: next((p for p in (d / (b + ".gz"), d / b) if p.is_file()), None)
-                     for k, b in _IDX_FILES.items()}
+            paths = {k: next((p for p in (d / (b + ".gz"), d / b) if p.is_file()), None) for k, b in _IDX_FILES.items()}
             if any(paths.values()):
                 for k, p in paths.items():
                     if p is None:
                         raise DataError(f"{d / _IDX_FILES[k]}[.gz]: missing file (other {name} IDX files are in {d})")
-                return {k: (_read_idx(p, 3 if k[0] == "x" else 1, s.image_shape[:2]), str(p))
-                        for k, p in paths.items()}, f"{d} (IDX files)"
+                return {
+                    k: (_read_idx(p, 3 if k[0] == "x" else 1, s.image_shape[:2]), str(p)) for k, p in paths.items()
+                }, f"{d} (IDX files)"
         if name == "cifar10":
             for b in (d / "cifar-10-batches-py", d):
                 if (b / "data_batch_1").is_file():
@@ -413,13 +431,22 @@ def _finish(name: str, s: DatasetSpec, parts: dict, source: str, limits) -> Data
     if len(x) == s.num_train:  # full official split: guard against e.g. Fashion-MNIST read as MNIST
         mean = x[:10000].mean(axis=(0, 1, 2))
         if np.any(np.abs(mean - np.asarray(s.mean)) > 3.0):
-            raise DataError(f"{source}: train pixel mean {np.round(mean, 2).tolist()} does not match {name} "
-                            f"(expected {list(s.mean)}); is this a different dataset?")
+            raise DataError(
+                f"{source}: train pixel mean {np.round(mean, 2).tolist()} does not match {name} "
+                f"(expected {list(s.mean)}); is this a different dataset?"
+            )
     return Dataset(name, num_classes=s.num_classes, source=source, **out)
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, *, max_train: int | None = None,
-         max_test: int | None = None, use_tfds: bool = True, log: logging.Logger = _LOG) -> Dataset:
+def load(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    use_tfds: bool = True,
+    log: logging.Logger = _LOG,
+) -> Dataset:
     """Load a dataset from the first place that has it (see the module docstring).
 
     Args:
@@ -458,8 +485,12 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, max_train: int
         return _finish(name, s, _from_sklearn(), "sklearn.datasets.load_digits (first 1500 train, 297 test)", limits)
     if use_tfds:
         if root is None:  # offline, the download only fails after its network timeouts (minutes)
-            log.warning("%s: not found locally; reading or downloading it with tensorflow-datasets (a download "
-                        "needs internet access; give --data_dir or $%s to avoid it)", name, ENV_VAR)
+            log.warning(
+                "%s: not found locally; reading or downloading it with tensorflow-datasets (a download "
+                "needs internet access; give --data_dir or $%s to avoid it)",
+                name,
+                ENV_VAR,
+            )
         try:
             parts = _from_tfds(name, s, root, limits)
         except Exception as e:  # tfds raises many types: not found, no network, missing deps
@@ -472,6 +503,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, max_train: int
             return _finish(name, s, parts, source, limits)
     else:
         tried.append("tfds (disabled: use_tfds=False)")
-    raise DataError(f"{name}: dataset not found; looked in: {'; '.join(tried)}. Provide it with --data_dir or "
-                    f"{ENV_VAR} pointing to a folder with {name}.npz (or the IDX / CIFAR batch files), "
-                    f"or install tensorflow-datasets and allow internet access")
+    raise DataError(
+        f"{name}: dataset not found; looked in: {'; '.join(tried)}. Provide it with --data_dir or "
+        f"{ENV_VAR} pointing to a folder with {name}.npz (or the IDX / CIFAR batch files), "
+        f"or install tensorflow-datasets and allow internet access"
+    )

@@ -41,8 +41,9 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +76,7 @@ def default_chunk() -> int:
 
 # ============================== snapshots ==============================
 
+
 def snapshot_dirs(run_dir: str | Path) -> list[Path]:
     """The folders holding a run's `checkpoints/`: the run itself, or its chunks in network order.
 
@@ -98,6 +100,7 @@ def snapshot_dirs(run_dir: str | Path) -> list[Path]:
 
 def _load_dir_snapshots(run_dir: Path) -> tuple[list[int], list[dict[str, np.ndarray]]]:
     import orbax.checkpoint as ocp
+
     ckpt = rundir.Checkpoints(run_dir)
     try:
         epochs = ckpt.epochs()
@@ -139,8 +142,9 @@ def load_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.nd
         _check_same_epochs(d, e, epochs)
     if len(parts) == 1:
         return parts[0]
-    return epochs, [{k: np.concatenate([p[1][i][k] for p in parts]) for k in parts[0][1][i]}
-                    for i in range(len(epochs))]
+    return epochs, [
+        {k: np.concatenate([p[1][i][k] for p in parts]) for k in parts[0][1][i]} for i in range(len(epochs))
+    ]
 
 
 def stack_epochs(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -155,6 +159,7 @@ def kernel_layers(flat: Mapping[str, Any]) -> list[str]:
 
 
 # ============================== relative weight change ==============================
+
 
 def rwc_l1_ratio(w_prev: Array, w: Array) -> Array:
     """Relative weight change ||w − w_prev||₁ / ||w_prev||₁ of one layer (Agrawal et al. 2020, eq. 1).
@@ -196,11 +201,13 @@ def _rwc_program(kernels_ExN):
     def per_leaf(w):  # (E, N, ...)
         one = lambda a, b: (rwc_l1_ratio(a, b), *rwc_mean_elementwise(a, b))
         return jax.vmap(jax.vmap(one))(w[:-1], w[1:])  # over epoch pairs, then networks
+
     return jax.tree.map(per_leaf, kernels_ExN)
 
 
-def relative_weight_change(snapshots: Sequence[Mapping[str, Any]], epochs: Sequence[int] | None = None,
-                           layers: Sequence[str] | None = None) -> pd.DataFrame:
+def relative_weight_change(
+    snapshots: Sequence[Mapping[str, Any]], epochs: Sequence[int] | None = None, layers: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Relative weight change of every kernel layer of every network between consecutive snapshots.
 
     Args:
@@ -223,16 +230,25 @@ def relative_weight_change(snapshots: Sequence[Mapping[str, Any]], epochs: Seque
     for depth, l in enumerate(layers):
         l1, me, zeros = out[l]  # (E-1, N)
         e_, n_ = l1.shape
-        frames.append(pd.DataFrame({
-            "network": np.tile(np.arange(n_), e_), "layer": l, "depth": depth,
-            "epoch": np.repeat(np.asarray(epochs[1:]), n_),
-            "rwc_l1_ratio": l1.ravel().astype(np.float64), "rwc_mean_elementwise": me.ravel().astype(np.float64),
-            "zero_weights": zeros.ravel().astype(np.int64)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "network": np.tile(np.arange(n_), e_),
+                    "layer": l,
+                    "depth": depth,
+                    "epoch": np.repeat(np.asarray(epochs[1:]), n_),
+                    "rwc_l1_ratio": l1.ravel().astype(np.float64),
+                    "rwc_mean_elementwise": me.ravel().astype(np.float64),
+                    "zero_weights": zeros.ravel().astype(np.int64),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-def rwc_every_k_steps(run_dir: str | Path, every: int, *, epochs: Sequence[int] | None = None,
-                      data_dir: str | None = None) -> pd.DataFrame:
+def rwc_every_k_steps(
+    run_dir: str | Path, every: int, *, epochs: Sequence[int] | None = None, data_dir: str | None = None
+) -> pd.DataFrame:
     """Relative weight change `rwc_l1_ratio` every `every` steps, replayed from a run's checkpoints.
 
     Each requested epoch is retrained from the checkpoint before it with the run's own config,
@@ -253,6 +269,7 @@ def rwc_every_k_steps(run_dir: str | Path, every: int, *, epochs: Sequence[int] 
     from jaxweights import config as config_lib
     from jaxweights import run as run_lib
     from jaxweights import train as train_lib
+
     run_dir = Path(run_dir)
     if not isinstance(every, int) or every <= 0:
         raise DynamicsError(f"every: must be a positive number of steps, got {every!r}")
@@ -265,8 +282,12 @@ def rwc_every_k_steps(run_dir: str | Path, every: int, *, epochs: Sequence[int] 
     hp = train_lib.hyper_from_grid(config_lib.hyperparameter_grid(config))
     image_shape = tuple(ds.x_train.shape[1:])
     like = jax.jit(jax.vmap(lambda h: train_lib.init_network(setup, h, image_shape)))(hp)
-    fn = jax.jit(jax.vmap(lambda st, h, e, x, y: train_lib.train_epoch(setup, st, h, e, x, y, rwc_every=every),
-                          in_axes=(0, 0, None, None, None)))
+    fn = jax.jit(
+        jax.vmap(
+            lambda st, h, e, x, y: train_lib.train_epoch(setup, st, h, e, x, y, rwc_every=every),
+            in_axes=(0, 0, None, None, None),
+        )
+    )
     x_train, y_train = jax.device_put(ds.x_train), jax.device_put(ds.y_train.astype(np.int32))
     ckpt = rundir.Checkpoints(run_dir)
     try:
@@ -276,26 +297,45 @@ def rwc_every_k_steps(run_dir: str | Path, every: int, *, epochs: Sequence[int] 
         frames = []
         for e in epochs:
             if e - 1 not in have:
-                raise DynamicsError(f"epochs: no checkpoint of epoch {e - 1} in {run_dir / 'checkpoints'} to replay epoch {e} from")
+                raise DynamicsError(
+                    f"epochs: no checkpoint of epoch {e - 1} in {run_dir / 'checkpoints'} to replay epoch {e} from"
+                )
             state = ckpt.restore(e - 1, like)
             _, m = fn(state, hp, jnp.int32(e), x_train, y_train)
             for path, v in m["rwc_l1_ratio"].items():  # (N, steps)
                 v = np.asarray(v)
                 steps = np.arange(every - 1, v.shape[1], every)  # the k-step boundaries
-                frames.append(pd.DataFrame({
-                    "network": np.repeat(np.arange(v.shape[0]), len(steps)), "layer": stats.layer_of(path),
-                    "epoch": e, "step": np.tile(steps + 1, v.shape[0]),
-                    "rwc_l1_ratio": v[:, steps].ravel().astype(np.float64)}))
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "network": np.repeat(np.arange(v.shape[0]), len(steps)),
+                            "layer": stats.layer_of(path),
+                            "epoch": e,
+                            "step": np.tile(steps + 1, v.shape[0]),
+                            "rwc_l1_ratio": v[:, steps].ravel().astype(np.float64),
+                        }
+                    )
+                )
     finally:
         ckpt.close()
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["network", "layer", "epoch", "step", "rwc_l1_ratio"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["network", "layer", "epoch", "step", "rwc_l1_ratio"])
+    )
 
 
 # ============================== statistics over training ==============================
 
-def statistics_over_epochs(snapshots: Sequence[Mapping[str, Any]], epochs: Sequence[int] | None = None, *,
-                           statistics=None, per=("leaf", "layer"), node_strength: bool = True) -> pd.DataFrame:
+
+def statistics_over_epochs(
+    snapshots: Sequence[Mapping[str, Any]],
+    epochs: Sequence[int] | None = None,
+    *,
+    statistics=None,
+    per=("leaf", "layer"),
+    node_strength: bool = True,
+) -> pd.DataFrame:
     """Every weight statistic, node-strength mean and layer fluctuation at every snapshot.
 
     Args:
@@ -328,8 +368,17 @@ def statistics_over_epochs(snapshots: Sequence[Mapping[str, Any]], epochs: Seque
             for name, v in ns.items():
                 v = v.astype(np.float64)
                 for stat, x in (("node_strength_mean", v.mean(1)), ("layer_fluctuation", v.std(1))):
-                    parts.append(pd.DataFrame({"network": np.arange(len(x)), "layer": name, "statistic": stat,
-                                               "value": x, "undefined": ~np.isfinite(x)}))
+                    parts.append(
+                        pd.DataFrame(
+                            {
+                                "network": np.arange(len(x)),
+                                "layer": name,
+                                "statistic": stat,
+                                "value": x,
+                                "undefined": ~np.isfinite(x),
+                            }
+                        )
+                    )
     df = pd.concat(parts, ignore_index=True)
     df.insert(0, "epoch", np.asarray(epochs)[df.network.to_numpy() // n_nets])
     df["network"] = df.network % n_nets
@@ -337,6 +386,7 @@ def statistics_over_epochs(snapshots: Sequence[Mapping[str, Any]], epochs: Seque
 
 
 # ============================== representations ==============================
+
 
 def capture(model, params: Any, x: Array) -> dict[str, Array]:
     """Representations of one network on a batch: each top-level layer's output, flattened.
@@ -358,6 +408,7 @@ def capture(model, params: Any, x: Array) -> dict[str, Array]:
     names = [k for k in inter if k != "__call__"]
     act = getattr(model, "activation", None)
     from jaxweights.models import ACTIVATIONS
+
     out = {INPUT: x.reshape(x.shape[0], -1).astype(jnp.float32)}
     for i, name in enumerate(names):
         h = inter[name]["__call__"][0]
@@ -503,6 +554,7 @@ def cka_matrix(grams: Array, unbiased: bool = False) -> Array:
 
 # ============================== modularity ==============================
 
+
 def knn_graph(x_nxd: Array, k: int = 3) -> Array:
     """Symmetrised k-NN graph by cosine similarity (Lu et al. 2022): A = (A_dir + A_dirᵀ)/2.
 
@@ -541,8 +593,11 @@ def knn_indices(x_nxd: Array, k: int = 3) -> Array:
 
 # Why a representation's modularity (and linear probe) is NaN: `representation_status` codes.
 OK, NO_SIGNAL, NON_FINITE = 0, 1, 2
-REASONS = {OK: "", NO_SIGNAL: "no signal: every probe example has the same representation (dead or constant layer)",
-           NON_FINITE: "non-finite representation (NaN or inf activations: a blown-up network)"}
+REASONS = {
+    OK: "",
+    NO_SIGNAL: "no signal: every probe example has the same representation (dead or constant layer)",
+    NON_FINITE: "non-finite representation (NaN or inf activations: a blown-up network)",
+}
 
 
 def representation_status(x_nxd: Array) -> Array:
@@ -554,8 +609,9 @@ def representation_status(x_nxd: Array) -> Array:
     """
     x = x_nxd.astype(jnp.promote_types(x_nxd.dtype, jnp.float32))
     spread = (x.max(0) - x.min(0)).max()
-    return jnp.where(~jnp.isfinite(x).all(), NON_FINITE,
-                     jnp.where(spread <= 1e-6 * jnp.abs(x).max(), NO_SIGNAL, OK)).astype(jnp.int32)
+    return jnp.where(
+        ~jnp.isfinite(x).all(), NON_FINITE, jnp.where(spread <= 1e-6 * jnp.abs(x).max(), NO_SIGNAL, OK)
+    ).astype(jnp.int32)
 
 
 def knn_modularity(x_nxd: Array, labels_n: Array, num_classes: int, k: int = 3) -> Array:
@@ -576,12 +632,13 @@ def knn_modularity(x_nxd: Array, labels_n: Array, num_classes: int, k: int = 3) 
     n_c = jax.nn.one_hot(labels_n, num_classes, dtype=jnp.float32).sum(0)
     in_c = jax.nn.one_hot(nb.reshape(-1), num_classes, dtype=jnp.float32).sum(0)
     deg_c = (k * n_c + in_c) / 2
-    q = (within - (deg_c ** 2).sum() / two_m) / two_m
+    q = (within - (deg_c**2).sum() / two_m) / two_m
     return jnp.where(representation_status(x_nxd) == OK, q, jnp.nan)
 
 
-def modularity_curves(model, params_N: Any, x: Array, labels: Array, num_classes: int, k: int = 3,
-                      chunk: int | None = None) -> tuple[list[str], np.ndarray]:
+def modularity_curves(
+    model, params_N: Any, x: Array, labels: Array, num_classes: int, k: int = 3, chunk: int | None = None
+) -> tuple[list[str], np.ndarray]:
     """Modularity over depth of N networks: `(layers, q_NxL)`, layers `["input", ...]` in depth order."""
     reps = capture_zoo(model, params_N, x, chunk)
     f = jax.jit(jax.vmap(lambda r: knn_modularity(r, labels, num_classes, k)))
@@ -606,8 +663,10 @@ def pruning_candidates(q_L: np.ndarray, layers: Sequence[str], tol: float = 0.01
 
 # ============================== linear probes ==============================
 
-def train_probe(x_nxd: Array, y_n: Array, num_classes: int, steps: int = 300, learning_rate: float = 0.05,
-                l2: float = 1e-4) -> tuple[Array, Array, Array, Array]:
+
+def train_probe(
+    x_nxd: Array, y_n: Array, num_classes: int, steps: int = 300, learning_rate: float = 0.05, l2: float = 1e-4
+) -> tuple[Array, Array, Array, Array]:
     """Softmax-regression readout on one layer's activations, trained with optax (Adam, full batch).
 
     Features are standardised with the training set's mean and std first.
@@ -668,8 +727,10 @@ def choose_triples(labels: np.ndarray, num_planes: int, seed: int = 0, num_class
     if len(present) < 3:
         universe = range(num_classes) if num_classes else ()
         missing = [c for c in universe if c not in set(present.tolist())]
-        raise DynamicsError(f"probe labels: decision-region planes need examples of 3 different classes; the probe set "
-                            f"has only class(es) {present.tolist()}" + (f" (missing: {missing})" if missing else ""))
+        raise DynamicsError(
+            f"probe labels: decision-region planes need examples of 3 different classes; the probe set "
+            f"has only class(es) {present.tolist()}" + (f" (missing: {missing})" if missing else "")
+        )
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(num_planes):
@@ -679,6 +740,7 @@ def choose_triples(labels: np.ndarray, num_planes: int, seed: int = 0, num_class
 
 
 # ============================== a whole run ==============================
+
 
 def run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
     """The config of a run directory: `config.json` over `config.default_config()`.
@@ -700,8 +762,9 @@ def run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
     return c
 
 
-def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None = None, model: Any = None,
-               seed: int = 0):
+def probe_data(
+    run_dir: str | Path, probe_size: int = 500, data_dir: str | None = None, model: Any = None, seed: int = 0
+):
     """The model and standardised probe data of a run: `(setup, x_probe, y_probe, x_eval, y_eval)`.
 
     The probe set is a seeded class-stratified draw of `probe_size` images from the whole test split
@@ -713,11 +776,14 @@ def probe_data(run_dir: str | Path, probe_size: int = 500, data_dir: str | None 
     """
     from jaxweights import run as run_lib
     from jaxweights import train as train_lib
+
     run_dir = Path(run_dir)
     config = run_config(run_dir)
     if config.model.get("name") == "custom" and model is None:
-        raise DynamicsError(f"{run_dir}: trained with your own module {config.model.get('module', '')}; pass it as "
-                            "model= (write_dynamics, analyze_workdir) to capture its representations")
+        raise DynamicsError(
+            f"{run_dir}: trained with your own module {config.model.get('module', '')}; pass it as "
+            "model= (write_dynamics, analyze_workdir) to capture its representations"
+        )
     with config.unlocked():
         if data_dir:
             config.data_dir = str(data_dir)
@@ -752,16 +818,31 @@ def network_masks(num_networks: int, optimal_N=None, exclude_N=None) -> tuple[np
     for name, m, default in (("optimal_N", optimal_N, True), ("exclude_N", exclude_N, False)):
         m = np.full(num_networks, default) if m is None else np.asarray(m)
         if m.shape != (num_networks,) or m.dtype != bool:
-            raise DynamicsError(f"{name}: a boolean mask of the {num_networks} networks is needed, got "
-                                f"dtype {m.dtype}, shape {m.shape}")
+            raise DynamicsError(
+                f"{name}: a boolean mask of the {num_networks} networks is needed, got dtype {m.dtype}, shape {m.shape}"
+            )
         out.append(m)
     return out[0] & ~out[1], out[1]
 
 
-def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, y_eval, *, k: int = 3,
-                            cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4,
-                            resolution: int = 16, chunk: int | None = None, memory_mb: int = 1024,
-                            exclude_N: np.ndarray | None = None):
+def representation_dynamics(
+    setup,
+    snapshots,
+    epochs,
+    x_probe,
+    y_probe,
+    x_eval,
+    y_eval,
+    *,
+    k: int = 3,
+    cka_batch: int = 100,
+    probe_steps: int = 300,
+    num_planes: int = 4,
+    resolution: int = 16,
+    chunk: int | None = None,
+    memory_mb: int = 1024,
+    exclude_N: np.ndarray | None = None,
+):
     """CKA, probes and modularity of every network, layer and snapshot.
 
     Networks are processed in blocks whose activations (all layers, all epochs) fit in
@@ -789,9 +870,21 @@ def representation_dynamics(setup, snapshots, epochs, x_probe, y_probe, x_eval, 
       `network, epoch, layer, depth, probe_acc, probe_train_acc, region_agreement_prev,
       region_agreement_final`, `regions` `(N, L, E, E)` decision-region agreement.
     """
-    with RepresentationDynamics(setup, epochs, x_probe, y_probe, x_eval, y_eval, k=k, cka_batch=cka_batch,
-                                probe_steps=probe_steps, num_planes=num_planes, resolution=resolution, chunk=chunk,
-                                memory_mb=memory_mb) as acc:
+    with RepresentationDynamics(
+        setup,
+        epochs,
+        x_probe,
+        y_probe,
+        x_eval,
+        y_eval,
+        k=k,
+        cka_batch=cka_batch,
+        probe_steps=probe_steps,
+        num_planes=num_planes,
+        resolution=resolution,
+        chunk=chunk,
+        memory_mb=memory_mb,
+    ) as acc:
         acc.add(snapshots)
         return acc.finish(exclude_N)
 
@@ -807,18 +900,38 @@ class RepresentationDynamics:
     Use as a context manager (the temporary folder is removed on exit).
     """
 
-    def __init__(self, setup, epochs, x_probe, y_probe, x_eval, y_eval, *, k: int = 3, cka_batch: int = 100,
-                 probe_steps: int = 300, num_planes: int = 4, resolution: int = 16, chunk: int | None = None,
-                 memory_mb: int = 1024, seed: int = 0):
+    def __init__(
+        self,
+        setup,
+        epochs,
+        x_probe,
+        y_probe,
+        x_eval,
+        y_eval,
+        *,
+        k: int = 3,
+        cka_batch: int = 100,
+        probe_steps: int = 300,
+        num_planes: int = 4,
+        resolution: int = 16,
+        chunk: int | None = None,
+        memory_mb: int = 1024,
+        seed: int = 0,
+    ):
         import tempfile
+
         self.model, self.c = setup.model, setup.num_classes
         self.epochs = list(epochs)
         self.chunk = chunk or default_chunk()
         self.memory = int(memory_mb) << 20
         labels = np.asarray(y_probe)
         xp_np = np.asarray(x_probe)
-        planes = jnp.concatenate([plane_points(*(jnp.asarray(xp_np[i]) for i in t), resolution=resolution)
-                                  for t in choose_triples(labels, num_planes, seed, self.c)])
+        planes = jnp.concatenate(
+            [
+                plane_points(*(jnp.asarray(xp_np[i]) for i in t), resolution=resolution)
+                for t in choose_triples(labels, num_planes, seed, self.c)
+            ]
+        )
         self.batch = jnp.concatenate([x_probe, x_eval, planes])
         self.n, self.ne = n, ne = x_probe.shape[0], x_eval.shape[0]
         self.bs = bs = n // max(n // cka_batch, 1)
@@ -835,9 +948,11 @@ class RepresentationDynamics:
             probe = train_probe(r[:n], y_probe, c, probe_steps)
             ok = jnp.isfinite(r).all()  # NaN/inf activations: NaN readings, not argmax-of-NaN accuracies
             nan_if_bad = lambda a: jnp.where(ok, a, jnp.nan)
-            return (nan_if_bad((probe_predict(probe, r[:n]) == y_probe).mean()),
-                    nan_if_bad((probe_predict(probe, r[n:n + ne]) == y_eval).mean()),
-                    jnp.where(ok, probe_predict(probe, r[n + ne:]), -1))
+            return (
+                nan_if_bad((probe_predict(probe, r[:n]) == y_probe).mean()),
+                nan_if_bad((probe_predict(probe, r[n : n + ne]) == y_eval).mean()),
+                jnp.where(ok, probe_predict(probe, r[n + ne :]), -1),
+            )
 
         def layers_one(xs):  # one network's final representations of every layer
             out = []
@@ -849,8 +964,10 @@ class RepresentationDynamics:
 
         self._dyn = jax.jit(lambda r: jax.lax.map(per_network, r, batch_size=chunk))
         self._probe = jax.jit(lambda r: jax.lax.map(probe_one, r, batch_size=chunk))
-        self._forms = jax.jit(lambda x, unbiased: jax.lax.map(lambda a: _cka_forms(a, unbiased, bs), x,
-                                                              batch_size=chunk), static_argnums=1)
+        self._forms = jax.jit(
+            lambda x, unbiased: jax.lax.map(lambda a: _cka_forms(a, unbiased, bs), x, batch_size=chunk),
+            static_argnums=1,
+        )
         self._layers = jax.jit(lambda xs: jax.lax.map(layers_one, xs, batch_size=chunk))
         self._tmp = tempfile.TemporaryDirectory(prefix="jaxweights-cka-")
         self.names: list[str] | None = None
@@ -870,9 +987,14 @@ class RepresentationDynamics:
         shapes = jax.eval_shape(lambda p: capture(self.model, p, self.batch), one)
         per_net = sum(int(np.prod(s.shape)) * 4 for s in shapes.values()) * len(snapshots) * 2  # + one stacked copy
         if per_net > self.memory:
-            log.warning("representations: one network's activations (all layers, %d snapshots, %d images) take "
-                        "%.0f MiB, more than memory_mb=%d; processing one network at a time", len(snapshots),
-                        self.batch.shape[0], per_net / 2**20, self.memory >> 20)
+            log.warning(
+                "representations: one network's activations (all layers, %d snapshots, %d images) take "
+                "%.0f MiB, more than memory_mb=%d; processing one network at a time",
+                len(snapshots),
+                self.batch.shape[0],
+                per_net / 2**20,
+                self.memory >> 20,
+            )
         return max(1, min(self.memory // per_net, next(iter(snapshots[0].values())).shape[0]))
 
     def add(self, snapshots: Sequence[Mapping[str, Any]]) -> None:
@@ -884,7 +1006,7 @@ class RepresentationDynamics:
         if b < total:
             log.info("representations: %d networks in blocks of %d (memory_mb=%d)", total, b, self.memory >> 20)
         for s in range(0, total, b):
-            self._add_block([{p: v[s:s + b] for p, v in snap.items()} for snap in snapshots])
+            self._add_block([{p: v[s : s + b] for p, v in snap.items()} for snap in snapshots])
 
     def _add_block(self, snapshots) -> None:
         n, ne = self.n, self.ne
@@ -923,9 +1045,19 @@ class RepresentationDynamics:
         regions = (preds[:, :, :, None, :] == preds[:, :, None, :, :]).mean(-1)  # (N, L, E, E)
         bad = (preds < 0).any(-1)  # (N, L, E): a probe of non-finite activations
         regions[bad[:, :, :, None] | bad[:, :, None, :]] = np.nan
-        self.parts.append(dict(mod=mod, status=status, probe_acc=probe_acc, probe_train=probe_train, regions=regions,
-                               linear_epochs=lin_epochs, unbiased_epochs=unb_epochs,
-                               linear_layers=lin_layers, unbiased_layers=unb_layers))
+        self.parts.append(
+            dict(
+                mod=mod,
+                status=status,
+                probe_acc=probe_acc,
+                probe_train=probe_train,
+                regions=regions,
+                linear_epochs=lin_epochs,
+                unbiased_epochs=unb_epochs,
+                linear_layers=lin_layers,
+                unbiased_layers=unb_layers,
+            )
+        )
         self.form_files.append((N, files))
         self.num_networks += N
 
@@ -940,7 +1072,7 @@ class RepresentationDynamics:
             for nj, fj in self.form_files:
                 right = np.load(fj[li, unbiased][1], mmap_mode="r")
                 with np.errstate(invalid="ignore", over="ignore"):  # blown-up networks: NaN, as in JAX
-                    h[oi:oi + ni, oj:oj + nj] = np.asarray(left, np.float64) @ np.asarray(right, np.float64).T
+                    h[oi : oi + ni, oj : oj + nj] = np.asarray(left, np.float64) @ np.asarray(right, np.float64).T
                 oj += nj
             oi += ni
         d = np.diagonal(h)
@@ -961,27 +1093,40 @@ class RepresentationDynamics:
         cat = {key: np.concatenate([p[key] for p in self.parts]) for key in self.parts[0]}
         names, epochs = self.names, self.epochs
         N, L, E = self.num_networks, len(names), len(epochs)
-        cka = {"layers": np.asarray(names), "epochs": np.asarray(epochs),
-               "linear_layers": cat["linear_layers"], "unbiased_layers": cat["unbiased_layers"],
-               "linear_epochs": cat["linear_epochs"], "unbiased_epochs": cat["unbiased_epochs"],
-               "linear_networks": np.stack([self._networks_cka(li, False) for li in range(L)]),
-               "unbiased_networks": np.stack([self._networks_cka(li, True) for li in range(L)])}
+        cka = {
+            "layers": np.asarray(names),
+            "epochs": np.asarray(epochs),
+            "linear_layers": cat["linear_layers"],
+            "unbiased_layers": cat["unbiased_layers"],
+            "linear_epochs": cat["linear_epochs"],
+            "unbiased_epochs": cat["unbiased_epochs"],
+            "linear_networks": np.stack([self._networks_cka(li, False) for li in range(L)]),
+            "unbiased_networks": np.stack([self._networks_cka(li, True) for li in range(L)]),
+        }
         bad = exclude_N | (cat["status"][:, -1] == NON_FINITE).any(1)
         for key in ("linear_networks", "unbiased_networks"):
             cka[key][:, bad, :] = np.nan
             cka[key][:, :, bad] = np.nan
         regions = cat["regions"]
         grid = pd.MultiIndex.from_product([range(N), epochs, range(L)], names=["network", "epoch", "depth"]).to_frame(
-            index=False)
+            index=False
+        )
         grid.insert(2, "layer", np.asarray(names)[grid.depth.to_numpy()])
         codes = cat["status"].reshape(-1)
         mod_df = grid.assign(modularity=cat["mod"].reshape(-1), reason=[REASONS[c] for c in codes])
         for code in (NO_SIGNAL, NON_FINITE):
             hit = mod_df[codes == code]
             if len(hit):
-                log.warning("modularity NaN for %d of %d (network, epoch, layer) representations, %s; e.g. network "
-                            "%d, epoch %d, layer %s", len(hit), len(mod_df), REASONS[code], hit.network.iloc[0],
-                            hit.epoch.iloc[0], hit.layer.iloc[0])
+                log.warning(
+                    "modularity NaN for %d of %d (network, epoch, layer) representations, %s; e.g. network "
+                    "%d, epoch %d, layer %s",
+                    len(hit),
+                    len(mod_df),
+                    REASONS[code],
+                    hit.network.iloc[0],
+                    hit.epoch.iloc[0],
+                    hit.layer.iloc[0],
+                )
         pr = grid.assign(probe_acc=cat["probe_acc"].reshape(-1), probe_train_acc=cat["probe_train"].reshape(-1))
         prev = np.full((N, E, L), np.nan)
         if E > 1:
@@ -992,11 +1137,27 @@ class RepresentationDynamics:
         return cka, mod_df, pr, regions
 
 
-def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.ndarray | None = None,
-                   exclude_N: np.ndarray | None = None, optimal_rule: str | None = None, probe_size: int = 500,
-                   k: int = 3, cka_batch: int = 100, probe_steps: int = 300, num_planes: int = 4,
-                   resolution: int = 16, tol: float = 0.01, data_dir: str | None = None, figures: bool = True,
-                   chunk: int | None = None, memory_mb: int = 1024, model: Any = None, seed: int = 0) -> Path:
+def write_dynamics(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    optimal_N: np.ndarray | None = None,
+    exclude_N: np.ndarray | None = None,
+    optimal_rule: str | None = None,
+    probe_size: int = 500,
+    k: int = 3,
+    cka_batch: int = 100,
+    probe_steps: int = 300,
+    num_planes: int = 4,
+    resolution: int = 16,
+    tol: float = 0.01,
+    data_dir: str | None = None,
+    figures: bool = True,
+    chunk: int | None = None,
+    memory_mb: int = 1024,
+    model: Any = None,
+    seed: int = 0,
+) -> Path:
     """Computes the learning dynamics of a run directory and writes them into `out_dir`.
 
     Files written (a run with static groups is handled per group, in `out_dir/groups/<NN>/`):
@@ -1049,17 +1210,35 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "config.json").exists():
         raise DynamicsError(f"{run_dir}: no config.json (is this a `jaxweights train` run directory?)")
-    groups = sorted(p for p in (run_dir / "groups").glob("*") if (p / "config.json").exists()) \
-        if (run_dir / "groups").is_dir() else []
+    groups = (
+        sorted(p for p in (run_dir / "groups").glob("*") if (p / "config.json").exists())
+        if (run_dir / "groups").is_dir()
+        else []
+    )
     if groups and not (run_dir / "checkpoints").is_dir():
         if optimal_N is not None or exclude_N is not None:
-            raise DynamicsError(f"{run_dir}: a run with static groups; pass optimal_N/exclude_N per group, "
-                                f"calling write_dynamics on {run_dir}/groups/NN")
+            raise DynamicsError(
+                f"{run_dir}: a run with static groups; pass optimal_N/exclude_N per group, "
+                f"calling write_dynamics on {run_dir}/groups/NN"
+            )
         for g in groups:
-            write_dynamics(g, out_dir / "groups" / g.name, probe_size=probe_size, k=k, cka_batch=cka_batch,
-                           probe_steps=probe_steps, num_planes=num_planes, resolution=resolution, tol=tol,
-                           data_dir=data_dir, figures=figures, chunk=chunk, memory_mb=memory_mb, model=model,
-                           seed=seed)
+            write_dynamics(
+                g,
+                out_dir / "groups" / g.name,
+                probe_size=probe_size,
+                k=k,
+                cka_batch=cka_batch,
+                probe_steps=probe_steps,
+                num_planes=num_planes,
+                resolution=resolution,
+                tol=tol,
+                data_dir=data_dir,
+                figures=figures,
+                chunk=chunk,
+                memory_mb=memory_mb,
+                model=model,
+                seed=seed,
+            )
         return out_dir
     dirs = snapshot_dirs(run_dir)
     given = optimal_N is not None
@@ -1072,13 +1251,30 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
         for d in dirs:  # one chunk's snapshots in memory at a time
             e, snaps = _load_dir_snapshots(d)
             if len(snaps) < 2:
-                raise DynamicsError(f"{d}: only {len(snaps)} checkpoint(s); learning dynamics need per-epoch "
-                                    "snapshots (train with checkpoint_every=1, keep_checkpoints=0)")
+                raise DynamicsError(
+                    f"{d}: only {len(snaps)} checkpoint(s); learning dynamics need per-epoch "
+                    "snapshots (train with checkpoint_every=1, keep_checkpoints=0)"
+                )
             if epochs is None:
                 epochs = e
-                acc = stack.enter_context(RepresentationDynamics(
-                    setup, epochs, xp, yp, xe, ye, k=k, cka_batch=cka_batch, probe_steps=probe_steps,
-                    num_planes=num_planes, resolution=resolution, chunk=chunk, memory_mb=memory_mb, seed=seed))
+                acc = stack.enter_context(
+                    RepresentationDynamics(
+                        setup,
+                        epochs,
+                        xp,
+                        yp,
+                        xe,
+                        ye,
+                        k=k,
+                        cka_batch=cka_batch,
+                        probe_steps=probe_steps,
+                        num_planes=num_planes,
+                        resolution=resolution,
+                        chunk=chunk,
+                        memory_mb=memory_mb,
+                        seed=seed,
+                    )
+                )
             _check_same_epochs(d, e, epochs)
             rwc_parts.append(relative_weight_change(snaps, epochs).assign(network=lambda t: t.network + offset))
             stat_parts.append(statistics_over_epochs(snaps, epochs).assign(network=lambda t: t.network + offset))
@@ -1087,10 +1283,14 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
             del snaps
         optimal_N, exclude_N = network_masks(acc.num_networks, optimal_N, exclude_N)
         cka, mod, probes, regions = acc.finish(exclude_N)
-    rundir.write_csv(out_dir / "rwc.csv", pd.concat(rwc_parts).sort_values(
-        ["depth", "epoch", "network"], kind="stable").reset_index(drop=True))
-    rundir.write_csv(out_dir / "stats_over_epochs.csv", pd.concat(stat_parts).sort_values(
-        ["epoch", "network"], kind="stable").reset_index(drop=True))
+    rundir.write_csv(
+        out_dir / "rwc.csv",
+        pd.concat(rwc_parts).sort_values(["depth", "epoch", "network"], kind="stable").reset_index(drop=True),
+    )
+    rundir.write_csv(
+        out_dir / "stats_over_epochs.csv",
+        pd.concat(stat_parts).sort_values(["epoch", "network"], kind="stable").reset_index(drop=True),
+    )
     layers = list(cka["layers"])
     last = mod[mod.epoch == epochs[-1]]
     curves = last.pivot(index="network", columns="depth", values="modularity").to_numpy()
@@ -1101,18 +1301,40 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN layer (no signal anywhere): NaN, as it should
         mean_curve = np.nanmean(curves[optimal_N], 0) if optimal_N.any() else np.full(len(layers), np.nan)
-    rundir.write_json(out_dir / "pruning.json", {
-        "layers": pruning_candidates(mean_curve, layers, tol), "tol": tol, "depth_names": layers,
-        "curve": [float(v) for v in mean_curve], "networks": np.flatnonzero(optimal_N).tolist(),
-        "optimal_rule": rule})
+    rundir.write_json(
+        out_dir / "pruning.json",
+        {
+            "layers": pruning_candidates(mean_curve, layers, tol),
+            "tol": tol,
+            "depth_names": layers,
+            "curve": [float(v) for v in mean_curve],
+            "networks": np.flatnonzero(optimal_N).tolist(),
+            "optimal_rule": rule,
+        },
+    )
     _write_npz(out_dir / "cka.npz", cka)
-    _write_npz(out_dir / "probe_regions.npz", {"agreement": regions, "layers": np.asarray(layers),
-                                               "epochs": np.asarray(epochs)})
+    _write_npz(
+        out_dir / "probe_regions.npz",
+        {"agreement": regions, "layers": np.asarray(layers), "epochs": np.asarray(epochs)},
+    )
     rundir.write_csv(out_dir / "probes.csv", probes)
     from jaxweights.report import _finite  # strict JSON: NaN -> null
-    rundir.write_json(out_dir / "dynamics.json", _finite(summarize(
-        pd.read_csv(out_dir / "rwc.csv"), mod, probes, cka, optimal_N, pruning_candidates(mean_curve, layers, tol),
-        exclude_N=exclude_N, optimal_rule=rule)))
+
+    rundir.write_json(
+        out_dir / "dynamics.json",
+        _finite(
+            summarize(
+                pd.read_csv(out_dir / "rwc.csv"),
+                mod,
+                probes,
+                cka,
+                optimal_N,
+                pruning_candidates(mean_curve, layers, tol),
+                exclude_N=exclude_N,
+                optimal_rule=rule,
+            )
+        ),
+    )
     if figures:
         write_figures(out_dir, optimal_N, exclude_N)
     return out_dir
@@ -1121,14 +1343,23 @@ def write_dynamics(run_dir: str | Path, out_dir: str | Path, *, optimal_N: np.nd
 def _spearman(x, y) -> float:
     """`claims.spearman`'s ρ over the pairs where both values are finite."""
     from jaxweights import claims
+
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
     return claims.spearman(x[ok], y[ok])[0]
 
 
-def summarize(rwc: pd.DataFrame, mod: pd.DataFrame, probes: pd.DataFrame, cka: Mapping[str, np.ndarray],
-              optimal_N: np.ndarray, candidates: Sequence[str], *, exclude_N: np.ndarray | None = None,
-              optimal_rule: str = "given by the caller") -> dict:
+def summarize(
+    rwc: pd.DataFrame,
+    mod: pd.DataFrame,
+    probes: pd.DataFrame,
+    cka: Mapping[str, np.ndarray],
+    optimal_N: np.ndarray,
+    candidates: Sequence[str],
+    *,
+    exclude_N: np.ndarray | None = None,
+    optimal_rule: str = "given by the caller",
+) -> dict:
     """The answers the report gives about a zoo's dynamics (`dynamics.json`), over its optimal networks.
 
     Args:
@@ -1155,42 +1386,83 @@ def summarize(rwc: pd.DataFrame, mod: pd.DataFrame, probes: pd.DataFrame, cka: M
     per = rwc[rwc.network.isin(g)].groupby(keys).rwc_l1_ratio.median().reindex(every).unstack("epoch")
     per = per.reset_index().sort_values("depth")
     e_first, e_last = per.columns[2], per.columns[-1]
-    rwc_rows = [{"layer": row.layer, "depth": int(row.depth), "first_epoch": float(row[e_first]),
-                 "last_epoch": float(row[e_last])} for _, row in per.iterrows()]
+    rwc_rows = [
+        {
+            "layer": row.layer,
+            "depth": int(row.depth),
+            "first_epoch": float(row[e_first]),
+            "last_epoch": float(row[e_last]),
+        }
+        for _, row in per.iterrows()
+    ]
     rho_first, rho_last = _spearman(per.depth, per[e_first]), _spearman(per.depth, per[e_last])
     final = mod[mod.epoch == epochs[-1]]
-    curve = final[final.network.isin(g)].groupby(["depth", "layer"]).modularity.mean().reindex(
-        final.groupby(["depth", "layer"]).modularity.mean().index).reset_index().sort_values("depth")
+    curve = (
+        final[final.network.isin(g)]
+        .groupby(["depth", "layer"])
+        .modularity.mean()
+        .reindex(final.groupby(["depth", "layer"]).modularity.mean().index)
+        .reset_index()
+        .sort_values("depth")
+    )
     rho_mod = _spearman(curve.depth, curve.modularity)
     idx = np.flatnonzero(good)
     nanmean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # no empty-slice warning
     cka_rows = []
     for li, l in enumerate(layers):
         m = cka["linear_networks"][li][np.ix_(idx, idx)]
-        cka_rows.append({"layer": l, "depth": li, "across_networks": nanmean(m[~np.eye(len(idx), dtype=bool)]),
-                         "first_vs_last_epoch": nanmean(cka["linear_epochs"][idx, li, 0, -1])})
+        cka_rows.append(
+            {
+                "layer": l,
+                "depth": li,
+                "across_networks": nanmean(m[~np.eye(len(idx), dtype=bool)]),
+                "first_vs_last_epoch": nanmean(cka["linear_epochs"][idx, li, 0, -1]),
+            }
+        )
     pr = probes[(probes.epoch == epochs[-1]) & probes.network.isin(g)]
-    probe_rows = [{"layer": l, "depth": int(d), "probe_acc": float(v.probe_acc.mean()),
-                   "region_agreement_prev": float(v.region_agreement_prev.mean())}
-                  for (d, l), v in pr.groupby(["depth", "layer"])]
+    probe_rows = [
+        {
+            "layer": l,
+            "depth": int(d),
+            "probe_acc": float(v.probe_acc.mean()),
+            "region_agreement_prev": float(v.region_agreement_prev.mean()),
+        }
+        for (d, l), v in pr.groupby(["depth", "layer"])
+    ]
     return {
-        "n_networks": int(len(good)), "n_optimal": int(good.sum()), "n_excluded": int(exclude_N.sum()),
-        "excluded": np.flatnonzero(exclude_N).tolist(), "optimal_rule": optimal_rule, "epochs": epochs,
-        "rwc": {"definition": "rwc_l1_ratio = ||w_t - w_{t-1}||_1 / ||w_{t-1}||_1, median of the optimal networks",
-                "first_epoch": int(e_first), "last_epoch": int(e_last), "per_layer": rwc_rows,
-                "rho_depth_first": rho_first, "rho_depth_last": rho_last,
-                "later_layers_change_more": bool(rho_first > 0 and rho_last > 0)},
-        "modularity": {"per_layer": [{"layer": row.layer, "depth": int(row.depth), "modularity": float(row.modularity)}
-                                     for row in curve.itertuples()],
-                       "rho_depth": rho_mod, "modularity_rises_with_depth": bool(rho_mod > 0),
-                       "pruning_candidates": list(candidates)},
-        "cka": {"per_layer": cka_rows}, "probes": {"per_layer": probe_rows},
+        "n_networks": int(len(good)),
+        "n_optimal": int(good.sum()),
+        "n_excluded": int(exclude_N.sum()),
+        "excluded": np.flatnonzero(exclude_N).tolist(),
+        "optimal_rule": optimal_rule,
+        "epochs": epochs,
+        "rwc": {
+            "definition": "rwc_l1_ratio = ||w_t - w_{t-1}||_1 / ||w_{t-1}||_1, median of the optimal networks",
+            "first_epoch": int(e_first),
+            "last_epoch": int(e_last),
+            "per_layer": rwc_rows,
+            "rho_depth_first": rho_first,
+            "rho_depth_last": rho_last,
+            "later_layers_change_more": bool(rho_first > 0 and rho_last > 0),
+        },
+        "modularity": {
+            "per_layer": [
+                {"layer": row.layer, "depth": int(row.depth), "modularity": float(row.modularity)}
+                for row in curve.itertuples()
+            ],
+            "rho_depth": rho_mod,
+            "modularity_rises_with_depth": bool(rho_mod > 0),
+            "pruning_candidates": list(candidates),
+        },
+        "cka": {"per_layer": cka_rows},
+        "probes": {"per_layer": probe_rows},
     }
 
 
 def report_sections(out_dir: str | Path, prefix: str = "") -> list:
     """Report sections (`jaxweights.report.Section`) for the dynamics written by `write_dynamics` to `out_dir`."""
     from jaxweights import report
+
     out_dir = Path(out_dir)
     s = rundir.read_config(out_dir / "dynamics.json")
     fig = lambda name: [p for p in sorted((out_dir / "figures").glob(name)) if p.suffix == ".png"]
@@ -1198,10 +1470,16 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
     r, m = s["rwc"], s["modularity"]
     yes = lambda b: "yes" if b else "no"
     ex = s.get("excluded", [])
-    head = (f"<p>Over the {s['n_optimal']} optimal of {s['n_networks']} networks ({report.esc(s['optimal_rule'])}); "
-            + (f"{len(ex)} excluded (left out of the study: network{'s' if len(ex) > 1 else ''} "
-               f"{', '.join(map(str, ex))}), left out of every summary and figure; " if ex else "")
-            + f"snapshots at epochs {', '.join(map(str, s['epochs']))}.</p>")
+    head = (
+        f"<p>Over the {s['n_optimal']} optimal of {s['n_networks']} networks ({report.esc(s['optimal_rule'])}); "
+        + (
+            f"{len(ex)} excluded (left out of the study: network{'s' if len(ex) > 1 else ''} "
+            f"{', '.join(map(str, ex))}), left out of every summary and figure; "
+            if ex
+            else ""
+        )
+        + f"snapshots at epochs {', '.join(map(str, s['epochs']))}.</p>"
+    )
     return [
         report.Section(
             p + "Learning dynamics: how much does each layer move?",
@@ -1210,19 +1488,26 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
             f"at epoch {r['first_epoch']}, {report.fmt(r['rho_depth_last'])} at epoch {r['last_epoch']}). "
             "Both definitions per network, layer and epoch are in <code>rwc.csv</code>.</p>"
             + report.table(pd.DataFrame(r["per_layer"]), ["layer", "first_epoch", "last_epoch"]),
-            fig("rwc.png") + fig("stats_over_epochs.png")),
+            fig("rwc.png") + fig("stats_over_epochs.png"),
+        ),
         report.Section(
             p + "Representations: CKA and linear probes",
             "<p>Linear CKA of each layer between optimal networks at the last epoch (how alike are seeds and "
             "hyperparameters?) and between the first and last snapshot of the same network (how far has the "
             "layer moved?); linear-probe accuracy on held-out images and decision-region agreement with the "
             "previous epoch. Every matrix is in <code>cka.npz</code>, every probe in <code>probes.csv</code>.</p>"
-            + report.table(pd.DataFrame(s["cka"]["per_layer"]).merge(
-                pd.DataFrame(s["probes"]["per_layer"], columns=["layer", "depth", "probe_acc",
-                                                                "region_agreement_prev"]),
-                on=["layer", "depth"], how="left"),
-                ["layer", "across_networks", "first_vs_last_epoch", "probe_acc", "region_agreement_prev"]),
-            fig("cka_network*.png")),
+            + report.table(
+                pd.DataFrame(s["cka"]["per_layer"]).merge(
+                    pd.DataFrame(
+                        s["probes"]["per_layer"], columns=["layer", "depth", "probe_acc", "region_agreement_prev"]
+                    ),
+                    on=["layer", "depth"],
+                    how="left",
+                ),
+                ["layer", "across_networks", "first_vs_last_epoch", "probe_acc", "region_agreement_prev"],
+            ),
+            fig("cka_network*.png"),
+        ),
         report.Section(
             p + "Modularity over depth and pruning candidates (Lu et al. 2022)",
             f"<p>Does modularity rise with depth? {yes(m['modularity_rises_with_depth'])} (Spearman ρ "
@@ -1230,7 +1515,8 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
             f"{report.esc(', '.join(m['pruning_candidates']) or 'none')} "
             "(<code>jaxweights prune</code> removes them and retrains, to check what they were worth).</p>"
             + report.table(pd.DataFrame(m["per_layer"]), ["layer", "modularity"]),
-            fig("modularity_depth.png")),
+            fig("modularity_depth.png"),
+        ),
     ]
 
 
@@ -1241,6 +1527,7 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 # ============================== figures ==============================
+
 
 def _savefig(fig, path: Path) -> None:
     buf = io.BytesIO()
@@ -1258,9 +1545,13 @@ def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str 
       The plotted table `group, layer, epoch, median, q25, q75`.
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+
     df = rwc.assign(group=np.where(np.asarray(good)[rwc.network.to_numpy()], "optimal", "others"))
-    agg = df.groupby(["group", "layer", "depth", "epoch"])[column].agg(
-        median="median", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75)).reset_index()
+    agg = (
+        df.groupby(["group", "layer", "depth", "epoch"])[column]
+        .agg(median="median", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75))
+        .reset_index()
+    )
     layers = agg.sort_values("depth").layer.unique()
     fig = Figure(figsize=(10, 3.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
@@ -1269,7 +1560,9 @@ def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str 
             d = agg[(agg.group == grp) & (agg.layer == l)]
             ax.plot(d.epoch, d["median"], marker="o", label=l)
             ax.fill_between(d.epoch, d.q25, d.q75, alpha=0.2)
-        ax.set(title="optimal networks" if grp == "optimal" else "other analysed networks", xlabel="epoch", yscale="log")
+        ax.set(
+            title="optimal networks" if grp == "optimal" else "other analysed networks", xlabel="epoch", yscale="log"
+        )
     axes[0].set_ylabel(column)
     axes[0].legend(fontsize=8)
     path = Path(path)
@@ -1281,6 +1574,7 @@ def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str 
 def plot_cka(cka: Mapping[str, np.ndarray], network: int, path: str | Path, kind: str = "linear") -> None:
     """CKA heatmaps of one network: layer × layer (last epoch) and epoch × epoch per layer (PNG + CSV)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+
     layers, epochs = list(cka["layers"]), list(cka["epochs"])
     ll, ee = cka[f"{kind}_layers"][network], cka[f"{kind}_epochs"][network]
     fig = Figure(figsize=(3.2 * (1 + len(layers)), 3), layout="constrained")
@@ -1296,16 +1590,22 @@ def plot_cka(cka: Mapping[str, np.ndarray], network: int, path: str | Path, kind
         ax.set_yticklabels(epochs, fontsize=7)
     path = Path(path)
     _savefig(fig, path)
-    rows = [{"layer_a": a, "layer_b": b, "cka": float(ll[i, j])} for i, a in enumerate(layers)
-            for j, b in enumerate(layers)]
-    rows += [{"layer_a": l, "layer_b": l, "epoch_a": ea, "epoch_b": eb, "cka": float(ee[li, i, j])}
-             for li, l in enumerate(layers) for i, ea in enumerate(epochs) for j, eb in enumerate(epochs)]
+    rows = [
+        {"layer_a": a, "layer_b": b, "cka": float(ll[i, j])} for i, a in enumerate(layers) for j, b in enumerate(layers)
+    ]
+    rows += [
+        {"layer_a": l, "layer_b": l, "epoch_a": ea, "epoch_b": eb, "cka": float(ee[li, i, j])}
+        for li, l in enumerate(layers)
+        for i, ea in enumerate(epochs)
+        for j, eb in enumerate(epochs)
+    ]
     rundir.write_csv(path.with_suffix(".csv"), pd.DataFrame(rows))
 
 
 def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd.DataFrame:
     """Modularity against depth at the last epoch for every network, optimal ones highlighted (PNG + CSV)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+
     last = mod[mod.epoch == mod.epoch.max()]
     fig = Figure(figsize=(5, 3.5), layout="constrained")
     ax = fig.subplots()
@@ -1322,10 +1622,15 @@ def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd
     return last
 
 
-def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
-                           statistics: Sequence[str] = ("mean", "std", "layer_fluctuation")) -> pd.DataFrame:
+def plot_stats_over_epochs(
+    st: pd.DataFrame,
+    good: np.ndarray,
+    path: str | Path,
+    statistics: Sequence[str] = ("mean", "std", "layer_fluctuation"),
+) -> pd.DataFrame:
     """Per-layer statistics over epochs, median of the optimal vs the other given networks (PNG + CSV)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+
     d = st[st.statistic.isin(statistics) & ~st.layer.str.contains("/") & (st.layer != stats.ALL)]
     d = d.assign(group=np.where(np.asarray(good)[d.network.to_numpy()], "optimal", "others"))
     agg = d.groupby(["statistic", "layer", "group", "epoch"]).value.median().reset_index()
@@ -1350,8 +1655,9 @@ def plot_stats_over_epochs(st: pd.DataFrame, good: np.ndarray, path: str | Path,
     return agg
 
 
-def write_figures(out_dir: str | Path, optimal_N: np.ndarray | None = None,
-                  exclude_N: np.ndarray | None = None) -> list[Path]:
+def write_figures(
+    out_dir: str | Path, optimal_N: np.ndarray | None = None, exclude_N: np.ndarray | None = None
+) -> list[Path]:
     """Draws the dynamics figures from the tables `write_dynamics` wrote into `out_dir/figures/`.
 
     Args:
@@ -1375,8 +1681,9 @@ def write_figures(out_dir: str | Path, optimal_N: np.ndarray | None = None,
     plot_stats_over_epochs(keep(pd.read_csv(out_dir / "stats_over_epochs.csv")), good, paths[2])
     with np.load(out_dir / "cka.npz") as z:
         cka = {k: z[k] for k in z.files}
-    best = int(np.flatnonzero(good)[0]) if good.any() else int(np.flatnonzero(~exclude_N)[0]) \
-        if (~exclude_N).any() else 0
+    best = (
+        int(np.flatnonzero(good)[0]) if good.any() else int(np.flatnonzero(~exclude_N)[0]) if (~exclude_N).any() else 0
+    )
     paths.append(fig_dir / f"cka_network{best}.png")
     plot_cka(cka, best, paths[-1])
     return paths

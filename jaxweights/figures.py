@@ -7,8 +7,8 @@ Every function takes an output folder and a stem and writes ``<stem>.png`` and `
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -62,6 +62,7 @@ def _empty(ax, why: str) -> None:
 def kernel_leaves(params) -> list[str]:
     """Kernel leaf paths in depth order (input side first)."""
     from jaxweights.claims import layer_depths
+
     flat = stats.flatten(params)
     ks = [k for k, v in flat.items() if stats.is_kernel(k, v)]
     depth = layer_depths([stats.layer_of(k) for k in ks])
@@ -77,8 +78,9 @@ def _robust_edges(w_ND: np.ndarray, bins: int, q: float = 0.002, seed: int = 0) 
     return np.linspace(lo, hi, bins + 1) if hi > lo else np.linspace(lo - 1, hi + 1, bins + 1)
 
 
-def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8, networks=None,
-                      stem: str = "weight_histograms") -> Path:
+def weight_histograms(
+    out, params, acc_N, *, bins: int = 64, max_layers: int = 8, networks=None, stem: str = "weight_histograms"
+) -> Path:
     """Per-layer weight histograms of every network overlaid, coloured by test accuracy.
 
     Edges are shared by all networks and span the pooled 0.2-99.8% quantiles (weights outside
@@ -106,20 +108,41 @@ def weight_histograms(out, params, acc_N, *, bins: int = 64, max_layers: int = 8
         ax.set_yscale("log")
         ax.set_xlabel("weight")
         ids = np.arange(len(h)) if networks is None else np.asarray(networks)
-        rows.append(pd.DataFrame({"layer": leaf, "network": np.repeat(ids, len(centres)),
-                                  "bin_left": np.tile(edges[:-1], len(h)), "bin_right": np.tile(edges[1:], len(h)),
-                                  "mass": h.ravel(), "test_acc": np.repeat(acc_N, len(centres))}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "layer": leaf,
+                    "network": np.repeat(ids, len(centres)),
+                    "bin_left": np.tile(edges[:-1], len(h)),
+                    "bin_right": np.tile(edges[1:], len(h)),
+                    "mass": h.ravel(),
+                    "test_acc": np.repeat(acc_N, len(centres)),
+                }
+            )
+        )
     axes[0].set_ylabel("fraction of weights")
-    _colorbar(fig, axes[:len(leaves)], norm)
+    _colorbar(fig, axes[: len(leaves)], norm)
     return _save(fig, out, stem, pd.concat(rows, ignore_index=True))
 
 
-def kde_by_bin(out, params, bins_N, edges, *, grid: int = 400, per_network: int = 4000, max_layers: int = 8,
-               stem: str = "kde_by_bin", seed: int = 0) -> Path:
+def kde_by_bin(
+    out,
+    params,
+    bins_N,
+    edges,
+    *,
+    grid: int = 400,
+    per_network: int = 4000,
+    max_layers: int = 8,
+    stem: str = "kde_by_bin",
+    seed: int = 0,
+) -> Path:
     """Gaussian KDE of each layer's pooled weights per accuracy bin (Scott's bandwidth)."""
     import jax
     import jax.numpy as jnp
+
     from jaxweights import distances
+
     leaves = kernel_leaves(params)[:max_layers]
     flat = stats.flatten(params)
     rng = np.random.default_rng(seed)
@@ -136,12 +159,16 @@ def kde_by_bin(out, params, bins_N, edges, *, grid: int = 400, per_network: int 
             s = take[bins_N == b].ravel()
             if len(np.unique(s)) < 2:
                 continue
-            dens = np.exp(np.asarray(jax.jit(distances.kde_logdensity)(jnp.asarray(s, jnp.float32),
-                                                                      jnp.asarray(g, jnp.float32))))
+            dens = np.exp(
+                np.asarray(jax.jit(distances.kde_logdensity)(jnp.asarray(s, jnp.float32), jnp.asarray(g, jnp.float32)))
+            )
             label = f"[{edges[b]:.3f}, {edges[b + 1]:.3f}]"
             ax.plot(g, dens, color=colours[b], label=label)
-            rows.append(pd.DataFrame({"layer": leaf, "bin": b, "acc_low": edges[b], "acc_high": edges[b + 1],
-                                      "x": g, "density": dens}))
+            rows.append(
+                pd.DataFrame(
+                    {"layer": leaf, "bin": b, "acc_low": edges[b], "acc_high": edges[b + 1], "x": g, "density": dens}
+                )
+            )
         if not ax.lines:
             _empty(ax, "no accuracy bin has two distinct weights")
         ax.set_title(leaf, fontsize=9)
@@ -168,25 +195,40 @@ def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem:
     ax.set_ylabel("network rank by accuracy")
     n = len(order)
     ids = order if networks is None else np.asarray(networks)[order]
-    data = pd.DataFrame({"row_rank": np.repeat(np.arange(n), n), "col_rank": np.tile(np.arange(n), n),
-                         "row_network": np.repeat(ids, n), "col_network": np.tile(ids, n),
-                         "distance": d.ravel()})
+    data = pd.DataFrame(
+        {
+            "row_rank": np.repeat(np.arange(n), n),
+            "col_rank": np.tile(np.arange(n), n),
+            "row_network": np.repeat(ids, n),
+            "col_network": np.tile(ids, n),
+            "distance": d.ravel(),
+        }
+    )
     return _save(fig, out, stem, data)
 
 
-def statistics_vs_accuracy(out, table: pd.DataFrame, acc_N, labels, *,
-                           statistics: Sequence[str] = ("mean", "std", "kurtosis", "l2", "layer_fluctuation"),
-                           layers: Sequence[str] | None = None, stem: str = "statistics_vs_accuracy") -> Path:
+def statistics_vs_accuracy(
+    out,
+    table: pd.DataFrame,
+    acc_N,
+    labels,
+    *,
+    statistics: Sequence[str] = ("mean", "std", "kurtosis", "l2", "layer_fluctuation"),
+    layers: Sequence[str] | None = None,
+    stem: str = "statistics_vs_accuracy",
+) -> Path:
     """Each statistic against test accuracy, one panel per (statistic, layer); groups marked."""
     from jaxweights.claims import OPTIMAL, SUBOPTIMAL
+
     t = table[table.statistic.isin(statistics)]
     if layers is None:
         layers = [l for l in t.layer.unique() if "/" not in l]  # per layer and "__all__"
     t = t[t.layer.isin(layers)].copy()
     acc_N, labels = np.asarray(acc_N), np.asarray(labels)
     t["test_acc"] = acc_N[t.network.to_numpy()]
-    t["group"] = np.select([labels[t.network] == OPTIMAL, labels[t.network] == SUBOPTIMAL],
-                           ["optimal", "suboptimal"], "middle")
+    t["group"] = np.select(
+        [labels[t.network] == OPTIMAL, labels[t.network] == SUBOPTIMAL], ["optimal", "suboptimal"], "middle"
+    )
     t = t[np.isfinite(t.test_acc)]
     panels = [(s, l) for s in statistics for l in layers if ((t.statistic == s) & (t.layer == l)).any()]
     fig, axes = _grid(len(panels), cols=min(len(layers), 5), size=(3.0, 2.4))
@@ -217,6 +259,7 @@ def pca_of_statistics(out, names: Sequence[str], x_NxF, acc_N, *, stem: str = "p
     """
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import QuantileTransformer
+
     x = np.asarray(x_NxF, np.float64)
     keep = np.isfinite(x).all(0) & (np.nanstd(x, 0) > 0)
     x = x[:, keep]
@@ -231,8 +274,12 @@ def pca_of_statistics(out, names: Sequence[str], x_NxF, acc_N, *, stem: str = "p
     ax.set_xlabel(f"PC1 ({ev[0]:.0%})")
     ax.set_ylabel(f"PC2 ({ev[1]:.0%})")
     ax.set_title(f"PCA of {keep.sum()} rank-transformed weight statistics per network", fontsize=9)
-    return _save(fig, out, stem, pd.DataFrame({"network": np.arange(len(pc)), "pc1": pc[:, 0], "pc2": pc[:, 1],
-                                               "test_acc": acc_N}))
+    return _save(
+        fig,
+        out,
+        stem,
+        pd.DataFrame({"network": np.arange(len(pc)), "pc1": pc[:, 0], "pc2": pc[:, 1], "test_acc": acc_N}),
+    )
 
 
 def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem: str = "bin_divergence") -> Path:
@@ -249,8 +296,8 @@ def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem:
             continue
         # symmetric log colours: the lowest-vs-highest bins can be 1e5 × the adjacent ones
         im = ax.imshow(m, cmap="magma", norm=matplotlib.colors.SymLogNorm(linthresh=1.0, vmin=0))
-        ax.set_xticks(range(len(m)), labels[:len(m)], rotation=45, fontsize=6)
-        ax.set_yticks(range(len(m)), labels[:len(m)], fontsize=6)
+        ax.set_xticks(range(len(m)), labels[: len(m)], rotation=45, fontsize=6)
+        ax.set_yticks(range(len(m)), labels[: len(m)], fontsize=6)
         ax.set_title(name, fontsize=8)
         fig.colorbar(im, ax=ax, shrink=0.8)
         i, j = np.meshgrid(range(len(m)), range(len(m)), indexing="ij")
@@ -277,17 +324,32 @@ def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "wei
             ax.set_xticks([])
             ax.set_yticks([])
             i, j = np.indices(m.shape)
-            rows.append(pd.DataFrame({"which": what, "network": net, "layer": leaf, "row": i.ravel(),
-                                      "col": j.ravel(), "value": m.ravel()}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "which": what,
+                        "network": net,
+                        "layer": leaf,
+                        "row": i.ravel(),
+                        "col": j.ravel(),
+                        "value": m.ravel(),
+                    }
+                )
+            )
     return _save(fig, out, stem, pd.concat(rows, ignore_index=True))
 
 
-LEFT_OUT_STYLE = {"diverged": ("0.55", "--"), "exploded": ("tab:red", ":"), "not_learned": ("0.75", "-."),
-                  "below_min_accuracy": ("0.75", "-.")}
+LEFT_OUT_STYLE = {
+    "diverged": ("0.55", "--"),
+    "exploded": ("tab:red", ":"),
+    "not_learned": ("0.75", "-."),
+    "below_min_accuracy": ("0.75", "-."),
+}
 
 
-def accuracy_over_epochs(out, metrics: pd.DataFrame, *, states: pd.Series | None = None,
-                         stem: str = "accuracy_over_epochs") -> Path:
+def accuracy_over_epochs(
+    out, metrics: pd.DataFrame, *, states: pd.Series | None = None, stem: str = "accuracy_over_epochs"
+) -> Path:
     """Test accuracy of every network over epochs, coloured by its final accuracy.
 
     Networks left out of the analysis (`states`: network -> "diverged", "exploded", "not_learned",
@@ -313,14 +375,19 @@ def accuracy_over_epochs(out, metrics: pd.DataFrame, *, states: pd.Series | None
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy")
     counts = pd.Series(list(left.values()), dtype=object).value_counts()
-    style = {"diverged": "grey dashed", "exploded": "red dotted", "not_learned": "light dash-dot",
-             "below_min_accuracy": "light dash-dot"}
+    style = {
+        "diverged": "grey dashed",
+        "exploded": "red dotted",
+        "not_learned": "light dash-dot",
+        "below_min_accuracy": "light dash-dot",
+    }
     what = ", ".join(f"{n} {st.replace('_', ' ')} ({style[st]})" for st, n in counts.items())
     ax.set_title(f"{len(final)} networks" + (f"; left out: {what}" if what else ""), fontsize=8)
     _colorbar(fig, [ax], norm, "final test accuracy (analysed networks)")
     cols = [c for c in (*key, "epoch", "test_acc", "test_loss", "train_acc", "diverged", "exploded") if c in m]
-    data = m[cols].assign(state=[left.get(k, "ok") for k in (m[key[0]] if len(key) == 1 else
-                                                              zip(*(m[c] for c in key)))])
+    data = m[cols].assign(
+        state=[left.get(k, "ok") for k in (m[key[0]] if len(key) == 1 else zip(*(m[c] for c in key)))]
+    )
     return _save(fig, out, stem, data)
 
 

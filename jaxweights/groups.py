@@ -21,7 +21,8 @@ grid-respecting tests and grouped cross-validation use cells as their unit.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,8 +35,19 @@ STATES = ("ok", "diverged", "exploded", "not_learned")
 
 # Columns of a per-network table that are not hyperparameters: identifiers, per-epoch metrics and
 # training-health flags. Everything else (dynamic hyperparameters, a static `group` or `zoo`) is.
-NOT_HYPERPARAMETERS = ("network", "seed", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-                       "diverged", "exploded", "max_abs_weight", "state")
+NOT_HYPERPARAMETERS = (
+    "network",
+    "seed",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "diverged",
+    "exploded",
+    "max_abs_weight",
+    "state",
+)
 
 
 class ClaimError(ValueError):
@@ -61,8 +73,15 @@ def nonfinite_params(params: Mapping[str, Any], n: int | None = None) -> np.ndar
     return bad
 
 
-def network_states(acc_N, *, diverged_N=None, exploded_N=None, params: Mapping[str, Any] | None = None,
-                   num_classes: int = 10, chance_margin: float = 0.05) -> np.ndarray:
+def network_states(
+    acc_N,
+    *,
+    diverged_N=None,
+    exploded_N=None,
+    params: Mapping[str, Any] | None = None,
+    num_classes: int = 10,
+    chance_margin: float = 0.05,
+) -> np.ndarray:
     """The state of every network: "diverged" > "exploded" > "not_learned" > "ok" (first that applies).
 
     Args:
@@ -94,8 +113,14 @@ def network_states(acc_N, *, diverged_N=None, exploded_N=None, params: Mapping[s
     return out.astype(str)
 
 
-def split_groups(acc_N, *, quantile: float | None = 0.25, threshold: float | Sequence[float] | None = None,
-                 exclude=None, seed: int = 0) -> np.ndarray:
+def split_groups(
+    acc_N,
+    *,
+    quantile: float | None = 0.25,
+    threshold: float | Sequence[float] | None = None,
+    exclude=None,
+    seed: int = 0,
+) -> np.ndarray:
     """Labels networks optimal / middle / suboptimal by test accuracy.
 
     Args:
@@ -164,6 +189,5 @@ def hyperparameter_cells(table: pd.DataFrame) -> np.ndarray:
     cols = hyperparameter_columns(table)
     if not cols:
         return np.zeros(len(table), np.int64)
-    codes, _ = pd.MultiIndex.from_frame(table[cols].astype(object).where(table[cols].notna(), "<nan>")
-                                        ).factorize()
+    codes, _ = pd.MultiIndex.from_frame(table[cols].astype(object).where(table[cols].notna(), "<nan>")).factorize()
     return np.asarray(codes, np.int64)

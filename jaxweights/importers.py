@@ -46,8 +46,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,7 @@ class ParamsError(ValueError):
 
 
 # ============================== formats ==============================
+
 
 def detect_format(path: str | os.PathLike) -> str:
     """The format of a parameter file from its name (a directory is an orbax checkpoint).
@@ -90,10 +92,10 @@ def detect_format(path: str | os.PathLike) -> str:
         return "safetensors"
     if suffix in (".msgpack", ".flax", ".msgpk"):
         return "msgpack"
-    raise ParamsError(f"{p}: unknown format {suffix or '(no suffix)'!r}; expected an orbax checkpoint directory, "
-                      ".msgpack/.flax, .npz or .safetensors")
-
-
+    raise ParamsError(
+        f"{p}: unknown format {suffix or '(no suffix)'!r}; expected an orbax checkpoint directory, "
+        ".msgpack/.flax, .npz or .safetensors"
+    )
 
 
 def _orbax_item_dir(p: Path) -> Path:
@@ -113,6 +115,7 @@ def _orbax_item_dir(p: Path) -> Path:
 def _read_orbax(p: Path) -> Any:
     import jax
     import orbax.checkpoint as ocp
+
     item = _orbax_item_dir(p).absolute()
     if not (item / "_METADATA").exists():
         raise ParamsError(f"{p}: not an orbax checkpoint directory (no _METADATA in {item})")
@@ -122,11 +125,14 @@ def _read_orbax(p: Path) -> Any:
         meta = ckpt.metadata(item).item_metadata.tree
         dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev) if hasattr(m, "shape") else m, meta)
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev) if hasattr(m, "shape") else m, meta
+        )
         return ckpt.restore(item, target)
     except Exception as e:  # noqa: BLE001 - any orbax failure means the directory is not a readable checkpoint
-        raise ParamsError(f"{p}: not a readable orbax checkpoint ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+        raise ParamsError(
+            f"{p}: not a readable orbax checkpoint ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+        ) from None
 
 
 def _read_raw(p: Path, fmt: str) -> Any:
@@ -137,9 +143,11 @@ def _read_raw(p: Path, fmt: str) -> Any:
                 return {k: z[k] for k in z.files}
         if fmt == "safetensors":
             from safetensors.numpy import load_file
+
             return load_file(str(p))
         if fmt == "msgpack":
             from flax import serialization
+
             return serialization.msgpack_restore(p.read_bytes())
     except ParamsError:
         raise
@@ -185,8 +193,9 @@ def _leaf_name(key: str) -> str:
 
 # ============================== layouts ==============================
 
+
 def detect_layout(keys: Sequence[str]) -> str:
-    """"torch" when parameter names end in `weight`, "flax" otherwise.
+    """ "torch" when parameter names end in `weight`, "flax" otherwise.
 
     Args:
       keys: parameter names ("fc1.weight", "Dense_0/kernel", ...).
@@ -240,7 +249,7 @@ def _torch_flatten_order(flat: dict[str, np.ndarray], stacked: bool, layers: Seq
     """Permutes the rows of a dense kernel that follows a conv from (C, H, W) to (H, W, C) order."""
     o = 1 if stacked else 0
     kernels = {k.rsplit("/", 1)[0]: k for k, v in flat.items() if k.endswith("kernel") and v.ndim - o >= 2}
-    order = list(layers) if layers is not None else list(kernels)   # the file's stored order
+    order = list(layers) if layers is not None else list(kernels)  # the file's stored order
     order = [name for name in order if name in kernels]
     for prev, name in zip(order, order[1:]):
         a, b = flat[kernels[prev]], flat[kernels[name]]
@@ -255,8 +264,15 @@ def _torch_flatten_order(flat: dict[str, np.ndarray], stacked: bool, layers: Seq
 
 # ============================== reading ==============================
 
-def read(path: str | os.PathLike, *, layout: str = "auto", stacked: bool | None = None,
-         fmt: str | None = None, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+
+def read(
+    path: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    stacked: bool | None = None,
+    fmt: str | None = None,
+    layers: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
     """Reads one parameter file as a population, in Flax naming and layout.
 
     Args:
@@ -289,8 +305,13 @@ def read(path: str | os.PathLike, *, layout: str = "auto", stacked: bool | None 
             continue
         flat[k] = v if v.dtype == np.float64 else v.astype(np.float32)
     if dropped:
-        log.info("%s: skipped %d non-weight entries (%s%s)", p, len(dropped), ", ".join(dropped[:3]),
-                 ", ..." if len(dropped) > 3 else "")
+        log.info(
+            "%s: skipped %d non-weight entries (%s%s)",
+            p,
+            len(dropped),
+            ", ".join(dropped[:3]),
+            ", ..." if len(dropped) > 3 else "",
+        )
     if not flat:
         raise ParamsError(f"{p}: holds no floating-point parameters")
     resolved = detect_layout(list(flat)) if layout == "auto" else layout
@@ -306,9 +327,11 @@ def read(path: str | os.PathLike, *, layout: str = "auto", stacked: bool | None 
         flat = {k.replace(".", "/") if "/" not in k else k: v for k, v in flat.items()}
     n = {v.shape[0] for v in flat.values()}
     if len(n) > 1:
-        raise ParamsError(f"{p}: read as a population, but its leaves disagree on the number of networks "
-                          f"({sorted(n)}); pass stacked=False (--stacked=no)")
-    if list(flat) == sorted(flat):   # a checkpoint stores sorted keys: its run's config gives the order
+        raise ParamsError(
+            f"{p}: read as a population, but its leaves disagree on the number of networks "
+            f"({sorted(n)}); pass stacked=False (--stacked=no)"
+        )
+    if list(flat) == sorted(flat):  # a checkpoint stores sorted keys: its run's config gives the order
         order = next((o for d in [p, *p.parents][:4] if (o := rundir.execution_order(d))), None)
         if order:
             flat = {**{k: flat[k] for k in order if k in flat}, **flat}
@@ -338,19 +361,27 @@ def stack(populations: Sequence[tuple[str, dict[str, np.ndarray]]]) -> dict[str,
     """
     (name0, ref), rest = populations[0], populations[1:]
     for name, pop in rest:
-        for k in list(dict.fromkeys([*ref, *pop])):   # first source's order, then the new leaves
+        for k in list(dict.fromkeys([*ref, *pop])):  # first source's order, then the new leaves
             if k not in pop:
                 raise ParamsError(f"{name}: structure differs from {name0}: leaf {k!r} is missing")
             if k not in ref:
                 raise ParamsError(f"{name}: structure differs from {name0}: leaf {k!r} is not in {name0}")
             if pop[k].shape[1:] != ref[k].shape[1:]:
-                raise ParamsError(f"{name}: structure differs from {name0}: leaf {k!r} has shape "
-                                  f"{pop[k].shape[1:]}, {name0} has {ref[k].shape[1:]}")
+                raise ParamsError(
+                    f"{name}: structure differs from {name0}: leaf {k!r} has shape "
+                    f"{pop[k].shape[1:]}, {name0} has {ref[k].shape[1:]}"
+                )
     return {k: np.concatenate([pop[k] for _, pop in populations], 0) for k in ref}
 
 
-def load(paths: str | os.PathLike | Sequence[str | os.PathLike], *, layout: str = "auto",
-         stacked: bool | None = None, layers: Sequence[str] | None = None, with_sources: bool = False) -> Any:
+def load(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    layout: str = "auto",
+    stacked: bool | None = None,
+    layers: Sequence[str] | None = None,
+    with_sources: bool = False,
+) -> Any:
     """Reads parameter files into one stacked population (networks axis first).
 
     Args:
@@ -386,8 +417,10 @@ def load(paths: str | os.PathLike | Sequence[str | os.PathLike], *, layout: str 
 
 # ============================== analysis of imported files ==============================
 
-def write_figures(params: Mapping[str, Any], out: str | os.PathLike, *,
-                  dists: Mapping[str, np.ndarray] | None = None, bins: int = 64) -> list[Path]:
+
+def write_figures(
+    params: Mapping[str, Any], out: str | os.PathLike, *, dists: Mapping[str, np.ndarray] | None = None, bins: int = 64
+) -> list[Path]:
     """Writes `figures/histograms.png` (each network's weight distribution, first 12 leaves) and,
     given `{group: dist_NxN}`, `figures/distances.png` (heatmaps of up to 8 groups, leaves first).
 
@@ -401,10 +434,13 @@ def write_figures(params: Mapping[str, Any], out: str | os.PathLike, *,
       The written paths.
     """
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
     from jaxweights import stats
+
     out = Path(out) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -418,7 +454,7 @@ def write_figures(params: Mapping[str, Any], out: str | os.PathLike, *,
             ax.plot(centers, h, lw=0.8, alpha=0.6)
         ax.set_title(leaf, fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(hists):]:
+    for ax in list(axes.flat)[len(hists) :]:
         ax.axis("off")
     fig.suptitle("weight distributions (one line per network)", fontsize=9)
     fig.tight_layout()
@@ -438,7 +474,7 @@ def write_figures(params: Mapping[str, Any], out: str | os.PathLike, *,
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             fig.colorbar(im, ax=ax, fraction=0.046)
-        for ax in list(axes.flat)[len(dists):]:
+        for ax in list(axes.flat)[len(dists) :]:
             ax.axis("off")
         fig.tight_layout()
         written.append(out / "distances.png")
@@ -447,9 +483,17 @@ def write_figures(params: Mapping[str, Any], out: str | os.PathLike, *,
     return written
 
 
-def analyze_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, layout: str = "auto",
-                  stacked: bool | None = None, layers: Sequence[str] | None = None,
-                  metrics: Sequence[str] | None = None, block_size: int = 64, figures: bool = True):
+def analyze_files(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    stacked: bool | None = None,
+    layers: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    block_size: int = 64,
+    figures: bool = True,
+):
     """Statistics, node strength, distances and figures of networks trained elsewhere.
 
     The same analysis as `jaxweights analyze` (`analysis.analyze_params`), for parameter
@@ -468,7 +512,9 @@ def analyze_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
       `(params, stats_table)`: the stacked parameters and the tidy statistics table.
     """
     import pandas as pd
+
     from jaxweights import analysis
+
     out = Path(out)
     params, srcs = load(paths, layout=layout, stacked=stacked, layers=layers, with_sources=True)
     log.info("analysing %d networks from %d file(s)", len(srcs), len(list(paths)))

@@ -14,11 +14,12 @@ matmul instead. The kernel keeps the usual `(kh, kw, in, out)` layout either way
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 Array = jax.Array
 
@@ -73,9 +74,11 @@ def _truncated_normal_unit(key, shape, dtype=jnp.float32):
 
 def scale_kernels(params: Any, scale: Array) -> Any:
     """Multiplies every leaf named `kernel` by `scale` (biases, norms and embeddings untouched)."""
+
     def f(path, leaf):
         name = getattr(path[-1], "key", None)
         return leaf * scale.astype(leaf.dtype) if name == "kernel" else leaf
+
     return jax.tree_util.tree_map_with_path(f, params)
 
 
@@ -91,8 +94,9 @@ def _conv_im2col(x: Array, kernel: Array, stride: int, padding: str) -> Array:
     else:
         out_h, out_w = (h - kh) // stride + 1, (w - kw) // stride + 1
     cols = [
-        x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
-        for i in range(kh) for j in range(kw)
+        x[:, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride, :]
+        for i in range(kh)
+        for j in range(kw)
     ]
     patches = jnp.concatenate(cols, axis=-1)  # (b, out_h, out_w, kh*kw*cin), ordered (i, j, c)
     return patches @ kernel.reshape(kh * kw * cin, cout)
@@ -100,6 +104,7 @@ def _conv_im2col(x: Array, kernel: Array, stride: int, padding: str) -> Array:
 
 class Conv(nn.Module):
     """2-D convolution, NHWC, kernel `(kh, kw, in, out)`, implemented as im2col or `lax.conv`."""
+
     features: int
     kernel_size: int = 3
     stride: int = 1
@@ -119,8 +124,8 @@ class Conv(nn.Module):
             y = _conv_im2col(x, kernel, self.stride, self.padding)
         elif self.impl == "xla":
             y = jax.lax.conv_general_dilated(
-                x, kernel, (self.stride, self.stride), self.padding,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                x, kernel, (self.stride, self.stride), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
         else:
             raise ValueError(f"unknown conv_impl {self.impl!r}; expected 'im2col' or 'xla'")
         return y + bias.astype(dtype)
@@ -135,6 +140,7 @@ def max_pool_2x2(x: Array) -> Array:
 
 class MLP(nn.Module):
     """Fully connected network (DNN): flatten, `hidden` Dense layers with `activation`, Dense head."""
+
     hidden: Sequence[int] = (128, 64)
     num_classes: int = 10
     activation: str = "relu"
@@ -156,6 +162,7 @@ class CNN(nn.Module):
     `head="flatten"` flattens the last feature map; `head="gap"` averages it over space
     (global average pooling), as the Small CNN Zoo does.
     """
+
     channels: Sequence[int] = (32, 64)
     kernel_size: int = 3
     strides: Sequence[int] | int = 1
@@ -175,8 +182,16 @@ class CNN(nn.Module):
         strides = [self.strides] * n if isinstance(self.strides, int) else list(self.strides)
         pools = [self.pool] * n if isinstance(self.pool, bool) else list(self.pool)
         for c, s, p in zip(self.channels, strides, pools):
-            x = act(Conv(c, self.kernel_size, s, impl=self.conv_impl,
-                         kernel_init=kernel_init(self.init_scheme), dtype=self.dtype)(x))
+            x = act(
+                Conv(
+                    c,
+                    self.kernel_size,
+                    s,
+                    impl=self.conv_impl,
+                    kernel_init=kernel_init(self.init_scheme),
+                    dtype=self.dtype,
+                )(x)
+            )
             if p:
                 x = max_pool_2x2(x)
         x = x.mean(axis=(1, 2)) if self.head == "gap" else x.reshape(x.shape[0], -1)
@@ -187,6 +202,7 @@ class CNN(nn.Module):
 
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block: LN → multi-head self-attention → LN → MLP, both residual."""
+
     num_heads: int
     mlp_dim: int
     init_scheme: str
@@ -196,13 +212,14 @@ class EncoderBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         y = nn.LayerNorm(name="norm1", dtype=self.dtype)(x)
         y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, kernel_init=kernel_init(self.init_scheme), dtype=self.dtype,
-            name="attention")(y, y)
+            num_heads=self.num_heads, kernel_init=kernel_init(self.init_scheme), dtype=self.dtype, name="attention"
+        )(y, y)
         x = x + y
         y = nn.LayerNorm(name="norm2", dtype=self.dtype)(x)
         y = nn.Dense(self.mlp_dim, kernel_init=kernel_init(self.init_scheme), dtype=self.dtype, name="mlp_in")(y)
-        y = nn.Dense(x.shape[-1], kernel_init=kernel_init(self.init_scheme), dtype=self.dtype,
-                     name="mlp_out")(nn.gelu(y))
+        y = nn.Dense(x.shape[-1], kernel_init=kernel_init(self.init_scheme), dtype=self.dtype, name="mlp_out")(
+            nn.gelu(y)
+        )
         return x + y
 
 
@@ -212,6 +229,7 @@ class ViT(nn.Module):
     Patches are cut by reshape and embedded by a Dense layer (`embedding`), which equals a
     convolution with kernel = stride = patch size.
     """
+
     patch_size: int = 4
     width: int = 64
     depth: int = 4
@@ -234,8 +252,9 @@ class ViT(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, x.shape[1], self.width))
         x = x + pos.astype(x.dtype)
         for i in range(self.depth):
-            x = EncoderBlock(self.num_heads, int(self.width * self.mlp_ratio), self.init_scheme, self.dtype,
-                             name=f"encoder_{i}")(x)
+            x = EncoderBlock(
+                self.num_heads, int(self.width * self.mlp_ratio), self.init_scheme, self.dtype, name=f"encoder_{i}"
+            )(x)
         x = nn.LayerNorm(name="norm", dtype=self.dtype)(x)
         x = x[:, 0] if self.pooling == "cls" else x.mean(axis=1)
         return nn.Dense(self.num_classes, kernel_init=kernel_init(self.init_scheme), dtype=self.dtype, name="head")(x)
@@ -278,8 +297,15 @@ def param_order(model: nn.Module, image_shape: Sequence[int], dtype: Any = jnp.f
     return order
 
 
-def make_model(name: str, *, num_classes: int, image_shape: tuple[int, int, int], init: str = "fan_in",
-               dtype: Any = None, **kwargs: Any) -> nn.Module:
+def make_model(
+    name: str,
+    *,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    init: str = "fan_in",
+    dtype: Any = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Builds a model by name, checking its options against the image shape.
 
     Args:
@@ -305,12 +331,13 @@ def make_model(name: str, *, num_classes: int, image_shape: tuple[int, int, int]
     cls = classes[name]
     if name == "small_cnn_zoo":
         # Unterthiner et al. 2020: 3 conv layers of 16 channels, 3×3, stride 2, GAP, dense head.
-        kwargs = dict(dict(channels=(16, 16, 16), kernel_size=3, strides=2, pool=False, dense=(), head="gap"),
-                      **kwargs)
+        kwargs = dict(dict(channels=(16, 16, 16), kernel_size=3, strides=2, pool=False, dense=(), head="gap"), **kwargs)
     fields = set(cls.__dataclass_fields__) - {"parent", "name"}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
-        raise ValueError(f"model.{unknown[0]}: not an option of model {name!r}; options are {', '.join(sorted(fields - {'num_classes', 'init_scheme', 'dtype'}))}")
+        raise ValueError(
+            f"model.{unknown[0]}: not an option of model {name!r}; options are {', '.join(sorted(fields - {'num_classes', 'init_scheme', 'dtype'}))}"
+        )
     act = kwargs.get("activation")
     if act is not None and act not in ACTIVATIONS:
         raise ValueError(f"model.activation: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")

@@ -24,8 +24,16 @@ def _model(family: str, dataset: str) -> dict:
         return {"name": "cnn", "init": "fan_in", "channels": (32, 64), "dense": (128,)}
     if family == "vit":
         patch = 4 if dataset == "cifar10" else 7
-        return {"name": "vit", "init": "fan_avg", "patch_size": patch, "width": 128, "depth": 6,
-                "num_heads": 4, "mlp_ratio": 2.0, "pooling": "mean"}
+        return {
+            "name": "vit",
+            "init": "fan_avg",
+            "patch_size": patch,
+            "width": 128,
+            "depth": 6,
+            "num_heads": 4,
+            "mlp_ratio": 2.0,
+            "pooling": "mean",
+        }
     raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
 
 

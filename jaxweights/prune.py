@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,9 +28,16 @@ class PruneError(dynamics.DynamicsError):
     """A run that cannot be pruned as asked (not an MLP, unknown layer, groups)."""
 
 
-def candidate_layers(run_dir: str | Path, *, probe_size: int = 500, k: int = 3, tol: float = 0.01,
-                     data_dir: str | None = None, optimal_N: np.ndarray | None = None,
-                     exclude_N: np.ndarray | None = None) -> tuple[list[str], dict]:
+def candidate_layers(
+    run_dir: str | Path,
+    *,
+    probe_size: int = 500,
+    k: int = 3,
+    tol: float = 0.01,
+    data_dir: str | None = None,
+    optimal_N: np.ndarray | None = None,
+    exclude_N: np.ndarray | None = None,
+) -> tuple[list[str], dict]:
     """Zoo-level pruning candidates of a finished run, from its final parameters.
 
     Uses `<run_dir>/analysis/pruning.json` when `analyze` wrote one (and no masks are passed),
@@ -55,9 +62,14 @@ def candidate_layers(run_dir: str | Path, *, probe_size: int = 500, k: int = 3, 
         raise PruneError(f"{run_dir}: no network left to read the modularity curve from (optimal_N/exclude_N)")
     curve = np.nanmean(q[good], 0)
     layers = dynamics.pruning_candidates(curve, names, tol)
-    return layers, {"layers": layers, "tol": tol, "depth_names": names, "curve": [float(v) for v in curve],
-                    "networks": np.flatnonzero(good).tolist(),
-                    "optimal_rule": "given by the caller" if optimal_N is not None else "every network"}
+    return layers, {
+        "layers": layers,
+        "tol": tol,
+        "depth_names": names,
+        "curve": [float(v) for v in curve],
+        "networks": np.flatnonzero(good).tolist(),
+        "optimal_rule": "given by the caller" if optimal_N is not None else "every network",
+    }
 
 
 def pruned_hidden(hidden: Sequence[int], layers: Sequence[str]) -> tuple[int, ...]:
@@ -71,16 +83,27 @@ def pruned_hidden(hidden: Sequence[int], layers: Sequence[str]) -> tuple[int, ..
     for name in layers:
         prefix, _, idx = name.partition("_")
         if prefix != "Dense" or not idx.isdigit() or int(idx) >= len(hidden):
-            raise PruneError(f"--layers: {name!r} is not a hidden layer of this MLP "
-                             f"(hidden layers: {', '.join(f'Dense_{i}' for i in range(len(hidden)))})")
+            raise PruneError(
+                f"--layers: {name!r} is not a hidden layer of this MLP "
+                f"(hidden layers: {', '.join(f'Dense_{i}' for i in range(len(hidden)))})"
+            )
         drop.add(int(idx))
     return tuple(h for i, h in enumerate(hidden) if i not in drop)
 
 
-def prune_run(run_dir: str | Path, *, layers: Sequence[str] | None = None, out_dir: str | Path | None = None,
-              data_dir: str | None = None, overwrite: bool = False, progress: bool = False,
-              probe_size: int = 500, tol: float = 0.01, optimal_N: np.ndarray | None = None,
-              exclude_N: np.ndarray | None = None) -> pd.DataFrame:
+def prune_run(
+    run_dir: str | Path,
+    *,
+    layers: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    probe_size: int = 500,
+    tol: float = 0.01,
+    optimal_N: np.ndarray | None = None,
+    exclude_N: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Removes flagged hidden layers of an MLP zoo, retrains it, and reports the accuracy change.
 
     Args:
@@ -100,6 +123,7 @@ def prune_run(run_dir: str | Path, *, layers: Sequence[str] | None = None, out_d
       summary in `<out_dir>/prune.json`. Empty (and nothing trained) when no layer is flagged.
     """
     from jaxweights import run as run_lib
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists() or not (run_dir / "metrics.csv").exists():
         raise PruneError(f"{run_dir}: not a finished `jaxweights train` run directory (no config.json/metrics.csv)")
@@ -110,10 +134,15 @@ def prune_run(run_dir: str | Path, *, layers: Sequence[str] | None = None, out_d
         raise PruneError(f"model.name: pruning removes MLP hidden layers; this run trains {config.model.name!r}")
     info = {}
     if layers is None:
-        layers, info = candidate_layers(run_dir, probe_size=probe_size, tol=tol, data_dir=data_dir,
-                                        optimal_N=optimal_N, exclude_N=exclude_N)
-        log.info("modularity curve %s over %s; candidates %s", np.round(info["curve"], 3).tolist(),
-                 info["depth_names"], layers)
+        layers, info = candidate_layers(
+            run_dir, probe_size=probe_size, tol=tol, data_dir=data_dir, optimal_N=optimal_N, exclude_N=exclude_N
+        )
+        log.info(
+            "modularity curve %s over %s; candidates %s",
+            np.round(info["curve"], 3).tolist(),
+            info["depth_names"],
+            layers,
+        )
     hidden = tuple(config.model.hidden)
     new_hidden = pruned_hidden(hidden, layers)
     if not layers:
@@ -149,11 +178,18 @@ def prune_run(run_dir: str | Path, *, layers: Sequence[str] | None = None, out_d
     else:
         good = ~report.diverged_original.to_numpy()
         rule = "every network not diverged (none given)"
-    rundir.write_json(out_dir / "prune.json", {
-        "removed": list(layers), "hidden_before": list(hidden), "hidden_after": list(new_hidden),
-        "best_before": float(report.test_acc_original[~report.diverged_original].max()),
-        "best_after": float(report.test_acc_pruned[~report.diverged_pruned].max()),
-        "median_delta_good": float(report.delta[good].median()), "good_networks": np.flatnonzero(good).tolist(),
-        "good_rule": rule,
-        "median_delta_all": float(report.delta.median())})
+    rundir.write_json(
+        out_dir / "prune.json",
+        {
+            "removed": list(layers),
+            "hidden_before": list(hidden),
+            "hidden_after": list(new_hidden),
+            "best_before": float(report.test_acc_original[~report.diverged_original].max()),
+            "best_after": float(report.test_acc_pruned[~report.diverged_pruned].max()),
+            "median_delta_good": float(report.delta[good].median()),
+            "good_networks": np.flatnonzero(good).tolist(),
+            "good_rule": rule,
+            "median_delta_all": float(report.delta.median()),
+        },
+    )
     return report

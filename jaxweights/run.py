@@ -44,13 +44,19 @@ class RunError(RuntimeError):
 
 # ============================== data ==============================
 
+
 def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
     """Loads the config's dataset (sources logged), keeping `max_train`/`max_test` examples."""
-    return data_lib.load(config.dataset, data_dir=config.data_dir or None,
-                         max_train=config.max_train or None, max_test=config.max_test or None)
+    return data_lib.load(
+        config.dataset,
+        data_dir=config.data_dir or None,
+        max_train=config.max_train or None,
+        max_test=config.max_test or None,
+    )
 
 
 # ============================== setup ==============================
+
 
 def make_setup(config: ml_collections.ConfigDict, ds: data_lib.Dataset, model: Any = None) -> train.Setup:
     """The static `train.Setup` of a config (model, optimizer family, schedule, batch size).
@@ -61,34 +67,52 @@ def make_setup(config: ml_collections.ConfigDict, ds: data_lib.Dataset, model: A
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
     try:
         if model is None:
-            model = models.make_model(config.model.name, num_classes=ds.num_classes, image_shape=image_shape,
-                                      init=config.model.get("init", "fan_in"), dtype=dtype,
-                                      **config_lib.model_kwargs(config))
+            model = models.make_model(
+                config.model.name,
+                num_classes=ds.num_classes,
+                image_shape=image_shape,
+                init=config.model.get("init", "fan_in"),
+                dtype=dtype,
+                **config_lib.model_kwargs(config),
+            )
     except (ValueError, TypeError) as e:
         raise config_lib.ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
     if config.batch_size > ds.x_train.shape[0]:
         raise config_lib.ConfigError(
-            f"config.batch_size: {config.batch_size} is larger than the {ds.x_train.shape[0]} training examples")
+            f"config.batch_size: {config.batch_size} is larger than the {ds.x_train.shape[0]} training examples"
+        )
     steps_per_epoch = ds.x_train.shape[0] // config.batch_size
     mean, std = data_lib.normalization(ds.name)
     return train.Setup(
-        model=model, optimizer=config.optimizer, momentum=float(config.momentum), schedule=config.schedule,
+        model=model,
+        optimizer=config.optimizer,
+        momentum=float(config.momentum),
+        schedule=config.schedule,
         warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
-        total_steps=steps_per_epoch * config.num_epochs, batch_size=config.batch_size,
-        num_classes=ds.num_classes, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-        root_seed=int(config.seed), compute_dtype=jnp.bfloat16 if dtype else jnp.float32,
-        vmap_chunk=int(config.get("vmap_chunk", 0)) or train.default_vmap_chunk())
+        total_steps=steps_per_epoch * config.num_epochs,
+        batch_size=config.batch_size,
+        num_classes=ds.num_classes,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        root_seed=int(config.seed),
+        compute_dtype=jnp.bfloat16 if dtype else jnp.float32,
+        vmap_chunk=int(config.get("vmap_chunk", 0)) or train.default_vmap_chunk(),
+    )
 
 
 def _record_model(cfg: dict[str, Any], model: Any) -> dict[str, Any]:
     """The config dict as written to config.json, naming a user's own module when there is one."""
     if model is not None:
-        cfg["model"] = {"name": "custom", "module": f"{type(model).__module__}.{type(model).__qualname__}",
-                        "repr": repr(model)}
+        cfg["model"] = {
+            "name": "custom",
+            "module": f"{type(model).__module__}.{type(model).__qualname__}",
+            "repr": repr(model),
+        }
     return cfg
 
 
 # ============================== one group ==============================
+
 
 def _metrics_rows(grid: pd.DataFrame, epoch: int, m: dict[str, np.ndarray]) -> pd.DataFrame:
     df = grid.copy()
@@ -105,21 +129,28 @@ def _check_or_claim(workdir: Path, cfg: dict[str, Any], overwrite: bool) -> bool
         return False
     if overwrite:
         if jax.process_index() == 0:  # one process deletes; the others wait for it
-            for name in ("checkpoints", "groups", "chunks", "metrics.csv", "params.npz", "hparams.csv",
-                         "config.json"):
+            for name in ("checkpoints", "groups", "chunks", "metrics.csv", "params.npz", "hparams.csv", "config.json"):
                 p = workdir / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         _sync("claimed " + str(workdir))
         return False
     diffs = rundir.config_differences(rundir.read_config(saved_path), cfg)
     if diffs:
-        raise RunError(f"{workdir}: holds a run of a different config ({'; '.join(diffs)}); "
-                       "use another --workdir or --overwrite")
+        raise RunError(
+            f"{workdir}: holds a run of a different config ({'; '.join(diffs)}); use another --workdir or --overwrite"
+        )
     return True
 
 
-def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overwrite: bool = False,
-                progress: bool = True, dataset: data_lib.Dataset | None = None, model: Any = None) -> pd.DataFrame:
+def train_group(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    dataset: data_lib.Dataset | None = None,
+    model: Any = None,
+) -> pd.DataFrame:
     """Trains one compiled group (one static choice) and writes its run directory.
 
     The networks axis is sharded over a `train.networks_mesh` of `config.num_devices` devices
@@ -155,8 +186,16 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
         raise config_lib.ConfigError(f"config.{e}") from None
     xt, yt, mt = train.pad_split(ds.x_test, ds.y_test.astype(np.int32), eval_batch)
     host_data = (ds.x_train, ds.y_train.astype(np.int32), xt, yt, mt)
-    plan = _memory_plan(config, setup, image_shape, eval_batch, len(grid), mesh,
-                        sum(a.nbytes for a in host_data), workdir if resume else None)
+    plan = _memory_plan(
+        config,
+        setup,
+        image_shape,
+        eval_batch,
+        len(grid),
+        mesh,
+        sum(a.nbytes for a in host_data),
+        workdir if resume else None,
+    )
     log.info("%s: %s", workdir, plan.describe())
 
     if main:
@@ -167,38 +206,68 @@ def train_group(config: ml_collections.ConfigDict, workdir: str | Path, *, overw
     fns = train.make_zoo_fns(setup, image_shape, eval_batch, mesh)
     order = models.param_order(setup.model, image_shape)  # params.npz keeps the model's execution order
     n_nets, steps = len(grid), ds.x_train.shape[0] // config.batch_size
-    log.info("%s: %d networks × %d steps/epoch × %d epochs (%s on %s, %d device(s), %d process(es))", workdir,
-             n_nets, steps, config.num_epochs, config.model.name, config.dataset, mesh.size, jax.process_count())
+    log.info(
+        "%s: %d networks × %d steps/epoch × %d epochs (%s on %s, %d device(s), %d process(es))",
+        workdir,
+        n_nets,
+        steps,
+        config.num_epochs,
+        config.model.name,
+        config.dataset,
+        mesh.size,
+        jax.process_count(),
+    )
     if plan.num_chunks == 1:
-        _train_chunk(config, workdir, grid, fns, data, mesh, plan.chunk_size, resume, progress, setup.num_classes,
-                     order)
+        _train_chunk(
+            config, workdir, grid, fns, data, mesh, plan.chunk_size, resume, progress, setup.num_classes, order
+        )
         return pd.read_csv(workdir / "metrics.csv")
 
     if main:
         rundir.write_json(workdir / "chunks" / "plan.json", plan._asdict())
     frames = []
     for k in range(plan.num_chunks):
-        rows = grid.iloc[k * plan.chunk_size:(k + 1) * plan.chunk_size]
+        rows = grid.iloc[k * plan.chunk_size : (k + 1) * plan.chunk_size]
         cdir = workdir / "chunks" / f"{k:02d}"
-        log.info("%s: chunk %d/%d, networks %d-%d", workdir, k + 1, plan.num_chunks, rows.network.iloc[0],
-                 rows.network.iloc[-1])
+        log.info(
+            "%s: chunk %d/%d, networks %d-%d",
+            workdir,
+            k + 1,
+            plan.num_chunks,
+            rows.network.iloc[0],
+            rows.network.iloc[-1],
+        )
         if resume and (cdir / "params.npz").exists():  # finished before an interruption
             frames.append(_float32_metrics(pd.read_csv(cdir / "metrics.csv")))
             continue
-        frames.append(_train_chunk(config, cdir, rows, fns, data, mesh, plan.chunk_size, resume, progress,
-                                   setup.num_classes, order))
+        frames.append(
+            _train_chunk(
+                config, cdir, rows, fns, data, mesh, plan.chunk_size, resume, progress, setup.num_classes, order
+            )
+        )
     metrics = pd.concat(frames).sort_values(["epoch", "network"], kind="stable").reset_index(drop=True)
     if main:
         rundir.write_csv(workdir / "metrics.csv", metrics)
-        _concat_params([workdir / "chunks" / f"{k:02d}" / "params.npz" for k in range(plan.num_chunks)],
-                       workdir / "params.npz")
+        _concat_params(
+            [workdir / "chunks" / f"{k:02d}" / "params.npz" for k in range(plan.num_chunks)], workdir / "params.npz"
+        )
     _sync("combined " + str(workdir))
     return pd.read_csv(workdir / "metrics.csv")
 
 
-def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.DataFrame, fns: train.ZooFns,
-                 data: tuple, mesh, n_pad: int, resume: bool, progress: bool, num_classes: int,
-                 order: list[str] | None = None) -> pd.DataFrame:
+def _train_chunk(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    grid: pd.DataFrame,
+    fns: train.ZooFns,
+    data: tuple,
+    mesh,
+    n_pad: int,
+    resume: bool,
+    progress: bool,
+    num_classes: int,
+    order: list[str] | None = None,
+) -> pd.DataFrame:
     """Trains the networks of `grid`, padded to `n_pad` (copies of the last one), into `workdir`.
 
     After each epoch a network is flagged `exploded` by `train.exploded` (the factors are
@@ -237,8 +306,15 @@ def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.Data
         test_m = fns.evaluate(state.params, x_test, y_test, m_test)
         m = train.to_host({**train_m, **test_m, "diverged": state.diverged})
         m = {k: np.asarray(v)[:n] for k, v in m.items()}  # padding never reaches the outputs
-        m["exploded"] = train.exploded(m["test_loss"], m["max_abs_weight"], w_ref, m["diverged"], num_classes,
-                                       float(config.explode_loss_factor), float(config.explode_weight_factor))
+        m["exploded"] = train.exploded(
+            m["test_loss"],
+            m["max_abs_weight"],
+            w_ref,
+            m["diverged"],
+            num_classes,
+            float(config.explode_loss_factor),
+            float(config.explode_weight_factor),
+        )
         dt = time.perf_counter() - t0
         frames.append(_metrics_rows(grid, epoch, m))
         if main:
@@ -248,11 +324,20 @@ def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.Data
         ok = ~m["diverged"] & ~m["exploded"]
         best = float(np.max(m["test_acc"][ok])) if ok.any() else float("nan")
         bar.update(1)
-        bar.set_postfix_str(f"nets={n} nets·steps/s={n_nets * steps / dt:,.0f} best_acc={best:.4f} "
-                            f"diverged={int(m['diverged'].sum())} exploded={int(m['exploded'].sum())}")
-        log.info("epoch %d/%d: %.1fs, %.0f networks·steps/s, best test acc %.4f, %d diverged, %d exploded",
-                 epoch, config.num_epochs, dt, n_nets * steps / dt, best, int(m["diverged"].sum()),
-                 int(m["exploded"].sum()))
+        bar.set_postfix_str(
+            f"nets={n} nets·steps/s={n_nets * steps / dt:,.0f} best_acc={best:.4f} "
+            f"diverged={int(m['diverged'].sum())} exploded={int(m['exploded'].sum())}"
+        )
+        log.info(
+            "epoch %d/%d: %.1fs, %.0f networks·steps/s, best test acc %.4f, %d diverged, %d exploded",
+            epoch,
+            config.num_epochs,
+            dt,
+            n_nets * steps / dt,
+            best,
+            int(m["diverged"].sum()),
+            int(m["exploded"].sum()),
+        )
     bar.close()
     ckpt.close()
     params = jax.tree.map(lambda x: np.asarray(x)[:n], train.to_host(state.params))
@@ -264,6 +349,7 @@ def _train_chunk(config: ml_collections.ConfigDict, workdir: Path, grid: pd.Data
 
 # ============================== devices, hosts, memory ==============================
 
+
 def init_distributed(config: ml_collections.ConfigDict) -> None:
     """Joins the processes of a multi-host job (`config.multihost`) with `jax.distributed.initialize`.
 
@@ -273,17 +359,26 @@ def init_distributed(config: ml_collections.ConfigDict) -> None:
     """
     if not config.get("multihost", False) or jax.distributed.is_initialized():
         return
-    kw = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"),
-                                             ("process_id", "JAX_PROCESS_ID")) if os.environ.get(v)}
+    kw = {
+        k: int(os.environ[v])
+        for k, v in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+        if os.environ.get(v)
+    }
     jax.distributed.initialize(**kw)
-    log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+    log.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def _sync(name: str) -> None:
     """A barrier across processes (nothing on one host)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -296,8 +391,9 @@ def _memory_plan(config, setup, image_shape, eval_batch, n, mesh, data_bytes, re
     limit = config.memory_limit_mb
     budget = int(limit * 2**20) if limit else int(0.9 * train.device_memory_bytes())
     try:
-        return train.plan_memory(n, mesh.size, state_bytes, step_bytes, data_bytes, budget, int(config.chunk_size),
-                                 setup.vmap_chunk)
+        return train.plan_memory(
+            n, mesh.size, state_bytes, step_bytes, data_bytes, budget, int(config.chunk_size), setup.vmap_chunk
+        )
     except ValueError as e:
         raise config_lib.ConfigError(f"config.memory_limit_mb: {e}") from None
 
@@ -355,6 +451,7 @@ def _concat_params(paths: list[Path], out: Path) -> None:
     """
     files = [np.load(p) for p in paths]
     try:
+
         def write(f):
             with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
                 for k in files[0].files:
@@ -367,6 +464,7 @@ def _concat_params(paths: list[Path], out: Path) -> None:
                         np.lib.format.write_array_header_2_0(g, header)
                         for z in files:
                             g.write(np.ascontiguousarray(z[k], first.dtype).tobytes())
+
         rundir.atomic_write(out, write)
     finally:
         for z in files:
@@ -375,10 +473,12 @@ def _concat_params(paths: list[Path], out: Path) -> None:
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
+
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="epoch")
 
 
 # ============================== the zoo ==============================
+
 
 def group_configs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
     """(name, config) per static group: one entry named "" when the config has no `groups`."""
@@ -388,13 +488,21 @@ def group_configs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_colle
     out = []
     for k, overrides in enumerate(groups):
         if not isinstance(overrides, dict) or not overrides:
-            raise config_lib.ConfigError(f"config.groups[{k}]: expected a non-empty dict of overrides, got {overrides!r}")
+            raise config_lib.ConfigError(
+                f"config.groups[{k}]: expected a non-empty dict of overrides, got {overrides!r}"
+            )
         out.append((f"{k:02d}", config_lib.apply_overrides(config, dict(overrides))))
     return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *, overwrite: bool = False,
-                       progress: bool = True, model: Any = None) -> pd.DataFrame:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    model: Any = None,
+) -> pd.DataFrame:
     """Trains the zoo a config describes and writes its run directory.
 
     Static groups (`config.groups`) are compiled and trained one after another, each into
@@ -430,8 +538,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         key = (g.dataset, g.data_dir, g.max_train, g.max_test)
         if key not in cache:
             cache[key] = load_dataset(g)
-        df = train_group(g, workdir / "groups" / name, overwrite=overwrite, progress=progress, dataset=cache[key],
-                         model=model)
+        df = train_group(
+            g, workdir / "groups" / name, overwrite=overwrite, progress=progress, dataset=cache[key], model=model
+        )
         df.insert(0, "group", name)
         for k, v in dict(overrides).items():
             df[k] = str(v)

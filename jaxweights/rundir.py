@@ -23,8 +23,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -128,7 +129,7 @@ def write_npz(f: Any, arrays: dict[str, np.ndarray], keep_order: bool = False) -
     Members are sorted by name unless `keep_order` (then in the dict's order).
     """
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name in (arrays if keep_order else sorted(arrays)):
+        for name in arrays if keep_order else sorted(arrays):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             with zf.open(info, "w", force_zip64=True) as g:
@@ -165,11 +166,17 @@ def execution_order(run_dir: str | os.PathLike) -> list[str] | None:
         return None
     try:
         from jaxweights import data, models
+
         cfg = read_config(path)
         spec = data.SPECS[cfg["dataset"]]
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items() if k not in ("name", "init")}
-        model = models.make_model(cfg["model"]["name"], num_classes=spec.num_classes, image_shape=spec.image_shape,
-                                  init=cfg["model"].get("init", "fan_in"), **kw)
+        model = models.make_model(
+            cfg["model"]["name"],
+            num_classes=spec.num_classes,
+            image_shape=spec.image_shape,
+            init=cfg["model"].get("init", "fan_in"),
+            **kw,
+        )
         return models.param_order(model, spec.image_shape)
     except Exception:  # noqa: BLE001 - any failure means "order unknown", never a crash
         return None
@@ -218,6 +225,7 @@ def _release_freed_memory() -> None:
     """
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -228,11 +236,13 @@ class Checkpoints:
 
     def __init__(self, rundir: str | os.PathLike, keep: int = 0):
         import orbax.checkpoint as ocp  # heavy import, only when checkpoints are used
+
         self._ocp = ocp
         # cleanup_tmp_directories: a process killed while saving leaves "<epoch>.orbax-checkpoint-tmp-*";
         # it is never restored from (latest_step skips it) and is removed when the run resumes.
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
-                                               enable_async_checkpointing=False, cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep or None, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
+        )
         self.manager = ocp.CheckpointManager(Path(rundir).absolute() / "checkpoints", options=options)
 
     def save(self, epoch: int, state: Any) -> None:
@@ -248,11 +258,14 @@ class Checkpoints:
 
     def restore(self, epoch: int, like: Any) -> Any:
         import jax
+
         # Checkpoints of a sharded zoo record their devices; restoring on other devices needs
         # target shardings: `like`'s own, else the default device.
         here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-            x.shape, x.dtype, sharding=x.sharding if isinstance(x, jax.Array) else here), like)
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding if isinstance(x, jax.Array) else here),
+            like,
+        )
         return self.manager.restore(epoch, args=self._ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:

@@ -48,7 +48,8 @@ deep neural networks via complex networks", ICTAI 2021, arXiv 2110.02628.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,190 +62,213 @@ INPUT = "input"
 
 
 def chain(params: Mapping[str, Any], layers: Sequence[str] | None = None):
-  """Returns ``[(layer, kernel_N..., bias_N or None)]`` of the kernel layers in chain order.
+    """Returns ``[(layer, kernel_N..., bias_N or None)]`` of the kernel layers in chain order.
 
-  Args:
-    params: parameters, networks axis first.
-    layers: explicit layer order; default all layers with a ``kernel`` leaf, in the params'
-      (execution) order (``stats.layer_order``).
+    Args:
+      params: parameters, networks axis first.
+      layers: explicit layer order; default all layers with a ``kernel`` leaf, in the params'
+        (execution) order (``stats.layer_order``).
 
-  Raises:
-    ValueError: if consecutive layers cannot be connected (``din`` of a layer is neither
-      the previous ``dout`` nor a multiple of it).
-  """
-  flat = stats.flatten(params)
-  kernels = {stats.layer_of(p): p for p, x in flat.items() if stats.is_kernel(p, x)}
-  names = list(layers) if layers is not None else list(kernels)
-  out = []
-  for name in names:
-    if name not in kernels:
-      raise ValueError(f"layer {name!r} has no kernel; kernel layers: {sorted(kernels)}")
-    out.append((name, flat[kernels[name]], flat.get(f"{name}/bias")))
-  for (prev, k0, _), (name, k1, _) in zip(out, out[1:]):
-    dout, din = k0.shape[-1], (k1.shape[-2] if k1.ndim > 3 else k1.shape[1])
-    if din % dout:
-      raise ValueError(f"cannot connect {prev!r} (out {dout}) to {name!r} (in {din}); node "
-                       "strength needs a sequential dense/conv stack (pass layers=)")
-  return out
+    Raises:
+      ValueError: if consecutive layers cannot be connected (``din`` of a layer is neither
+        the previous ``dout`` nor a multiple of it).
+    """
+    flat = stats.flatten(params)
+    kernels = {stats.layer_of(p): p for p, x in flat.items() if stats.is_kernel(p, x)}
+    names = list(layers) if layers is not None else list(kernels)
+    out = []
+    for name in names:
+        if name not in kernels:
+            raise ValueError(f"layer {name!r} has no kernel; kernel layers: {sorted(kernels)}")
+        out.append((name, flat[kernels[name]], flat.get(f"{name}/bias")))
+    for (prev, k0, _), (name, k1, _) in zip(out, out[1:]):
+        dout, din = k0.shape[-1], (k1.shape[-2] if k1.ndim > 3 else k1.shape[1])
+        if din % dout:
+            raise ValueError(
+                f"cannot connect {prev!r} (out {dout}) to {name!r} (in {din}); node "
+                "strength needs a sequential dense/conv stack (pass layers=)"
+            )
+    return out
 
 
 def _pad_before(size: int, k: int, stride: int, padding: str) -> tuple[int, int]:
-  """(output size, padding before) of one spatial axis, as ``models.Conv`` / XLA compute them."""
-  if padding == "SAME":
-    out = -(-size // stride)
-    return out, max((out - 1) * stride + k - size, 0) // 2
-  if padding == "VALID":
-    return (size - k) // stride + 1, 0
-  raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    """(output size, padding before) of one spatial axis, as ``models.Conv`` / XLA compute them."""
+    if padding == "SAME":
+        out = -(-size // stride)
+        return out, max((out - 1) * stride + k - size, 0) // 2
+    if padding == "VALID":
+        return (size - k) // stride + 1, 0
+    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
 
 
 def _tap_masks(size: int, k: int, stride: int, padding: str):
-  """(k, out) valid-output mask and (k, size) touched-input mask of each tap along one axis."""
-  out, before = _pad_before(size, k, stride, padding)
-  pos = np.arange(out)[None, :] * stride + np.arange(k)[:, None] - before      # input index of tap i at o
-  valid = (pos >= 0) & (pos < size)                                          # (k, out)
-  touched = np.zeros((k, size))
-  for i in range(k):
-    np.add.at(touched[i], pos[i][valid[i]], 1.0)                              # times tap i reads input h
-  return valid.astype(np.float64), touched
+    """(k, out) valid-output mask and (k, size) touched-input mask of each tap along one axis."""
+    out, before = _pad_before(size, k, stride, padding)
+    pos = np.arange(out)[None, :] * stride + np.arange(k)[:, None] - before  # input index of tap i at o
+    valid = (pos >= 0) & (pos < size)  # (k, out)
+    touched = np.zeros((k, size))
+    for i in range(k):
+        np.add.at(touched[i], pos[i][valid[i]], 1.0)  # times tap i reads input h
+    return valid.astype(np.float64), touched
 
 
 def conv_position_strength(kernel, bias, input_hw: Sequence[int], stride: int = 1, padding: str = "SAME"):
-  """Per-position strengths of one conv layer (La Malfa et al. 2021, arXiv 2110.02628).
+    """Per-position strengths of one conv layer (La Malfa et al. 2021, arXiv 2110.02628).
 
-  Args:
-    kernel: one network's kernel ``(kh, kw, cin, cout)``.
-    bias: ``(cout,)`` or None.
-    input_hw: the input's spatial size ``(H, W)``.
-    stride, padding: as ``models.Conv`` ("SAME" or "VALID").
+    Args:
+      kernel: one network's kernel ``(kh, kw, cin, cout)``.
+      bias: ``(cout,)`` or None.
+      input_hw: the input's spatial size ``(H, W)``.
+      stride, padding: as ``models.Conv`` ("SAME" or "VALID").
 
-  Returns:
-    ``(in_OHxOWxCout, out_HxWxCin)``: the in-strength (incoming weights + bias) of every output
-    position and the out-strength of every input position: the column and row sums of the
-    layer's dense matrix.
-  """
-  kh, kw, cin, cout = kernel.shape
-  (vh, th), (vw, tw) = (_tap_masks(int(input_hw[0]), kh, stride, padding),
-                        _tap_masks(int(input_hw[1]), kw, stride, padding))
-  dt = kernel.dtype
-  w_in = jnp.einsum("ijck,io,jp->opk", kernel, jnp.asarray(vh, dt), jnp.asarray(vw, dt))
-  if bias is not None:
-    w_in = w_in + bias.reshape(-1)
-  w_out = jnp.einsum("ijck,ih,jw->hwc", kernel, jnp.asarray(th, dt), jnp.asarray(tw, dt))
-  return w_in, w_out
+    Returns:
+      ``(in_OHxOWxCout, out_HxWxCin)``: the in-strength (incoming weights + bias) of every output
+      position and the out-strength of every input position: the column and row sums of the
+      layer's dense matrix.
+    """
+    kh, kw, cin, cout = kernel.shape
+    (vh, th), (vw, tw) = (
+        _tap_masks(int(input_hw[0]), kh, stride, padding),
+        _tap_masks(int(input_hw[1]), kw, stride, padding),
+    )
+    dt = kernel.dtype
+    w_in = jnp.einsum("ijck,io,jp->opk", kernel, jnp.asarray(vh, dt), jnp.asarray(vw, dt))
+    if bias is not None:
+        w_in = w_in + bias.reshape(-1)
+    w_out = jnp.einsum("ijck,ih,jw->hwc", kernel, jnp.asarray(th, dt), jnp.asarray(tw, dt))
+    return w_in, w_out
 
 
 def _in_out(w):
-  """(in-strength of outputs without bias, out-strength of inputs) for one kernel."""
-  if w.ndim == 2:
-    return w.sum(0), w.sum(1)
-  return w.reshape(-1, w.shape[-1]).sum(0), jnp.moveaxis(w, -2, 0).reshape(w.shape[-2], -1).sum(1)
+    """(in-strength of outputs without bias, out-strength of inputs) for one kernel."""
+    if w.ndim == 2:
+        return w.sum(0), w.sum(1)
+    return w.reshape(-1, w.shape[-1]).sum(0), jnp.moveaxis(w, -2, 0).reshape(w.shape[-2], -1).sum(1)
 
 
 def _strengths(kernels, biases):
-  """Node strengths of one network: list of (nodes,) arrays, input first."""
-  ins, outs = zip(*[_in_out(w) for w in kernels])
-  result = [outs[0]]
-  for l, (w_in, b) in enumerate(zip(ins, biases)):
-    s = w_in if b is None else w_in + b.reshape(-1)
-    if l + 1 < len(kernels):
-      nxt = outs[l + 1]
-      s = s + nxt.reshape(-1, s.shape[0]).sum(0)  # flatten(H, W, C): row r feeds channel r % C
-    result.append(s)
-  return result
+    """Node strengths of one network: list of (nodes,) arrays, input first."""
+    ins, outs = zip(*[_in_out(w) for w in kernels])
+    result = [outs[0]]
+    for l, (w_in, b) in enumerate(zip(ins, biases)):
+        s = w_in if b is None else w_in + b.reshape(-1)
+        if l + 1 < len(kernels):
+            nxt = outs[l + 1]
+            s = s + nxt.reshape(-1, s.shape[0]).sum(0)  # flatten(H, W, C): row r feeds channel r % C
+        result.append(s)
+    return result
 
 
 @jax.jit
 def _strengths_N(kernels, biases):
-  return jax.vmap(_strengths)(kernels, biases)
+    return jax.vmap(_strengths)(kernels, biases)
 
 
 def _position_strengths(ch, input_hw, strides, padding):
-  """Node strengths with conv nodes per position: list of (N, nodes) arrays, input first."""
-  n = len(ch)
-  strides = [strides] * n if isinstance(strides, int) else list(strides)
-  hw, ins, outs, shapes = tuple(input_hw), [], [], []
-  for (name, k, b), st in zip(ch, strides):
-    k = jnp.asarray(k)
-    if k.ndim == 5:
-      f = jax.vmap(lambda kk, bb: conv_position_strength(kk, bb, hw, st, padding), (0, 0 if b is not None else None))
-      i, o = f(k, None if b is None else jnp.asarray(b))
-      shapes.append((hw, i.shape[1:3]))
-      hw = tuple(i.shape[1:3])
-      ins.append(i.reshape(i.shape[0], -1))
-      outs.append(o.reshape(o.shape[0], -1))
-    else:
-      ins.append(k.sum(1) + (0 if b is None else jnp.asarray(b)))
-      outs.append(k.sum(2))
-      shapes.append((None, None))
-  result = [outs[0]]
-  for l in range(n):
-    s = ins[l]
-    if l + 1 < n:
-      if outs[l + 1].shape[1] != s.shape[1]:
-        raise ValueError(f"conv_strength='position': layer {ch[l + 1][0]!r} has {outs[l + 1].shape[1]} input "
-                         f"positions but {ch[l][0]!r} outputs {s.shape[1]} (pooling between layers has no "
-                         "weights; use conv_strength='channel')")
-      s = s + outs[l + 1]   # flatten (H, W, C) or the next conv: position by position
-    result.append(s)
-  return [np.asarray(r) for r in result]
+    """Node strengths with conv nodes per position: list of (N, nodes) arrays, input first."""
+    n = len(ch)
+    strides = [strides] * n if isinstance(strides, int) else list(strides)
+    hw, ins, outs, shapes = tuple(input_hw), [], [], []
+    for (_name, k, b), st in zip(ch, strides):
+        k = jnp.asarray(k)
+        if k.ndim == 5:
+            f = jax.vmap(
+                lambda kk, bb: conv_position_strength(kk, bb, hw, st, padding), (0, 0 if b is not None else None)
+            )
+            i, o = f(k, None if b is None else jnp.asarray(b))
+            shapes.append((hw, i.shape[1:3]))
+            hw = tuple(i.shape[1:3])
+            ins.append(i.reshape(i.shape[0], -1))
+            outs.append(o.reshape(o.shape[0], -1))
+        else:
+            ins.append(k.sum(1) + (0 if b is None else jnp.asarray(b)))
+            outs.append(k.sum(2))
+            shapes.append((None, None))
+    result = [outs[0]]
+    for l in range(n):
+        s = ins[l]
+        if l + 1 < n:
+            if outs[l + 1].shape[1] != s.shape[1]:
+                raise ValueError(
+                    f"conv_strength='position': layer {ch[l + 1][0]!r} has {outs[l + 1].shape[1]} input "
+                    f"positions but {ch[l][0]!r} outputs {s.shape[1]} (pooling between layers has no "
+                    "weights; use conv_strength='channel')"
+                )
+            s = s + outs[l + 1]  # flatten (H, W, C) or the next conv: position by position
+        result.append(s)
+    return [np.asarray(r) for r in result]
 
 
-def node_strength(params: Mapping[str, Any], *, layers: Sequence[str] | None = None,
-                  conv_strength: str = "channel", input_hw: Sequence[int] | None = None,
-                  strides: int | Sequence[int] = 1, padding: str = "SAME") -> dict[str, np.ndarray]:
-  """Signed node strength of every neuron of every network.
+def node_strength(
+    params: Mapping[str, Any],
+    *,
+    layers: Sequence[str] | None = None,
+    conv_strength: str = "channel",
+    input_hw: Sequence[int] | None = None,
+    strides: int | Sequence[int] = 1,
+    padding: str = "SAME",
+) -> dict[str, np.ndarray]:
+    """Signed node strength of every neuron of every network.
 
-  Args:
-    params: parameters, networks axis first.
-    layers: explicit chain order of kernel layers (default: the params' execution order).
-    conv_strength: "channel" (nodes are feature maps; default) or "position" (nodes are
-      positions ``(h, w, c)``, flattened; La Malfa et al.'s per-position reading, see the
-      module docstring).
-    input_hw: the input's spatial size ``(H, W)``; needed for "position".
-    strides: conv stride (one for all conv layers or one per chain layer), for "position".
-    padding: "SAME" or "VALID", for "position".
+    Args:
+      params: parameters, networks axis first.
+      layers: explicit chain order of kernel layers (default: the params' execution order).
+      conv_strength: "channel" (nodes are feature maps; default) or "position" (nodes are
+        positions ``(h, w, c)``, flattened; La Malfa et al.'s per-position reading, see the
+        module docstring).
+      input_hw: the input's spatial size ``(H, W)``; needed for "position".
+      strides: conv stride (one for all conv layers or one per chain layer), for "position".
+      padding: "SAME" or "VALID", for "position".
 
-  Returns:
-    ``{"input": (N, din), layer: (N, nodes), ...}``; the last layer is the output layer
-    (in-strength + bias only), ``"input"`` has only out-strength.
+    Returns:
+      ``{"input": (N, din), layer: (N, nodes), ...}``; the last layer is the output layer
+      (in-strength + bias only), ``"input"`` has only out-strength.
 
-  Example:
-    >>> s = node_strength({"Dense_0": {"kernel": w1, "bias": b1}, "Dense_1": {...}})
-    >>> s["Dense_0"].shape  # (N, hidden)
-  """
-  ch = chain(params, layers)
-  if conv_strength not in ("channel", "position"):
-    raise ValueError(f"conv_strength must be 'channel' or 'position', got {conv_strength!r}")
-  if conv_strength == "position":
-    if input_hw is None and any(np.ndim(k) == 5 for _, k, _ in ch):
-      raise ValueError("conv_strength='position' needs input_hw=(H, W)")
-    out = _position_strengths(ch, input_hw, strides, padding)
-    return dict(zip([INPUT] + [name for name, _, _ in ch], out))
-  kernels = tuple(jnp.asarray(k) for _, k, _ in ch)
-  biases = tuple(None if b is None else jnp.asarray(b) for _, _, b in ch)
-  out = _strengths_N(kernels, biases)
-  names = [INPUT] + [name for name, _, _ in ch]
-  return {n: np.asarray(s) for n, s in zip(names, out)}
+    Example:
+      >>> s = node_strength({"Dense_0": {"kernel": w1, "bias": b1}, "Dense_1": {...}})
+      >>> s["Dense_0"].shape  # (N, hidden)
+    """
+    ch = chain(params, layers)
+    if conv_strength not in ("channel", "position"):
+        raise ValueError(f"conv_strength must be 'channel' or 'position', got {conv_strength!r}")
+    if conv_strength == "position":
+        if input_hw is None and any(np.ndim(k) == 5 for _, k, _ in ch):
+            raise ValueError("conv_strength='position' needs input_hw=(H, W)")
+        out = _position_strengths(ch, input_hw, strides, padding)
+        return dict(zip([INPUT] + [name for name, _, _ in ch], out))
+    kernels = tuple(jnp.asarray(k) for _, k, _ in ch)
+    biases = tuple(None if b is None else jnp.asarray(b) for _, _, b in ch)
+    out = _strengths_N(kernels, biases)
+    names = [INPUT] + [name for name, _, _ in ch]
+    return {n: np.asarray(s) for n, s in zip(names, out)}
 
 
-def layer_fluctuation(params: Mapping[str, Any], *, layers: Sequence[str] | None = None,
-                      **strength_options) -> pd.DataFrame:
-  """Layer fluctuation: std (ddof 0) of the node strengths in each layer, per network.
+def layer_fluctuation(
+    params: Mapping[str, Any], *, layers: Sequence[str] | None = None, **strength_options
+) -> pd.DataFrame:
+    """Layer fluctuation: std (ddof 0) of the node strengths in each layer, per network.
 
-  Args:
-    params: parameters, networks axis first.
-    layers: explicit chain order of kernel layers.
-    strength_options: ``conv_strength``, ``input_hw``, ``strides``, ``padding`` of :func:`node_strength`.
+    Args:
+      params: parameters, networks axis first.
+      layers: explicit chain order of kernel layers.
+      strength_options: ``conv_strength``, ``input_hw``, ``strides``, ``padding`` of :func:`node_strength`.
 
-  Returns:
-    Tidy DataFrame ``network, layer, statistic="layer_fluctuation", value, undefined``
-    (same columns as :func:`jaxweights.stats.compute_statistics`, so they concatenate).
-  """
-  rows = []
-  for name, s in node_strength(params, layers=layers, **strength_options).items():
-    v = s.astype(np.float64).std(axis=1)
-    rows.append(pd.DataFrame({"network": np.arange(len(v)), "layer": name,
-                              "statistic": "layer_fluctuation", "value": v,
-                              "undefined": ~np.isfinite(v)}))
-  return pd.concat(rows, ignore_index=True)
+    Returns:
+      Tidy DataFrame ``network, layer, statistic="layer_fluctuation", value, undefined``
+      (same columns as :func:`jaxweights.stats.compute_statistics`, so they concatenate).
+    """
+    rows = []
+    for name, s in node_strength(params, layers=layers, **strength_options).items():
+        v = s.astype(np.float64).std(axis=1)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "network": np.arange(len(v)),
+                    "layer": name,
+                    "statistic": "layer_fluctuation",
+                    "value": v,
+                    "undefined": ~np.isfinite(v),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)

@@ -50,15 +50,29 @@ def _merge(target, updates) -> None:
 
 def _row(dataset: str, family: str, s: dict[str, Any]) -> dict[str, Any]:
     c, pr, sd = s["claim"], s["prediction"], s.get("seed_dispersion") or {}
-    return {"dataset": dataset, "model": family, "networks": s["n_networks"], "analysed": s.get("n_kept"),
-            "diverged": s["n_diverged"], "exploded": s.get("n_exploded"), "not_learned": s.get("n_not_learned"),
-            "best_acc": s["grouping"]["optimal_acc"][1], "claim": c["verdict"], "ratio": c["ratio"],
-            "p_value": c.get("p_value", c["p_greater"]), "p_holm": c.get("p_holm"),
-            "claim_cells": c.get("verdict_cell"), "p_cell": c.get("p_cell"),
-            "seed_rho": sd.get("rho"), "seed_p": sd.get("p_value"),
-            "tests_holding_holm": f"{c['n_holds']}/{c['n_tests']}",
-            "dispersion": s["dispersion"]["verdict"], "prediction_r2": pr.get("best_weights_r2"),
-            "prediction_tau": pr.get("best_weights_tau"), "hparams_r2": pr.get("best_hyperparameters_r2")}
+    return {
+        "dataset": dataset,
+        "model": family,
+        "networks": s["n_networks"],
+        "analysed": s.get("n_kept"),
+        "diverged": s["n_diverged"],
+        "exploded": s.get("n_exploded"),
+        "not_learned": s.get("n_not_learned"),
+        "best_acc": s["grouping"]["optimal_acc"][1],
+        "claim": c["verdict"],
+        "ratio": c["ratio"],
+        "p_value": c.get("p_value", c["p_greater"]),
+        "p_holm": c.get("p_holm"),
+        "claim_cells": c.get("verdict_cell"),
+        "p_cell": c.get("p_cell"),
+        "seed_rho": sd.get("rho"),
+        "seed_p": sd.get("p_value"),
+        "tests_holding_holm": f"{c['n_holds']}/{c['n_tests']}",
+        "dispersion": s["dispersion"]["verdict"],
+        "prediction_r2": pr.get("best_weights_r2"),
+        "prediction_tau": pr.get("best_weights_tau"),
+        "hparams_r2": pr.get("best_hyperparameters_r2"),
+    }
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> Path:
@@ -92,16 +106,21 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
             fig = figures.depth_profile(workdir / "figures", prof, stem=f"depth_profile_{dataset}")
             summaries.setdefault("comparison", {})[dataset] = {**cmp, "metric": metric}
             trends = ", ".join(f"{k}: {report.fmt(v)}" for k, v in cmp["depth_trend"].items())
-            sections.append(report.Section(
-                f"{dataset}: do the model families show the same pattern?",
-                f"<p>Whole-network verdicts ({report.esc(metric)}): "
-                + ", ".join(f"{k} {report.verdict_html(v)}" for k, v in cmp["verdicts"].items())
-                + f". Same verdict: <b>{cmp['same_verdict']}</b>. Spearman correlation of the per-layer distance "
-                f"ratio with normalised depth: {report.esc(trends)}; same trend: <b>{cmp['same_trend']}</b>.</p>",
-                [fig]))
+            sections.append(
+                report.Section(
+                    f"{dataset}: do the model families show the same pattern?",
+                    f"<p>Whole-network verdicts ({report.esc(metric)}): "
+                    + ", ".join(f"{k} {report.verdict_html(v)}" for k, v in cmp["verdicts"].items())
+                    + f". Same verdict: <b>{cmp['same_verdict']}</b>. Spearman correlation of the per-layer distance "
+                    f"ratio with normalised depth: {report.esc(trends)}; same trend: <b>{cmp['same_trend']}</b>.</p>",
+                    [fig],
+                )
+            )
     verdicts = pd.DataFrame(rows)
-    links = "".join(f'<li><a href="{d}_{m}/analysis/report.html">{d} × {m}</a></li>'
-                    for d, m in zip(verdicts.dataset, verdicts["model"]))
+    links = "".join(
+        f'<li><a href="{d}_{m}/analysis/report.html">{d} × {m}</a></li>'
+        for d, m in zip(verdicts.dataset, verdicts["model"])
+    )
     head = report.Section(
         "Verdicts per dataset × model",
         "<p>claim: are optimal networks more alike than suboptimal ones (whole network, permutation test, "
@@ -110,8 +129,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
         "(negative: cells that train well have seeds that end up alike); tests_holding_holm: claim tests holding "
         "after Holm's correction; ratio: mean distance within suboptimal / within optimal; dispersion: do statistics vary more among "
         "suboptimal networks; prediction: held-out R² and Kendall τ of accuracy predicted from weight "
-        "statistics, beside hyperparameters alone.</p>" + report.table(verdicts) + f"<ul>{links}</ul>")
-    summary = {"zoos": {k: v for k, v in summaries.items() if k != "comparison"},
-               "comparison": summaries.get("comparison", {}), "verdicts": verdicts.to_dict("records"),
-               "config": config.to_dict()}
+        "statistics, beside hyperparameters alone.</p>" + report.table(verdicts) + f"<ul>{links}</ul>",
+    )
+    summary = {
+        "zoos": {k: v for k, v in summaries.items() if k != "comparison"},
+        "comparison": summaries.get("comparison", {}),
+        "verdicts": verdicts.to_dict("records"),
+        "config": config.to_dict(),
+    }
     return report.write(workdir, "jaxweights study: optimal vs suboptimal networks", [head, *sections], summary)

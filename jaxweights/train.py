@@ -23,7 +23,8 @@ blew up while staying finite is flagged exploded after each epoch (`exploded`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ PyTree = Any
 
 class TrainState(NamedTuple):
     """State of one network (or, stacked, of N networks with the networks axis first)."""
+
     params: PyTree
     opt_state: PyTree
     diverged: Array  # bool scalar
@@ -47,6 +49,7 @@ class TrainState(NamedTuple):
 
 class Hyper(NamedTuple):
     """Dynamic hyperparameters of one network (stacked: each field has shape (N,))."""
+
     seed: Array
     learning_rate: Array
     init_scale: Array
@@ -58,15 +61,20 @@ class Hyper(NamedTuple):
 def hyper_from_grid(grid) -> Hyper:
     """Stacked `Hyper` from a `config.hyperparameter_grid` DataFrame."""
     f32 = lambda c: jnp.asarray(grid[c].to_numpy(), jnp.float32)
-    return Hyper(seed=jnp.asarray(grid["seed"].to_numpy(), jnp.int32),
-                 learning_rate=f32("learning_rate"), init_scale=f32("init_scale"),
-                 weight_decay=f32("weight_decay"), label_noise=f32("label_noise"),
-                 train_fraction=f32("train_fraction"))
+    return Hyper(
+        seed=jnp.asarray(grid["seed"].to_numpy(), jnp.int32),
+        learning_rate=f32("learning_rate"),
+        init_scale=f32("init_scale"),
+        weight_decay=f32("weight_decay"),
+        label_noise=f32("label_noise"),
+        train_fraction=f32("train_fraction"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """Static choices of one compiled group (everything that changes shapes or code)."""
+
     model: Any  # flax.linen.Module
     optimizer: str = "sgd"
     momentum: float = 0.9
@@ -100,9 +108,11 @@ def make_optimizer(setup: Setup, hp: Hyper) -> optax.GradientTransformation:
         rate = lambda count: lr * shape(count)
     if setup.optimizer == "adamw":
         return optax.adamw(rate, weight_decay=hp.weight_decay)
-    base = {"sgd": lambda: optax.sgd(rate),
-            "momentum": lambda: optax.sgd(rate, momentum=setup.momentum),
-            "adam": lambda: optax.adam(rate)}[setup.optimizer]()
+    base = {
+        "sgd": lambda: optax.sgd(rate),
+        "momentum": lambda: optax.sgd(rate, momentum=setup.momentum),
+        "adam": lambda: optax.adam(rate),
+    }[setup.optimizer]()
     return optax.chain(optax.add_decayed_weights(hp.weight_decay), base)
 
 
@@ -141,8 +151,7 @@ def loss_and_logits(setup: Setup, params: PyTree, x: Array, y: Array) -> tuple[A
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
 
-def epoch_indices(net_key: Array, epoch: Array, train_fraction: Array, n: int, steps: int,
-                  batch_size: int) -> Array:
+def epoch_indices(net_key: Array, epoch: Array, train_fraction: Array, n: int, steps: int, batch_size: int) -> Array:
     """The `steps * batch_size` training-example indices of one network's epoch, in order.
 
     The network keeps m = round(f·n) examples (at least one batch), the first m of a permutation
@@ -166,8 +175,9 @@ def epoch_indices(net_key: Array, epoch: Array, train_fraction: Array, n: int, s
     return subset[perm_n[within_t % m]]
 
 
-def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
-                x_train: Array, y_train: Array, *, rwc_every: int = 0) -> tuple[TrainState, dict[str, Array]]:
+def train_epoch(
+    setup: Setup, state: TrainState, hp: Hyper, epoch: Array, x_train: Array, y_train: Array, *, rwc_every: int = 0
+) -> tuple[TrainState, dict[str, Array]]:
     """One epoch of one network: `len(x_train) // batch_size` steps in a `lax.scan`.
 
     With `train_fraction` f < 1 the network trains on a fixed subset of round(f·n) examples
@@ -202,13 +212,13 @@ def train_epoch(setup: Setup, state: TrainState, hp: Hyper, epoch: Array,
         idx = jax.lax.dynamic_slice_in_dim(idx_all, i * b, b)
         x = normalize(setup, x_train[idx])
         y = noisy_labels(idx, y_train[idx].astype(jnp.int32))
-        (loss, logits), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
-            setup, state.params, x, y)
+        (loss, logits), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(setup, state.params, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & _all_finite(params) & ~state.diverged
-        new = TrainState(_tree_where(ok, params, state.params), _tree_where(ok, opt_state, state.opt_state),
-                         ~ok, state.step + 1)
+        new = TrainState(
+            _tree_where(ok, params, state.params), _tree_where(ok, opt_state, state.opt_state), ~ok, state.step + 1
+        )
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         return (new, loss_sum + loss, correct + acc), None
 
@@ -233,9 +243,15 @@ def reference_max_abs_weight(setup: Setup, hp: Hyper, image_shape: tuple[int, ..
     return jnp.maximum(max_abs_weight(own), max_abs_weight(unit))
 
 
-def exploded(test_loss_N: np.ndarray, max_abs_weight_N: np.ndarray, reference_N: np.ndarray,
-             diverged_N: np.ndarray, num_classes: int, loss_factor: float = 10.0,
-             weight_factor: float = 100.0) -> np.ndarray:
+def exploded(
+    test_loss_N: np.ndarray,
+    max_abs_weight_N: np.ndarray,
+    reference_N: np.ndarray,
+    diverged_N: np.ndarray,
+    num_classes: int,
+    loss_factor: float = 10.0,
+    weight_factor: float = 100.0,
+) -> np.ndarray:
     """Which networks blew up without becoming non-finite (bool (N,)).
 
     exploded = not diverged and (test loss > `loss_factor` · ln(num_classes), i.e. that many times
@@ -254,6 +270,7 @@ def _kernels(params: PyTree) -> dict[str, Array]:
 
 def _train_with_rwc(step, state, zero, steps: int, every: int):
     """The epoch's scan with the kernels of the last k-step boundary carried (see `train_epoch`)."""
+
     def body(carry, i):
         inner, ref = carry
         inner, _ = step(inner, i)
@@ -264,7 +281,8 @@ def _train_with_rwc(step, state, zero, steps: int, every: int):
         return (inner, ref), rwc
 
     ((state, loss_sum, correct), _), rwc = jax.lax.scan(
-        body, ((state, zero, zero), _kernels(state.params)), jnp.arange(steps))
+        body, ((state, zero, zero), _kernels(state.params)), jnp.arange(steps)
+    )
     return state, {"train_loss": loss_sum / steps, "train_acc": correct / steps, "rwc_l1_ratio": rwc}
 
 
@@ -290,8 +308,11 @@ def evaluate(setup: Setup, params: PyTree, x: Array, y: Array, mask: Array, eval
     zero = jnp.zeros((n_nets,), jnp.float32)
     (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), jnp.arange(chunks))
     total = mask.sum()
-    return {"test_loss": loss_sum / total, "test_acc": correct / total,
-            "max_abs_weight": jax.vmap(max_abs_weight)(params)}
+    return {
+        "test_loss": loss_sum / total,
+        "test_acc": correct / total,
+        "max_abs_weight": jax.vmap(max_abs_weight)(params),
+    }
 
 
 def pad_split(x: np.ndarray, y: np.ndarray, eval_batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -306,14 +327,16 @@ def pad_split(x: np.ndarray, y: np.ndarray, eval_batch: int) -> tuple[np.ndarray
 
 class ZooFns(NamedTuple):
     """The jitted functions of one compiled group, vmapped over the networks axis."""
+
     init: Callable[[Hyper], TrainState]
     train_epoch: Callable[..., tuple[TrainState, dict[str, Array]]]
     evaluate: Callable[..., dict[str, Array]]
     reference_weight: Callable[[Hyper], Array] | None = None  # `reference_max_abs_weight` of each network
 
 
-def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int,
-                 mesh: jax.sharding.Mesh | None = None) -> ZooFns:
+def make_zoo_fns(
+    setup: Setup, image_shape: tuple[int, ...], eval_batch: int, mesh: jax.sharding.Mesh | None = None
+) -> ZooFns:
     """Jitted, vmapped init / train-epoch / evaluate for one static setup.
 
     Keep the returned object and call it every epoch: a second call with the same shapes does
@@ -341,10 +364,15 @@ def make_zoo_fns(setup: Setup, image_shape: tuple[int, ...], eval_batch: int,
         # (the initialisation too: its random draws take several times the state while they live)
         init = lambda hp: jax.lax.map(lambda h: init_network(setup, h, image_shape), hp, batch_size=k)
         ref = lambda hp: jax.lax.map(lambda h: reference_max_abs_weight(setup, h, image_shape), hp, batch_size=k)
-        epoch = lambda s, hp, e, x, y: jax.lax.map(lambda a: train_epoch(setup, a[0], a[1], e, x, y), (s, hp),
-                                                   batch_size=k)
-        one = lambda q, x, y, m: jax.tree.map(lambda v: v[0], evaluate(  # evaluate stacks: one network as N=1
-            setup, jax.tree.map(lambda a: a[None], q), x, y, m, eval_batch))
+        epoch = lambda s, hp, e, x, y: jax.lax.map(
+            lambda a: train_epoch(setup, a[0], a[1], e, x, y), (s, hp), batch_size=k
+        )
+        one = lambda q, x, y, m: jax.tree.map(
+            lambda v: v[0],
+            evaluate(  # evaluate stacks: one network as N=1
+                setup, jax.tree.map(lambda a: a[None], q), x, y, m, eval_batch
+            ),
+        )
         ev = lambda p, x, y, m: jax.lax.map(lambda q: one(q, x, y, m), p, batch_size=k)
     else:
         epoch = jax.vmap(lambda s, hp, e, x, y: train_epoch(setup, s, hp, e, x, y), in_axes=(0, 0, None, None, None))
@@ -411,6 +439,7 @@ def shard(x: np.ndarray | PyTree, mesh: jax.sharding.Mesh, networks_axis: bool =
     def one(a):
         a = np.asarray(a)
         return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
     return jax.tree.map(one, x)
 
 
@@ -419,13 +448,16 @@ def to_host(tree: PyTree) -> PyTree:
     if jax.process_count() == 1:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
+
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
 # ============================== memory planning ==============================
 
+
 class MemoryPlan(NamedTuple):
     """How a zoo is split into chunks that fit in device memory (all sizes in bytes)."""
+
     networks: int  # networks in the zoo
     devices: int  # devices the networks axis is split over
     state_bytes: int  # one network's parameters + optimizer state
@@ -439,16 +471,19 @@ class MemoryPlan(NamedTuple):
 
     def device_bytes(self) -> int:
         """The bytes this plan expects a device to hold: the data and its share of a chunk."""
-        return self.fixed_bytes + networks_bytes(self.chunk_size // self.devices, self.state_bytes, self.step_bytes,
-                                                 self.vmap_chunk)
+        return self.fixed_bytes + networks_bytes(
+            self.chunk_size // self.devices, self.state_bytes, self.step_bytes, self.vmap_chunk
+        )
 
     def describe(self) -> str:
         mb = lambda b: f"{b / 2**20:,.2f} MiB"
-        return (f"memory plan: {self.networks} networks on {self.devices} device(s); one network needs "
-                f"{mb(self.network_bytes)} (state {mb(self.state_bytes)}, step temporaries {mb(self.step_bytes)}), "
-                f"data {mb(self.fixed_bytes)} per device, budget {mb(self.budget_bytes)} per device"
-                f"{', temporaries of %d networks at a time' % self.vmap_chunk if self.vmap_chunk else ''} -> "
-                f"{self.num_chunks} chunk(s) of {self.chunk_size} networks")
+        return (
+            f"memory plan: {self.networks} networks on {self.devices} device(s); one network needs "
+            f"{mb(self.network_bytes)} (state {mb(self.state_bytes)}, step temporaries {mb(self.step_bytes)}), "
+            f"data {mb(self.fixed_bytes)} per device, budget {mb(self.budget_bytes)} per device"
+            f"{f', temporaries of {self.vmap_chunk} networks at a time' if self.vmap_chunk else ''} -> "
+            f"{self.num_chunks} chunk(s) of {self.chunk_size} networks"
+        )
 
 
 def _nbytes(tree: PyTree) -> int:
@@ -488,6 +523,7 @@ def device_memory_bytes() -> int:
     """Memory of one local device: its allocator limit (GPU/TPU), else (CPU) the host memory
     available now (`MemAvailable`, or all of it where that is unknown) / local devices."""
     import os
+
     stats = jax.local_devices()[0].memory_stats() or {}
     if stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
@@ -510,8 +546,16 @@ def networks_bytes(m: int, state_bytes: int, step_bytes: int, vmap_chunk: int = 
     return 2 * state_bytes * m + k * step_bytes + (state_bytes * m if m % k else 0)
 
 
-def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fixed_bytes: int,
-                budget_bytes: int, chunk_size: int = 0, vmap_chunk: int = 0) -> MemoryPlan:
+def plan_memory(
+    n: int,
+    num_devices: int,
+    state_bytes: int,
+    step_bytes: int,
+    fixed_bytes: int,
+    budget_bytes: int,
+    chunk_size: int = 0,
+    vmap_chunk: int = 0,
+) -> MemoryPlan:
     """Splits N networks into equal chunks that fit `budget_bytes` per device.
 
     A network costs a device its state twice (the state in and the state out of an epoch, whose
@@ -542,18 +586,33 @@ def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fix
     k = vmap_chunk
     need = lambda m: networks_bytes(m, state_bytes, step_bytes, k)
     if need(1) > room:
-        raise ValueError(f"{budget_bytes / 2**20:,.1f} MiB per device cannot hold one network "
-                         f"({per_net / 2**20:,.1f} MiB) beside the data ({fixed_bytes / 2**20:,.1f} MiB)")
+        raise ValueError(
+            f"{budget_bytes / 2**20:,.1f} MiB per device cannot hold one network "
+            f"({per_net / 2**20:,.1f} MiB) beside the data ({fixed_bytes / 2**20:,.1f} MiB)"
+        )
     cap = -(-pad_networks(chunk_size, num_devices) // num_devices) if chunk_size > 0 else None
     every = -(-n // num_devices)  # networks per device with the whole zoo in one chunk
     if need(every) <= room and (cap is None or every <= cap):
-        return MemoryPlan(n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes,
-                          pad_networks(n, num_devices), 1, vmap_chunk)
+        return MemoryPlan(
+            n,
+            num_devices,
+            state_bytes,
+            step_bytes,
+            per_net,
+            fixed_bytes,
+            budget_bytes,
+            pad_networks(n, num_devices),
+            1,
+            vmap_chunk,
+        )
     # the most networks a device holds: all vmapped, a multiple of k, or any count (remainder and all)
     candidates = {1, room // per_net}
     if k:
-        candidates |= {min(room // per_net, k), max(room - k * step_bytes, 0) // (2 * state_bytes) // k * k,
-                       max(room - k * step_bytes, 0) // (3 * state_bytes)}
+        candidates |= {
+            min(room // per_net, k),
+            max(room - k * step_bytes, 0) // (2 * state_bytes) // k * k,
+            max(room - k * step_bytes, 0) // (3 * state_bytes),
+        }
     if cap is not None:
         candidates = {min(c, cap) for c in candidates} | {cap, cap // k * k if k else cap}
     per_device = max(c for c in candidates if c >= 1 and need(c) <= room)
@@ -562,8 +621,9 @@ def plan_memory(n: int, num_devices: int, state_bytes: int, step_bytes: int, fix
     if k and per_chunk > k and -(-per_chunk // k) * k <= per_device:
         per_chunk = -(-per_chunk // k) * k  # no remainder chunk (a few more padding networks)
     size = per_chunk * num_devices
-    return MemoryPlan(n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes, size, num_chunks,
-                      vmap_chunk)
+    return MemoryPlan(
+        n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes, size, num_chunks, vmap_chunk
+    )
 
 
 def step_flops(setup: Setup, params_one: PyTree, image_shape: tuple[int, ...]) -> float:
@@ -590,8 +650,14 @@ def step_cost(setup: Setup, image_shape: tuple[int, ...], n_nets: int = 1) -> tu
     program is compiled (never run) on one batch.
     """
     f32 = lambda v: jnp.full((n_nets,), v, jnp.float32)
-    hp = Hyper(seed=jnp.arange(n_nets, dtype=jnp.int32), learning_rate=f32(0.01), init_scale=f32(1.0),
-               weight_decay=f32(0.0), label_noise=f32(0.0), train_fraction=f32(1.0))
+    hp = Hyper(
+        seed=jnp.arange(n_nets, dtype=jnp.int32),
+        learning_rate=f32(0.01),
+        init_scale=f32(1.0),
+        weight_decay=f32(0.0),
+        label_noise=f32(0.0),
+        train_fraction=f32(1.0),
+    )
     fns = make_zoo_fns(dataclasses.replace(setup, vmap_chunk=0), image_shape, 1)
     state = jax.eval_shape(fns.init, hp)
     x = jax.ShapeDtypeStruct((setup.batch_size, *image_shape), jnp.uint8)

@@ -29,8 +29,12 @@ def data_dir() -> Path:
 def mnist_slice(data_dir):
     """2048 train and 1000 test MNIST images, (n, 28, 28, 1) uint8 and int32 labels."""
     with np.load(data_dir / "mnist.npz") as z:
-        return (z["x_train"][:2048, :, :, None], z["y_train"][:2048].astype(np.int32),
-                z["x_test"][:1000, :, :, None], z["y_test"][:1000].astype(np.int32))
+        return (
+            z["x_train"][:2048, :, :, None],
+            z["y_train"][:2048].astype(np.int32),
+            z["x_test"][:1000, :, :, None],
+            z["y_test"][:1000].astype(np.int32),
+        )
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ def test_analyze_refuses_a_folder_without_params(tmp_path, capsys):
 def test_statistics_and_distances_of_real_trained_weights_equal_scipy(trained, x64):
     import jax
     import scipy.stats as ss
+
     params = jax.tree.map(lambda a: a.astype(np.float64), rundir.load_params(trained / "params.npz"))
     k = np.asarray(params["Dense_0"]["kernel"], np.float64).reshape(4, -1)
     table = stats.compute_statistics(params, statistics=["skewness", "kurtosis", "quantiles"])
@@ -72,6 +73,7 @@ def test_statistics_and_distances_of_real_trained_weights_equal_scipy(trained, x
 
 # ------------------------------------------- a constructed zoo with one exploded network (huge, finite weights)
 
+
 def _zoo(exploded: bool):
     """4 hyperparameter cells × 4 seeds of a 20-8-10 MLP; the best cell's seeds nearly equal, the worst
     cell's far apart; with `exploded`, a 13th network at index 5 with finite weights of 1e20 (no
@@ -80,14 +82,25 @@ def _zoo(exploded: bool):
     shapes = {"Dense_0/kernel": (20, 8), "Dense_0/bias": (8,), "Dense_1/kernel": (8, 10), "Dense_1/bias": (10,)}
     base = {k: rng.normal(0, 0.3, s) for k, s in shapes.items()}
     spread = {0.1: 0.01, 0.05: 0.05, 0.01: 0.15, 0.001: 0.4}  # learning rate -> seed-to-seed spread
-    accs = {0.1: (0.95, 0.96, 0.97, 0.98), 0.05: (0.9, 0.91, 0.92, 0.93), 0.01: (0.6, 0.65, 0.7, 0.75),
-            0.001: (0.4, 0.45, 0.5, 0.55)}
+    accs = {
+        0.1: (0.95, 0.96, 0.97, 0.98),
+        0.05: (0.9, 0.91, 0.92, 0.93),
+        0.01: (0.6, 0.65, 0.7, 0.75),
+        0.001: (0.4, 0.45, 0.5, 0.55),
+    }
     nets, rows = [], []
     for lr, sd in spread.items():
         for seed in range(4):
             nets.append({k: v * (1 + sd * seed) + rng.normal(0, sd, v.shape) for k, v in base.items()})
-            rows.append({"seed": seed, "learning_rate": lr, "init_scale": 1.0, "test_acc": accs[lr][seed],
-                         "test_loss": 1.0 - accs[lr][seed]})
+            rows.append(
+                {
+                    "seed": seed,
+                    "learning_rate": lr,
+                    "init_scale": 1.0,
+                    "test_acc": accs[lr][seed],
+                    "test_loss": 1.0 - accs[lr][seed],
+                }
+            )
     if exploded:
         nets.insert(5, {k: v * 1e20 for k, v in base.items()})
         rows.insert(5, {"seed": 0, "learning_rate": 0.5, "init_scale": 3.0, "test_acc": 0.3, "test_loss": 2.0})
@@ -99,18 +112,21 @@ def _zoo(exploded: bool):
 
 def _summarise(tmp_path, name, exploded, **kw):
     from jaxweights import analysis
+
     params, last = _zoo(exploded)
     out = tmp_path / name
     out.mkdir()
     table = analysis.analyze_params(params, out, metrics=["wasserstein"])
-    s, _ = analysis.zoo_summary(params, table, last, out, metrics=["wasserstein"], n_permutations=300, n_boot=50,
-                                folds=3, **kw)
+    s, _ = analysis.zoo_summary(
+        params, table, last, out, metrics=["wasserstein"], n_permutations=300, n_boot=50, folds=3, **kw
+    )
     return s, out
 
 
 @pytest.fixture(scope="module")
 def exploded_zoo(tmp_path_factory):
     import logging
+
     tmp = tmp_path_factory.mktemp("exploded")
     seen = []
     handler = logging.Handler(logging.WARNING)
@@ -125,6 +141,7 @@ def exploded_zoo(tmp_path_factory):
 
 def test_an_exploded_network_is_left_out_listed_and_changes_neither_headline_nor_figure_scales(exploded_zoo):
     import scipy.stats as ss
+
     (s, out), clean, seen = exploded_zoo
     undefined = [m for m in seen if "undefined" in m]
     # the exploded network's statistics are defined (moments of rescaled weights do not overflow float32)
@@ -168,6 +185,7 @@ def test_an_exploded_network_is_left_out_listed_and_changes_neither_headline_nor
 
 def test_include_exploded_puts_it_back_in_the_suboptimal_group():
     from jaxweights import analysis
+
     params, last = _zoo(True)
     g = analysis.network_groups(last, params).set_index("network")
     assert g.state[5] == "exploded" and not g.analysed[5] and g.group[5] == "exploded"
@@ -183,11 +201,12 @@ def test_include_exploded_puts_it_back_in_the_suboptimal_group():
 
 def test_undefined_statistics_name_the_right_reason():
     from jaxweights import analysis
+
     rng = np.random.default_rng(0)
     k = rng.normal(size=(4, 6, 5)).astype(np.float32)
-    k[1, 0, 0] = np.nan        # non-finite weights
-    k[2] = 0.0                 # all-zero kernel: zero variance
-    k[3] *= np.float32(1e35)   # finite, but a float32 sum over the layer can overflow
+    k[1, 0, 0] = np.nan  # non-finite weights
+    k[2] = 0.0  # all-zero kernel: zero variance
+    k[3] *= np.float32(1e35)  # finite, but a float32 sum over the layer can overflow
     table = pd.DataFrame({"network": [0, 1, 2, 3], "undefined": [False, True, True, True]})
     r = analysis.undefined_reasons(table, {"Dense_0/kernel": k}).set_index("network").reason
     assert r.to_dict() == {1: "non-finite weights", 2: "zero variance or all-zero kernel", 3: "float32 overflow"}

@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import analysis, config as config_lib, rundir, run
+from jaxweights import analysis, run, rundir
+from jaxweights import config as config_lib
 
 
 class MyMLP(nn.Module):
     """A user's own module, written like the built-in 784-16-10 MLP (same initialiser, same names)."""
+
     width: int = 16
 
     @nn.compact
@@ -66,7 +68,10 @@ def test_any_module_gets_the_zoo_run_directory_and_analysis(tmp_path, data_dir):
     assert len(df) == 2 * 2 * 2 and (df.test_acc > 0.3).all()
     params = rundir.load_params(tmp_path / "g" / "params.npz")
     assert {k: v["kernel"].shape for k, v in params.items()} == {
-        "gate": (8, 784, 24), "value": (8, 784, 24), "out": (8, 24, 10)}
+        "gate": (8, 784, 24),
+        "value": (8, 784, 24),
+        "out": (8, 24, 10),
+    }
     # Paired seeds: at epoch 0 a network with init scale 1.0 is twice its twin with 0.5 (same seed and rate).
     hp = pd.read_csv(tmp_path / "g" / "hparams.csv")
     small = hp[hp.init_scale == 0.5].iloc[1]
@@ -77,8 +82,13 @@ def test_any_module_gets_the_zoo_run_directory_and_analysis(tmp_path, data_dir):
     out = analysis.analyze_workdir(tmp_path / "g", metrics=["wasserstein"])
     # Its dynamics need the module itself: skipped with the reason, then computed when it is given.
     assert "model=" in json.loads((out / "summary.json").read_text())["dynamics"]["skipped"]
-    out = analysis.analyze_workdir(tmp_path / "g", metrics=["wasserstein"], model=Gated(), dynamics=True,
-                                   dynamics_options=dict(probe_size=100, probe_steps=50, num_planes=1, resolution=4))
+    out = analysis.analyze_workdir(
+        tmp_path / "g",
+        metrics=["wasserstein"],
+        model=Gated(),
+        dynamics=True,
+        dynamics_options=dict(probe_size=100, probe_steps=50, num_planes=1, resolution=4),
+    )
     rwc = pd.read_csv(out / "rwc.csv")
     assert set(rwc.layer) == {"gate", "value", "out"} and len(rwc) == 3 * 8 and (rwc.rwc_l1_ratio > 0).all()
     assert set(pd.read_csv(out / "modularity.csv").layer) == {"input", "gate", "value", "out"}

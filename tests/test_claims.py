@@ -9,7 +9,7 @@ import pytest
 import scipy.stats as ss
 
 from jaxweights import claims, distances
-from jaxweights.claims import OPTIMAL, SUBOPTIMAL, EXCLUDED, MIDDLE
+from jaxweights.claims import EXCLUDED, MIDDLE, OPTIMAL, SUBOPTIMAL
 
 
 def population(rng, n_opt, n_sub, opt_spread, sub_spread, d=2000):
@@ -44,16 +44,30 @@ def test_exact_permutation_test_equals_scipy():
         w = lambda g: np.mean([d[i, j] for i, j in itertools.permutations(g, 2)])
         return w(s) - w(o)
 
-    ref = ss.permutation_test((np.arange(4.0), np.arange(4.0, 9.0)), t, permutation_type="independent",
-                              alternative="greater", n_resamples=10_000, vectorized=False)
-    ref_less = ss.permutation_test((np.arange(4.0), np.arange(4.0, 9.0)), t, permutation_type="independent",
-                                   alternative="less", n_resamples=10_000, vectorized=False)
+    ref = ss.permutation_test(
+        (np.arange(4.0), np.arange(4.0, 9.0)),
+        t,
+        permutation_type="independent",
+        alternative="greater",
+        n_resamples=10_000,
+        vectorized=False,
+    )
+    ref_less = ss.permutation_test(
+        (np.arange(4.0), np.arange(4.0, 9.0)),
+        t,
+        permutation_type="independent",
+        alternative="less",
+        n_resamples=10_000,
+        vectorized=False,
+    )
     np.testing.assert_allclose(res.statistic, ref.statistic, rtol=1e-12)
     np.testing.assert_allclose([res.p_greater, res.p_less], [ref.pvalue, ref_less.pvalue], rtol=1e-12)
     g = claims.group_distances(d, labels)
     loop = lambda A, B: np.mean([d[i, j] for i in A for j in B if i != j])
-    np.testing.assert_allclose([g["within_optimal"], g["within_suboptimal"], g["across"]],
-                               [loop(range(4), range(4)), loop(range(4, 9), range(4, 9)), loop(range(4), range(4, 9))])
+    np.testing.assert_allclose(
+        [g["within_optimal"], g["within_suboptimal"], g["across"]],
+        [loop(range(4), range(4)), loop(range(4, 9), range(4, 9)), loop(range(4), range(4, 9))],
+    )
 
 
 def test_tighter_group_is_found_and_reversal_too():
@@ -104,8 +118,14 @@ def test_dispersion_finds_the_more_variable_group():
     tight = np.r_[rng.normal(0, 0.1, 10), rng.normal(0, 1.0, 10), rng.normal(size=4)]
     same = rng.normal(size=(20, n))  # 20 statistics with the same law in both groups
     names = ["std"] + [f"null{i}" for i in range(20)]
-    table = pd.DataFrame({"network": np.tile(np.arange(n), 21), "layer": "Dense_0",
-                          "statistic": np.repeat(names, n), "value": np.r_[tight, same.ravel()]})
+    table = pd.DataFrame(
+        {
+            "network": np.tile(np.arange(n), 21),
+            "layer": "Dense_0",
+            "statistic": np.repeat(names, n),
+            "value": np.r_[tight, same.ravel()],
+        }
+    )
     disp = claims.dispersion(table, labels, n_permutations=2000).set_index("statistic")
     np.testing.assert_allclose(disp.loc["std", "var_optimal"], tight[:10].var(ddof=1))
     np.testing.assert_allclose(disp.loc["std", "var_suboptimal"], tight[10:20].var(ddof=1))
@@ -199,8 +219,14 @@ def test_verdicts_use_holm_adjusted_p():
     # every table of many tests carries the columns, adjusted over all its rows
     rng = np.random.default_rng(4)
     n = 30
-    table = pd.DataFrame({"network": np.tile(np.arange(n), 5), "layer": "Dense_0",
-                          "statistic": np.repeat([f"s{i}" for i in range(5)], n), "value": rng.normal(size=5 * n)})
+    table = pd.DataFrame(
+        {
+            "network": np.tile(np.arange(n), 5),
+            "layer": "Dense_0",
+            "statistic": np.repeat([f"s{i}" for i in range(5)], n),
+            "value": rng.normal(size=5 * n),
+        }
+    )
     acc = rng.random(n)
     corr = claims.correlations(table, acc)
     np.testing.assert_allclose(corr.p_holm, claims.holm(corr.p_value))
@@ -231,8 +257,14 @@ def _brute_cell_test(d, acc, cells, k):
     sub, opt = list(ids[order[:k]]), list(ids[order[-k:]])
 
     def between(cs):
-        v = [d[i, j] for a in cs for b in cs if a != b
-             for i in np.flatnonzero(cells == a) for j in np.flatnonzero(cells == b)]
+        v = [
+            d[i, j]
+            for a in cs
+            for b in cs
+            if a != b
+            for i in np.flatnonzero(cells == a)
+            for j in np.flatnonzero(cells == b)
+        ]
         return np.mean(v)
 
     t = between(sub) - between(opt)
@@ -244,8 +276,15 @@ def _brute_cell_test(d, acc, cells, k):
 def test_cell_permutation_test_equals_a_loop_over_cells():
     rng = np.random.default_rng(10)
     n_cells = 10
-    d, acc, cells = grid_population(rng, n_cells, 3, rng.normal(size=(n_cells, 10)), np.full(n_cells, 0.5),
-                                    rng.random(n_cells), np.full(n_cells, 0.01))
+    d, acc, cells = grid_population(
+        rng,
+        n_cells,
+        3,
+        rng.normal(size=(n_cells, 10)),
+        np.full(n_cells, 0.5),
+        rng.random(n_cells),
+        np.full(n_cells, 0.01),
+    )
     r = claims.cell_permutation_test(d, acc, cells, quantile=0.4)
     t, pg, pl = _brute_cell_test(d, acc, cells, 4)
     assert r.exact and r.n_permutations == 70 and r.n_optimal_cells == 4
@@ -264,8 +303,9 @@ def test_seed_dispersion_equals_scipy_on_the_cell_table():
     rng = np.random.default_rng(11)
     n_cells = 12
     acc_C = rng.random(n_cells)
-    d, acc, cells = grid_population(rng, n_cells, 4, rng.normal(size=(n_cells, 10)), 1.2 - acc_C, acc_C,
-                                    np.full(n_cells, 0.02))
+    d, acc, cells = grid_population(
+        rng, n_cells, 4, rng.normal(size=(n_cells, 10)), 1.2 - acc_C, acc_C, np.full(n_cells, 0.02)
+    )
     ex = np.zeros(len(acc), bool)
     ex[[0, 1, 2]] = True  # cell 0 keeps one seed: no dispersion, left out of the correlation
     r = claims.seed_dispersion(d, acc, cells, exclude=ex)
@@ -293,8 +333,9 @@ def test_seeds_of_one_cell_being_alike_fools_the_network_test_not_the_cell_test(
         rng = np.random.default_rng(1000 + rep)
         acc_C = np.r_[np.full(4, 0.95), np.full(n_cells - 4, 0.45)]
         acc_sd = np.r_[np.full(4, 0.002), np.full(n_cells - 4, 0.15)]
-        d, acc, cells = grid_population(rng, n_cells, n_seeds, rng.normal(size=(n_cells, 100)),
-                                        np.full(n_cells, 0.01), acc_C, acc_sd, dim=100)
+        d, acc, cells = grid_population(
+            rng, n_cells, n_seeds, rng.normal(size=(n_cells, 100)), np.full(n_cells, 0.01), acc_C, acc_sd, dim=100
+        )
         lab = claims.split_groups(acc, quantile=0.25, seed=rep)
         net_rej += claims.permutation_test(d, lab, n_permutations=500, seed=rep).p_greater < 0.05
         cell_rej += claims.cell_permutation_test(d, acc, cells, seed=rep).p_greater < 0.05
@@ -326,8 +367,16 @@ def test_grid_tests_on_pure_noise_have_uniform_p_values():
     pc, pd_ = [], []
     for rep in range(reps):
         rng = np.random.default_rng(5000 + rep)
-        d, acc, cells = grid_population(rng, n_cells, n_seeds, np.zeros((n_cells, 6)), np.ones(n_cells),
-                                        rng.random(n_cells), np.full(n_cells, 0.05), dim=6)
+        d, acc, cells = grid_population(
+            rng,
+            n_cells,
+            n_seeds,
+            np.zeros((n_cells, 6)),
+            np.ones(n_cells),
+            rng.random(n_cells),
+            np.full(n_cells, 0.05),
+            dim=6,
+        )
         pc.append(claims.cell_permutation_test(d, acc, cells, seed=rep).p_greater)
         pd_.append(claims.seed_dispersion(d, acc, cells).p_less)
     pc, pd_ = np.array(pc), np.array(pd_)
@@ -339,8 +388,9 @@ def test_grid_tables_per_metric_and_layer():
     rng = np.random.default_rng(13)
     n_cells = 12
     acc_C = rng.random(n_cells)
-    d1, acc, cells = grid_population(rng, n_cells, 3, rng.normal(size=(n_cells, 10)), 1.2 - acc_C, acc_C,
-                                     np.full(n_cells, 0.02))
+    d1, acc, cells = grid_population(
+        rng, n_cells, 3, rng.normal(size=(n_cells, 10)), 1.2 - acc_C, acc_C, np.full(n_cells, 0.02)
+    )
     d2 = d1 + rng.random(d1.shape) * 0.1
     d2 = (d2 + d2.T) / 2
     np.fill_diagonal(d2, 0)
@@ -370,9 +420,16 @@ def test_grouped_folds_do_not_leak_cells():
     code = rng.normal(size=(n_cells, 40))
     x = code[cells] + rng.normal(size=(len(cells), 40)) * 0.05
     acc = rng.random(n_cells)[cells]
-    hp = pd.DataFrame({"network": np.arange(len(cells)), "seed": np.tile(np.arange(n_seeds), n_cells),
-                       "learning_rate": 10.0 ** -rng.permutation(n_cells)[cells], "test_acc": acc,
-                       "max_abs_weight": acc * 3, "exploded": False})
+    hp = pd.DataFrame(
+        {
+            "network": np.arange(len(cells)),
+            "seed": np.tile(np.arange(n_seeds), n_cells),
+            "learning_rate": 10.0 ** -rng.permutation(n_cells)[cells],
+            "test_acc": acc,
+            "max_abs_weight": acc * 3,
+            "exploded": False,
+        }
+    )
     hn, hx = claims.hyperparameter_features(hp)
     assert hn == ["learning_rate"]  # measured columns never enter the baseline
     feats = {"weights": ([f"f{i}" for i in range(40)], x), "hyperparameters": (hn, hx)}

@@ -12,13 +12,29 @@ import pytest
 from jaxweights import cli, rundir
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--config.max_train=512", "--config.max_test=500", "--config.model.hidden=(16,)",
-        "--config.batch_size=64", "--config.num_seeds=2", "--config.init_scales=(1.0,)"]
+TINY = [
+    "--config.max_train=512",
+    "--config.max_test=500",
+    "--config.model.hidden=(16,)",
+    "--config.batch_size=64",
+    "--config.num_seeds=2",
+    "--config.init_scales=(1.0,)",
+]
 
 
 def train(tmp, data_dir, *extra, config="configs/quickstart.py", workdir="run"):
-    argv = ["train", "--config", str(REPO / config), "--workdir", str(tmp / workdir), "--data_dir", str(data_dir),
-            "--noprogress", *TINY, *extra]
+    argv = [
+        "train",
+        "--config",
+        str(REPO / config),
+        "--workdir",
+        str(tmp / workdir),
+        "--data_dir",
+        str(data_dir),
+        "--noprogress",
+        *TINY,
+        *extra,
+    ]
     return cli.main(argv)
 
 
@@ -28,17 +44,35 @@ def test_run_directory_contract(tmp_path, data_dir):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["num_epochs"] == 2 and cfg["model"]["hidden"] == [16] and cfg["learning_rates"] == [0.05, 10000.0]
     m = pd.read_csv(run / "metrics.csv")
-    assert list(m.columns) == ["network", "seed", "learning_rate", "init_scale", "weight_decay", "label_noise",
-                               "train_fraction", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "diverged",
-                               "exploded", "max_abs_weight"]
+    assert list(m.columns) == [
+        "network",
+        "seed",
+        "learning_rate",
+        "init_scale",
+        "weight_decay",
+        "label_noise",
+        "train_fraction",
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "diverged",
+        "exploded",
+        "max_abs_weight",
+    ]
     assert len(m) == 4 * 2 and sorted(m.epoch.unique()) == [1, 2]
     last = m[m.epoch == 2].set_index("network")
     assert not last.diverged[[0, 1]].any() and last.diverged[[2, 3]].any()
     assert (last.test_acc[[0, 1]] > 0.4).all()  # 16 steps on 512 images
     with np.load(run / "params.npz") as z:
         shapes = {k: z[k].shape for k in z.files}
-        assert shapes == {"Dense_0/bias": (4, 16), "Dense_0/kernel": (4, 784, 16),
-                          "Dense_1/bias": (4, 10), "Dense_1/kernel": (4, 16, 10)}
+        assert shapes == {
+            "Dense_0/bias": (4, 16),
+            "Dense_0/kernel": (4, 784, 16),
+            "Dense_1/bias": (4, 10),
+            "Dense_1/kernel": (4, 16, 10),
+        }
         assert np.isfinite(z["Dense_0/kernel"]).all()  # diverged networks are frozen, finite
         final = z["Dense_0/kernel"]
     ckpt = rundir.Checkpoints(run)
@@ -54,6 +88,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, data_dir):
     cut = tmp_path / "cut"
     # Simulate a crash after epoch 1: later checkpoints, final params and later metric rows gone.
     import shutil
+
     for e in (2, 3):
         shutil.rmtree(cut / "checkpoints" / str(e))
     (cut / "params.npz").unlink()
@@ -77,18 +112,21 @@ def test_a_workdir_with_another_config_is_refused(tmp_path, data_dir, capsys):
     assert pd.read_csv(tmp_path / "run" / "metrics.csv").learning_rate.unique().tolist() == [0.2]
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--config.num_seeds=0"], "config.num_seeds: must be a positive integer"),
-    (["--config.optimizer=lion"], "config.optimizer: unknown optimizer 'lion'"),
-    (["--config.learning_rates=()"], "config.learning_rates: empty grid"),
-    (["--config.learning_rates=(-1.0,)"], "config.learning_rates: values must be > 0"),
-    (["--config.label_noises=(1.5,)"], "config.label_noises: values must lie in [0, 1]"),
-    (["--config.no_such_key=3"], "no_such_key"),
-    (["--config.dataset=imagenet"], "imagenet"),
-    (["--config.model.name=resnet"], "model.name: unknown model 'resnet'"),
-    (["--config.model.name=vit", "--config.model.patch_size=5"], "model.hidden: not an option of model 'vit'"),
-    (["--config.batch_size=4096"], "config.batch_size: 4096 is larger than the 512 training examples"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--config.num_seeds=0"], "config.num_seeds: must be a positive integer"),
+        (["--config.optimizer=lion"], "config.optimizer: unknown optimizer 'lion'"),
+        (["--config.learning_rates=()"], "config.learning_rates: empty grid"),
+        (["--config.learning_rates=(-1.0,)"], "config.learning_rates: values must be > 0"),
+        (["--config.label_noises=(1.5,)"], "config.label_noises: values must lie in [0, 1]"),
+        (["--config.no_such_key=3"], "no_such_key"),
+        (["--config.dataset=imagenet"], "imagenet"),
+        (["--config.model.name=resnet"], "model.name: unknown model 'resnet'"),
+        (["--config.model.name=vit", "--config.model.patch_size=5"], "model.hidden: not an option of model 'vit'"),
+        (["--config.batch_size=4096"], "config.batch_size: 4096 is larger than the 512 training examples"),
+    ],
+)
 def test_bad_config_gives_one_clear_line(tmp_path, data_dir, capsys, extra, message):
     assert train(tmp_path, data_dir, *extra) == 2
     err = capsys.readouterr().err.strip()
@@ -97,8 +135,16 @@ def test_bad_config_gives_one_clear_line(tmp_path, data_dir, capsys, extra, mess
 
 
 def test_impossible_vit_patch_size(tmp_path, data_dir, capsys):
-    argv = ["train", "--config", str(REPO / "configs/mnist_vit.py:quick"), "--workdir", str(tmp_path / "v"),
-            "--data_dir", str(data_dir), "--config.model.patch_size=5"]
+    argv = [
+        "train",
+        "--config",
+        str(REPO / "configs/mnist_vit.py:quick"),
+        "--workdir",
+        str(tmp_path / "v"),
+        "--data_dir",
+        str(data_dir),
+        "--config.model.patch_size=5",
+    ]
     assert cli.main(argv) == 2
     assert "config.model.patch_size: 5 does not divide the 28×28 images" in capsys.readouterr().err
     assert not (tmp_path / "v" / "metrics.csv").exists()
@@ -125,10 +171,25 @@ def test_static_groups_train_one_after_another(tmp_path, data_dir):
 
 def test_console_script_runs_the_quickstart_config(tmp_path, data_dir):
     out = subprocess.run(
-        ["jaxweights", "train", "--config", str(REPO / "configs/quickstart.py:quick"), "--workdir", str(tmp_path / "q"),
-         "--data_dir", str(data_dir), "--config.max_train=1024", "--noprogress"],
-        capture_output=True, text=True, cwd=tmp_path, env=None, timeout=300,
-        executable=str(Path(sys.executable).parent / "jaxweights"))
+        [
+            "jaxweights",
+            "train",
+            "--config",
+            str(REPO / "configs/quickstart.py:quick"),
+            "--workdir",
+            str(tmp_path / "q"),
+            "--data_dir",
+            str(data_dir),
+            "--config.max_train=1024",
+            "--noprogress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=None,
+        timeout=300,
+        executable=str(Path(sys.executable).parent / "jaxweights"),
+    )
     assert out.returncode == 0, out.stderr
     assert "trained 30 networks" in out.stdout
     assert "mnist: loaded from" in out.stderr  # the data source is reported in the log
@@ -136,8 +197,19 @@ def test_console_script_runs_the_quickstart_config(tmp_path, data_dir):
 
 def test_a_repeated_override_takes_the_last_value():
     """absl would join repeated tuple overrides ((16,) then (32,) gave (16, 32)): the last one wins."""
-    fv = cli._parse("train", ["--config", str(REPO / "configs/quickstart.py"), "--workdir", "w",
-                              "--config.model.hidden=(16,)", "--config.num_seeds=3", "--config.model.hidden",
-                              "(32, 8)", "--config.num_seeds=5"])
+    fv = cli._parse(
+        "train",
+        [
+            "--config",
+            str(REPO / "configs/quickstart.py"),
+            "--workdir",
+            "w",
+            "--config.model.hidden=(16,)",
+            "--config.num_seeds=3",
+            "--config.model.hidden",
+            "(32, 8)",
+            "--config.num_seeds=5",
+        ],
+    )
     assert tuple(fv.config.model.hidden) == (32, 8) and fv.config.num_seeds == 5
     assert fv.config.learning_rates == (0.001, 0.01, 0.1, 0.5, 2.0)  # untouched keys keep the file's value

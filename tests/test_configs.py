@@ -30,8 +30,15 @@ def test_config_is_valid_and_builds(path):
         config_lib.validate(c)
         assert len(config_lib.hyperparameter_grid(c)) >= 2  # a zoo, not one network
         shape = SHAPES[c.dataset]
-        fake = data_lib.Dataset(c.dataset, np.zeros((512, *shape), np.uint8), np.zeros(512, np.int32),
-                                np.zeros((10, *shape), np.uint8), np.zeros(10, np.int32), 10, "test")
+        fake = data_lib.Dataset(
+            c.dataset,
+            np.zeros((512, *shape), np.uint8),
+            np.zeros(512, np.int32),
+            np.zeros((10, *shape), np.uint8),
+            np.zeros(10, np.int32),
+            10,
+            "test",
+        )
         setup = run.make_setup(c, fake)
         params = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape))))
         assert jax.tree.leaves(params)
@@ -41,10 +48,12 @@ def test_config_is_valid_and_builds(path):
         assert max(full.learning_rates) / min(full.learning_rates) >= 100
 
 
-@pytest.mark.parametrize("dataset,family", [("fashion_mnist", "cnn"), ("cifar10", "vit"), ("cifar10", "cnn"),
-                                            ("mnist", "vit")])
+@pytest.mark.parametrize(
+    "dataset,family", [("fashion_mnist", "cnn"), ("cifar10", "vit"), ("cifar10", "cnn"), ("mnist", "vit")]
+)
 def test_each_dataset_and_family_trains_on_real_data(tmp_path, data_dir, dataset, family):
     from jaxweights.presets import study_config
+
     c = study_config(dataset, family, "quick")
     c.data_dir = str(data_dir)
     c.max_train, c.max_test, c.num_seeds = 512, 250, 1

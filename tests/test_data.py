@@ -17,8 +17,12 @@ from jaxweights.data import DataError
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 CIFAR_TRAIN_MEANS = [125.31, 122.95, 113.87]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+IDX_NAMES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +68,12 @@ def write_idx_set(d: Path, arrays: dict, gz: bool = True) -> dict:
 
 def small_arrays(seed=0, hw=(28, 28), n_train=50, n_test=20):
     rng = np.random.default_rng(seed)
-    return {"x_train": rng.integers(0, 256, (n_train, *hw), dtype=np.uint8),
-            "y_train": rng.integers(0, 10, n_train).astype(np.uint8),
-            "x_test": rng.integers(0, 256, (n_test, *hw), dtype=np.uint8),
-            "y_test": rng.integers(0, 10, n_test).astype(np.uint8)}
+    return {
+        "x_train": rng.integers(0, 256, (n_train, *hw), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, n_train).astype(np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, *hw), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, n_test).astype(np.uint8),
+    }
 
 
 def write_cifar_batches(d: Path, x_train, y_train, x_test, y_test, n_batches=5) -> Path:
@@ -77,9 +83,12 @@ def write_cifar_batches(d: Path, x_train, y_train, x_test, y_test, n_batches=5) 
     splits = list(zip(np.array_split(x_train, n_batches), np.array_split(y_train, n_batches))) + [(x_test, y_test)]
     for name, (x, y) in zip(names, splits):
         label = b"" if name == "test_batch" else name.encode()  # b"" pickles as __builtin__.bytes
-        batch = {b"batch_label": label, b"labels": [int(v) for v in y],
-                 b"data": np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), 3072),
-                 b"filenames": [f"img_{i}.png".encode() for i in range(len(x))]}
+        batch = {
+            b"batch_label": label,
+            b"labels": [int(v) for v in y],
+            b"data": np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), 3072),
+            b"filenames": [f"img_{i}.png".encode() for i in range(len(x))],
+        }
         raw = pickle.dumps(batch, protocol=2)
         # The official files were written by Python 2 numpy, whose arrays name numpy.core.
         raw = raw.replace(b"cnumpy._core.multiarray\n_reconstruct\n", b"cnumpy.core.multiarray\n_reconstruct\n")
@@ -127,7 +136,9 @@ def test_mnist_npz(real_dir, isolated):
     keep = data.stratified_indices(ds.y_train, 1000, seed=data.SUBSET_SEED)  # a stratified draw, not the first 1000
     np.testing.assert_array_equal(small.x_train, ds.x_train[keep])
     np.testing.assert_array_equal(small.y_train, ds.y_train[keep])
-    np.testing.assert_array_equal(small.y_test, ds.y_test[data.stratified_indices(ds.y_test, 10, seed=data.SUBSET_SEED)])
+    np.testing.assert_array_equal(
+        small.y_test, ds.y_test[data.stratified_indices(ds.y_test, 10, seed=data.SUBSET_SEED)]
+    )
     assert small.x_train.flags.owndata  # the subset does not keep the full array alive
 
 
@@ -235,6 +246,7 @@ def test_env_var_and_explicit_dir(tmp_path, isolated, monkeypatch, caplog):
 
 def test_tfds_mock(isolated, monkeypatch, caplog):
     import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=12), caplog.at_level(logging.INFO, logger="jaxweights.data"):
         for name, shape in [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))]:
             ds = data.load(name, isolated, max_test=5)
@@ -270,6 +282,7 @@ def test_not_found_lists_every_place(isolated):
 
 def test_not_found_with_tfds(isolated):
     import tensorflow_datasets  # noqa: F401  (a dependency: the test must not skip)
+
     msg = raises_naming(isolated, "mnist", isolated)  # data_dir given: tfds must not download
     assert "tfds (data_dir=" in msg and "download=False" in msg
 
@@ -280,16 +293,27 @@ def _truncate(p: Path):
 
 IDX_CASES = {
     "truncated_gz": ("x_train", lambda d, a: _truncate(d / "train-images-idx3-ubyte.gz"), "cannot read"),
-    "wrong_magic": ("y_train", lambda d, a: write_idx(d / "train-labels-idx1-ubyte.gz", a["y_train"], magic=0x803),
-                    "magic"),
-    "header_payload": ("x_test", lambda d, a: write_idx(d / "t10k-images-idx3-ubyte.gz", a["x_test"],
-                                                        dims=(21, 28, 28)), "header dims"),
-    "image_shape": ("x_train", lambda d, a: write_idx(d / "train-images-idx3-ubyte.gz", a["x_train"][:, :27]),
-                    "27x28"),
-    "label_range": ("y_test", lambda d, a: write_idx(d / "t10k-labels-idx1-ubyte.gz", a["y_test"] + 5),
-                    "outside [0, 10)"),
-    "count_mismatch": ("y_train", lambda d, a: write_idx(d / "train-labels-idx1-ubyte.gz", a["y_train"][:-1]),
-                       "50 images"),
+    "wrong_magic": (
+        "y_train",
+        lambda d, a: write_idx(d / "train-labels-idx1-ubyte.gz", a["y_train"], magic=0x803),
+        "magic",
+    ),
+    "header_payload": (
+        "x_test",
+        lambda d, a: write_idx(d / "t10k-images-idx3-ubyte.gz", a["x_test"], dims=(21, 28, 28)),
+        "header dims",
+    ),
+    "image_shape": ("x_train", lambda d, a: write_idx(d / "train-images-idx3-ubyte.gz", a["x_train"][:, :27]), "27x28"),
+    "label_range": (
+        "y_test",
+        lambda d, a: write_idx(d / "t10k-labels-idx1-ubyte.gz", a["y_test"] + 5),
+        "outside [0, 10)",
+    ),
+    "count_mismatch": (
+        "y_train",
+        lambda d, a: write_idx(d / "train-labels-idx1-ubyte.gz", a["y_train"][:-1]),
+        "50 images",
+    ),
     "missing_file": ("y_test", lambda d, a: (d / "t10k-labels-idx1-ubyte.gz").unlink(), "missing file"),
 }
 
@@ -372,12 +396,15 @@ def test_pickle_with_forbidden_global(tmp_path, isolated):
     raises_naming(d / "data_batch_2", "cifar10", tmp_path, use_tfds=False, match="forbidden global")
 
 
-@pytest.mark.parametrize("batch,match", [
-    ({b"data": np.zeros((4, 3000), np.uint8), b"labels": [0] * 4}, "(n, 3072)"),
-    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}, "b'labels'"),
-    ({b"labels": [0]}, "b'data'"),
-    ([1, 2, 3], "dict"),
-])
+@pytest.mark.parametrize(
+    "batch,match",
+    [
+        ({b"data": np.zeros((4, 3000), np.uint8), b"labels": [0] * 4}, "(n, 3072)"),
+        ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}, "b'labels'"),
+        ({b"labels": [0]}, "b'data'"),
+        ([1, 2, 3], "dict"),
+    ],
+)
 def test_bad_pickle_layout(tmp_path, isolated, batch, match):
     d = _cifar_dir(tmp_path)
     buf = io.BytesIO()

@@ -17,8 +17,8 @@ from sklearn.neighbors import NearestNeighbors
 from jaxweights import cli, dynamics, rundir, strength
 from tests.test_cli import REPO
 
-
 # ------------------------------------------------------------------ references
+
 
 def np_linear_cka(x, y):
     """Kornblith et al. 2019, eq. (feature form): ||YᵀX||²_F / (||XᵀX||_F ||YᵀY||_F), centred columns."""
@@ -40,8 +40,9 @@ def np_hsic_unbiased(k, l):
     n = k.shape[0]
     kt, lt = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
     one = np.ones(n)
-    return (np.trace(kt @ lt) + one @ kt @ one * (one @ lt @ one) / ((n - 1) * (n - 2))
-            - 2 / (n - 2) * one @ kt @ lt @ one) / (n * (n - 3))
+    return (
+        np.trace(kt @ lt) + one @ kt @ one * (one @ lt @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ kt @ lt @ one
+    ) / (n * (n - 3))
 
 
 def np_minibatch_cka(x, y, b):
@@ -49,7 +50,7 @@ def np_minibatch_cka(x, y, b):
     m = x.shape[0] // b
     h = np.zeros(3)
     for i in range(m):
-        xi, yi = x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
+        xi, yi = x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
         k, l = xi @ xi.T, yi @ yi.T
         h += [np_hsic_unbiased(k, l), np_hsic_unbiased(k, k), np_hsic_unbiased(l, l)]
     return h[0] / np.sqrt(h[1] * h[2])
@@ -71,6 +72,7 @@ def np_rwc(prev, cur):
 
 
 # ------------------------------------------------------------------ CKA
+
 
 @pytest.fixture
 def feats():
@@ -103,8 +105,11 @@ def test_minibatch_cka_equals_numpy(x64, feats):
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_cka_identity_orthogonal_and_scaling_invariance(x64, feats, unbiased):
     x, y = feats
-    cka = (lambda a, b: dynamics.cka_minibatch(jnp.asarray(a), jnp.asarray(b), 20)) if unbiased else \
-        (lambda a, b: dynamics.cka_linear(jnp.asarray(a), jnp.asarray(b)))
+    cka = (
+        (lambda a, b: dynamics.cka_minibatch(jnp.asarray(a), jnp.asarray(b), 20))
+        if unbiased
+        else (lambda a, b: dynamics.cka_linear(jnp.asarray(a), jnp.asarray(b)))
+    )
     base = float(cka(x, y))
     assert float(cka(x, x)) == pytest.approx(1.0, abs=1e-12)
     q = ortho_group.rvs(30, random_state=3)
@@ -131,7 +136,7 @@ def np_minibatch_cka_centred(x, y, b):
     """Nguyen et al. 2021 in float64, each minibatch's features centred first (allowed: see the offset test)."""
     h = np.zeros(3)
     for i in range(x.shape[0] // b):
-        xi, yi = x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
+        xi, yi = x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
         xi, yi = xi - xi.mean(0), yi - yi.mean(0)
         k, l = xi @ xi.T, yi @ yi.T
         h += [np_hsic_unbiased(k, l), np_hsic_unbiased(k, k), np_hsic_unbiased(l, l)]
@@ -180,12 +185,17 @@ def test_cka_in_float32_equals_float64_reference_at_large_feature_means(mean):
         assert cka(xs + np.float32(1e3), ys) == pytest.approx(base, abs=1e-5)  # constant offset
     # The matrix form used for layer x layer, epoch x epoch and network x network CKA agrees.
     for unbiased, ref in ((False, np_linear_cka(x64_, y64_)), (True, np_minibatch_cka_centred(x64_, y64_, 50))):
-        g = jnp.stack([dynamics._minibatch_grams(jnp.asarray(a), 50) if unbiased else dynamics.gram(jnp.asarray(a))
-                       for a in (xs, ys)])
+        g = jnp.stack(
+            [
+                dynamics._minibatch_grams(jnp.asarray(a), 50) if unbiased else dynamics.gram(jnp.asarray(a))
+                for a in (xs, ys)
+            ]
+        )
         assert float(dynamics.cka_matrix(g, unbiased)[0, 1]) == pytest.approx(ref, abs=1e-5)
 
 
 # ------------------------------------------------------------------ modularity
+
 
 def test_knn_graph_and_modularity_equal_sklearn_and_networkx(mnist_slice):
     x_tr, y_tr = mnist_slice[0][:300], mnist_slice[1][:300]
@@ -221,8 +231,12 @@ def test_modularity_of_a_representation_without_signal_is_nan(mnist_slice):
     cases = {"zero": np.zeros_like(x), "constant": const, "nan": with_nan, "inf": with_inf}
     for name, r in cases.items():
         assert np.isnan(q(r)), name
-    for name, code in (("zero", dynamics.NO_SIGNAL), ("constant", dynamics.NO_SIGNAL), ("nan", dynamics.NON_FINITE),
-                       ("inf", dynamics.NON_FINITE)):
+    for name, code in (
+        ("zero", dynamics.NO_SIGNAL),
+        ("constant", dynamics.NO_SIGNAL),
+        ("nan", dynamics.NON_FINITE),
+        ("inf", dynamics.NON_FINITE),
+    ):
         assert int(dynamics.representation_status(jnp.asarray(cases[name]))) == code, name
     assert int(dynamics.representation_status(jnp.asarray(x))) == dynamics.OK
     # the pruning rule skips the NaN layer instead of reading a plateau into it
@@ -238,6 +252,7 @@ def test_pruning_candidates_rule():
 
 # ------------------------------------------------------------------ RWC
 
+
 def test_rwc_equals_numpy_loop_with_zero_weights():
     rng = np.random.default_rng(4)
     snaps = []
@@ -247,13 +262,21 @@ def test_rwc_equals_numpy_loop_with_zero_weights():
         k1 = rng.normal(size=(2, 5, 3)).astype(np.float32)
         if e == 0:
             k1[1] = 0.0  # an all-zero kernel in network 1
-        snaps.append({"Dense_0/kernel": k0, "Dense_0/bias": np.zeros((2, 5), np.float32),
-                      "Dense_1/kernel": k1, "Dense_1/bias": np.zeros((2, 3), np.float32)})
+        snaps.append(
+            {
+                "Dense_0/kernel": k0,
+                "Dense_0/bias": np.zeros((2, 5), np.float32),
+                "Dense_1/kernel": k1,
+                "Dense_1/bias": np.zeros((2, 3), np.float32),
+            }
+        )
     df = dynamics.relative_weight_change(snaps, [0, 1, 2])
     assert len(df) == 2 * 2 * 2
     for row in df.itertuples():
-        prev, cur = (snaps[row.epoch - 1][f"{row.layer}/kernel"][row.network].astype(np.float64),
-                     snaps[row.epoch][f"{row.layer}/kernel"][row.network].astype(np.float64))
+        prev, cur = (
+            snaps[row.epoch - 1][f"{row.layer}/kernel"][row.network].astype(np.float64),
+            snaps[row.epoch][f"{row.layer}/kernel"][row.network].astype(np.float64),
+        )
         l1, me, zeros = np_rwc(prev, cur)
         np.testing.assert_allclose(row.rwc_l1_ratio, l1, rtol=1e-5)
         np.testing.assert_allclose(row.rwc_mean_elementwise, me, rtol=1e-5)
@@ -263,23 +286,56 @@ def test_rwc_equals_numpy_loop_with_zero_weights():
 
 # ------------------------------------------------------------------ a real MNIST zoo end to end
 
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("dyn")
-    argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp / "run"),
-            "--data_dir", str(data_dir), "--noprogress", "--config.max_train=1024", "--config.max_test=400",
-            "--config.model.hidden=(32,16)", "--config.batch_size=64", "--config.num_seeds=2",
-            "--config.init_scales=(1.0,)", "--config.num_epochs=2", "--config.learning_rates=(0.05,0.001)"]
+    argv = [
+        "train",
+        "--config",
+        str(REPO / "configs/quickstart.py"),
+        "--workdir",
+        str(tmp / "run"),
+        "--data_dir",
+        str(data_dir),
+        "--noprogress",
+        "--config.max_train=1024",
+        "--config.max_test=400",
+        "--config.model.hidden=(32,16)",
+        "--config.batch_size=64",
+        "--config.num_seeds=2",
+        "--config.init_scales=(1.0,)",
+        "--config.num_epochs=2",
+        "--config.learning_rates=(0.05,0.001)",
+    ]
     assert cli.main(argv) == 0
-    out = dynamics.write_dynamics(tmp / "run", tmp / "run" / "analysis", probe_size=200, cka_batch=50,
-                                  probe_steps=200, num_planes=2, resolution=8, data_dir=str(data_dir))
+    out = dynamics.write_dynamics(
+        tmp / "run",
+        tmp / "run" / "analysis",
+        probe_size=200,
+        cka_batch=50,
+        probe_steps=200,
+        num_planes=2,
+        resolution=8,
+        data_dir=str(data_dir),
+    )
     return tmp / "run", out
 
 
 def test_end_to_end_files_and_shapes(zoo):
     run, out = zoo
-    for f in ("rwc.csv", "stats_over_epochs.csv", "modularity.csv", "cka.npz", "probes.csv", "pruning.json",
-              "figures/rwc.png", "figures/rwc.csv", "figures/modularity_depth.png", "figures/stats_over_epochs.png"):
+    for f in (
+        "rwc.csv",
+        "stats_over_epochs.csv",
+        "modularity.csv",
+        "cka.npz",
+        "probes.csv",
+        "pruning.json",
+        "figures/rwc.png",
+        "figures/rwc.csv",
+        "figures/modularity_depth.png",
+        "figures/stats_over_epochs.png",
+    ):
         assert (out / f).exists(), f
     n, e, layers = 4, 3, ["input", "Dense_0", "Dense_1", "Dense_2"]
     with np.load(out / "cka.npz") as z:
@@ -315,8 +371,10 @@ def test_end_to_end_rwc_and_stats_equal_snapshots(zoo):
         np.testing.assert_array_equal(snaps[-1][k], v)
     rwc = pd.read_csv(out / "rwc.csv")
     for row in rwc.sample(6, random_state=0).itertuples():
-        l1, me, zeros = np_rwc(snaps[row.epoch - 1][f"{row.layer}/kernel"][row.network].astype(np.float64),
-                               snaps[row.epoch][f"{row.layer}/kernel"][row.network].astype(np.float64))
+        l1, me, zeros = np_rwc(
+            snaps[row.epoch - 1][f"{row.layer}/kernel"][row.network].astype(np.float64),
+            snaps[row.epoch][f"{row.layer}/kernel"][row.network].astype(np.float64),
+        )
         np.testing.assert_allclose([row.rwc_l1_ratio, row.rwc_mean_elementwise], [l1, me], rtol=1e-4)
     st = pd.read_csv(out / "stats_over_epochs.csv")
     one = st[(st.epoch == 1) & (st.statistic == "std") & (st.layer == "Dense_1/kernel")].sort_values("network")
@@ -392,6 +450,7 @@ def _with_alarm(seconds, fn):
 
     def boom(*_):
         raise TimeoutError(f"did not finish in {seconds} s")
+
     old = signal.signal(signal.SIGALRM, boom)
     signal.alarm(seconds)
     try:
@@ -416,6 +475,7 @@ def test_choose_triples_is_bounded_and_names_missing_classes():
 def test_probe_and_held_out_sets_are_stratified_on_class_grouped_cifar10(tmp_path, data_dir):
     """cifar10.npz's test split is stored grouped by class: the first images are all airplanes."""
     from jaxweights import config as config_lib
+
     with np.load(data_dir / "cifar10.npz") as z:
         y_all, x_all = z["y_test"].reshape(-1).astype(int), z["x_test"]
     assert (y_all[:500] == y_all[0]).all()  # the trap the old front slices fell into
@@ -462,8 +522,19 @@ def test_bad_networks_do_not_change_healthy_readings_and_get_nan_with_reasons(zo
         bad_snaps.append({k: np.concatenate([snap[k], nan[k], big[k], dead[k]]) for k in snap})
     exclude = np.array([False] * 4 + [True, True, False])
     cka, mod, pr, _ = dynamics.representation_dynamics(  # the settings of the `zoo` fixture
-        setup, bad_snaps, epochs, xp, yp, xe, ye, cka_batch=50, probe_steps=200, num_planes=2, resolution=8,
-        exclude_N=exclude)
+        setup,
+        bad_snaps,
+        epochs,
+        xp,
+        yp,
+        xe,
+        ye,
+        cka_batch=50,
+        probe_steps=200,
+        num_planes=2,
+        resolution=8,
+        exclude_N=exclude,
+    )
     with np.load(out / "cka.npz") as z:
         for key in ("linear_networks", "unbiased_networks"):
             np.testing.assert_allclose(cka[key][:, :4, :4], z[key], rtol=1e-5, atol=1e-6, err_msg=key)
@@ -525,8 +596,10 @@ def test_plane_points_corners():
 
 def test_prune_cli(zoo, data_dir, capsys):
     run, out = zoo
-    assert cli.main(["prune", "--workdir", str(run), "--layers", "Dense_1", "--data_dir", str(data_dir),
-                     "--noprogress"]) == 0
+    assert (
+        cli.main(["prune", "--workdir", str(run), "--layers", "Dense_1", "--data_dir", str(data_dir), "--noprogress"])
+        == 0
+    )
     report = pd.read_csv(run / "pruned" / "prune.csv")
     m = pd.read_csv(run / "metrics.csv")
     np.testing.assert_allclose(report.test_acc_original, m[m.epoch == 2].sort_values("network").test_acc)
@@ -544,10 +617,12 @@ def test_prune_cli(zoo, data_dir, capsys):
 def test_prune_candidates_average_the_callers_optimal_networks(zoo, data_dir):
     """With masks, the zoo curve is the mean of those networks' final modularity (as modularity.csv has it)."""
     from jaxweights import prune
+
     run, out = zoo
     optimal, exclude = np.array([True, True, False, True]), np.array([False, False, False, True])
-    layers, info = prune.candidate_layers(run, probe_size=200, data_dir=str(data_dir), optimal_N=optimal,
-                                          exclude_N=exclude)
+    layers, info = prune.candidate_layers(
+        run, probe_size=200, data_dir=str(data_dir), optimal_N=optimal, exclude_N=exclude
+    )
     assert info["networks"] == [0, 1]
     mod = pd.read_csv(out / "modularity.csv")
     ref = mod[(mod.epoch == 2) & mod.network.isin([0, 1])].groupby("depth").modularity.mean().to_numpy()
@@ -559,20 +634,55 @@ def test_prune_candidates_average_the_callers_optimal_networks(zoo, data_dir):
 
 # ------------------------------------------------------------------ wired into `jaxweights analyze`
 
-ZOO_ARGS = ["--config.max_train=1024", "--config.max_test=400", "--config.model.hidden=(32,16)",
-            "--config.batch_size=64", "--config.num_seeds=2", "--config.init_scales=(1.0,)", "--config.num_epochs=2",
-            "--config.learning_rates=(0.05,0.001)"]
+ZOO_ARGS = [
+    "--config.max_train=1024",
+    "--config.max_test=400",
+    "--config.model.hidden=(32,16)",
+    "--config.batch_size=64",
+    "--config.num_seeds=2",
+    "--config.init_scales=(1.0,)",
+    "--config.num_epochs=2",
+    "--config.learning_rates=(0.05,0.001)",
+]
 
 
 def test_analyze_writes_dynamics_tables_report_sections_and_summary(zoo, data_dir, tmp_path, capsys):
     run, _ = zoo
     work = tmp_path / "run"
     shutil.copytree(run, work, ignore=shutil.ignore_patterns("analysis", "pruned"))
-    assert cli.main(["analyze", "--workdir", str(work), "--metrics", "ks", "--permutations", "200", "--bootstrap",
-                     "100", "--probe_size", "200", "--data_dir", str(data_dir)]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "--workdir",
+                str(work),
+                "--metrics",
+                "ks",
+                "--permutations",
+                "200",
+                "--bootstrap",
+                "100",
+                "--probe_size",
+                "200",
+                "--data_dir",
+                str(data_dir),
+            ]
+        )
+        == 0
+    )
     out = work / "analysis"
-    for f in ("rwc.csv", "stats_over_epochs.csv", "modularity.csv", "cka.npz", "probes.csv", "dynamics.json",
-              "figures/rwc.png", "figures/modularity_depth.png", "figures/stats_over_epochs.png", "stats.csv"):
+    for f in (
+        "rwc.csv",
+        "stats_over_epochs.csv",
+        "modularity.csv",
+        "cka.npz",
+        "probes.csv",
+        "dynamics.json",
+        "figures/rwc.png",
+        "figures/modularity_depth.png",
+        "figures/stats_over_epochs.png",
+        "stats.csv",
+    ):
         assert (out / f).exists(), f
     s = json.loads((out / "summary.json").read_text())
     d = s["dynamics"]
@@ -594,22 +704,64 @@ def test_analyze_writes_dynamics_tables_report_sections_and_summary(zoo, data_di
         m = z["linear_networks"][2][np.ix_(good, good)]
         assert d["cka"]["per_layer"][2]["across_networks"] == pytest.approx(m[~np.eye(len(good), dtype=bool)].mean())
     html = (out / "report.html").read_text()
-    for title in ("Learning dynamics: how much does each layer move?", "Representations: CKA and linear probes",
-                  "Modularity over depth and pruning candidates"):
+    for title in (
+        "Learning dynamics: how much does each layer move?",
+        "Representations: CKA and linear probes",
+        "Modularity over depth and pruning candidates",
+    ):
         assert title in html
     assert html.count("data:image/png;base64,") == len(s["figures"]) + 4  # rwc, stats, CKA, modularity
     # --nodynamics: none of it, and the previous analysis is replaced whole.
-    assert cli.main(["analyze", "--workdir", str(work), "--metrics", "ks", "--permutations", "200", "--bootstrap",
-                     "100", "--nodynamics"]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "--workdir",
+                str(work),
+                "--metrics",
+                "ks",
+                "--permutations",
+                "200",
+                "--bootstrap",
+                "100",
+                "--nodynamics",
+            ]
+        )
+        == 0
+    )
     assert not (out / "rwc.csv").exists() and "dynamics" not in json.loads((out / "summary.json").read_text())
 
 
 def test_analyze_without_snapshots_skips_by_default_and_refuses_when_asked(tmp_path, data_dir, capsys):
-    argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp_path / "run"),
-            "--data_dir", str(data_dir), "--noprogress", *ZOO_ARGS, "--config.keep_checkpoints=1"]
+    argv = [
+        "train",
+        "--config",
+        str(REPO / "configs/quickstart.py"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--data_dir",
+        str(data_dir),
+        "--noprogress",
+        *ZOO_ARGS,
+        "--config.keep_checkpoints=1",
+    ]
     assert cli.main(argv) == 0
-    assert cli.main(["analyze", "--workdir", str(tmp_path / "run"), "--metrics", "ks", "--permutations", "100",
-                     "--bootstrap", "50"]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "--workdir",
+                str(tmp_path / "run"),
+                "--metrics",
+                "ks",
+                "--permutations",
+                "100",
+                "--bootstrap",
+                "50",
+            ]
+        )
+        == 0
+    )
     s = json.loads((tmp_path / "run" / "analysis" / "summary.json").read_text())
     assert "1 checkpoint(s)" in s["dynamics"]["skipped"] and "keep_checkpoints=0" in s["dynamics"]["skipped"]
     assert not (tmp_path / "run" / "analysis" / "rwc.csv").exists()
@@ -622,12 +774,23 @@ def test_analyze_without_snapshots_skips_by_default_and_refuses_when_asked(tmp_p
 
 def test_chunked_run_and_memory_blocks_equal_the_whole_zoo(zoo, data_dir, tmp_path):
     run, out = zoo
-    argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp_path / "chunked"),
-            "--data_dir", str(data_dir), "--noprogress", *ZOO_ARGS, "--config.chunk_size=3"]
+    argv = [
+        "train",
+        "--config",
+        str(REPO / "configs/quickstart.py"),
+        "--workdir",
+        str(tmp_path / "chunked"),
+        "--data_dir",
+        str(data_dir),
+        "--noprogress",
+        *ZOO_ARGS,
+        "--config.chunk_size=3",
+    ]
     assert cli.main(argv) == 0
     assert [p.name for p in dynamics.snapshot_dirs(tmp_path / "chunked")] == ["00", "01"]
-    kw = dict(probe_size=200, cka_batch=50, probe_steps=200, num_planes=2, resolution=8, data_dir=str(data_dir),
-              figures=False)
+    kw = dict(
+        probe_size=200, cka_batch=50, probe_steps=200, num_planes=2, resolution=8, data_dir=str(data_dir), figures=False
+    )
     # memory_mb=1: one network per block, so the across-network CKA is assembled from 4 blocks.
     dyn = dynamics.write_dynamics(tmp_path / "chunked", tmp_path / "dyn", memory_mb=1, **kw)
     for f in ("rwc.csv", "modularity.csv", "probes.csv"):
@@ -647,8 +810,11 @@ def test_chunked_run_and_memory_blocks_equal_the_whole_zoo(zoo, data_dir, tmp_pa
     assert epochs == [0, 1, 2] and snaps[0]["Dense_0/kernel"].shape == (4, 784, 32)
     # a chunk that lost an epoch's snapshot is refused by both readers, naming it
     import shutil
+
     shutil.rmtree(tmp_path / "chunked" / "chunks" / "01" / "checkpoints" / "1")
-    for read in (lambda: dynamics.load_snapshots(tmp_path / "chunked"),
-                 lambda: dynamics.write_dynamics(tmp_path / "chunked", tmp_path / "dyn2", **kw)):
+    for read in (
+        lambda: dynamics.load_snapshots(tmp_path / "chunked"),
+        lambda: dynamics.write_dynamics(tmp_path / "chunked", tmp_path / "dyn2", **kw),
+    ):
         with pytest.raises(dynamics.DynamicsError, match=r"chunks/01/checkpoints: epochs \[0, 2\] differ"):
             read()

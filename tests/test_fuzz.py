@@ -27,12 +27,17 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from jaxweights import cli, config as config_lib, data, run
+from jaxweights import cli, data, run
+from jaxweights import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
 TRIED = collections.Counter()  # inputs tried per test, printed at the end of the module
-FUZZ = settings(max_examples=250, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,8 +51,12 @@ def _report_counts():
 def mnist(data_dir):
     """40 train and 20 test real MNIST images and labels, (n, 28, 28) uint8."""
     with np.load(data_dir / "mnist.npz") as z:
-        return {"x_train": z["x_train"][:40], "y_train": z["y_train"][:40],
-                "x_test": z["x_test"][:20], "y_test": z["y_test"][:20]}
+        return {
+            "x_train": z["x_train"][:40],
+            "y_train": z["y_train"][:40],
+            "x_test": z["x_test"][:20],
+            "y_test": z["y_test"][:20],
+        }
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +108,10 @@ def _check(parts, spec):
 def damage():
     return st.one_of(
         st.tuples(st.just("truncate"), st.floats(0, 1, exclude_max=True)),
-        st.tuples(st.just("flip"), st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 7)),
-                                            min_size=1, max_size=4)),
+        st.tuples(
+            st.just("flip"),
+            st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 7)), min_size=1, max_size=4),
+        ),
         st.tuples(st.just("overwrite"), st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=8)),
     )
 
@@ -108,20 +119,24 @@ def damage():
 def _apply(raw: bytes, how) -> bytes:
     b = bytearray(raw)
     if how[0] == "truncate":
-        return bytes(b[:int(how[1] * len(b))])
+        return bytes(b[: int(how[1] * len(b))])
     if how[0] == "flip":
         for pos, bit in how[1]:
             b[int(pos * len(b))] ^= 1 << bit
         return bytes(b)
     pos = int(how[1] * len(b))
-    b[pos:pos + len(how[2])] = how[2]
-    return bytes(b[:len(raw)])
+    b[pos : pos + len(how[2])] = how[2]
+    return bytes(b[: len(raw)])
 
 
 # ============================== IDX ==============================
 
-IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+IDX_NAMES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 
 
 def idx_bytes(a: np.ndarray, dims=None) -> bytes:
@@ -133,15 +148,19 @@ def idx_oracle(raw: bytes, ndim: int):
     """Independent IDX decoder: the array the bytes describe, or None."""
     if len(raw) < 4 + 4 * ndim or raw[:4] != bytes([0, 0, 8, ndim]):
         return None
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if len(raw) - 4 - 4 * ndim != math.prod(dims):
         return None
-    return np.frombuffer(raw[4 + 4 * ndim:], np.uint8).reshape(dims)
+    return np.frombuffer(raw[4 + 4 * ndim :], np.uint8).reshape(dims)
 
 
 @FUZZ
-@given(target=st.sampled_from(list(IDX_NAMES)), gz=st.booleans(), how=damage(),
-       shape=st.sampled_from(["ok", "27x28", "dims+1", "labels 2-D", "n mismatch"]))
+@given(
+    target=st.sampled_from(list(IDX_NAMES)),
+    gz=st.booleans(),
+    how=damage(),
+    shape=st.sampled_from(["ok", "27x28", "dims+1", "labels 2-D", "n mismatch"]),
+)
 def test_damaged_idx_files(mnist, tmp_path_factory, target, gz, how, shape):
     TRIED["idx"] += 1
     folder = tmp_path_factory.mktemp("idx")
@@ -180,6 +199,7 @@ def test_damaged_idx_files(mnist, tmp_path_factory, target, gz, how, shape):
 
 # ============================== Keras npz ==============================
 
+
 def npz_oracle(raw: bytes):
     """np.load of every member (CRC-checked), or None."""
     try:
@@ -195,9 +215,25 @@ def npz_oracle(raw: bytes):
 
 
 @FUZZ
-@given(compressed=st.booleans(), how=st.one_of(st.none(), damage()),
-       shape=st.sampled_from(["ok", "ok", "x float", "x (n,28,27)", "y float", "y (n,2)", "missing y_test",
-                              "n mismatch", "x_train scalar", "labels out of range", "x (n,28,28,1)"]))
+@given(
+    compressed=st.booleans(),
+    how=st.one_of(st.none(), damage()),
+    shape=st.sampled_from(
+        [
+            "ok",
+            "ok",
+            "x float",
+            "x (n,28,27)",
+            "y float",
+            "y (n,2)",
+            "missing y_test",
+            "n mismatch",
+            "x_train scalar",
+            "labels out of range",
+            "x (n,28,28,1)",
+        ]
+    ),
+)
 def test_damaged_npz_files(mnist, tmp_path_factory, compressed, how, shape):
     TRIED["npz"] += 1
     folder = tmp_path_factory.mktemp("npz")
@@ -229,16 +265,20 @@ def test_damaged_npz_files(mnist, tmp_path_factory, compressed, how, shape):
 
 # ============================== CIFAR-10 python batches ==============================
 
+
 class _OracleUnpickler(pickle.Unpickler):
     """Only what a batch of numpy arrays needs (never run code a damaged pickle names)."""
 
     def find_class(self, module, name):
         rebuild = np.ndarray((0,)).__reduce__()[0]  # numpy's _reconstruct
-        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                   ("numpy.core.multiarray", "_reconstruct"): rebuild,
-                   ("numpy._core.multiarray", "_reconstruct"): rebuild,
-                   ("_codecs", "encode"): lambda s, enc: s.encode("latin1") if enc == "latin1" else 1 / 0,
-                   ("__builtin__", "bytes"): bytes}
+        allowed = {
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            ("numpy.core.multiarray", "_reconstruct"): rebuild,
+            ("numpy._core.multiarray", "_reconstruct"): rebuild,
+            ("_codecs", "encode"): lambda s, enc: s.encode("latin1") if enc == "latin1" else 1 / 0,
+            ("__builtin__", "bytes"): bytes,
+        }
         if (module, name) not in allowed:
             raise pickle.UnpicklingError(name)
         return allowed[module, name]
@@ -278,9 +318,24 @@ def batch_bytes(x, y, variant="ok"):
 
 
 @FUZZ
-@given(target=st.integers(0, 5), how=st.one_of(st.none(), damage()),
-       variant=st.sampled_from(["ok", "ok", "data (n,3071)", "labels short", "labels float", "no data", "a list",
-                                "data int16", "code", "label 10"]))
+@given(
+    target=st.integers(0, 5),
+    how=st.one_of(st.none(), damage()),
+    variant=st.sampled_from(
+        [
+            "ok",
+            "ok",
+            "data (n,3071)",
+            "labels short",
+            "labels float",
+            "no data",
+            "a list",
+            "data int16",
+            "code",
+            "label 10",
+        ]
+    ),
+)
 def test_damaged_cifar_batches(cifar, tmp_path_factory, target, how, variant):
     TRIED["cifar"] += 1
     folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
@@ -300,9 +355,12 @@ def test_damaged_cifar_batches(cifar, tmp_path_factory, target, how, variant):
         decoded.append(batch_oracle(raw))
     parts = None
     if all(d is not None for d in decoded):
-        parts = {"x_train": np.concatenate([d[0] for d in decoded[:5]]),
-                 "y_train": np.concatenate([d[1] for d in decoded[:5]]),
-                 "x_test": decoded[5][0], "y_test": decoded[5][1]}
+        parts = {
+            "x_train": np.concatenate([d[0] for d in decoded[:5]]),
+            "y_train": np.concatenate([d[1] for d in decoded[:5]]),
+            "x_test": decoded[5][0],
+            "y_test": decoded[5][1],
+        }
     _assert_same(_outcome("cifar10", folder.parent), _check(parts, data.spec("cifar10")), "cifar")
 
 
@@ -312,12 +370,13 @@ def test_a_huge_length_field_in_a_pickle_is_an_error_not_an_allocation(cifar, tm
     for i in range(1, 6):
         (folder / f"data_batch_{i}").write_bytes(batch_bytes(cifar["x_train"][:4], cifar["y_train"][:4]))
     # BINBYTES8 claiming 2**62 bytes, then end of file.
-    (folder / "test_batch").write_bytes(b"\x80\x04\x8e" + (2 ** 62).to_bytes(8, "little"))
+    (folder / "test_batch").write_bytes(b"\x80\x04\x8e" + (2**62).to_bytes(8, "little"))
     with pytest.raises(data.DataError, match="test_batch"):
         data.load("cifar10", tmp_path, use_tfds=False)
 
 
 # ============================== bad configs ==============================
+
 
 def _names():
     return st.text("abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=12)
@@ -329,19 +388,26 @@ GRIDS = tuple(config_lib.DYNAMIC)
 
 
 def not_int():
-    return st.one_of(st.floats(allow_nan=True), st.text(max_size=5), st.none(), st.booleans(),
-                     st.lists(st.integers(), max_size=2))
+    return st.one_of(
+        st.floats(allow_nan=True), st.text(max_size=5), st.none(), st.booleans(), st.lists(st.integers(), max_size=2)
+    )
 
 
 def bad_grid(key):
-    bad_number = {"learning_rates": st.floats(max_value=0.0) | st.just(float("inf")),
-                  "init_scales": st.floats(max_value=0.0) | st.just(float("nan")),
-                  "weight_decays": st.floats(max_value=-1e-9) | st.just(float("inf")),
-                  "label_noises": st.floats(min_value=1.0, exclude_min=True) | st.floats(max_value=-1e-9),
-                  "train_fractions": st.floats(min_value=1.0, exclude_min=True) | st.floats(max_value=0.0)}[key]
-    return st.one_of(st.just(()), st.floats(0.01, 1.0), st.text(max_size=4),
-                     st.lists(bad_number, min_size=1, max_size=3).map(tuple),
-                     st.lists(st.text(max_size=3) | st.none(), min_size=1, max_size=2).map(tuple))
+    bad_number = {
+        "learning_rates": st.floats(max_value=0.0) | st.just(float("inf")),
+        "init_scales": st.floats(max_value=0.0) | st.just(float("nan")),
+        "weight_decays": st.floats(max_value=-1e-9) | st.just(float("inf")),
+        "label_noises": st.floats(min_value=1.0, exclude_min=True) | st.floats(max_value=-1e-9),
+        "train_fractions": st.floats(min_value=1.0, exclude_min=True) | st.floats(max_value=0.0),
+    }[key]
+    return st.one_of(
+        st.just(()),
+        st.floats(0.01, 1.0),
+        st.text(max_size=4),
+        st.lists(bad_number, min_size=1, max_size=3).map(tuple),
+        st.lists(st.text(max_size=3) | st.none(), min_size=1, max_size=2).map(tuple),
+    )
 
 
 @st.composite
@@ -358,11 +424,18 @@ def bad_config(draw):
         key = draw(st.sampled_from(GRIDS))
         return {key: draw(bad_grid(key))}, key
     if kind == "name":
-        key, known = draw(st.sampled_from([("dataset", data.DATASETS), ("optimizer", config_lib.OPTIMIZERS),
-                                           ("schedule", config_lib.SCHEDULES), ("compute_dtype", ("float32", "bfloat16")),
-                                           ("model.name", ("mlp", "cnn", "small_cnn_zoo", "vit")),
-                                           ("model.init", ("normal", "truncated_normal", "uniform", "fan_in",
-                                                           "fan_out", "fan_avg"))]))
+        key, known = draw(
+            st.sampled_from(
+                [
+                    ("dataset", data.DATASETS),
+                    ("optimizer", config_lib.OPTIMIZERS),
+                    ("schedule", config_lib.SCHEDULES),
+                    ("compute_dtype", ("float32", "bfloat16")),
+                    ("model.name", ("mlp", "cnn", "small_cnn_zoo", "vit")),
+                    ("model.init", ("normal", "truncated_normal", "uniform", "fan_in", "fan_out", "fan_avg")),
+                ]
+            )
+        )
         return {key: draw(_names().filter(lambda s: s not in known) | st.integers())}, key
     if kind == "unknown":
         key = draw(_names().filter(lambda s: s not in config_lib.default_config() and not keyword.iskeyword(s)))
@@ -373,12 +446,17 @@ def bad_config(draw):
         p = draw(st.integers(-2, 40).filter(lambda p: p <= 0 or 8 % p))
         return {"model": {"name": "vit", "patch_size": p, "width": 16, "depth": 1, "num_heads": 2}}, "patch_size"
     key = draw(st.sampled_from(["momentum", "warmup_epochs", "seed", "data_dir", "groups"]))
-    value = {"momentum": st.text(max_size=3) | st.none() | st.floats(min_value=1.0, exclude_min=True)
-             | st.floats(max_value=-1e-9) | st.just(float("nan")),
-             "warmup_epochs": st.text(max_size=3) | st.floats(max_value=-1e-9) | st.just(float("inf")),
-             "seed": st.text(max_size=3) | st.floats(0.5, 3.5) | st.none() | st.integers(max_value=-1),
-             "data_dir": st.integers() | st.lists(st.text(max_size=2), max_size=2),
-             "groups": st.integers() | st.text(min_size=1, max_size=3) | st.just(({},)) | st.just(({"nope": 1},))}[key]
+    value = {
+        "momentum": st.text(max_size=3)
+        | st.none()
+        | st.floats(min_value=1.0, exclude_min=True)
+        | st.floats(max_value=-1e-9)
+        | st.just(float("nan")),
+        "warmup_epochs": st.text(max_size=3) | st.floats(max_value=-1e-9) | st.just(float("inf")),
+        "seed": st.text(max_size=3) | st.floats(0.5, 3.5) | st.none() | st.integers(max_value=-1),
+        "data_dir": st.integers() | st.lists(st.text(max_size=2), max_size=2),
+        "groups": st.integers() | st.text(min_size=1, max_size=3) | st.just(({},)) | st.just(({"nope": 1},)),
+    }[key]
     return {key: draw(value)}, key
 
 
@@ -422,20 +500,40 @@ def test_bad_configs_on_the_command_line(case):
     assume(not (key in GRIDS and isinstance(overrides[key], (int, float)) and np.isfinite(overrides[key])))
     assume(key != "data_dir")  # any flag value is a path string
     TRIED["config (CLI)"] += 1
-    base = ["--config", str(REPO / "configs/quickstart.py"), "--config.model.hidden=(8,)",
-            "--config.init_scales=(1.0,)", "--config.learning_rates=(0.1,)"]
+    base = [
+        "--config",
+        str(REPO / "configs/quickstart.py"),
+        "--config.model.hidden=(8,)",
+        "--config.init_scales=(1.0,)",
+        "--config.learning_rates=(0.1,)",
+    ]
     if "model" in overrides:  # the ViT config, with a patch size that does not divide 8x8
-        base = ["--config", str(REPO / "configs/mnist_vit.py:quick"), "--config.model.width=16",
-                "--config.model.depth=1", "--config.model.num_heads=2"]
+        base = [
+            "--config",
+            str(REPO / "configs/mnist_vit.py:quick"),
+            "--config.model.width=16",
+            "--config.model.depth=1",
+            "--config.model.num_heads=2",
+        ]
         flags = [_flag("model.patch_size", overrides["model"]["patch_size"])]
     else:
         flags = [_flag(k, v) for k, v in overrides.items()]
-    base += ["--config.dataset=digits", "--config.max_train=256", "--config.max_test=64", "--config.batch_size=32",
-             "--config.num_epochs=1", "--config.num_seeds=1"]
+    base += [
+        "--config.dataset=digits",
+        "--config.max_train=256",
+        "--config.max_test=64",
+        "--config.batch_size=32",
+        "--config.num_epochs=1",
+        "--config.num_seeds=1",
+    ]
     given_keys = {f.split("=")[0] for f in flags}
     base = [b for b in base if b.split("=")[0] not in given_keys]  # a repeated override: the first one wins
     err = io.StringIO()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         rc = cli.main(["train", *base, "--workdir", f"{tmp}/run", "--noprogress", *flags])
     text = err.getvalue()
     lines = [ln for ln in text.splitlines() if ": error:" in ln]

@@ -21,15 +21,22 @@ def test_states_precedence_and_chance():
     exp = np.array([1, 1, 0, 0, 0, 0, 1, np.nan, 0])  # NaN: an older run without the flag
     params = {"Dense_0": {"kernel": np.ones((9, 2, 2), np.float32)}}
     params["Dense_0"]["kernel"][2, 0, 1] = np.inf
-    got = groups.network_states(acc, diverged_N=div, exploded_N=exp, params=params, num_classes=10,
-                                chance_margin=0.05)
+    got = groups.network_states(acc, diverged_N=div, exploded_N=exp, params=params, num_classes=10, chance_margin=0.05)
     #   flag beats all | exploded | inf weight | within margin | above | nan acc | all flags | ok | ok
-    assert got.tolist() == ["diverged", "exploded", "diverged", "not_learned", "ok", "diverged", "diverged", "ok",
-                            "ok"]
+    assert got.tolist() == ["diverged", "exploded", "diverged", "not_learned", "ok", "diverged", "diverged", "ok", "ok"]
     # 4 classes: chance is 0.25, so 0.3 did not learn; no flags at all -> only accuracy decides
     got4 = groups.network_states(acc, num_classes=4)
-    assert got4.tolist() == ["ok", "ok", "ok", "not_learned", "not_learned", "diverged", "not_learned", "ok",
-                             "not_learned"]
+    assert got4.tolist() == [
+        "ok",
+        "ok",
+        "ok",
+        "not_learned",
+        "not_learned",
+        "diverged",
+        "not_learned",
+        "ok",
+        "not_learned",
+    ]
     assert set(got4) <= set(groups.STATES)
 
 
@@ -79,8 +86,14 @@ def test_cells_of_a_real_grid_table():
     # a last-epoch metrics table of two static groups: the same dynamic grid twice
     last = pd.concat([grid.assign(group=g) for g in ("w32", "w64")], ignore_index=True)
     last["network"] = np.arange(len(last))
-    last = last.assign(epoch=4, train_loss=rng.random(len(last)), test_acc=rng.random(len(last)),
-                       diverged=False, exploded=False, max_abs_weight=rng.random(len(last)))
+    last = last.assign(
+        epoch=4,
+        train_loss=rng.random(len(last)),
+        test_acc=rng.random(len(last)),
+        diverged=False,
+        exploded=False,
+        max_abs_weight=rng.random(len(last)),
+    )
     cells = groups.hyperparameter_cells(last)
     hp = [c for c in grid.columns if c not in ("network", "seed")] + ["group"]
     key = [tuple(r) for r in last[hp].itertuples(index=False)]

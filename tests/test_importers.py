@@ -19,9 +19,13 @@ def trained(tmp_path_factory, data_dir):
 
 def _torch_state_dict(params, i):
     """Network i of a stacked Flax MLP as a PyTorch state dict: fc{k}.weight (out, in), fc{k}.bias."""
-    return {f"fc{k + 1}.{name}": np.ascontiguousarray(params[f"Dense_{k}"][leaf][i].T if leaf == "kernel"
-                                                       else params[f"Dense_{k}"][leaf][i])
-            for k in range(2) for name, leaf in (("weight", "kernel"), ("bias", "bias"))}
+    return {
+        f"fc{k + 1}.{name}": np.ascontiguousarray(
+            params[f"Dense_{k}"][leaf][i].T if leaf == "kernel" else params[f"Dense_{k}"][leaf][i]
+        )
+        for k in range(2)
+        for name, leaf in (("weight", "kernel"), ("bias", "bias"))
+    }
 
 
 def test_pytorch_safetensors_statistics_equal_numpy(trained, tmp_path, capsys):
@@ -41,14 +45,23 @@ def test_pytorch_safetensors_statistics_equal_numpy(trained, tmp_path, capsys):
             w, b = sd[f"fc{k}.weight"], sd[f"fc{k}.bias"]
             for layer, x in ((f"fc{k}/kernel", w), (f"fc{k}/bias", b), (f"fc{k}", np.concatenate([b, w.ravel()]))):
                 x = x.astype(np.float64).ravel()
-                ref = {"mean": x.mean(), "std": x.std(), "l2": np.sqrt((x * x).sum()), "max_abs": np.abs(x).max(),
-                       "q25": np.quantile(x, 0.25), "q50": np.median(x), "q99": np.quantile(x, 0.99)}
+                ref = {
+                    "mean": x.mean(),
+                    "std": x.std(),
+                    "l2": np.sqrt((x * x).sum()),
+                    "max_abs": np.abs(x).max(),
+                    "q25": np.quantile(x, 0.25),
+                    "q50": np.median(x),
+                    "q99": np.quantile(x, 0.99),
+                }
                 for name, value in ref.items():
-                    np.testing.assert_allclose(st[(i, layer, name)], value, rtol=2e-5, atol=1e-7,
-                                               err_msg=f"net {i} {layer} {name}")
+                    np.testing.assert_allclose(
+                        st[(i, layer, name)], value, rtol=2e-5, atol=1e-7, err_msg=f"net {i} {layer} {name}"
+                    )
             # The kernel leaf is (in, out): its spectral norm is the one of the PyTorch weight.
-            np.testing.assert_allclose(st[(i, f"fc{k}/kernel", "spectral_norm")],
-                                       np.linalg.norm(w.astype(np.float64), 2), rtol=1e-3)
+            np.testing.assert_allclose(
+                st[(i, f"fc{k}/kernel", "spectral_norm")], np.linalg.norm(w.astype(np.float64), 2), rtol=1e-3
+            )
         # Node strength in PyTorch terms: input j sends fc1.weight[:, j]; hidden h gets fc1.weight[h] + b1[h]
         # and sends fc2.weight[:, h]; output o gets fc2.weight[o] + b2[o].
         with np.load(out / "node_strength.npz") as ns:
@@ -65,8 +78,7 @@ def test_train_checkpoint_through_analyze_params_equals_analyze(trained, tmp_pat
     assert cli.main(["analyze", "--workdir", str(trained), "--metrics", "wasserstein,ks", "--nodynamics"]) == 0
     out = tmp_path / "imported"
     ckpt = trained / "checkpoints" / "2"
-    assert cli.main(["analyze-params", str(ckpt), "--out", str(out), "--metrics", "wasserstein,ks",
-                     "--nofigures"]) == 0
+    assert cli.main(["analyze-params", str(ckpt), "--out", str(out), "--metrics", "wasserstein,ks", "--nofigures"]) == 0
     a = pd.read_csv(trained / "analysis" / "stats.csv")
     b = pd.read_csv(out / "stats.csv")
     pd.testing.assert_frame_equal(a, b)
@@ -77,8 +89,9 @@ def test_train_checkpoint_through_analyze_params_equals_analyze(trained, tmp_pat
                 np.testing.assert_array_equal(za[k], zb[k])
     # The checkpoints folder and the run directory read as their latest checkpoint.
     for p in (trained / "checkpoints", trained):
-        np.testing.assert_array_equal(importers.load(p)["Dense_0"]["kernel"],
-                                      rundir.load_params(trained / "params.npz")["Dense_0"]["kernel"])
+        np.testing.assert_array_equal(
+            importers.load(p)["Dense_0"]["kernel"], rundir.load_params(trained / "params.npz")["Dense_0"]["kernel"]
+        )
 
 
 def test_mismatched_structures_name_the_first_mismatching_leaf(trained, tmp_path, capsys):
@@ -88,8 +101,10 @@ def test_mismatched_structures_name_the_first_mismatching_leaf(trained, tmp_path
     narrow["Dense_0/kernel"], narrow["Dense_0/bias"] = narrow["Dense_0/kernel"][:, :8], narrow["Dense_0/bias"][:8]
     narrow["Dense_1/kernel"] = narrow["Dense_1/kernel"][:8]
     np.savez(tmp_path / "b.npz", **narrow)
-    assert cli.main(["analyze-params", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"),
-                     "--out", str(tmp_path / "o")]) == 2
+    assert (
+        cli.main(["analyze-params", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--out", str(tmp_path / "o")])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     # the first mismatching leaf in the files' stored (execution) order: the kernel, then its bias
@@ -111,8 +126,9 @@ def test_mismatched_structures_name_the_first_mismatching_leaf(trained, tmp_path
 
 
 def test_msgpack_npz_and_orbax_round_trips(trained, tmp_path):
-    from flax import serialization
     import orbax.checkpoint as ocp
+    from flax import serialization
+
     params = rundir.load_params(trained / "params.npz")
     nets = [{k: {l: np.asarray(v[i]) for l, v in d.items()} for k, d in params.items()} for i in range(4)]
     msg, npz = [], []
@@ -126,9 +142,12 @@ def test_msgpack_npz_and_orbax_round_trips(trained, tmp_path):
     ck.save((tmp_path / "orbax1").absolute(), {"params": nets[1]})
     ck.wait_until_finished()
     flat = rundir.flatten_params(params)
-    for loaded in (importers.load(msg), importers.load(npz),
-                   importers.load([trained / "params.npz"]),                    # stacked, detected from the biases
-                   importers.load([npz[0], tmp_path / "orbax1", msg[2], msg[3]])):  # formats mix
+    for loaded in (
+        importers.load(msg),
+        importers.load(npz),
+        importers.load([trained / "params.npz"]),  # stacked, detected from the biases
+        importers.load([npz[0], tmp_path / "orbax1", msg[2], msg[3]]),
+    ):  # formats mix
         got = rundir.flatten_params(loaded)
         assert got.keys() == flat.keys()
         for k in flat:
@@ -145,13 +164,15 @@ def test_torch_conv_layout_and_flatten_order(tmp_path):
     the conv channels follows PyTorch's (C, H, W) flatten."""
     rng = np.random.default_rng(0)
     c, h, w = 4, 3, 5
-    sd = {"features.0.weight": rng.normal(size=(c, 1, 3, 3)).astype(np.float32),
-          "features.0.bias": rng.normal(size=c).astype(np.float32),
-          "features.1.weight": rng.normal(size=c).astype(np.float32),          # a norm scale
-          "features.1.running_mean": np.zeros(c, np.float32),
-          "features.1.num_batches_tracked": np.array(3, np.int64),
-          "head.weight": rng.normal(size=(10, c * h * w)).astype(np.float32),
-          "head.bias": rng.normal(size=10).astype(np.float32)}
+    sd = {
+        "features.0.weight": rng.normal(size=(c, 1, 3, 3)).astype(np.float32),
+        "features.0.bias": rng.normal(size=c).astype(np.float32),
+        "features.1.weight": rng.normal(size=c).astype(np.float32),  # a norm scale
+        "features.1.running_mean": np.zeros(c, np.float32),
+        "features.1.num_batches_tracked": np.array(3, np.int64),
+        "head.weight": rng.normal(size=(10, c * h * w)).astype(np.float32),
+        "head.bias": rng.normal(size=10).astype(np.float32),
+    }
     save_file(sd, str(tmp_path / "cnn.safetensors"))
     flat = importers.read(tmp_path / "cnn.safetensors", layers=["features/0", "head"])
     assert sorted(flat) == ["features/0/bias", "features/0/kernel", "features/1/scale", "head/bias", "head/kernel"]
@@ -165,7 +186,7 @@ def test_torch_conv_layout_and_flatten_order(tmp_path):
     params = rundir.unflatten_params(flat)
     ns = strength.node_strength(params, layers=["features/0", "head"])
     wc, bc, wh = (sd[k].astype(np.float64) for k in ("features.0.weight", "features.0.bias", "head.weight"))
-    ref = [wc[ch].sum() + bc[ch] + wh[:, ch * h * w:(ch + 1) * h * w].sum() for ch in range(c)]
+    ref = [wc[ch].sum() + bc[ch] + wh[:, ch * h * w : (ch + 1) * h * w].sum() for ch in range(c)]
     np.testing.assert_allclose(ns["features/0"][0], ref, rtol=1e-4)
     np.testing.assert_allclose(ns["input"][0], [wc.sum()], rtol=1e-5)
     # Statistics are layout-free: the same numbers as numpy on the PyTorch arrays.
@@ -178,13 +199,15 @@ def test_torch_conv_layout_and_flatten_order(tmp_path):
 
 def test_layout_detection_and_half_precision(tmp_path):
     import ml_dtypes
+
     assert importers.detect_layout(["fc1.weight", "fc1.bias"]) == "torch"
     assert importers.detect_layout(["Dense_0/kernel", "Dense_0/bias"]) == "flax"
     with pytest.raises(importers.ParamsError, match="both 'weight' and 'kernel'"):
         importers.detect_layout(["a.weight", "b/kernel"])
     w = np.arange(6, dtype=np.float32).reshape(2, 3) / 8
-    save_file({"fc.weight": w.astype(ml_dtypes.bfloat16), "fc.bias": np.ones(2, np.float16)},
-              str(tmp_path / "h.safetensors"))
+    save_file(
+        {"fc.weight": w.astype(ml_dtypes.bfloat16), "fc.bias": np.ones(2, np.float16)}, str(tmp_path / "h.safetensors")
+    )
     flat = importers.read(tmp_path / "h.safetensors")
     assert flat["fc/kernel"].dtype == np.float32 and flat["fc/bias"].dtype == np.float32
     np.testing.assert_array_equal(flat["fc/kernel"][0], w.T)  # exact in bfloat16

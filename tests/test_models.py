@@ -36,16 +36,26 @@ def test_parameter_paths_and_shapes():
     p = zoo.init(jax.random.PRNGKey(0), x)["params"]
     assert [p[f"Conv_{i}"]["kernel"].shape for i in range(3)] == [(3, 3, 1, 16), (3, 3, 16, 16), (3, 3, 16, 16)]
     assert p["Dense_0"]["kernel"].shape == (16, 10)
-    vit = models.make_model("vit", num_classes=10, image_shape=(32, 32, 3), patch_size=4, width=32, depth=2, num_heads=4)
+    vit = models.make_model(
+        "vit", num_classes=10, image_shape=(32, 32, 3), patch_size=4, width=32, depth=2, num_heads=4
+    )
     p = vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
     assert p["embedding"]["kernel"].shape == (48, 32)
     assert p["pos_embedding"].shape == (1, 65, 32)  # 64 patches + class token
     assert set(p) >= {"encoder_0", "encoder_1", "norm", "head", "cls"}
 
 
-@pytest.mark.parametrize("scheme,std", [("normal", 1.0), ("truncated_normal", 1.0), ("uniform", 1 / np.sqrt(3)),
-                                        ("fan_in", 1 / np.sqrt(400)), ("fan_out", 1 / np.sqrt(300)),
-                                        ("fan_avg", 1 / np.sqrt(350))])
+@pytest.mark.parametrize(
+    "scheme,std",
+    [
+        ("normal", 1.0),
+        ("truncated_normal", 1.0),
+        ("uniform", 1 / np.sqrt(3)),
+        ("fan_in", 1 / np.sqrt(400)),
+        ("fan_out", 1 / np.sqrt(300)),
+        ("fan_avg", 1 / np.sqrt(350)),
+    ],
+)
 def test_init_schemes_have_the_documented_scale(scheme, std):
     w = models.kernel_init(scheme)(jax.random.PRNGKey(0), (400, 300))
     assert abs(float(jnp.std(w)) / std - 1) < 0.03
@@ -58,15 +68,18 @@ def test_scale_kernels_only_touches_kernels():
     assert float(s["Dense_0"]["bias"][0]) == 1.0 and float(s["norm"]["scale"][0]) == 1.0
 
 
-@pytest.mark.parametrize("name,kw,match", [
-    ("resnet", {}, "model.name: unknown model 'resnet'"),
-    ("vit", {"patch_size": 5}, "model.patch_size: 5 does not divide the 28×28 images"),
-    ("vit", {"width": 30, "num_heads": 4}, "model.num_heads: 4 does not divide model.width=30"),
-    ("mlp", {"hidden": (10, 0)}, "model.hidden: widths must be positive"),
-    ("mlp", {"channels": (3,)}, "model.channels: not an option of model 'mlp'"),
-    ("mlp", {"activation": "swish2"}, "model.activation: unknown activation"),
-    ("cnn", {"conv_impl": "fft"}, "model.conv_impl"),
-])
+@pytest.mark.parametrize(
+    "name,kw,match",
+    [
+        ("resnet", {}, "model.name: unknown model 'resnet'"),
+        ("vit", {"patch_size": 5}, "model.patch_size: 5 does not divide the 28×28 images"),
+        ("vit", {"width": 30, "num_heads": 4}, "model.num_heads: 4 does not divide model.width=30"),
+        ("mlp", {"hidden": (10, 0)}, "model.hidden: widths must be positive"),
+        ("mlp", {"channels": (3,)}, "model.channels: not an option of model 'mlp'"),
+        ("mlp", {"activation": "swish2"}, "model.activation: unknown activation"),
+        ("cnn", {"conv_impl": "fft"}, "model.conv_impl"),
+    ],
+)
 def test_bad_model_options_name_the_key(name, kw, match):
     with pytest.raises(ValueError, match=match):
         models.make_model(name, num_classes=10, image_shape=(28, 28, 1), **kw)
@@ -74,6 +87,7 @@ def test_bad_model_options_name_the_key(name, kw, match):
 
 def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_path):
     import flax.linen as nn
+
     from jaxweights import claims, rundir, stats, strength
 
     vit = models.param_order(models.make_model("vit", num_classes=10, image_shape=(28, 28, 1)), (28, 28, 1))
@@ -82,8 +96,15 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
     blocks = [l.split("/")[0] for l in layers if l.startswith("encoder_")]
     assert list(dict.fromkeys(blocks)) == sorted(set(blocks), key=lambda b: int(b.split("_")[1]))
     assert [l.split("/", 1)[1] for l in layers if l.startswith("encoder_0/")] == [
-        "norm1", "attention/query", "attention/key", "attention/value", "attention/out", "norm2",
-        "mlp_in", "mlp_out"]                     # call order: LayerNorm, attention, LayerNorm, MLP
+        "norm1",
+        "attention/query",
+        "attention/key",
+        "attention/value",
+        "attention/out",
+        "norm2",
+        "mlp_in",
+        "mlp_out",
+    ]  # call order: LayerNorm, attention, LayerNorm, MLP
     depth = stats.layer_depths(layers)
     assert depth["embedding"] == 0.0 and depth["head"] == 1.0 and depth["pos_embedding"] == 2 / (len(layers) - 1)
     assert claims.layer_depths(layers) == depth
@@ -105,7 +126,7 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
     cnn = models.make_model("cnn", num_classes=10, image_shape=(8, 8, 1))
     assert stats.layer_order(models.param_order(cnn, (8, 8, 1)))[:2] == ["Conv_0", "Conv_1"]
 
-    class User(nn.Module):      # attribute names sort opposite to the call order
+    class User(nn.Module):  # attribute names sort opposite to the call order
         def setup(self):
             self.z_first = nn.Dense(3)
             self.a_second = nn.Dense(2)
@@ -118,13 +139,17 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
 
 def test_run_params_are_loaded_in_execution_order(tmp_path):
     """A params.npz in sorted order next to a built-in model's config.json loads in execution order."""
-    from jaxweights import config as config_lib, rundir, stats
+    from jaxweights import config as config_lib
+    from jaxweights import rundir, stats
+
     cfg = config_lib.default_config()
     cfg.model.name, cfg.dataset = "mlp", "mnist"
     cfg.model.hidden = [4] * 10
     rundir.write_json(tmp_path / "config.json", cfg.to_dict())
     model = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(4,) * 10)
-    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1)))["params"])(jax.random.split(jax.random.key(0), 2))
-    rundir.write_params(tmp_path / "params.npz", params)          # no order: sorted members
+    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1)))["params"])(
+        jax.random.split(jax.random.key(0), 2)
+    )
+    rundir.write_params(tmp_path / "params.npz", params)  # no order: sorted members
     loaded = rundir.load_params(tmp_path / "params.npz")
     assert stats.layer_order(loaded) == [f"Dense_{i}" for i in range(11)]

@@ -25,15 +25,33 @@ from jaxweights import cli, distances, rundir
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).parent / "jaxweights"
-TINY = ["--config.max_train=512", "--config.max_test=500", "--config.model.hidden=(16,)",
-        "--config.batch_size=64", "--config.num_seeds=2", "--config.init_scales=(1.0,)", "--noprogress"]
+TINY = [
+    "--config.max_train=512",
+    "--config.max_test=500",
+    "--config.model.hidden=(16,)",
+    "--config.batch_size=64",
+    "--config.num_seeds=2",
+    "--config.init_scales=(1.0,)",
+    "--noprogress",
+]
 RUN_FILES = ("config.json", "hparams.csv", "metrics.csv", "params.npz")
 
 
 def train(workdir, data_dir, *extra):
     """`jaxweights train` in-process on a tiny MNIST slice; returns the exit code."""
-    return cli.main(["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(workdir),
-                     "--data_dir", str(data_dir), *TINY, *extra])
+    return cli.main(
+        [
+            "train",
+            "--config",
+            str(REPO / "configs/quickstart.py"),
+            "--workdir",
+            str(workdir),
+            "--data_dir",
+            str(data_dir),
+            *TINY,
+            *extra,
+        ]
+    )
 
 
 def files_of(workdir):
@@ -42,17 +60,28 @@ def files_of(workdir):
 
 def leftovers(workdir):
     """Temporary files or folders a run or an analysis left behind."""
-    return sorted(str(p.relative_to(workdir)) for p in Path(workdir).rglob("*")
-                  if p.name.endswith(".tmp") or "orbax-checkpoint-tmp" in p.name or p.name.startswith(".analysis-"))
+    return sorted(
+        str(p.relative_to(workdir))
+        for p in Path(workdir).rglob("*")
+        if p.name.endswith(".tmp") or "orbax-checkpoint-tmp" in p.name or p.name.startswith(".analysis-")
+    )
 
 
 # ============================== kill and resume ==============================
 
 # 64 networks·steps per epoch would finish before a poll could see it; 128 steps of a
 # 784-128-10 MLP give epochs of a fraction of a second, long enough to aim at.
-KILL_ARGS = ["--config.max_train=8192", "--config.max_test=500", "--config.model.hidden=(128,)",
-             "--config.batch_size=64", "--config.num_seeds=2", "--config.init_scales=(1.0,)",
-             "--config.learning_rates=(0.05,10000.0)", "--config.num_epochs=4", "--noprogress"]
+KILL_ARGS = [
+    "--config.max_train=8192",
+    "--config.max_test=500",
+    "--config.model.hidden=(128,)",
+    "--config.batch_size=64",
+    "--config.num_seeds=2",
+    "--config.init_scales=(1.0,)",
+    "--config.learning_rates=(0.05,10000.0)",
+    "--config.num_epochs=4",
+    "--noprogress",
+]
 
 
 def _last_epoch(workdir):
@@ -84,8 +113,17 @@ KILL_POINTS = [
 
 
 def _cli(workdir, data_dir, env):
-    cmd = [str(EXE), "train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(workdir),
-           "--data_dir", str(data_dir), *KILL_ARGS]
+    cmd = [
+        str(EXE),
+        "train",
+        "--config",
+        str(REPO / "configs/quickstart.py"),
+        "--workdir",
+        str(workdir),
+        "--data_dir",
+        str(data_dir),
+        *KILL_ARGS,
+    ]
     return _popen(cmd, env)
 
 
@@ -108,8 +146,13 @@ def _kill_when(proc, workdir, condition, timeout=240.0):
         if condition(workdir):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            return {"checkpoints": sorted(os.listdir(workdir / "checkpoints")) if (workdir / "checkpoints").is_dir()
-                    else [], "metrics_epoch": _last_epoch(workdir), "params": (workdir / "params.npz").exists()}
+            return {
+                "checkpoints": sorted(os.listdir(workdir / "checkpoints"))
+                if (workdir / "checkpoints").is_dir()
+                else [],
+                "metrics_epoch": _last_epoch(workdir),
+                "params": (workdir / "params.npz").exists(),
+            }
         if proc.poll() is not None:
             pytest.fail(f"the run ended (rc {proc.returncode}) before the kill point:\n{_stderr(proc)}")
         time.sleep(0.001)
@@ -119,8 +162,12 @@ def _kill_when(proc, workdir, condition, timeout=240.0):
 
 def test_sigkill_at_every_stage_then_resume_gives_identical_files(tmp_path, data_dir):
     # A persistent compilation cache makes each restart cheap; it replays the same executable.
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     full = _cli(tmp_path / "full", data_dir, env)
     assert full.wait(timeout=300) == 0, _stderr(full)
 
@@ -145,6 +192,7 @@ def test_sigkill_at_every_stage_then_resume_gives_identical_files(tmp_path, data
 
 
 # ============================== in-process runs ==============================
+
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
@@ -206,6 +254,7 @@ def test_a_diverging_network_never_touches_the_others(tmp_path, data_dir, refere
 
 # ============================== full and read-only disks ==============================
 
+
 class _HalfWriter:
     """A file object that writes half of what it is given, then fails like a full disk."""
 
@@ -213,7 +262,7 @@ class _HalfWriter:
         self.f = f
 
     def write(self, data):
-        self.f.write(data[:len(data) // 2])
+        self.f.write(data[: len(data) // 2])
         self.f.flush()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -251,12 +300,16 @@ def _inject(monkeypatch, target, after, err, half=True):
     monkeypatch.setattr(os, "fdopen", fdopen)
 
 
-@pytest.mark.parametrize("target,after,err,half", [
-    ("metrics.csv", 1, errno.ENOSPC, True),   # full disk halfway through epoch 2's metrics
-    ("params.npz", 0, errno.EROFS, False),    # disk turned read-only before the final parameters
-])
-def test_full_or_read_only_disk_one_line_nothing_lost(tmp_path, data_dir, reference, monkeypatch, capsys,
-                                                      target, after, err, half):
+@pytest.mark.parametrize(
+    "target,after,err,half",
+    [
+        ("metrics.csv", 1, errno.ENOSPC, True),  # full disk halfway through epoch 2's metrics
+        ("params.npz", 0, errno.EROFS, False),  # disk turned read-only before the final parameters
+    ],
+)
+def test_full_or_read_only_disk_one_line_nothing_lost(
+    tmp_path, data_dir, reference, monkeypatch, capsys, target, after, err, half
+):
     args = ("--config.num_epochs=3", "--config.learning_rates=(0.05,10000.0)")
     w = tmp_path / "run"
     with monkeypatch.context() as mp:
@@ -291,8 +344,10 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatc
 def test_params_npz_is_streamed_and_equals_the_in_memory_bytes(tmp_path):
     """`write_params` writes the zip straight to the file: the same bytes as `npz_bytes`, read by np.load."""
     rng = np.random.default_rng(0)
-    params = {"Dense_1": {"kernel": rng.normal(size=(3, 5, 4)).astype(np.float32), "bias": np.zeros((3, 4), np.float32)},
-              "Dense_0": {"kernel": rng.normal(size=(3, 7, 5)).astype(np.float32)}}
+    params = {
+        "Dense_1": {"kernel": rng.normal(size=(3, 5, 4)).astype(np.float32), "bias": np.zeros((3, 4), np.float32)},
+        "Dense_0": {"kernel": rng.normal(size=(3, 7, 5)).astype(np.float32)},
+    }
     rundir.write_params(tmp_path / "params.npz", params)
     assert (tmp_path / "params.npz").read_bytes() == rundir.npz_bytes(rundir.flatten_params(params))
     back = rundir.load_params(tmp_path / "params.npz")
@@ -308,10 +363,13 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
         (tmp_path / "plain").write_text("x")
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "t.csv").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
+    assert (
+        stat.S_IMODE((tmp_path / "t.csv").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
+    )
 
 
 # ============================== analyze ==============================
+
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory, data_dir):
@@ -325,6 +383,7 @@ def zoo(tmp_path_factory, data_dir):
 def analysed(tmp_path, zoo):
     """A copy of `zoo` with a first analysis done; returns (workdir, {file: bytes})."""
     import shutil
+
     w = tmp_path / "run"
     shutil.copytree(zoo, w)
     assert cli.main(["analyze", "--workdir", str(w), "--metrics", "wasserstein,ks", "--nodynamics"]) == 0

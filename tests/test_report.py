@@ -16,21 +16,81 @@ from tests.test_cli import REPO, train
 
 # 2 seeds × 5 learning rates × 2 init scales: the smallest rates stay near chance, the middle ones
 # learn, 1e4 diverges.
-GRID = ("--config.num_epochs=2", "--config.learning_rates=(0.001,0.01,0.1,0.5,10000.0)",
-        "--config.init_scales=(0.3,1.0)", "--config.max_train=2048")
-FIGURES = ("weight_histograms", "kde_by_bin", "distance_heatmap", "statistics_vs_accuracy", "pca",
-           "bin_divergence", "weight_matrices", "accuracy_over_epochs")
+GRID = (
+    "--config.num_epochs=2",
+    "--config.learning_rates=(0.001,0.01,0.1,0.5,10000.0)",
+    "--config.init_scales=(0.3,1.0)",
+    "--config.max_train=2048",
+)
+FIGURES = (
+    "weight_histograms",
+    "kde_by_bin",
+    "distance_heatmap",
+    "statistics_vs_accuracy",
+    "pca",
+    "bin_divergence",
+    "weight_matrices",
+    "accuracy_over_epochs",
+)
 DYNAMICS_FIGURES = 4  # rwc, statistics over epochs, CKA of one network, modularity over depth
 IMAGES = len(FIGURES) + DYNAMICS_FIGURES
 SUMMARY_KEYS = {
-    "": ["zoo", "n_networks", "n_diverged", "n_exploded", "n_not_learned", "n_below_min_accuracy", "n_kept", "alpha",
-         "grouping", "excluded", "claim", "seed_dispersion", "sensitivity", "dispersion", "correlation", "prediction",
-         "bin_divergence", "figures"],
-    "grouping": ["rule", "quantile", "threshold", "n_optimal", "n_suboptimal", "optimal_acc", "suboptimal_acc",
-                 "bin_edges", "bin_counts"],
-    "claim": ["primary_metric", "verdict", "within_optimal", "within_suboptimal", "across", "ratio", "p_greater",
-              "p_less", "exact", "ci", "p_value", "p_holm", "p_bh", "p_cell", "p_cell_holm", "verdict_cell", "n_tests",
-              "n_holds", "n_reversed", "n_holds_raw", "n_reversed_raw", "whole_network", "per_layer"],
+    "": [
+        "zoo",
+        "n_networks",
+        "n_diverged",
+        "n_exploded",
+        "n_not_learned",
+        "n_below_min_accuracy",
+        "n_kept",
+        "alpha",
+        "grouping",
+        "excluded",
+        "claim",
+        "seed_dispersion",
+        "sensitivity",
+        "dispersion",
+        "correlation",
+        "prediction",
+        "bin_divergence",
+        "figures",
+    ],
+    "grouping": [
+        "rule",
+        "quantile",
+        "threshold",
+        "n_optimal",
+        "n_suboptimal",
+        "optimal_acc",
+        "suboptimal_acc",
+        "bin_edges",
+        "bin_counts",
+    ],
+    "claim": [
+        "primary_metric",
+        "verdict",
+        "within_optimal",
+        "within_suboptimal",
+        "across",
+        "ratio",
+        "p_greater",
+        "p_less",
+        "exact",
+        "ci",
+        "p_value",
+        "p_holm",
+        "p_bh",
+        "p_cell",
+        "p_cell_holm",
+        "verdict_cell",
+        "n_tests",
+        "n_holds",
+        "n_reversed",
+        "n_holds_raw",
+        "n_reversed_raw",
+        "whole_network",
+        "per_layer",
+    ],
     "dispersion": ["n_statistics", "n_larger_suboptimal", "n_holds", "n_reversed", "verdict", "whole_network"],
     "correlation": ["n_tests", "n_significant", "strongest"],
     "prediction": ["folds", "scores", "verdict", "best_weights_r2", "best_weights_tau", "best_hyperparameters_r2"],
@@ -46,9 +106,15 @@ def extra_section(ctx):
 def analysed(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("zoo")
     assert train(tmp, data_dir, *GRID) == 0
-    out = analysis.analyze_workdir(tmp / "run", metrics=["wasserstein", "ks", "euclidean"], n_permutations=500,
-                                   n_boot=200, extra_sections=[extra_section], data_dir=str(data_dir),
-                                   dynamics_options=dict(probe_size=200, probe_steps=100, num_planes=2, resolution=8))
+    out = analysis.analyze_workdir(
+        tmp / "run",
+        metrics=["wasserstein", "ks", "euclidean"],
+        n_permutations=500,
+        n_boot=200,
+        extra_sections=[extra_section],
+        data_dir=str(data_dir),
+        dynamics_options=dict(probe_size=200, probe_steps=100, num_planes=2, resolution=8),
+    )
     return tmp / "run", out
 
 
@@ -76,8 +142,12 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     sens = pd.DataFrame(s["sensitivity"])
     assert len(sens) == 8 and sens.in_force.sum() == 1
     assert sens[sens.in_force].p_value.iloc[0] == pytest.approx(s["claim"]["p_value"])
-    assert sens[(sens.not_learned == "included") & (sens["quantile"] == 0.25) &
-                (sens.exploded == "excluded")].n_analysed.iloc[0] == s["n_kept"] + not_learned.sum()
+    assert (
+        sens[
+            (sens.not_learned == "included") & (sens["quantile"] == 0.25) & (sens.exploded == "excluded")
+        ].n_analysed.iloc[0]
+        == s["n_kept"] + not_learned.sum()
+    )
     # verdict counts from the Holm-adjusted p-values of claim_tests.csv
     ct = pd.read_csv(out / "claim_tests.csv")
     assert s["claim"]["n_holds"] == int(((ct.p_holm < 0.05) & (ct.p_greater < ct.p_less)).sum())
@@ -93,14 +163,18 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     assert (preds.groupby("cell").fold.nunique() == 1).all() and preds.fold.nunique() > 1
     # within-group means of the whole-network W1 == scipy over the same pairs
     params = rundir.load_params(run / "params.npz")
-    flat = np.concatenate([np.asarray(v, np.float64).reshape(n, -1)
-                           for _, v in sorted(rundir.flatten_params(params).items())], 1)
+    flat = np.concatenate(
+        [np.asarray(v, np.float64).reshape(n, -1) for _, v in sorted(rundir.flatten_params(params).items())], 1
+    )
     opt = groups.index[groups.group == "optimal"].to_numpy()
     pairs = [(i, j) for i in opt for j in opt if i < j]
     ref = np.mean([ss.wasserstein_distance(flat[i], flat[j]) for i, j in pairs])
     np.testing.assert_allclose(s["claim"]["within_optimal"], ref, rtol=1e-4)
-    assert s["claim"]["primary_metric"] == "wasserstein" and s["claim"]["verdict"] in ("holds", "reversed",
-                                                                                         "not significant")
+    assert s["claim"]["primary_metric"] == "wasserstein" and s["claim"]["verdict"] in (
+        "holds",
+        "reversed",
+        "not significant",
+    )
     assert 0 < s["claim"]["p_greater"] <= 1 and s["claim"]["ci"][0] <= s["claim"]["ci"][1]
     # a Spearman correlation in correlations.csv == scipy on stats.csv
     stats_t = pd.read_csv(out / "stats.csv")
@@ -108,8 +182,9 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     kept = groups.analysed.to_numpy(bool)
     v = stats_t[(stats_t.layer == "Dense_0") & (stats_t.statistic == "std")].sort_values("network").value.to_numpy()
     r = ss.spearmanr(v[kept], last.test_acc.to_numpy()[kept])
-    np.testing.assert_allclose(corr.loc[("Dense_0", "std"), ["rho", "p_value"]].to_numpy(float),
-                               [r.statistic, r.pvalue], rtol=1e-6)
+    np.testing.assert_allclose(
+        corr.loc[("Dense_0", "std"), ["rho", "p_value"]].to_numpy(float), [r.statistic, r.pvalue], rtol=1e-6
+    )
     assert {r["features"] for r in s["prediction"]["scores"]} == {"weights", "hyperparameters"}
     # the baseline sees learning rate and init scale, never the accuracy or loss columns
     assert {r["n_features"] for r in s["prediction"]["scores"] if r["features"] == "hyperparameters"} == {2}
@@ -127,9 +202,17 @@ def test_every_figure_and_its_data_exist(analysed):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == IMAGES and "src=\"figures/" not in html
     assert "An extra section" in html and "plugged in for run" in html
-    for title in ("Are optimal networks more alike", "Dispersion", "Spearman", "Predicting accuracy",
-                  "node strength and layer fluctuation", "Grouping in force", "Sensitivity", "not_learned",
-                  "hyperparameter cells"):
+    for title in (
+        "Are optimal networks more alike",
+        "Dispersion",
+        "Spearman",
+        "Predicting accuracy",
+        "node strength and layer fluctuation",
+        "Grouping in force",
+        "Sensitivity",
+        "not_learned",
+        "hyperparameter cells",
+    ):
         assert title in html
     assert html.index("Grouping in force") < html.index("Networks and groups")  # the first paragraph
 
@@ -139,14 +222,28 @@ def test_report_renders_in_headless_chromium_with_every_image_decoded(analysed, 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.fail("chromium not found: install Debian's `chromium` package (CI does)")
-    probe = ("<script>window.addEventListener('load', () => { const im = [...document.images];"
-             "const ok = im.filter(i => i.complete && i.naturalWidth > 0).length;"
-             "document.body.insertAdjacentHTML('beforeend', `<pre id=probe>IMAGES ${ok}/${im.length}</pre>`); });"
-             "</script></body>")
+    probe = (
+        "<script>window.addEventListener('load', () => { const im = [...document.images];"
+        "const ok = im.filter(i => i.complete && i.naturalWidth > 0).length;"
+        "document.body.insertAdjacentHTML('beforeend', `<pre id=probe>IMAGES ${ok}/${im.length}</pre>`); });"
+        "</script></body>"
+    )
     page = tmp_path / "report.html"
     page.write_text((out / "report.html").read_text().replace("</body>", probe))
-    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert f"IMAGES {IMAGES}/{IMAGES}" in res.stdout, (res.stdout[-500:], res.stderr[-2000:])
 
 
@@ -163,8 +260,25 @@ def test_cli_grouping_options_and_refusals(analysed, capsys):
     assert len(err) == 1 and "threshold" in err[0] and "optimal" in err[0]
     assert (run / "analysis" / "summary.json").read_bytes() == before
     # --min_accuracy leaves out, on top of the not-learned networks, the rest below it, counted apart
-    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--min_accuracy", "0.5", "--nodynamics",
-                     "--permutations", "200", "--bootstrap", "50"]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "--workdir",
+                str(run),
+                "--metrics",
+                "ks",
+                "--min_accuracy",
+                "0.5",
+                "--nodynamics",
+                "--permutations",
+                "200",
+                "--bootstrap",
+                "50",
+            ]
+        )
+        == 0
+    )
     s = json.loads((run / "analysis" / "summary.json").read_text())
     m = pd.read_csv(run / "metrics.csv")
     last = m[m.epoch == m.epoch.max()]
@@ -177,21 +291,40 @@ def test_cli_grouping_options_and_refusals(analysed, capsys):
     groups = pd.read_csv(run / "analysis" / "groups.csv")
     assert (groups.group == "below_min_accuracy").sum() == below
     # --include_not_learned puts the chance-level networks back among the analysed ones
-    assert cli.main(["analyze", "--workdir", str(run), "--metrics", "ks", "--include_not_learned", "--nodynamics",
-                     "--permutations", "200", "--bootstrap", "50"]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "--workdir",
+                str(run),
+                "--metrics",
+                "ks",
+                "--include_not_learned",
+                "--nodynamics",
+                "--permutations",
+                "200",
+                "--bootstrap",
+                "50",
+            ]
+        )
+        == 0
+    )
     s = json.loads((run / "analysis" / "summary.json").read_text())
     assert s["n_kept"] == len(last) - int(bad.sum()) and s["grouping"]["include_not_learned"]
 
 
 def test_study_writes_a_combined_report_with_a_verdict_table(tmp_path, data_dir):
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("s", REPO / "configs" / "studies" / "optimal_vs_suboptimal.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config("quick")
     c.datasets, c.models, c.data_dir = ("mnist",), ("mlp",), str(data_dir)
-    c.overrides = {"all": {"max_train": 512, "max_test": 300, "learning_rates": (1e-4, 1e-3, 1e-2, 5e-2)},
-                   "mlp": {"model": {"hidden": (16,)}}}
+    c.overrides = {
+        "all": {"max_train": 512, "max_test": 300, "learning_rates": (1e-4, 1e-3, 1e-2, 5e-2)},
+        "mlp": {"model": {"hidden": (16,)}},
+    }
     c.analysis.metrics, c.analysis.n_permutations, c.analysis.n_boot = ("wasserstein",), 100, 50
     path = study.run_study(c, tmp_path)
     s = json.loads((tmp_path / "summary.json").read_text())

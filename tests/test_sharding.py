@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jaxweights import analysis, distances, models, run, rundir, stats, train
 from jaxweights import config as config_lib
-from jaxweights import analysis, distances, models, rundir, run, stats, train
 
 REPO = Path(__file__).resolve().parents[1]
 N_NETS = 13  # does not divide 8: padded to 16 on 8 devices
@@ -53,10 +53,20 @@ exec(CONFIG)  # defines tiny(); the subprocesses run the same text
 
 def _subprocess(code: str, *, devices: int, env: dict | None = None, timeout: int = 240):
     """Runs `code` in a fresh Python with `devices` simulated CPU devices; returns the process."""
-    full = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "JAX_PLATFORMS": "cpu", **(env or {})}
-    return subprocess.Popen([sys.executable, "-c", CONFIG + textwrap.dedent(code)], cwd=REPO, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    full = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", CONFIG + textwrap.dedent(code)],
+        cwd=REPO,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc, timeout: int = 240) -> str:
@@ -68,7 +78,9 @@ def _finish(proc, timeout: int = 240) -> str:
 def _assert_same_run(a: Path, b: Path, rtol=1e-5, atol=1e-6):
     ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
     assert list(ma.columns) == list(mb.columns) and len(ma) == len(mb) == N_NETS * 2
-    pd.testing.assert_frame_equal(ma[["network", "seed", "epoch", "diverged"]], mb[["network", "seed", "epoch", "diverged"]])
+    pd.testing.assert_frame_equal(
+        ma[["network", "seed", "epoch", "diverged"]], mb[["network", "seed", "epoch", "diverged"]]
+    )
     for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
         np.testing.assert_allclose(ma[col], mb[col], rtol=rtol, atol=atol, err_msg=col)
     pa, pb = dict(np.load(a / "params.npz")), dict(np.load(b / "params.npz"))
@@ -88,7 +100,9 @@ def one_device(tmp_path_factory, data_dir):
 
 
 def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_path, data_dir):
-    out = _finish(_subprocess(f"""
+    out = _finish(
+        _subprocess(
+            f"""
         import json, os, jax, numpy as np
         from jaxweights import config as config_lib, run, stats, rundir, train
         run.train_and_evaluate(tiny({str(data_dir)!r}), {str(tmp_path / 'run')!r}, progress=False)
@@ -135,7 +149,10 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
                            "uneven": sorted({{type(x).__name__ for x in jax.tree.leaves(uneven)}}),
                            "even": sorted({{s.data.shape[0] for x in jax.tree.leaves(even)
                                            for s in x.addressable_shards}})}}))
-    """, devices=8))
+    """,
+            devices=8,
+        )
+    )
     info = json.loads(out.strip().splitlines()[-1])
     assert info == {"devices": 8, "shards": [2] * 8, "uneven": ["ndarray"], "even": [1]}
     _assert_same_run(one_device, tmp_path / "run")
@@ -168,15 +185,20 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
             assert ref.shape == (N_NETS, 5)
             np.testing.assert_allclose(got[f"other {m}|{k}"], ref, rtol=1e-4, atol=1e-6, err_msg=f"other {m} {k}")
     import shutil
+
     shutil.copytree(tmp_path / "run", tmp_path / "one", ignore=shutil.ignore_patterns("analysis"))
-    analysis.analyze_workdir(tmp_path / "one", metrics=["wasserstein", "ks", "euclidean"], report=False,
-                             dynamics=False)
-    a8, a1 = pd.read_csv(tmp_path / "run" / "analysis" / "stats.csv"), pd.read_csv(tmp_path / "one" / "analysis" / "stats.csv")
+    analysis.analyze_workdir(tmp_path / "one", metrics=["wasserstein", "ks", "euclidean"], report=False, dynamics=False)
+    a8, a1 = (
+        pd.read_csv(tmp_path / "run" / "analysis" / "stats.csv"),
+        pd.read_csv(tmp_path / "one" / "analysis" / "stats.csv"),
+    )
     assert list(a8.statistic) == list(a1.statistic)
     np.testing.assert_allclose(a8.value, a1.value, rtol=1e-5, atol=1e-7)
     for m in ("wasserstein", "ks", "euclidean"):
-        with np.load(tmp_path / "run" / "analysis" / "distances" / f"{m}.npz") as z8, \
-                np.load(tmp_path / "one" / "analysis" / "distances" / f"{m}.npz") as z1:
+        with (
+            np.load(tmp_path / "run" / "analysis" / "distances" / f"{m}.npz") as z8,
+            np.load(tmp_path / "one" / "analysis" / "distances" / f"{m}.npz") as z1,
+        ):
             for k in z1.files:
                 np.testing.assert_allclose(z8[k], z1[k], rtol=1e-4, atol=1e-6, err_msg=f"analyze {m} {k}")
     w, err = distances.pairwise(params, "wasserstein", sketch=64, with_error=True)
@@ -204,6 +226,7 @@ def test_chunked_run_equals_unchunked(one_device, tmp_path, data_dir, caplog):
     _assert_same_run(one_device, tmp_path / "run")
     # a resumed chunked run (last chunk lost) ends with the same files
     import shutil
+
     first = (tmp_path / "run" / "params.npz").read_bytes()
     shutil.rmtree(tmp_path / "run" / "chunks" / "04")
     (tmp_path / "run" / "params.npz").unlink()
@@ -214,6 +237,7 @@ def test_chunked_run_equals_unchunked(one_device, tmp_path, data_dir, caplog):
 
 def test_memory_limit_too_small_is_one_line_error(tmp_path, data_dir, capsys):
     from tests.test_cli import train as cli_train
+
     assert cli_train(tmp_path, data_dir, "--config.memory_limit_mb=0.5") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.memory_limit_mb" in err[0] and "cannot hold one network" in err[0]
@@ -238,12 +262,13 @@ def test_plan_memory_chunks_are_equal_and_fit():
     # Networks mapped in chunks of k hold the temporaries of k networks only: more fit per device.
     for k in (1, 8):
         for budget in (100 + 30, 100 + 30 * 8, 100 + 10_000):
-            p = train.plan_memory(10**6, 2, state_bytes=5, step_bytes=20, fixed_bytes=100, budget_bytes=budget,
-                                  vmap_chunk=k)
+            p = train.plan_memory(
+                10**6, 2, state_bytes=5, step_bytes=20, fixed_bytes=100, budget_bytes=budget, vmap_chunk=k
+            )
             fits = lambda c: c * 2 * 5 + min(c, k) * 20 <= budget - 100
             c_max = max(c for c in range(1, 2000) if fits(c))
             assert fits(p.chunk_size // 2)  # each device holds what fits
-            assert p.num_chunks == -(-10**6 // (2 * c_max))  # as few chunks as memory allows
+            assert p.num_chunks == -(-(10**6) // (2 * c_max))  # as few chunks as memory allows
     # A device's share that is not a multiple of k costs a third copy of the state (lax.map
     # concatenates its remainder): chunks are multiples of k, or that copy is counted.
     for n in (13, 1000, 4849, 10**6):
@@ -252,8 +277,16 @@ def test_plan_memory_chunks_are_equal_and_fit():
                 for cap in (0, 20, 37):
                     k = 8
                     need = lambda m: m * 30 if m <= k else 20 * m + k * 10 + (10 * m if m % k else 0)
-                    p = train.plan_memory(n, d, state_bytes=10, step_bytes=10, fixed_bytes=100, budget_bytes=budget,
-                                          chunk_size=cap, vmap_chunk=k)
+                    p = train.plan_memory(
+                        n,
+                        d,
+                        state_bytes=10,
+                        step_bytes=10,
+                        fixed_bytes=100,
+                        budget_bytes=budget,
+                        chunk_size=cap,
+                        vmap_chunk=k,
+                    )
                     m = p.chunk_size // d
                     assert need(m) <= budget - 100, (n, d, budget, cap, p)
                     assert p.num_chunks * p.chunk_size >= n and (p.num_chunks - 1) * p.chunk_size < n
@@ -281,8 +314,9 @@ def test_memory_estimate_bounds_the_compiled_epoch(mnist_slice):
     assert state_b == 3 * 4 * n_params + 4 + 1 + 4
     mesh = train.networks_mesh()
     fns = train.make_zoo_fns(setup, (28, 28, 1), 500, mesh)
-    hp = train.shard(train.Hyper(*(np.asarray(f) for f in train.hyper_from_grid(config_lib.hyperparameter_grid(c)))),
-                     mesh)
+    hp = train.shard(
+        train.Hyper(*(np.asarray(f) for f in train.hyper_from_grid(config_lib.hyperparameter_grid(c)))), mesh
+    )
     state = fns.init(hp)
     m = fns.train_epoch.lower(state, hp, np.int32(1), jnp.asarray(x), jnp.asarray(y)).compile().memory_analysis()
     measured = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
@@ -295,9 +329,14 @@ def _two_processes(code: str) -> list[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [_subprocess(code, devices=2, env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                                               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
-             for i in range(2)]
+    procs = [
+        _subprocess(
+            code,
+            devices=2,
+            env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
+        )
+        for i in range(2)
+    ]
     return [_finish(p) for p in procs]
 
 
@@ -312,7 +351,9 @@ def test_two_processes_equal_one_device(one_device, tmp_path, data_dir):
         assert f"process {i} of 2 devices 4" in out
     _assert_same_run(one_device, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "2" / "default").glob("ocdbt.process_*")) == [
-        "ocdbt.process_0", "ocdbt.process_1"]  # both hosts wrote their part of the checkpoint
+        "ocdbt.process_0",
+        "ocdbt.process_1",
+    ]  # both hosts wrote their part of the checkpoint
 
     # `jaxweights analyze --multihost` in both processes: all compute, process 0 alone writes
     outs = _two_processes(f"""

@@ -38,8 +38,14 @@ def test_vmapped_equals_one_at_a_time(mnist_slice, optimizer):
     # Adam is near sign-descent: with a large step, float32 rounding differences between a
     # batched and a single matmul flip the sign of tiny updates, so it gets small rates.
     lrs = [0.01, 0.1] if optimizer == "sgd" else [1e-4, 1e-3]
-    grid = _grid(learning_rates=lrs, init_scales=[0.5, 1.0], label_noises=[0.0, 0.3],
-                 train_fractions=[1.0, 0.5], weight_decays=[0.0, 1e-3], num_seeds=1)
+    grid = _grid(
+        learning_rates=lrs,
+        init_scales=[0.5, 1.0],
+        label_noises=[0.0, 0.3],
+        train_fractions=[1.0, 0.5],
+        weight_decays=[0.0, 1e-3],
+        num_seeds=1,
+    )
     grid = grid.iloc[::5].reset_index(drop=True)  # 7 networks spread over the grid
     together, m_all, _ = _run(setup, grid, x, y, epochs=2)
     rtol, atol = (2e-5, 2e-6) if optimizer == "sgd" else (1e-3, 2e-4)  # Adam moves a weight up to 0.26 here
@@ -118,8 +124,9 @@ def test_step_flops_counts_the_matmuls():
 def test_vmap_chunk_equals_vmapping_all(mnist_slice, conv_impl):
     """`vmap_chunk=k`: `lax.map` over chunks of k networks (7 = 3 + 3 + 1) gives the vmapped results."""
     x, y, xt, yt = mnist_slice
-    model = models.make_model("cnn", num_classes=10, image_shape=(28, 28, 1), channels=(4,), dense=(8,),
-                              conv_impl=conv_impl)
+    model = models.make_model(
+        "cnn", num_classes=10, image_shape=(28, 28, 1), channels=(4,), dense=(8,), conv_impl=conv_impl
+    )
     grid = _grid(learning_rates=[0.01, 0.05], init_scales=[0.5, 1.0], num_seeds=2).iloc[:7].reset_index(drop=True)
     xp, yp, mp = train.pad_split(xt, yt, 500)
     out, inits = [], []
@@ -218,7 +225,8 @@ def test_reference_weight_is_at_least_the_unit_scale_initialisation():
 def test_exploded_network_is_flagged_and_matches_the_documented_rule(tmp_path, data_dir):
     """lr 0.5 with init scale 3 blows one network up to |w| ~ 3e4 with finite loss: exploded, while
     healthy networks are not; the flag and max |w| agree with numpy on the saved files."""
-    from jaxweights import rundir, run
+    from jaxweights import run, rundir
+
     c = config_lib.default_config()
     c.data_dir, c.model.hidden = str(data_dir), (128, 64)
     c.max_train, c.max_test, c.num_epochs, c.num_seeds = 2048, 500, 1, 2

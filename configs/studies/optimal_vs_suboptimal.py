@@ -21,15 +21,24 @@ def get_config(arg=None):
     c.quick = arg == "quick"
     c.data_dir = ""
     c.overrides = {"all": {}, "mlp": {}, "cnn": {}, "vit": {}}
-    c.analysis = ml_collections.ConfigDict({
-        "metrics": ("wasserstein", "ks", "jensenshannon", "kde_kl", "euclidean", "cosine"),
-        "quantile": 0.25, "bins": 4, "n_permutations": 2000, "n_boot": 1000,
-        "dynamics": True})  # learning dynamics over the per-epoch checkpoints (RWC, CKA, probes, modularity)
+    c.analysis = ml_collections.ConfigDict(
+        {
+            "metrics": ("wasserstein", "ks", "jensenshannon", "kde_kl", "euclidean", "cosine"),
+            "quantile": 0.25,
+            "bins": 4,
+            "n_permutations": 2000,
+            "n_boot": 1000,
+            "dynamics": True,
+        }
+    )  # learning dynamics over the per-epoch checkpoints (RWC, CKA, probes, modularity)
     if c.quick:
         # A CPU smoke run: smaller CNN and ViT, fewer test images, a cheaper analysis.
-        c.overrides = {"all": {"max_test": 500}, "mlp": {"model": {"hidden": (64, 32)}},
-                       "cnn": {"model": {"channels": (8, 16), "dense": (32,)}},
-                       "vit": {"model": {"width": 32, "depth": 2, "num_heads": 2}}}
+        c.overrides = {
+            "all": {"max_test": 500},
+            "mlp": {"model": {"hidden": (64, 32)}},
+            "cnn": {"model": {"channels": (8, 16), "dense": (32,)}},
+            "vit": {"model": {"width": 32, "depth": 2, "num_heads": 2}},
+        }
         c.analysis.metrics = ("wasserstein", "ks", "euclidean")
         c.analysis.n_permutations, c.analysis.n_boot = 500, 200
         c.analysis.dynamics = False
