@@ -1,19 +1,8 @@
 """Flax models of the zoo (MLP, CNN, Small CNN Zoo CNN, ViT), their initialisers and parameter paths."""
 
-from jaxweights.models.architectures import (
-    ACTIVATIONS,
-    CNN,
-    INITS,
-    MLP,
-    MODELS,
-    Conv,
-    EncoderBlock,
-    ViT,
-    kernel_init,
-    make_model,
-    max_pool_2x2,
-    scale_kernels,
-)
+from jaxweights.models.architectures import CNN, MLP, EncoderBlock, ViT
+from jaxweights.models.init import INITS, kernel_init, scale_kernels
+from jaxweights.models.layers import ACTIVATIONS, Conv, max_pool_2x2
 from jaxweights.models.paths import (
     execution_order,
     flatten,
@@ -24,6 +13,7 @@ from jaxweights.models.paths import (
     param_order,
     unflatten,
 )
+from jaxweights.models.registry import MODELS, make_model
 
 __all__ = [
     "ACTIVATIONS",

@@ -23,7 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxweights import data
-from jaxweights.models.architectures import make_model
+from jaxweights.models.registry import make_model
 
 __all__ = [
     "flatten",
