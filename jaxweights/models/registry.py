@@ -7,14 +7,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jaxweights.config.schema import MODELS
 from jaxweights.models.architectures import CNN, MLP, ViT
 from jaxweights.models.init import INITS
 from jaxweights.models.layers import ACTIVATIONS
 
 Array = jax.Array
-
-
-MODELS = ("mlp", "cnn", "small_cnn_zoo", "vit")
 
 
 def make_model(
