@@ -27,8 +27,15 @@ def kernel_init(scheme: str) -> nn.initializers.Initializer:
     Args:
       scheme: "normal" (N(0, 1)), "truncated_normal" (N(0, 1) cut at ±2, std 1), "uniform"
         (U(-1, 1)), or "fan_in" / "fan_out" / "fan_avg": variance scaling with variance
-        1/fan (truncated normal), so `init_scale=sqrt(2)` with "fan_in" is He init and
-        `init_scale=1` with "fan_avg" is Glorot.
+        1/fan (truncated normal), so `init_scale=sqrt(2)` with "fan_in" is He init (He et al.
+        2015, arXiv 1502.01852) and `init_scale=1` with "fan_avg" is Glorot init (Glorot & Bengio
+        2010, AISTATS).
+
+    Returns:
+      A Flax initialiser `(key, shape, dtype) -> array`.
+
+    Raises:
+      ValueError: an unknown scheme.
     """
     if scheme == "normal":
         return nn.initializers.normal(1.0)
@@ -54,7 +61,15 @@ def _truncated_normal_unit(key, shape, dtype=jnp.float32):
 
 
 def scale_kernels(params: Any, scale: Array) -> Any:
-    """Multiplies every leaf named `kernel` by `scale` (biases, norms and embeddings untouched)."""
+    """Multiplies every leaf named `kernel` by `scale` (biases, norms and embeddings untouched).
+
+    Args:
+      params: parameter pytree.
+      scale: scalar multiplier (the `init_scale` hyperparameter).
+
+    Returns:
+      The pytree with scaled kernels.
+    """
 
     def f(path, leaf):
         name = getattr(path[-1], "key", None)

@@ -82,7 +82,14 @@ class Conv(nn.Module):
 
 
 def max_pool_2x2(x: Array) -> Array:
-    """2×2 max pooling with stride 2 by reshape (odd trailing rows/columns are dropped)."""
+    """2×2 max pooling with stride 2 by reshape (odd trailing rows/columns are dropped).
+
+    Args:
+      x: (batch, H, W, C) feature map.
+
+    Returns:
+      (batch, H // 2, W // 2, C) maxima.
+    """
     b, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2, :]
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
