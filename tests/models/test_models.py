@@ -31,16 +31,16 @@ def test_conv_impls_share_parameters_and_outputs():
 def test_parameter_paths_and_shapes():
     x = jnp.zeros((1, 28, 28, 1))
     mlp = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(5, 7))
-    p = mlp.init(jax.random.PRNGKey(0), x)["params"]
+    p = jax.eval_shape(mlp.init, jax.random.PRNGKey(0), x)["params"]  # shapes only: nothing compiled
     assert {k: v["kernel"].shape for k, v in p.items()} == {"Dense_0": (784, 5), "Dense_1": (5, 7), "Dense_2": (7, 10)}
     zoo = models.make_model("small_cnn_zoo", num_classes=10, image_shape=(28, 28, 1))
-    p = zoo.init(jax.random.PRNGKey(0), x)["params"]
+    p = jax.eval_shape(zoo.init, jax.random.PRNGKey(0), x)["params"]
     assert [p[f"Conv_{i}"]["kernel"].shape for i in range(3)] == [(3, 3, 1, 16), (3, 3, 16, 16), (3, 3, 16, 16)]
     assert p["Dense_0"]["kernel"].shape == (16, 10)
     vit = models.make_model(
         "vit", num_classes=10, image_shape=(32, 32, 3), patch_size=4, width=32, depth=2, num_heads=4
     )
-    p = vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    p = jax.eval_shape(vit.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
     assert p["embedding"]["kernel"].shape == (48, 32)
     assert p["pos_embedding"].shape == (1, 65, 32)  # 64 patches + class token
     assert set(p) >= {"encoder_0", "encoder_1", "norm", "head", "cls"}
