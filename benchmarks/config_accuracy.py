@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from jaxweights import run
+from jaxweights.config import apply_overrides
 
 
 def load_config(path: str):
@@ -48,15 +49,10 @@ def main() -> None:
             print(f"{Path(path).stem:<22} skipped: time budget spent")
             continue
         c = load_config(path)
-        if args.data_dir:
-            c.data_dir = args.data_dir
-        for kv in args.set:
-            key, value = kv.split("=", 1)
-            node = c
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = ast.literal_eval(value)
+        sets = dict(kv.split("=", 1) for kv in args.set)
+        overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+        overrides |= {key: ast.literal_eval(value) for key, value in sets.items()}
+        c = apply_overrides(c, overrides, where="--set", keep_groups=True)
         t = time.perf_counter()
         df = run.train_and_evaluate(c, Path(args.workdir) / Path(path).stem, overwrite=True, progress=False)
         dt = time.perf_counter() - t

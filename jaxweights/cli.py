@@ -21,6 +21,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from absl import flags
+from ml_collections import config_flags
+
+from jaxweights import analysis, importers, prune, run, study
+from jaxweights.analysis import AnalysisError
+from jaxweights.claims import ClaimError
+from jaxweights.config import ConfigError, apply_overrides, last_overrides
+from jaxweights.data import DataError
+from jaxweights.dynamics import DynamicsError
+from jaxweights.importers import ParamsError
+from jaxweights.run import RunError
+
 USAGE = """usage: jaxweights COMMAND [options]
 
 commands:
@@ -41,39 +53,26 @@ Run `jaxweights COMMAND --help` for a command's options.
 """
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from absl import flags
-
-    from jaxweights.analysis import AnalysisError
-    from jaxweights.claims import ClaimError
-    from jaxweights.config import ConfigError
-    from jaxweights.data import DataError
-    from jaxweights.dynamics import DynamicsError
-    from jaxweights.importers import ParamsError
-    from jaxweights.run import RunError
-
-    # OSError: a missing file or folder, a full or read-only disk (rundir names the file it could not write).
-    return (
-        ConfigError,
-        DataError,
-        RunError,
-        AnalysisError,
-        ClaimError,
-        ParamsError,
-        DynamicsError,
-        flags.Error,
-        OSError,
-    )
+# The errors a user can fix; each prints one line naming the key, flag, file or value, exit status 2.
+# OSError: a missing file or folder, a full or read-only disk (rundir names the file it could not write).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DataError,
+    RunError,
+    AnalysisError,
+    ClaimError,
+    ParamsError,
+    DynamicsError,
+    flags.Error,
+    OSError,
+)
 
 
-def _flag_values(command: str, argv: list[str]):
-    from absl import flags
-
+def _flag_values(command: str, argv: list[str]) -> flags.FlagValues:
+    """The flags of ``command``; ``--config`` (train, study) is loaded from ``argv`` with its overrides."""
     fv = flags.FlagValues()
     flags.DEFINE_string("workdir", None, "Run directory.", flag_values=fv)
     if command == "train":
-        from ml_collections import config_flags
-
         config_flags.DEFINE_config_file(
             "config",
             None,
@@ -113,8 +112,6 @@ def _flag_values(command: str, argv: list[str]):
         flags.DEFINE_list("metrics", None, "Distance metrics to compute (default: all built-in).", flag_values=fv)
         flags.DEFINE_integer("block_size", 64, "Rows and columns of the N×N distance blocks.", flag_values=fv)
     if command == "study":
-        from ml_collections import config_flags
-
         config_flags.DEFINE_config_file(
             "config",
             None,
@@ -181,28 +178,9 @@ def _flag_values(command: str, argv: list[str]):
     return fv
 
 
-def _last_overrides(args: Sequence[str]) -> list[str]:
-    """`args` with only the last of repeated `--config.KEY` overrides (absl would join tuples: (16,)+(32,)).
-
-    Handles `--config.KEY=VALUE` and `--config.KEY VALUE`; everything else is kept as it is.
-    """
-    units, i = [], 0
-    while i < len(args):
-        a = args[i]
-        if a.startswith("--config.") and "=" not in a and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            units.append((a[2:], [a, args[i + 1]]))
-            i += 2
-            continue
-        units.append((a[2:].split("=", 1)[0] if a.startswith("--config.") else None, [a]))
-        i += 1
-    last = {key: n for n, (key, _) in enumerate(units) if key}
-    return [t for n, (key, toks) in enumerate(units) if key is None or last[key] == n for t in toks]
-
-
-def _parse(command: str, args: Sequence[str]):
-    from absl import flags
-
-    argv = [f"jaxweights {command}", *_last_overrides(args)]
+def _parse(command: str, args: Sequence[str]) -> flags.FlagValues:
+    """Parses ``args`` of ``command``, raising ``flags.Error`` naming the flag or key."""
+    argv = [f"jaxweights {command}", *last_overrides(args)]
     fv = _flag_values(command, argv)
     try:
         fv(argv)
@@ -223,8 +201,14 @@ def _parse(command: str, args: Sequence[str]):
 
 
 def cmd_train(args: Sequence[str]) -> int:
-    from absl import flags
+    """`jaxweights train`: trains the config's zoo into --workdir (`run.train_and_evaluate`).
 
+    Args:
+      args: the command's arguments.
+
+    Returns:
+      The exit status (0); user errors raise one of `USER_ERRORS`.
+    """
     fv = _parse("train", args)
     if fv["config"].value is None:
         raise flags.Error("--config: required (a Python file such as configs/quickstart.py)")
@@ -235,10 +219,7 @@ def cmd_train(args: Sequence[str]) -> int:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise flags.Error(f"--config: cannot load {fv['config'].value!r}: {lines[-1]}") from None
     if fv.data_dir:
-        with config.unlocked():
-            config.data_dir = fv.data_dir
-    from jaxweights import run
-
+        config = apply_overrides(config, {"data_dir": fv.data_dir}, where="--data_dir", keep_groups=True, new_keys=True)
     df = run.train_and_evaluate(config, fv.workdir, overwrite=fv.overwrite, progress=fv.progress)
     last = df[df.epoch == df.epoch.max()]
     diverged = last.diverged.astype(bool)
@@ -253,11 +234,15 @@ def cmd_train(args: Sequence[str]) -> int:
 
 
 def cmd_analyze(args: Sequence[str]) -> int:
-    from absl import flags
+    """`jaxweights analyze`: statistics, distances, claims, dynamics and the report of --workdir.
 
+    Args:
+      args: the command's arguments.
+
+    Returns:
+      The exit status (0); user errors raise one of `USER_ERRORS`.
+    """
     fv = _parse("analyze", args)
-    from jaxweights import analysis
-
     if not 0 < fv.quantile <= 0.5:
         raise flags.Error(f"--quantile: {fv.quantile} must be in (0, 0.5]")
     threshold = None
@@ -270,8 +255,6 @@ def cmd_analyze(args: Sequence[str]) -> int:
             raise flags.Error(f"--threshold: {','.join(fv.threshold)!r} is not one or two numbers")
         threshold = threshold[0] if len(threshold) == 1 else threshold
     if fv.multihost:
-        from jaxweights import run
-
         run.init_distributed({"multihost": True})
     out = analysis.analyze_workdir(
         fv.workdir,
@@ -296,8 +279,14 @@ def cmd_analyze(args: Sequence[str]) -> int:
 
 
 def cmd_analyze_params(args: Sequence[str]) -> int:
-    from absl import flags
+    """`jaxweights analyze-params`: the analysis of parameter files trained elsewhere.
 
+    Args:
+      args: the command's arguments.
+
+    Returns:
+      The exit status (0); user errors raise one of `USER_ERRORS`.
+    """
     argv = ["jaxweights analyze-params", *args]
     fv = _flag_values("analyze-params", argv)
     paths = fv(argv)[1:]
@@ -309,8 +298,6 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
         raise flags.Error("PATH: give at least one parameter file (orbax checkpoint, .msgpack, .npz, .safetensors)")
     if not fv.out:
         raise flags.Error("--out: required")
-    from jaxweights import importers
-
     stacked = {"auto": None, "yes": True, "no": False}[fv.stacked]
     params, table = importers.analyze_files(
         paths,
@@ -328,9 +315,15 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
 
 
 def cmd_prune(args: Sequence[str]) -> int:
-    fv = _parse("prune", args)
-    from jaxweights import prune
+    """`jaxweights prune`: removes the flagged hidden layers, retrains and reports the change.
 
+    Args:
+      args: the command's arguments.
+
+    Returns:
+      The exit status (0); user errors raise one of `USER_ERRORS`.
+    """
+    fv = _parse("prune", args)
     report = prune.prune_run(
         fv.workdir, layers=fv.layers, data_dir=fv.data_dir, overwrite=fv.overwrite, progress=fv.progress
     )
@@ -347,16 +340,20 @@ def cmd_prune(args: Sequence[str]) -> int:
 
 
 def cmd_study(args: Sequence[str]) -> int:
-    from absl import flags
+    """`jaxweights study`: trains and analyses every zoo of a study config; one combined report.
 
+    Args:
+      args: the command's arguments.
+
+    Returns:
+      The exit status (0); user errors raise one of `USER_ERRORS`.
+    """
     fv = _parse("study", args)
     if fv["config"].value is None:
         raise flags.Error("--config: required (a study config such as configs/studies/optimal_vs_suboptimal.py)")
     config = fv.config
     if fv.data_dir:
         config.data_dir = fv.data_dir
-    from jaxweights import study
-
     print(f"study report written to {study.run_study(config, fv.workdir, progress=fv.progress)}")
     return 0
 
@@ -371,6 +368,14 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a `jaxweights` command; user errors print one line and give exit status 2.
+
+    Args:
+      argv: COMMAND and its arguments (default: `sys.argv[1:]`).
+
+    Returns:
+      The exit status: 0 done, 2 a user error (or no command), 130 interrupted.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -386,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[command](args)
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"jaxweights {command}: error: {msg}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ r"""The whole study: MNIST, Fashion-MNIST and CIFAR-10 × MLP, CNN and ViT zoos,
     jaxweights study --config configs/studies/optimal_vs_suboptimal.py:quick --workdir runs/s \
         --config.datasets="('mnist',)" --config.models="('mlp','cnn')"
 
-Each zoo is the preset of `jaxweights/presets.py` (`:quick` shrinks it: 2 seeds, 1 epoch, a slice
+Each zoo is the preset of `jaxweights/config/presets.py` (`:quick` shrinks it: 2 seeds, 1 epoch, a slice
 of the data); `overrides` changes fields of every zoo ("all") or of one family ("mlp", "cnn",
 "vit") as nested dicts such as {"mlp": {"model": {"hidden": (64,)}}}. `analysis` holds the options of
 `jaxweights analyze`.

@@ -12,7 +12,7 @@ from jaxweights import config as config_lib
 from jaxweights import data as data_lib
 from jaxweights import run
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.py"))
 SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 
 
@@ -52,7 +52,7 @@ def test_config_is_valid_and_builds(path):
     "dataset,family", [("fashion_mnist", "cnn"), ("cifar10", "vit"), ("cifar10", "cnn"), ("mnist", "vit")]
 )
 def test_each_dataset_and_family_trains_on_real_data(tmp_path, data_dir, dataset, family):
-    from jaxweights.presets import study_config
+    from jaxweights.config.presets import study_config
 
     c = study_config(dataset, family, "quick")
     c.data_dir = str(data_dir)

@@ -11,7 +11,7 @@ import pytest
 
 from jaxweights import cli, rundir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--config.max_train=512",
     "--config.max_test=500",

@@ -1,84 +1,24 @@
-"""Image classification datasets as uint8 NHWC numpy arrays, loaded offline first.
-
-`load(name)` looks for the data in this order and logs every attempt at INFO:
-
-1. A data directory: the `data_dir` argument, else the `JAXWEIGHTS_DATA_DIR` environment
-   variable. Accepted there, directly or in a `NAME/` (or `NAME` with `-` for `_`) subfolder:
-   a Keras-style `NAME.npz` (x_train, y_train, x_test, y_test); the four official IDX files,
-   gzipped or not (mnist, fashion_mnist); the CIFAR-10 python batches
-   (`cifar-10-batches-py/`, cifar10). IDX files sitting directly in the data directory are
-   ambiguous between MNIST and Fashion-MNIST (same file names); a full-size train split is
-   therefore checked against the dataset's known mean pixel value.
-2. The system location `/usr/share/datasets/<name with - for _>` (Debian's
-   `dataset-fashion-mnist` package installs `/usr/share/datasets/fashion-mnist`).
-3. `digits` comes from scikit-learn's bundled copy; the others from `tfds.data_source`
-   (downloads only when no data directory was given).
-
-`max_train` / `max_test` keep a class-stratified draw (`stratified_indices` with the fixed seed
-`SUBSET_SEED`), never the first examples: a split stored grouped by class (CIFAR-10's test split
-in Keras' npz is) would otherwise give a subset of one class.
-"""
+"""Readers of the dataset files: Keras-style npz, IDX (gzipped or not), CIFAR-10 python batches,
+tensorflow-datasets and scikit-learn's digits. Every read error becomes a `DataError` naming the file."""
 
 from __future__ import annotations
 
 import codecs
 import gzip
 import io
-import logging
 import math
-import os
 import pickle
 import zipfile
 import zlib
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-_LOG = logging.getLogger(__name__)
-ENV_VAR = "JAXWEIGHTS_DATA_DIR"
-SYSTEM_DIR = Path("/usr/share/datasets")
+from jaxweights.data.specs import DataError, DatasetSpec
+from jaxweights.data.subsets import SUBSET_SEED, stratified_indices
+
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, pickle.UnpicklingError)
-
-
-class DataError(ValueError):
-    """A dataset is missing, malformed or unknown; the message names the file or dataset."""
-
-
-class Dataset(NamedTuple):
-    """A train/test split: images uint8 (n, H, W, C), labels int32 (n,)."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    source: str
-
-
-class DatasetSpec(NamedTuple):
-    """Static facts about a dataset; mean/std are per channel in 0..255 pixel units."""
-
-    image_shape: tuple[int, int, int]
-    num_classes: int
-    num_train: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-# mean/std: computed once over every pixel of the full train split (population std) from
-# /work/shared/data/mnist.npz (official MNIST), the official Fashion-MNIST IDX files (Debian
-# dataset-fashion-mnist), /work/shared/data/cifar10.npz (official CIFAR-10) and the digits
-# train split below (load_digits()[:1500] scaled to 0..255).
-SPECS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec((28, 28, 1), 10, 60000, (33.3184,), (78.5675,)),
-    "fashion_mnist": DatasetSpec((28, 28, 1), 10, 60000, (72.9404,), (90.0212,)),
-    "cifar10": DatasetSpec((32, 32, 3), 10, 50000, (125.3069, 122.9504, 113.8654), (62.9932, 62.0887, 66.7049)),
-    "digits": DatasetSpec((8, 8, 1), 10, 1500, (77.8151,), (95.5902,)),
-}
-DATASETS = tuple(SPECS)
 _TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
 _IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -91,74 +31,7 @@ _FORMATS = {k: f"{k}.npz or IDX files" for k in ("mnist", "fashion_mnist")} | {
     "cifar10": "cifar10.npz or cifar-10-batches-py/"
 }
 _DIGITS_TRAIN = 1500  # digits split: first 1500 of load_digits() train, remaining 297 test
-SUBSET_SEED = 0  # the seed of every max_train/max_test draw: all runs and analyses see the same subset
 _ROWS_PER_READ = 4096  # images read at a time while picking a subset out of an npz
-
-
-def stratified_indices(labels_n: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
-    """n indices into `labels_n`, a seeded class-stratified draw without replacement, in random order.
-
-    Each class present gets its proportional share n·c_k/N rounded by largest remainders
-    (Hamilton's method: every share is within one of n·c_k/N), raised to at least one example
-    per present class when n is at least the number of classes (taken back from the classes most
-    over their share). Within a class the examples are a uniform draw; the result is shuffled, so
-    it is never grouped by class. Same labels, n and seed: same indices.
-
-    Args:
-      labels_n: (N,) class labels (any values `np.unique` can sort).
-      n: how many indices, 0 <= n <= N.
-      seed: seed of `np.random.default_rng`.
-
-    Returns:
-      (n,) int64 indices, all distinct.
-    """
-    labels_n = np.asarray(labels_n).reshape(-1)
-    total = labels_n.shape[0]
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= total:
-        raise ValueError(f"stratified_indices: n must be an integer in [0, {total}], got {n!r}")
-    rng = np.random.default_rng(seed)
-    classes, inverse, counts = np.unique(labels_n, return_inverse=True, return_counts=True)
-    share = n * counts / total
-    alloc = np.floor(share).astype(np.int64)
-    tiebreak = rng.random(len(classes))  # seeded, never by class order
-    short = n - int(alloc.sum())
-    order = np.lexsort((tiebreak, -(share - alloc)))  # largest remainder first
-    alloc[order[:short]] += 1
-    if n >= len(classes):
-        for k in np.flatnonzero(alloc == 0):  # one each for the classes rounded to none
-            alloc[k] = 1
-            over = np.where(alloc > 1, alloc - share, -np.inf)
-            alloc[int(np.argmax(over))] -= 1
-    picked = [rng.choice(np.flatnonzero(inverse == k), size=int(a), replace=False) for k, a in enumerate(alloc) if a]
-    out = np.concatenate(picked) if picked else np.zeros(0, np.int64)
-    return rng.permutation(out).astype(np.int64)
-
-
-def spec(name: str) -> DatasetSpec:
-    """Return the static spec of a dataset.
-
-    Args:
-      name: one of `DATASETS`.
-
-    Returns:
-      Its `DatasetSpec`; raises `DataError` for an unknown name.
-    """
-    if name not in SPECS:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    return SPECS[name]
-
-
-def normalization(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return per-channel train-split mean and std in 0..255 pixel units.
-
-    Args:
-      name: one of `DATASETS`.
-
-    Returns:
-      (mean, std), each a float32 array of shape (C,).
-    """
-    s = spec(name)
-    return np.asarray(s.mean, np.float32), np.asarray(s.std, np.float32)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -402,109 +275,3 @@ def _from_sklearn() -> dict:
     x, y, src = np.rint(d.images * (255 / 16)).astype(np.uint8)[..., None], d.target, "sklearn load_digits"
     n = _DIGITS_TRAIN
     return {"x_train": (x[:n], src), "y_train": (y[:n], src), "x_test": (x[n:], src), "y_test": (y[n:], src)}
-
-
-def _finish(name: str, s: DatasetSpec, parts: dict, source: str, limits) -> Dataset:
-    """Validate shapes, dtypes, counts and labels, apply the limits, and build a Dataset."""
-    out = {}
-    for split, limit in zip(("train", "test"), limits):
-        (x, xw), (y, yw) = parts[f"x_{split}"], parts[f"y_{split}"]
-        if x.ndim == 3 and s.image_shape[2] == 1:
-            x = x[..., None]
-        if x.dtype != np.uint8 or x.shape[1:] != s.image_shape:
-            raise DataError(f"{xw}: images are {x.dtype} {x.shape}, expected uint8 (n, {str(s.image_shape)[1:-1]})")
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1 or y.dtype.kind not in "iu":
-            raise DataError(f"{yw}: labels are {y.dtype} {y.shape}, expected integers (n,)")
-        if len(x) != len(y):
-            raise DataError(f"{xw} has {len(x)} images but {yw} has {len(y)} labels")
-        bad = y[(y < 0) | (y >= s.num_classes)]
-        if bad.size:
-            raise DataError(f"{yw}: {bad.size} labels outside [0, {s.num_classes}), e.g. {bad[0]}")
-        if limit is not None and len(y) > limit:
-            keep = stratified_indices(y, limit, seed=SUBSET_SEED)
-            x, y = x[keep], y[keep]
-        out[f"x_{split}"] = np.require(x, np.uint8, ["C", "W", "O"])
-        out[f"y_{split}"] = np.require(y, np.int32, ["C", "W", "O"])
-    x = out["x_train"]
-    if len(x) == s.num_train:  # full official split: guard against e.g. Fashion-MNIST read as MNIST
-        mean = x[:10000].mean(axis=(0, 1, 2))
-        if np.any(np.abs(mean - np.asarray(s.mean)) > 3.0):
-            raise DataError(
-                f"{source}: train pixel mean {np.round(mean, 2).tolist()} does not match {name} "
-                f"(expected {list(s.mean)}); is this a different dataset?"
-            )
-    return Dataset(name, num_classes=s.num_classes, source=source, **out)
-
-
-def load(
-    name: str,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    max_train: int | None = None,
-    max_test: int | None = None,
-    use_tfds: bool = True,
-    log: logging.Logger = _LOG,
-) -> Dataset:
-    """Load a dataset from the first place that has it (see the module docstring).
-
-    Args:
-      name: one of `DATASETS`.
-      data_dir: folder with the data; defaults to $JAXWEIGHTS_DATA_DIR when that is set.
-      max_train: keep only `max_train` train examples (None: all), drawn class-stratified by
-        `stratified_indices(y_train, max_train, seed=SUBSET_SEED)`, in that (random) order.
-      max_test: the same for the test split.
-      use_tfds: whether to fall back to tensorflow-datasets.
-      log: logger that receives one INFO line per place tried.
-
-    Returns:
-      A `Dataset` with uint8 (n, H, W, C) images and int32 labels, C-contiguous.
-    """
-    s = spec(name)
-    limits = (max_train, max_test)
-    for lim in limits:
-        if lim is not None and (not isinstance(lim, (int, np.integer)) or lim < 0):
-            raise DataError(f"{name}: max_train/max_test must be None or a non-negative int, got {lim!r}")
-    root = data_dir if data_dir is not None else (os.environ.get(ENV_VAR) or None)
-    root = Path(root).expanduser().absolute() if root is not None else None
-    if root is not None and not root.is_dir():  # a typo must not fall through to a download
-        given = "data_dir" if data_dir is not None else f"${ENV_VAR}"
-        raise DataError(f"{name}: {given} {root}: no such directory")
-    tried = []
-    for d in ([root] if root else []) + [SYSTEM_DIR / name.replace("_", "-")]:
-        found = _search_dir(name, s, d, limits) if d.is_dir() else None
-        if found:
-            log.info("%s: loaded from %s", name, found[1])
-            return _finish(name, s, found[0], found[1], limits)
-        why = f"no {_FORMATS.get(name, name + '.npz')}" if d.is_dir() else "no such directory"
-        tried.append(f"{d} ({why})")
-        log.info("%s: not found in %s (%s)", name, d, why)
-    if name == "digits":
-        log.info("%s: loaded from scikit-learn load_digits", name)
-        return _finish(name, s, _from_sklearn(), "sklearn.datasets.load_digits (first 1500 train, 297 test)", limits)
-    if use_tfds:
-        if root is None:  # offline, the download only fails after its network timeouts (minutes)
-            log.warning(
-                "%s: not found locally; reading or downloading it with tensorflow-datasets (a download "
-                "needs internet access; give --data_dir or $%s to avoid it)",
-                name,
-                ENV_VAR,
-            )
-        try:
-            parts = _from_tfds(name, s, root, limits)
-        except Exception as e:  # tfds raises many types: not found, no network, missing deps
-            msg = (str(e).strip().splitlines() or [""])[0][:200]
-            tried.append(f"tfds (data_dir={root or 'default'}, download={root is None}: {type(e).__name__}: {msg})")
-            log.info("%s: not found with %s", name, tried[-1])
-        else:
-            source = f"tfds.data_source({_TFDS_NAMES[name]!r}, data_dir={root or 'default'})"
-            log.info("%s: loaded from %s", name, source)
-            return _finish(name, s, parts, source, limits)
-    else:
-        tried.append("tfds (disabled: use_tfds=False)")
-    raise DataError(
-        f"{name}: dataset not found; looked in: {'; '.join(tried)}. Provide it with --data_dir or "
-        f"{ENV_VAR} pointing to a folder with {name}.npz (or the IDX / CIFAR batch files), "
-        f"or install tensorflow-datasets and allow internet access"
-    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxweights.config import default_config
+from jaxweights.config.schema import default_config
 
 FAMILIES = ("mlp", "cnn", "vit")
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -44,6 +44,9 @@ def study_config(dataset: str, family: str, arg: str | None = None) -> ml_collec
       dataset: "mnist", "fashion_mnist" or "cifar10".
       family: "mlp", "cnn" or "vit".
       arg: None for the full schedule, "quick" for a smoke run.
+
+    Returns:
+      The zoo's `ConfigDict`.
     """
     c = default_config()
     c.dataset = dataset

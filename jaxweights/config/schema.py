@@ -15,8 +15,6 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from jaxweights import models
-
 # Dynamic hyperparameters: entries of the networks axis, traced values in the compiled program.
 # config list field -> column name in the grid and in metrics.csv.
 DYNAMIC = {
@@ -26,6 +24,8 @@ DYNAMIC = {
     "label_noises": "label_noise",
     "train_fractions": "train_fraction",
 }
+# The built-in models a config may name (`config.model.name`); `jaxweights.models.make_model` builds them.
+MODELS = ("mlp", "cnn", "small_cnn_zoo", "vit")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
@@ -35,7 +35,11 @@ class ConfigError(ValueError):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every config field with its default; config files override what they need."""
+    """Every config field with its default; config files override what they need.
+
+    Returns:
+      A fresh `ConfigDict` of the defaults.
+    """
     c = ml_collections.ConfigDict()
     c.dataset = "mnist"
     c.data_dir = ""  # "" = $JAXWEIGHTS_DATA_DIR, then system locations, then tfds.
@@ -77,13 +81,27 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The model's own options from `config.model` (everything but `name` and `init`)."""
+    """The model's own options from `config.model` (everything but `name` and `init`).
+
+    Args:
+      config: a zoo config.
+
+    Returns:
+      Option -> value, lists as tuples (for `models.make_model`).
+    """
     kw = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "init")}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks a config, raising `ConfigError` naming the first bad key."""
+    """Checks a config, raising `ConfigError` naming the first bad key.
+
+    Args:
+      config: a zoo config.
+
+    Raises:
+      ConfigError: the first bad key, named as "config.KEY: ...".
+    """
     unknown = sorted(set(config.keys()) - set(default_config().keys()))
     if unknown:
         raise ConfigError(
@@ -143,7 +161,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if key == "train_fractions" and np.any((arr <= 0) | (arr > 1)):
             raise ConfigError(f"config.{key}: values must lie in (0, 1], got {values}")
     if "name" not in config.model:
-        raise ConfigError("config.model.name: missing; expected one of " + ", ".join(models.MODELS))
+        raise ConfigError("config.model.name: missing; expected one of " + ", ".join(MODELS))
     if not _is_number(config.momentum) or not 0 <= config.momentum < 1:
         raise ConfigError(f"config.momentum: must be a number in [0, 1), got {config.momentum!r}")
     if not _is_number(config.warmup_epochs) or not 0 <= config.warmup_epochs < float("inf"):
@@ -166,6 +184,12 @@ def hyperparameter_grid(config: ml_collections.ConfigDict) -> pd.DataFrame:
 
     The product runs over the dynamic lists in `DYNAMIC` order with the seed innermost, so
     networks `k*num_seeds ... (k+1)*num_seeds-1` share their hyperparameters.
+
+    Args:
+      config: a validated zoo config.
+
+    Returns:
+      DataFrame with columns network, seed and the `DYNAMIC` columns.
     """
     lists = [list(config[k]) for k in DYNAMIC] + [list(range(config.num_seeds))]
     rows = list(itertools.product(*lists))
@@ -173,20 +197,3 @@ def hyperparameter_grid(config: ml_collections.ConfigDict) -> pd.DataFrame:
     df.insert(0, "network", np.arange(len(df)))
     df = df[["network", "seed"] + list(DYNAMIC.values())]
     return df.astype({"seed": np.int64, **{c: np.float64 for c in DYNAMIC.values()}})
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    """A copy of `config` with dotted-key overrides applied (used for static groups)."""
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.groups = ()
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = c
-        for p in parents:
-            if p not in node:
-                raise ConfigError(f"config.groups: unknown key {dotted!r}")
-            node = node[p]
-        if leaf not in node and not (parents and parents[0] == "model"):
-            raise ConfigError(f"config.groups: unknown key {dotted!r}")
-        node[leaf] = tuple(value) if isinstance(value, list) else value
-    return c

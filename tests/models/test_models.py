@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxweights import models
+from jaxweights.models import layers
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -13,7 +14,7 @@ def test_im2col_conv_equals_lax_conv(stride, hw, padding):
     kx, kk = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(kx, (2, *hw, 3))
     k = jax.random.normal(kk, (3, 3, 3, 5))
-    ours = models._conv_im2col(x, k, stride, padding)
+    ours = layers._conv_im2col(x, k, stride, padding)
     ref = jax.lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
@@ -30,16 +31,16 @@ def test_conv_impls_share_parameters_and_outputs():
 def test_parameter_paths_and_shapes():
     x = jnp.zeros((1, 28, 28, 1))
     mlp = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(5, 7))
-    p = mlp.init(jax.random.PRNGKey(0), x)["params"]
+    p = jax.eval_shape(mlp.init, jax.random.PRNGKey(0), x)["params"]  # shapes only: nothing compiled
     assert {k: v["kernel"].shape for k, v in p.items()} == {"Dense_0": (784, 5), "Dense_1": (5, 7), "Dense_2": (7, 10)}
     zoo = models.make_model("small_cnn_zoo", num_classes=10, image_shape=(28, 28, 1))
-    p = zoo.init(jax.random.PRNGKey(0), x)["params"]
+    p = jax.eval_shape(zoo.init, jax.random.PRNGKey(0), x)["params"]
     assert [p[f"Conv_{i}"]["kernel"].shape for i in range(3)] == [(3, 3, 1, 16), (3, 3, 16, 16), (3, 3, 16, 16)]
     assert p["Dense_0"]["kernel"].shape == (16, 10)
     vit = models.make_model(
         "vit", num_classes=10, image_shape=(32, 32, 3), patch_size=4, width=32, depth=2, num_heads=4
     )
-    p = vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    p = jax.eval_shape(vit.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
     assert p["embedding"]["kernel"].shape == (48, 32)
     assert p["pos_embedding"].shape == (1, 65, 32)  # 64 patches + class token
     assert set(p) >= {"encoder_0", "encoder_1", "norm", "head", "cls"}
@@ -91,7 +92,7 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
     from jaxweights import claims, rundir, stats, strength
 
     vit = models.param_order(models.make_model("vit", num_classes=10, image_shape=(28, 28, 1)), (28, 28, 1))
-    layers = stats.layer_order(vit)
+    layers = models.layer_order(vit)
     assert layers[:3] == ["embedding", "cls", "pos_embedding"] and layers[-2:] == ["norm", "head"]
     blocks = [l.split("/")[0] for l in layers if l.startswith("encoder_")]
     assert list(dict.fromkeys(blocks)) == sorted(set(blocks), key=lambda b: int(b.split("_")[1]))
@@ -105,26 +106,26 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
         "mlp_in",
         "mlp_out",
     ]  # call order: LayerNorm, attention, LayerNorm, MLP
-    depth = stats.layer_depths(layers)
+    depth = models.layer_depths(layers)
     assert depth["embedding"] == 0.0 and depth["head"] == 1.0 and depth["pos_embedding"] == 2 / (len(layers) - 1)
     assert claims.layer_depths(layers) == depth
 
     mlp = models.make_model("mlp", num_classes=10, image_shape=(4, 4, 1), hidden=[8] * 10)
     order = models.param_order(mlp, (4, 4, 1))
-    ls = stats.layer_order(order)
+    ls = models.layer_order(order)
     assert len(ls) == 11 and ls.index("Dense_2") < ls.index("Dense_10") and ls[-1] == "Dense_10"
     # vmapped init sorts keys (Dense_10 before Dense_2); the explicit order restores execution order
     params = jax.vmap(lambda k: mlp.init(k, jnp.zeros((1, 4, 4, 1)))["params"])(jax.random.split(jax.random.key(0), 2))
-    assert list(stats.flatten(params)) != order and list(stats.flatten(params, order)) == order
+    assert list(models.flatten(params)) != order and list(models.flatten(params, order)) == order
     # params.npz written with the order keeps it; the strength chain follows it
     rundir.write_params(tmp_path / "params.npz", params, order=order)
     loaded = rundir.load_params(tmp_path / "params.npz")
-    assert list(stats.flatten(loaded)) == order
+    assert list(models.flatten(loaded)) == order
     assert list(strength.node_strength(loaded))[1:] == ls
     assert list(stats.group_names(loaded, "layer")) == ls
 
     cnn = models.make_model("cnn", num_classes=10, image_shape=(8, 8, 1))
-    assert stats.layer_order(models.param_order(cnn, (8, 8, 1)))[:2] == ["Conv_0", "Conv_1"]
+    assert models.layer_order(models.param_order(cnn, (8, 8, 1)))[:2] == ["Conv_0", "Conv_1"]
 
     class User(nn.Module):  # attribute names sort opposite to the call order
         def setup(self):
@@ -134,13 +135,13 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
         def __call__(self, x):
             return self.a_second(nn.relu(self.z_first(x.reshape(x.shape[0], -1))))
 
-    assert stats.layer_order(models.param_order(User(), (2, 2, 1))) == ["z_first", "a_second"]
+    assert models.layer_order(models.param_order(User(), (2, 2, 1))) == ["z_first", "a_second"]
 
 
 def test_run_params_are_loaded_in_execution_order(tmp_path):
     """A params.npz in sorted order next to a built-in model's config.json loads in execution order."""
     from jaxweights import config as config_lib
-    from jaxweights import rundir, stats
+    from jaxweights import rundir
 
     cfg = config_lib.default_config()
     cfg.model.name, cfg.dataset = "mlp", "mnist"
@@ -152,4 +153,4 @@ def test_run_params_are_loaded_in_execution_order(tmp_path):
     )
     rundir.write_params(tmp_path / "params.npz", params)  # no order: sorted members
     loaded = rundir.load_params(tmp_path / "params.npz")
-    assert stats.layer_order(loaded) == [f"Dense_{i}" for i in range(11)]
+    assert models.layer_order(loaded) == [f"Dense_{i}" for i in range(11)]

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from jaxweights import cli, data, run
 from jaxweights import config as config_lib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRIED = collections.Counter()  # inputs tried per test, printed at the end of the module
 FUZZ = settings(
     max_examples=250,
@@ -73,6 +73,7 @@ def _outcome(name, folder):
     except data.DataError as e:
         msg = str(e)
         assert msg and "\n" not in msg.strip() and len(msg) < 2000, msg
+        assert str(folder) in msg, f"the error does not name the damaged file under {folder}: {msg}"
         return None
     return {k: getattr(ds, k) for k in ("x_train", "y_train", "x_test", "y_test")}
 
@@ -538,3 +539,4 @@ def test_bad_configs_on_the_command_line(case):
     text = err.getvalue()
     lines = [ln for ln in text.splitlines() if ": error:" in ln]
     assert rc == 2 and len(lines) == 1 and "Traceback" not in text, (flags, rc, text[-2000:])
+    assert key.split(".")[-1] in lines[0], (flags, lines[0])  # the line names the offending key

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxweights import data
-from jaxweights.data import DataError
+from jaxweights.data import DataError, datasets
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 CIFAR_TRAIN_MEANS = [125.31, 122.95, 113.87]
@@ -44,7 +44,7 @@ def cifar_raw(real_dir):
 def isolated(tmp_path, monkeypatch) -> Path:
     """No env var, an empty system folder; returns an empty data dir."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(datasets, "SYSTEM_DIR", tmp_path / "system")
     empty = tmp_path / "empty"
     empty.mkdir()
     return empty
@@ -145,7 +145,7 @@ def test_mnist_npz(real_dir, isolated):
 def test_fashion_mnist_from_system_location(isolated, monkeypatch):
     if not FASHION_DIR.is_dir():
         pytest.fail(f"{FASHION_DIR} missing (apt-get install -y dataset-fashion-mnist)")
-    monkeypatch.setattr(data, "SYSTEM_DIR", FASHION_DIR.parent)
+    monkeypatch.setattr(datasets, "SYSTEM_DIR", FASHION_DIR.parent)
     ds = data.load("fashion_mnist", isolated, use_tfds=False)
     assert ds.source.startswith(str(FASHION_DIR))
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
@@ -189,15 +189,42 @@ def test_digits(isolated):
     np.testing.assert_allclose(ds.x_train.mean(), data.normalization("digits")[0], atol=0.01)
 
 
-def test_normalization():
-    mean, std = data.normalization("cifar10")
-    assert mean.dtype == std.dtype == np.float32 and mean.shape == std.shape == (3,)
-    np.testing.assert_allclose(mean, CIFAR_TRAIN_MEANS, atol=0.01)
-    mean, std = data.normalization("mnist")
-    np.testing.assert_allclose([mean[0], std[0]], [33.32, 78.57], atol=0.01)
+def _pixel_mean_std(x_u8: np.ndarray) -> tuple[float, float]:
+    """Mean and population std (ddof=0) of uint8 pixels in float64, exact: from the 256-bin value counts."""
+    counts = np.bincount(np.asarray(x_u8).ravel(), minlength=256).astype(np.float64)
+    v = np.arange(256, dtype=np.float64)
+    n = counts.sum()
+    mean = (counts * v).sum() / n
+    return mean, np.sqrt((counts * (v - mean) ** 2).sum() / n)
+
+
+def _train_split_pixels(name: str, real_dir: Path) -> np.ndarray:
+    """The full training split's images (n, H, W, C) uint8, read with numpy/gzip/sklearn, not `data.load`."""
+    if name in ("mnist", "cifar10"):
+        with np.load(real_dir / f"{name}.npz") as z:
+            x = z["x_train"]
+        return x[..., None] if x.ndim == 3 else x
+    if name == "fashion_mnist":
+        raw = gzip.decompress((FASHION_DIR / "train-images-idx3-ubyte.gz").read_bytes())
+        return np.frombuffer(raw, np.uint8, offset=16).reshape(60000, 28, 28, 1)
+    from sklearn.datasets import load_digits
+
+    return np.rint(load_digits().images[:1500] * (255 / 16)).astype(np.uint8)[..., None]
+
+
+def test_normalization(real_dir):
+    """The stored constants equal the float64 mean/std of every pixel of each real training split."""
     assert set(data.DATASETS) == {"mnist", "fashion_mnist", "cifar10", "digits"}
     for name in data.DATASETS:
-        assert len(data.normalization(name)[0]) == data.SPECS[name].image_shape[2]
+        mean, std = data.normalization(name)
+        c = data.SPECS[name].image_shape[2]
+        assert mean.dtype == std.dtype == np.float32 and mean.shape == std.shape == (c,)
+        x = _train_split_pixels(name, real_dir)
+        assert x.shape[0] == data.SPECS[name].num_train and x.shape[-1] == c
+        ref = np.array([_pixel_mean_std(x[..., k]) for k in range(c)])  # (C, 2)
+        # the constants are stored to 4 decimals: within 5e-5 of the exact values (plus float32 rounding)
+        np.testing.assert_allclose(mean, ref[:, 0], rtol=0, atol=1e-4, err_msg=f"{name} mean")
+        np.testing.assert_allclose(std, ref[:, 1], rtol=0, atol=1e-4, err_msg=f"{name} std")
 
 
 # ---------------------------------------------------------------- synthetic formats
@@ -276,7 +303,7 @@ def test_unknown_name():
 
 def test_not_found_lists_every_place(isolated):
     msg = raises_naming(isolated, "mnist", isolated, use_tfds=False)
-    assert str(data.SYSTEM_DIR / "mnist") in msg and "tfds" in msg and data.ENV_VAR in msg
+    assert str(datasets.SYSTEM_DIR / "mnist") in msg and "tfds" in msg and data.ENV_VAR in msg
     raises_naming(isolated / "nope", "cifar10", isolated / "nope", use_tfds=False, match="no such directory")
 
 
