@@ -16,12 +16,13 @@ BAD = {"nan": np.nan, "inf": np.inf, "huge": 1e30, "exploded": 3e24}  # last two
 def _healthy(rng, n=N_OK):
     """Trained-like weights: normal kernels of a small CNN + MLP head, float32.
 
-    Both kernels hold 288 weights and both biases 8, so the seven groups (leaves, layers, network) have
-    four sizes (fewer compiles); 288 > 256 keeps the exact-KS bound-and-refine path in play.
+    Both kernels hold 144 weights and both biases 8, so the seven groups (leaves, layers, network) have
+    four sizes (fewer compiles); the whole network's 304 > 256 weights take the exact-KS bound-and-refine
+    path, the smaller groups the searchsorted one.
     """
     return {
-        "Conv_0": {"kernel": rng.normal(0, 0.2, (n, 3, 3, 4, 8)), "bias": rng.normal(0, 0.01, (n, 8))},
-        "Dense_0": {"kernel": rng.normal(0, 0.1, (n, 36, 8)), "bias": rng.normal(0, 0.01, (n, 8))},
+        "Conv_0": {"kernel": rng.normal(0, 0.2, (n, 3, 3, 2, 8)), "bias": rng.normal(0, 0.01, (n, 8))},
+        "Dense_0": {"kernel": rng.normal(0, 0.1, (n, 18, 8)), "bias": rng.normal(0, 0.01, (n, 8))},
     }
 
 
