@@ -24,7 +24,9 @@ import numpy as np
 import scipy.spatial.distance as ssd
 import scipy.stats as ss
 
-from jaxweights import distances, stats
+from jaxweights import weights
+from jaxweights.models import paths
+from jaxweights.weights import distances, stats
 
 METRICS = ("wasserstein", "ks", "energy", "jensenshannon", "kde_kl", "euclidean", "cosine")
 
@@ -84,7 +86,7 @@ def scipy_pair_fn(metric):
 
 def scipy_time(metric, params, n, rng, n_pairs, n_nets):
     """Extrapolated scipy time for all pairs (and all networks for per-network work)."""
-    flat = {k: v.reshape(n, -1) for k, v in stats.flatten(params).items()}
+    flat = {k: v.reshape(n, -1) for k, v in paths.flatten(params).items()}
     pairs = [tuple(rng.choice(n, 2, replace=False)) for _ in range(n_pairs)]
     total_pairs = n * (n - 1) / 2
     if metric in ("wasserstein", "ks", "energy"):
@@ -166,8 +168,8 @@ def main():
     for n in sizes:
         params = population(n, widths)
         per = ("leaf", "layer", "network")
-        groups = stats.groups(params, per)
-        kernels = {k: v for k, v in stats.flatten(params).items() if stats.is_kernel(k, v)}
+        groups = weights.groups(params, per)
+        kernels = {k: v for k, v in paths.flatten(params).items() if paths.is_kernel(k, v)}
         edges = {k: np.linspace(w.min(), w.max(), 33) for k, w in groups.items()}
         nets = rng.choice(n, min(n, args.nets), replace=False)
         t0 = time.perf_counter()
@@ -175,7 +177,7 @@ def main():
             for k, w in groups.items():
                 scipy_statistics(kernels[k][i] if k in kernels else w[i], edges[k])
         ref = (time.perf_counter() - t0) / len(nets) * n
-        t, how = timed(lambda: stats.compute_statistics(params, per=per), args.warm_limit)
+        t, how = timed(lambda: weights.compute_statistics(params, per=per), args.warm_limit)
         report(n, "all statistics", t, how, ref, True, "per leaf, layer and network")
         for metric in args.metrics.split(","):
             ref, extrap = scipy_time(metric, params, n, rng, args.pairs, args.nets)  # scipy first: quiet CPU

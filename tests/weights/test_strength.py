@@ -1,10 +1,11 @@
-"""Node strength and layer fluctuation against networkx (MLP) and a direct numpy loop (CNN)."""
+"""Node strength and layer fluctuation against networkx graphs (MLP, CNN channels) and dense matrices."""
 
 import networkx as nx
 import numpy as np
 import pytest
 
-from jaxweights import strength
+from jaxweights import models
+from jaxweights.weights import strength
 
 
 def _mlp(rng, n, widths):
@@ -54,46 +55,62 @@ def test_layer_fluctuation_is_std_of_strengths(x64):
         np.testing.assert_allclose(got, arr.std(axis=1, ddof=0), rtol=1e-12)
 
 
-def _cnn_loop(p, i):
-    """Node strengths of network i by explicit loops over every kernel weight."""
-    k0, b0 = p["Conv_0"]["kernel"][i], p["Conv_0"]["bias"][i]
-    k1, b1 = p["Conv_1"]["kernel"][i], p["Conv_1"]["bias"][i]
-    d0, e0 = p["Dense_0"]["kernel"][i], p["Dense_0"]["bias"][i]
-    kh, kw, cin, c0 = k0.shape
-    c1 = k1.shape[-1]
-    inp = np.zeros(cin)
-    s0, s1 = np.array(b0, float), np.array(b1, float)
-    for y in range(kh):
-        for x in range(kw):
-            for a in range(cin):
-                for o in range(c0):
-                    inp[a] += k0[y, x, a, o]
-                    s0[o] += k0[y, x, a, o]
-            for a in range(c0):
-                for o in range(c1):
-                    s0[a] += k1[y, x, a, o]
-                    s1[o] += k1[y, x, a, o]
-    out = np.array(e0, float)
-    for r in range(d0.shape[0]):  # flatten(H, W, C): row r comes from channel r % C
-        for o in range(d0.shape[1]):
-            s1[r % c1] += d0[r, o]
-            out[o] += d0[r, o]
-    return [inp, s0, s1, out]
+def _channel_graph_strengths(layers, i, feature_hw):
+    """Channel-convention strengths of network i from a networkx MultiDiGraph with one edge per weight.
+
+    Nodes are ``(layer index, channel)``; every conv kernel weight ``W[y, x, a, o]`` is its own edge
+    from channel ``a`` to channel ``o``; a dense row ``r`` after a conv comes from the channel that
+    flattening an ``(H, W, C)`` feature map in C order puts at position ``r`` (as the model's
+    ``x.reshape((n, -1))``), found by flattening a map of channel indices, not by a formula.
+    """
+    g = nx.MultiDiGraph()
+    bias = {}
+    for l, (kernel, b) in enumerate(layers):
+        k = kernel[i]
+        if k.ndim == 4:
+            for y, x, a, o in np.ndindex(*k.shape):
+                g.add_edge((l, a), (l + 1, o), weight=k[y, x, a, o])
+        else:
+            prev = layers[l - 1][0][i] if l else None
+            if prev is not None and prev.ndim == 4:
+                c = prev.shape[-1]
+                h, w = feature_hw
+                source = np.broadcast_to(np.arange(c), (h, w, c)).reshape(-1)
+            else:
+                source = np.arange(k.shape[0])
+            for r, o in np.ndindex(*k.shape):
+                g.add_edge((l, int(source[r])), (l + 1, o), weight=k[r, o])
+        for o in range(k.shape[-1]):
+            bias[(l + 1, o)] = 0.0 if b is None else b[i][o]
+    out = []
+    for l in range(len(layers) + 1):
+        nodes = sorted(n for n in g.nodes if n[0] == l)
+        assert [n[1] for n in nodes] == list(range(len(nodes)))
+        out.append(
+            np.array(
+                [g.in_degree(n, weight="weight") + g.out_degree(n, weight="weight") + bias.get(n, 0.0) for n in nodes]
+            )
+        )
+    return out
 
 
-def test_cnn_matches_numpy_loop(x64):
+@pytest.mark.parametrize("feature_hw", [(3, 2), (1, 1)])  # flatten of a 3 x 2 map; global pooling
+def test_cnn_channel_strength_matches_networkx_graph(x64, feature_hw):
     rng = np.random.default_rng(2)
-    n, h, w = 2, 3, 2
+    n, (h, w) = 2, feature_hw
     params = {
         "Conv_0": {"kernel": rng.normal(size=(n, 3, 3, 2, 4)), "bias": rng.normal(size=(n, 4))},
-        "Conv_1": {"kernel": rng.normal(size=(n, 3, 3, 4, 5)), "bias": rng.normal(size=(n, 5))},
+        "Conv_1": {"kernel": rng.normal(size=(n, 3, 3, 4, 5))},  # no bias: contributes 0
         "Dense_0": {"kernel": rng.normal(size=(n, h * w * 5, 3)), "bias": rng.normal(size=(n, 3))},
+        "Dense_1": {"kernel": rng.normal(size=(n, 3, 2)), "bias": rng.normal(size=(n, 2))},
     }
     got = strength.node_strength(params)
-    assert [v.shape[1] for v in got.values()] == [2, 4, 5, 3]
+    assert list(got) == ["input", "Conv_0", "Conv_1", "Dense_0", "Dense_1"]
+    assert [v.shape[1] for v in got.values()] == [2, 4, 5, 3, 2]
+    layers = [(params[k]["kernel"], params[k].get("bias")) for k in ("Conv_0", "Conv_1", "Dense_0", "Dense_1")]
     for i in range(n):
-        for name, ref in zip(got, _cnn_loop(params, i)):
-            np.testing.assert_allclose(got[name][i], ref, rtol=1e-12, atol=1e-12)
+        for name, ref in zip(got, _channel_graph_strengths(layers, i, feature_hw)):
+            np.testing.assert_allclose(got[name][i], ref, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 def test_params_order_no_bias_and_bad_chain():
@@ -113,8 +130,6 @@ def test_params_order_no_bias_and_bad_chain():
 
 def _dense_matrix(kernel, bias, hw, stride, padding):
     """The conv's dense matrix M[(h, w, c), (oh, ow, k)], float64, from the model's own Conv on one-hots."""
-    from jaxweights import models
-
     kh, _, cin, cout = kernel.shape
     conv = models.Conv(cout, kh, stride, padding)
     variables = {"params": {"kernel": kernel, "bias": bias}}

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import scipy.stats as ss
 
-from jaxweights import stats
+from jaxweights import weights
+from jaxweights.models import paths
+from jaxweights.weights import compute, stats
 
 
 def _weights(rng, kind, shape):
@@ -50,8 +52,8 @@ def _reference(w, near_zero):
 def test_statistics_match_numpy_scipy(x64, kind):
     rng = np.random.default_rng(0)
     params = _params(rng, kind)
-    df = stats.compute_statistics(params, per=("leaf", "layer", "network"), bins=7, near_zero=0.3)
-    flat = stats.flatten(params)
+    df = weights.compute_statistics(params, per=("leaf", "layer", "network"), bins=7, near_zero=0.3)
+    flat = paths.flatten(params)
     groups = {**flat, "Conv_0": None, "Dense_0": None, "__all__": None}
     for name in groups:
         if name in flat:
@@ -61,7 +63,7 @@ def test_statistics_match_numpy_scipy(x64, kind):
         else:
             w_N = np.concatenate([flat[f"{name}/bias"].reshape(3, -1), flat[f"{name}/kernel"].reshape(3, -1)], 1)
         sub = df[df.layer == name]
-        edges, _ = stats.histograms(params, 7, per=("leaf", "layer", "network"))[name]
+        edges, _ = weights.histograms(params, 7, per=("leaf", "layer", "network"))[name]
         np.testing.assert_allclose(edges, np.linspace(w_N.min(), w_N.max(), 8), rtol=1e-12)
         for i in range(3):
             got = sub[sub.network == i].set_index("statistic").value
@@ -84,9 +86,9 @@ def test_vmapped_equals_loop_over_networks():
     rng = np.random.default_rng(1)
     params = jax.tree.map(lambda x: x.astype(np.float32), _params(rng, "normal", n=4))
     stat_names = list(stats.SUMMARY) + ["spectral_norm", "stable_rank"]
-    whole = stats.statistics_arrays(params, statistics=stat_names, per=("leaf", "layer"))
+    whole = weights.statistics_arrays(params, statistics=stat_names, per=("leaf", "layer"))
     for i in range(4):
-        one = stats.statistics_arrays(
+        one = weights.statistics_arrays(
             jax.tree.map(lambda x: x[i : i + 1], params), statistics=stat_names, per=("leaf", "layer")
         )
         for g in whole:
@@ -102,8 +104,8 @@ def test_undefined_statistics_are_flagged(caplog):
         "Dense_0": {"kernel": rng.normal(size=(3, 4, 2)).astype(np.float32), "bias": np.zeros((3, 2), np.float32)}
     }
     params["Dense_0"]["kernel"][1, 0, 0] = np.nan
-    with caplog.at_level(logging.WARNING, logger="jaxweights.stats"):
-        df = stats.compute_statistics(params, statistics=["mean", "skewness", "kurtosis"])
+    with caplog.at_level(logging.WARNING, logger="jaxweights.weights"):
+        df = weights.compute_statistics(params, statistics=["mean", "skewness", "kurtosis"])
     bias = df[df.layer == "Dense_0/bias"]
     assert bias[bias.statistic == "skewness"].undefined.all()
     assert bias[bias.statistic == "skewness"].value.isna().all()
@@ -131,9 +133,9 @@ def test_custom_statistics_registered_and_direct():
 
     stats.register_statistic("trimmed_test", trimmed, labels=("trim_mean", "range"), overwrite=True)
     stats.register_statistic("fro_test", lambda m: jnp.sqrt((m * m).sum()), kind="matrix", overwrite=True)
-    df = stats.compute_statistics(params, statistics=["trimmed_test", "fro_test", jnp.median])
+    df = weights.compute_statistics(params, statistics=["trimmed_test", "fro_test", jnp.median])
     n_traces = len(traces)
-    stats.compute_statistics(params, statistics=["trimmed_test", "fro_test", jnp.median])
+    weights.compute_statistics(params, statistics=["trimmed_test", "fro_test", jnp.median])
     assert len(traces) == n_traces == 2  # one trace per leaf shape, no retrace on 2nd call
     w = params["Dense_0"]["kernel"].reshape(5, -1)
     got = df[df.layer == "Dense_0/kernel"]
@@ -146,21 +148,21 @@ def test_custom_statistics_registered_and_direct():
     with pytest.raises(ValueError):
         stats.register_statistic("mean", jnp.mean)
     with pytest.raises(KeyError):
-        stats.compute_statistics(params, statistics=["no_such_statistic"])
+        weights.compute_statistics(params, statistics=["no_such_statistic"])
 
 
 def test_flatten_and_groups():
     x = np.zeros((2, 3, 4))
     nested = {"params": {"Encoder": {"block0": {"attn": {"kernel": x, "bias": x[:, 0]}}}, "head": {"kernel": x}}}
-    flat = stats.flatten(nested)
+    flat = paths.flatten(nested)
     assert list(flat) == ["Encoder/block0/attn/kernel", "Encoder/block0/attn/bias", "head/kernel"]
-    assert stats.flatten(flat) == flat
-    assert stats.layer_of("Encoder/block0/attn/kernel") == "Encoder/block0/attn"
-    assert stats.is_kernel("head/kernel", x) and not stats.is_kernel("x/bias", x)
-    names = stats.group_names(nested, ("leaf", "layer", "network"))
+    assert paths.flatten(flat) == flat
+    assert paths.layer_of("Encoder/block0/attn/kernel") == "Encoder/block0/attn"
+    assert paths.is_kernel("head/kernel", x) and not paths.is_kernel("x/bias", x)
+    names = weights.group_names(nested, ("leaf", "layer", "network"))
     assert names[-3:] == ["Encoder/block0/attn", "head", "__all__"]
     with pytest.raises(ValueError):
-        stats.groups(nested, "module")
+        weights.groups(nested, "module")
 
 
 def test_histograms_and_write(tmp_path):
@@ -168,14 +170,14 @@ def test_histograms_and_write(tmp_path):
     params = {
         "Dense_0": {"kernel": rng.normal(size=(3, 10, 4)).astype(np.float32), "bias": np.full((3, 4), 0.5, np.float32)}
     }
-    hists = stats.histograms(params, 5)
+    hists = weights.histograms(params, 5)
     edges, h = hists["Dense_0/kernel"]
     assert edges.shape == (6,) and h.shape == (3, 5)
     np.testing.assert_allclose(h.sum(1), 1, rtol=1e-6)
     np.testing.assert_allclose(hists["Dense_0/bias"][0], [0, 0.2, 0.4, 0.6, 0.8, 1.0], atol=1e-6)
-    df = stats.compute_statistics(params, statistics=["mean", "quantiles"], per="network")
+    df = weights.compute_statistics(params, statistics=["mean", "quantiles"], per="network")
     assert set(df.layer) == {"__all__"} and len(df) == 3 * 10
-    path = stats.write(str(tmp_path), df)
+    path = compute.write(str(tmp_path), df)
     assert path == os.path.join(str(tmp_path), "stats.csv")
     back = pd.read_csv(path)
     assert list(back.columns) == ["network", "layer", "statistic", "value", "undefined"]

@@ -9,7 +9,7 @@ strengths in a layer.
 
 Conventions (a network is a chain of ``kernel`` layers in the params' order, which is the
 model's execution order when the params come from ``model.init`` or a ``params.npz`` written
-with its order (``stats.flatten``); names are never sorted; override with ``layers=``):
+with its order (``models.paths.flatten``); names are never sorted; override with ``layers=``):
   * Dense kernel ``(din, dout)``: in-strength of output ``k`` is ``W[:, k].sum() + b[k]``;
     out-strength of input ``i`` is ``W[i, :].sum()``.
   * Conv kernel ``(kh, kw, cin, cout)``: nodes are channels (feature maps). An output
@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from jaxweights import stats
+from jaxweights.models.paths import flatten, is_kernel, layer_of
 
 INPUT = "input"
 
@@ -67,14 +67,17 @@ def chain(params: Mapping[str, Any], layers: Sequence[str] | None = None):
     Args:
       params: parameters, networks axis first.
       layers: explicit layer order; default all layers with a ``kernel`` leaf, in the params'
-        (execution) order (``stats.layer_order``).
+        (execution) order (``models.paths.layer_order``).
+
+    Returns:
+      ``[(layer name, kernel (N, ...), bias (N, dout) or None)]``.
 
     Raises:
       ValueError: if consecutive layers cannot be connected (``din`` of a layer is neither
         the previous ``dout`` nor a multiple of it).
     """
-    flat = stats.flatten(params)
-    kernels = {stats.layer_of(p): p for p, x in flat.items() if stats.is_kernel(p, x)}
+    flat = flatten(params)
+    kernels = {layer_of(p): p for p, x in flat.items() if is_kernel(p, x)}
     names = list(layers) if layers is not None else list(kernels)
     out = []
     for name in names:
@@ -208,7 +211,7 @@ def node_strength(
     strides: int | Sequence[int] = 1,
     padding: str = "SAME",
 ) -> dict[str, np.ndarray]:
-    """Signed node strength of every neuron of every network.
+    """Signed node strength of every neuron of every network (La Malfa et al. 2021, arXiv 2110.02628).
 
     Args:
       params: parameters, networks axis first.
@@ -246,7 +249,7 @@ def node_strength(
 def layer_fluctuation(
     params: Mapping[str, Any], *, layers: Sequence[str] | None = None, **strength_options
 ) -> pd.DataFrame:
-    """Layer fluctuation: std (ddof 0) of the node strengths in each layer, per network.
+    """Layer fluctuation: std (ddof 0) of the node strengths in each layer (La Malfa et al. 2021, arXiv 2110.02628).
 
     Args:
       params: parameters, networks axis first.
@@ -255,7 +258,7 @@ def layer_fluctuation(
 
     Returns:
       Tidy DataFrame ``network, layer, statistic="layer_fluctuation", value, undefined``
-      (same columns as :func:`jaxweights.stats.compute_statistics`, so they concatenate).
+      (same columns as :func:`jaxweights.weights.compute.compute_statistics`, so they concatenate).
     """
     rows = []
     for name, s in node_strength(params, layers=layers, **strength_options).items():

@@ -1,0 +1,170 @@
+"""The built-in metrics on one group of N (and M) networks: sample metrics, histograms, KDEs.
+
+Each function takes the group's weights ``x`` (N, D) and ``y`` (M, D') or None (x against itself), the
+block size ``b`` and an optional ``mesh`` (rows split over its devices) and returns ``(dist, err)``
+or ``dist``. Shared ranges (histogram edges, KDE grid, KS sketch edges) come from the *core* networks
+(``histograms.core_networks``); a pair with an exploded (finite, non-core) network is compared on the
+pair's own range, so no network changes another pair's value.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxweights.weights.distances.engine import blocked, l1_sum, pad_rows, pairs
+from jaxweights.weights.distances.kernels import (
+    energy_sorted,
+    kde_logdensity,
+    quantile_grid,
+    symmetric_kl_log,
+)
+from jaxweights.weights.distances.ks import _KS_SMALL, ks_exact, ks_grid, ks_pair, ks_sketch_block, own_counts
+from jaxweights.weights.distances.sketches import cell_means, cells, w1_bound_pair
+from jaxweights.weights.groups import sort_rows
+from jaxweights.weights.histograms import core_range, histogram, range_edges
+
+_sort = sort_rows
+
+
+def w1(x, y, b, sketch, with_error, ok=None, mesh=None):
+    """W1 of every pair (Villani 2003), exact or sketched: ``(dist, err or None)``."""
+    sx = _sort(x)
+    sy = None if y is None else _sort(y)
+    n, m = sx.shape[1], (sx if sy is None else sy).shape[1]
+    if sketch and min(n, m) > sketch:
+        mx, my = cell_means(sx, sketch), None if sy is None else cell_means(sy, sketch)
+        d = l1_sum(mx, my, b, mesh) / sketch
+        if not with_error:
+            return d, None
+        ends = lambda s: (s[:, cells(s.shape[1], sketch)[4]], s[:, cells(s.shape[1], sketch)[5]])
+        return d, pairs(w1_bound_pair, ends(sx), None if sy is None else ends(sy), b, mesh=mesh)
+    if sy is None or n == m:
+        return l1_sum(sx, sy, b, mesh) / n, None
+    iu, iv, w = quantile_grid(n, m)
+    w = jnp.asarray(w, sx.dtype)
+    return l1_sum(sx[:, iu] * w, sy[:, iv] * w, b, mesh), None
+
+
+def ks(x, y, b, sketch, with_error, ok=None, mesh=None):
+    """Two-sample KS statistic of every pair (Kolmogorov 1933; Smirnov 1948), exact or sketched."""
+    sx = _sort(x)
+    n = sx.shape[1]
+    sharded = mesh is not None  # block bound-and-refine is single-device: pairs instead
+    if y is None and sketch and n > sketch and not sharded:
+        ok = np.ones(sx.shape[0], bool) if ok is None else ok
+        core = row_core(sx, None, ok, ok)[2]
+        pool = sx[np.flatnonzero(core if core.any() else np.ones_like(core))]
+        hi, lo = (pad_rows(c, b) for c in ks_grid(sx, max(1, n // sketch), rounds=0, pool=pool))
+        lower, upmax = blocked(lambda i, j: ks_sketch_block(hi, lo, i, j, b), x.shape[0], x.shape[0], b, True)
+        return lower / n, (upmax - lower) / n
+    if y is None and n > _KS_SMALL and not sharded:
+        return ks_exact(sx), None
+    sy = sx if y is None else _sort(y)
+    err = None
+    if (y is not None or sharded) and sketch and min(n, sy.shape[1]) > sketch:
+        # cross-population (or sharded) sketch: KS between the q cell-end quantiles, |error| <= 1/q
+        sx, sy = sx[:, cells(n, sketch)[5]], sy[:, cells(sy.shape[1], sketch)[5]]
+        err = np.full((sx.shape[0], sy.shape[0]), 1.0 / sketch)
+    xs, ys = (sx, own_counts(sx)), None if y is None else (sy, own_counts(sy))
+    return pairs(ks_pair, xs, ys, b, rows=sx.shape[1] > _KS_SMALL, mesh=mesh), err
+
+
+def energy(x, y, b, sketch, with_error, ok=None, mesh=None):
+    """Energy distance of every pair (Szekely & Rizzo 2013): ``(dist, None)``."""
+    return pairs(energy_sorted, _sort(x), None if y is None else _sort(y), b, rows=True, mesh=mesh), None
+
+
+_hist = jax.jit(jax.vmap(histogram, (0, None)))
+
+
+def row_core(sx, sy, okx, oky):
+    """Core networks (``histograms.core_range``) over both populations: ``(lo, hi, core_x, core_y)``."""
+    lo = np.concatenate([np.asarray(sx[:, 0]), [] if sy is None else np.asarray(sy[:, 0])])
+    hi = np.concatenate([np.asarray(sx[:, -1]), [] if sy is None else np.asarray(sy[:, -1])])
+    ok = np.concatenate([okx, [] if sy is None else oky]).astype(bool)
+    lo_c, hi_c, core = core_range(jnp.asarray(lo, sx.dtype), jnp.asarray(hi, sx.dtype), jnp.asarray(ok))
+    core = np.asarray(core)
+    n = sx.shape[0]
+    return lo_c, hi_c, core[:n], (core[:n] if sy is None else core[n:])
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_hist(fn, bins):
+    """``fn(p, q)`` on histograms over the pair's own range (for exploded networks)."""
+
+    def pair(a, b):
+        edges = range_edges(jnp.minimum(a[0], b[0]), jnp.maximum(a[-1], b[-1]), bins, a.dtype)
+        return fn(histogram(a, edges), histogram(b, edges))
+
+    return pair
+
+
+@functools.lru_cache(maxsize=16)
+def _pair_kde(grid):
+    """Symmetric KL of KDEs on a grid over the pair's own range (for exploded networks)."""
+
+    def pair(a, b):
+        g = jnp.linspace(jnp.minimum(a[0], b[0]), jnp.maximum(a[-1], b[-1]), grid).astype(a.dtype)
+        return symmetric_kl_log(kde_logdensity(a, g), kde_logdensity(b, g))
+
+    return pair
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def _one_vs_all(fn, a, ys):
+    return lax.map(lambda y: fn(a, y), ys)
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def _all_vs_one(fn, xs, b):
+    return lax.map(lambda x: fn(x, b), xs)
+
+
+def _outlier_pairs(d, fn, sx, sy, core_x, core_y, okx, oky):
+    """Overwrites the pairs that involve a finite non-core (exploded) network with ``fn`` on the pair.
+
+    A shared range is set by the core networks only; a pair with an exploded network is
+    compared on the pair's own range instead, so its value does not depend on the population.
+    """
+    d = np.array(d, np.float64)
+    ys = sx if sy is None else sy
+    for i in np.flatnonzero(okx & ~core_x):
+        d[i] = np.asarray(_one_vs_all(fn, sx[i], ys), np.float64)
+        if sy is None:
+            d[:, i] = d[i]
+    if sy is not None:
+        for j in np.flatnonzero(oky & ~core_y):
+            d[:, j] = np.asarray(_all_vs_one(fn, sx, sy[j]), np.float64)
+    return d
+
+
+def hist_metric(fn, x, y, okx, oky, b, bins, mesh=None):
+    """``fn(p, q)`` (e.g. Jensen-Shannon, Lin 1991) on histograms with edges over the core networks' range; exploded pairs per pair."""
+    sx = _sort(x)
+    sy = None if y is None else _sort(y)
+    lo, hi, core_x, core_y = row_core(sx, sy, okx, oky)
+    edges = range_edges(lo, hi, bins, sx.dtype)
+    d = pairs(fn, _hist(sx, edges), None if sy is None else _hist(sy, edges), b, mesh=mesh)
+    return _outlier_pairs(d, _pair_hist(fn, bins), sx, sy, core_x, core_y, okx, oky)
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _kde_logdens(x, lo, hi, size):
+    grid = jnp.linspace(lo, hi, size).astype(x.dtype)
+    return lax.map(lambda w: kde_logdensity(w, grid), x)
+
+
+def kde_kl(x, y, okx, oky, b, grid, mesh=None):
+    """Symmetric KL of Gaussian KDEs on a grid over the core range (La Malfa et al. 2021, arXiv 2110.02628)."""
+    sx = _sort(x)
+    sy = None if y is None else _sort(y)
+    lo, hi, core_x, core_y = row_core(sx, sy, okx, oky)
+    lx = _kde_logdens(sx, lo, hi, grid)
+    ly = None if y is None else _kde_logdens(sy, lo, hi, grid)
+    d = pairs(symmetric_kl_log, lx, ly, b, mesh=mesh)
+    return _outlier_pairs(d, _pair_kde(grid), sx, sy, core_x, core_y, okx, oky)
