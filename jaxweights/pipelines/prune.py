@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from jaxweights import dynamics, rundir
+from jaxweights import run as run_lib
 
 log = logging.getLogger("jaxweights")
 
@@ -38,12 +39,20 @@ def candidate_layers(
     optimal_N: np.ndarray | None = None,
     exclude_N: np.ndarray | None = None,
 ) -> tuple[list[str], dict]:
-    """Zoo-level pruning candidates of a finished run, from its final parameters.
+    """Zoo-level pruning candidates of a finished run, from its final parameters (Lu et al. 2022, ECCV).
 
     Uses `<run_dir>/analysis/pruning.json` when `analyze` wrote one (and no masks are passed),
     else computes the modularity curves of the final parameters on a seeded class-stratified
     probe set of `probe_size` test images (`dynamics.probe_data`) and averages those of the
     networks in `optimal_N` (default: every network) not in `exclude_N`.
+
+    Args:
+      run_dir: a finished `jaxweights train` run directory.
+      probe_size: probe images (`dynamics.probe_data`).
+      k: neighbours of the k-NN graph.
+      tol: modularity gain below which a hidden layer is a candidate (`dynamics.pruning_candidates`).
+      data_dir: data folder (default: the run's config).
+      optimal_N, exclude_N: boolean `(N,)` masks (`dynamics.network_masks`).
 
     Returns:
       `(layers, info)`: candidate layer names and the curve they were read from (`info["networks"]`:
@@ -74,6 +83,13 @@ def candidate_layers(
 
 def pruned_hidden(hidden: Sequence[int], layers: Sequence[str]) -> tuple[int, ...]:
     """The MLP's `hidden` widths without the hidden layers named `Dense_i` in `layers`.
+
+    Args:
+      hidden: the MLP's hidden widths.
+      layers: hidden layers to remove.
+
+    Returns:
+      The remaining widths.
 
     Raises:
       PruneError: a name that is not a hidden layer of this MLP (the output layer cannot go).
@@ -122,8 +138,6 @@ def prune_run(
       delta, diverged_original, diverged_pruned`; also written to `<out_dir>/prune.csv`, with a
       summary in `<out_dir>/prune.json`. Empty (and nothing trained) when no layer is flagged.
     """
-    from jaxweights import run as run_lib
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists() or not (run_dir / "metrics.csv").exists():
         raise PruneError(f"{run_dir}: not a finished `jaxweights train` run directory (no config.json/metrics.csv)")
