@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxweights import models
+from jaxweights.models import architectures
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -13,7 +14,7 @@ def test_im2col_conv_equals_lax_conv(stride, hw, padding):
     kx, kk = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(kx, (2, *hw, 3))
     k = jax.random.normal(kk, (3, 3, 3, 5))
-    ours = models._conv_im2col(x, k, stride, padding)
+    ours = architectures._conv_im2col(x, k, stride, padding)
     ref = jax.lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)

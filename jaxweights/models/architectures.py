@@ -263,40 +263,6 @@ class ViT(nn.Module):
 MODELS = ("mlp", "cnn", "small_cnn_zoo", "vit")
 
 
-def param_order(model: nn.Module, image_shape: Sequence[int], dtype: Any = jnp.float32) -> list[str]:
-    """Leaf paths ("Dense_0/kernel") of `model`'s parameters in execution order.
-
-    Flax creates a parameter when the code that owns it first runs, and `model.init` returns
-    them in creation order (a dict's insertion order); JAX tree operations would sort the keys,
-    so the order is read inside an abstract (`jax.eval_shape`) init: no arrays are allocated.
-    Works for any linen module (setup or compact): submodules are ordered by when they are
-    called, not by their attribute names.
-
-    Args:
-      model: a Flax linen module taking `(batch, *image_shape)` inputs.
-      image_shape: one input's shape, e.g. (28, 28, 1).
-      dtype: input dtype.
-    """
-    order: list[str] = []
-
-    def init(x):
-        variables = model.init(jax.random.PRNGKey(0), x)
-        params = variables.get("params", {}) if hasattr(variables, "get") else variables["params"]
-
-        def visit(prefix, node):
-            if hasattr(node, "items"):
-                for k, v in node.items():
-                    visit(f"{prefix}/{k}" if prefix else str(k), v)
-            else:
-                order.append(prefix)
-
-        visit("", params)
-        return 0
-
-    jax.eval_shape(init, jax.ShapeDtypeStruct((1, *image_shape), dtype))
-    return order
-
-
 def make_model(
     name: str,
     *,
