@@ -54,6 +54,7 @@ from jaxweights.dynamics.run_inputs import probe_data, run_config
 from jaxweights.dynamics.rwc import relative_weight_change, rwc_every_k_steps, rwc_l1_ratio, rwc_mean_elementwise
 from jaxweights.dynamics.snapshots import (
     check_same_epochs,
+    checkpoint_epochs,
     kernel_layers,
     load_dir_snapshots,
     load_snapshots,
@@ -75,6 +76,7 @@ __all__ = [
     "capture",
     "capture_zoo",
     "check_same_epochs",
+    "checkpoint_epochs",
     "choose_triples",
     "cka_forms",
     "cka_linear",

@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from jaxweights import rundir
 from jaxweights.dynamics.activations import capture, capture_zoo
 from jaxweights.dynamics.cka import HIGHEST, cka_forms, cka_matrix, gram, minibatch_grams, normalise_hsic
 from jaxweights.dynamics.common import INPUT, DynamicsError, default_chunk, network_masks
 from jaxweights.dynamics.modularity import NO_SIGNAL, NON_FINITE, REASONS, knn_modularity, representation_status
 from jaxweights.dynamics.probes import choose_triples, plane_points, probe_predict, train_probe
+from jaxweights.models import paths
 
 log = logging.getLogger("jaxweights")
 
@@ -130,7 +130,7 @@ class RepresentationDynamics:
 
     def block_size(self, snapshots) -> int:
         """Networks per block: the captured activations of all layers and epochs within `memory_mb`."""
-        one = rundir.unflatten_params({p: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for p, v in snapshots[0].items()})
+        one = paths.unflatten({p: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for p, v in snapshots[0].items()})
         shapes = jax.eval_shape(lambda p: capture(self.model, p, self.batch), one)
         per_net = sum(int(np.prod(s.shape)) * 4 for s in shapes.values()) * len(snapshots) * 2  # + one stacked copy
         if per_net > self.memory:

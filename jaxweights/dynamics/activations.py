@@ -15,9 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxweights import rundir
 from jaxweights.dynamics.common import INPUT, Array, default_chunk
-from jaxweights.models import ACTIVATIONS
+from jaxweights.models import ACTIVATIONS, paths
 
 
 def capture(model, params: Any, x: Array) -> dict[str, Array]:
@@ -96,7 +95,7 @@ def capture_zoo(model, params_N: Any, x: Array, chunk: int | None = None) -> dic
     Returns:
       `{layer: (N, n, features)}` in depth order, `"input"` first.
     """
-    params_N = rundir.unflatten_params(params_N) if "/" in next(iter(params_N)) else params_N
+    params_N = paths.unflatten(params_N) if "/" in next(iter(params_N)) else params_N
     fn, names = _program(model, chunk or default_chunk())
     out = fn(params_N, x)
     return dict(zip(names, out))

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxweights import rundir
 from jaxweights.dynamics.accumulator import RepresentationDynamics
 from jaxweights.dynamics.common import DynamicsError, network_masks
 from jaxweights.dynamics.modularity import pruning_candidates
@@ -31,6 +30,7 @@ from jaxweights.dynamics.rwc import relative_weight_change
 from jaxweights.dynamics.snapshots import check_same_epochs, load_dir_snapshots, snapshot_dirs
 from jaxweights.dynamics.summary import summarize
 from jaxweights.dynamics.trajectories import statistics_over_epochs
+from jaxweights.io import atomic, rundir
 
 
 def representation_dynamics(
@@ -95,11 +95,6 @@ def representation_dynamics(
     ) as acc:
         acc.add(snapshots)
         return acc.finish(exclude_N)
-
-
-def _final_metrics(run_dir: Path) -> pd.DataFrame:
-    m = pd.read_csv(run_dir / "metrics.csv")
-    return m[m.epoch == m.epoch.max()].set_index("network").sort_index()
 
 
 def write_dynamics(
@@ -212,7 +207,7 @@ def write_dynamics(
     dirs = snapshot_dirs(run_dir)
     given = optimal_N is not None
     if (given or exclude_N is not None) and (run_dir / "metrics.csv").exists():  # a wrong mask fails before minutes
-        network_masks(_final_metrics(run_dir).shape[0], optimal_N, exclude_N)
+        network_masks(len(rundir.last_epoch(pd.read_csv(run_dir / "metrics.csv"))), optimal_N, exclude_N)
     setup, xp, yp, xe, ye = probe_data(run_dir, probe_size, data_dir, model, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     rwc_parts, stat_parts, epochs, offset = [], [], None, 0
@@ -252,11 +247,11 @@ def write_dynamics(
             del snaps
         optimal_N, exclude_N = network_masks(acc.num_networks, optimal_N, exclude_N)
         cka, mod, probes, regions = acc.finish(exclude_N)
-    rundir.write_csv(
+    atomic.write_csv(
         out_dir / "rwc.csv",
         pd.concat(rwc_parts).sort_values(["depth", "epoch", "network"], kind="stable").reset_index(drop=True),
     )
-    rundir.write_csv(
+    atomic.write_csv(
         out_dir / "stats_over_epochs.csv",
         pd.concat(stat_parts).sort_values(["epoch", "network"], kind="stable").reset_index(drop=True),
     )
@@ -265,12 +260,12 @@ def write_dynamics(
     curves = last.pivot(index="network", columns="depth", values="modularity").to_numpy()
     cand = {n: set(pruning_candidates(q, layers, tol)) for n, q in enumerate(curves)}
     mod["candidate"] = [(e == epochs[-1]) and (l in cand[n]) for n, e, l in zip(mod.network, mod.epoch, mod.layer)]
-    rundir.write_csv(out_dir / "modularity.csv", mod)
+    atomic.write_csv(out_dir / "modularity.csv", mod)
     rule = optimal_rule or ("given by the caller" if given else "none given: every analysed network")
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN layer (no signal anywhere): NaN, as it should
         mean_curve = np.nanmean(curves[optimal_N], 0) if optimal_N.any() else np.full(len(layers), np.nan)
-    rundir.write_json(
+    atomic.write_json(
         out_dir / "pruning.json",
         {
             "layers": pruning_candidates(mean_curve, layers, tol),
@@ -286,8 +281,8 @@ def write_dynamics(
         out_dir / "probe_regions.npz",
         {"agreement": regions, "layers": np.asarray(layers), "epochs": np.asarray(epochs)},
     )
-    rundir.write_csv(out_dir / "probes.csv", probes)
-    rundir.write_json(
+    atomic.write_csv(out_dir / "probes.csv", probes)
+    atomic.write_json(
         out_dir / "dynamics.json",
         _finite(
             summarize(
@@ -310,7 +305,7 @@ def write_dynamics(
 def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    rundir.atomic_write_bytes(path, buf.getvalue())
+    atomic.atomic_write_bytes(path, buf.getvalue())
 
 
 def _finite(obj: Any) -> Any:

@@ -11,9 +11,9 @@ import numpy as np
 
 from jaxweights import config as config_lib
 from jaxweights import data as data_lib
-from jaxweights import rundir
 from jaxweights import train as train_lib
 from jaxweights.dynamics.common import DynamicsError
+from jaxweights.io import rundir
 
 
 def run_config(run_dir: str | Path) -> ml_collections.ConfigDict:

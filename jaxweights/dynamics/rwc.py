@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 
 from jaxweights import config as config_lib
-from jaxweights import rundir, stats
 from jaxweights import train as train_lib
 from jaxweights.dynamics.common import Array, DynamicsError
 from jaxweights.dynamics.run_inputs import run_config
 from jaxweights.dynamics.snapshots import kernel_layers
+from jaxweights.io.checkpoints import Checkpoints
+from jaxweights.models import paths
 
 
 def rwc_l1_ratio(w_prev: Array, w: Array) -> Array:
@@ -162,7 +163,7 @@ def rwc_every_k_steps(
         )
     )
     x_train, y_train = jax.device_put(ds.x_train), jax.device_put(ds.y_train.astype(np.int32))
-    ckpt = rundir.Checkpoints(run_dir)  # the whole train state (optimizer included), to continue training
+    ckpt = Checkpoints(run_dir)  # the whole train state (optimizer included), to continue training
     try:
         have = set(ckpt.epochs())
         if epochs is None:
@@ -182,7 +183,7 @@ def rwc_every_k_steps(
                     pd.DataFrame(
                         {
                             "network": np.repeat(np.arange(v.shape[0]), len(steps)),
-                            "layer": stats.layer_of(path),
+                            "layer": paths.layer_of(path),
                             "epoch": e,
                             "step": np.tile(steps + 1, v.shape[0]),
                             "rwc_l1_ratio": v[:, steps].ravel().astype(np.float64),

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxweights import rundir, stats
 from jaxweights.dynamics.common import DynamicsError
+from jaxweights.io.checkpoints import restore_params
+from jaxweights.models import paths
 
 
 def snapshot_dirs(run_dir: str | Path) -> list[Path]:
@@ -44,21 +45,17 @@ def snapshot_dirs(run_dir: str | Path) -> list[Path]:
     raise DynamicsError(f"{run_dir}: no checkpoints/ folder (is this a `jaxweights train` run directory?)")
 
 
-def _restore_all_params(run_dir: Path) -> tuple[list[int], list[Any]]:
-    """Every checkpoint's parameters (host arrays, nested) of one folder with `checkpoints/`, oldest first.
+def checkpoint_epochs(run_dir: str | Path) -> list[int]:
+    """The epochs of the checkpoints in `run_dir/checkpoints/` (its numbered folders), sorted.
 
-    TODO(layout): the one place that reads checkpoints for the dynamics; becomes a loop over
-    `jaxweights.io.checkpoints.restore_params(checkpoint_dir, epoch)` when that lands.
+    Args:
+      run_dir: a run directory, or one chunk of a zoo trained in chunks.
+
+    Returns:
+      The epochs; empty if there is none.
     """
-    import orbax.checkpoint as ocp  # heavy import, only when checkpoints are read
-
-    ckpt = rundir.Checkpoints(run_dir)
-    try:
-        epochs = ckpt.epochs()
-        params = [ckpt.manager.restore(e, args=ocp.args.StandardRestore())["params"] for e in epochs]
-    finally:
-        ckpt.close()
-    return epochs, params
+    ckpts = Path(run_dir) / "checkpoints"
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.is_dir() and p.name.isdigit()) if ckpts.is_dir() else []
 
 
 def load_dir_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, np.ndarray]]]:
@@ -74,10 +71,11 @@ def load_dir_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, n
       DynamicsError: the folder holds no checkpoints.
     """
     run_dir = Path(run_dir)
-    epochs, params = _restore_all_params(run_dir)
+    epochs = checkpoint_epochs(run_dir)
     if not epochs:
         raise DynamicsError(f"{run_dir / 'checkpoints'}: no checkpoints")
-    return epochs, [rundir.flatten_params(p) for p in params]
+    # parameters only, as host numpy arrays, onto whatever devices are here (one restore for the package)
+    return epochs, [paths.flatten(restore_params(run_dir, e)) for e in epochs]
 
 
 def check_same_epochs(chunk_dir: Path, epochs: list[int], first: list[int]) -> None:
@@ -132,9 +130,9 @@ def kernel_layers(flat: Mapping[str, Any]) -> list[str]:
     """Layers with a `kernel` leaf, in the order of `flat` (never sorted).
 
     Args:
-      flat: flat parameters; a run's snapshots come in the model's execution order (`stats.layer_order`).
+      flat: flat parameters; a run's snapshots come in the model's execution order (`models.paths.layer_order`).
 
     Returns:
       The layer names.
     """
-    return list(dict.fromkeys(stats.layer_of(p) for p, x in flat.items() if stats.is_kernel(p, x)))
+    return list(dict.fromkeys(paths.layer_of(p) for p, x in flat.items() if paths.is_kernel(p, x)))

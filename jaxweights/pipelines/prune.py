@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxweights import dynamics, rundir
+from jaxweights import dynamics
 from jaxweights import run as run_lib
+from jaxweights.io import atomic, rundir
+from jaxweights.models import paths
 
 log = logging.getLogger("jaxweights")
 
@@ -64,7 +66,7 @@ def candidate_layers(
         info = json.loads(saved.read_text())
         return list(info["layers"]), info
     setup, xp, yp, _, _ = dynamics.probe_data(run_dir, probe_size, data_dir)
-    params = rundir.flatten_params(rundir.load_params(run_dir / "params.npz"))
+    params = paths.flatten(rundir.load_params(run_dir / "params.npz"))
     names, q = dynamics.modularity_curves(setup.model, params, xp, yp, setup.num_classes, k)
     good, _ = dynamics.network_masks(q.shape[0], optimal_N, exclude_N)
     if not good.any():
@@ -170,8 +172,8 @@ def prune_run(
     log.info("pruning %s: hidden %s -> %s", ", ".join(layers), hidden, new_hidden)
     pruned = run_lib.train_and_evaluate(config, out_dir, overwrite=overwrite, progress=progress)
     before = pd.read_csv(run_dir / "metrics.csv")
-    before = before[before.epoch == before.epoch.max()].reset_index(drop=True)
-    after = pruned[pruned.epoch == pruned.epoch.max()].reset_index(drop=True)
+    before = rundir.last_epoch(before).reset_index(drop=True)
+    after = rundir.last_epoch(pruned).reset_index(drop=True)
     hp_cols = [c for c in before.columns if c not in run_lib.METRIC_COLUMNS and c not in ("epoch",)]
     report = before[hp_cols].copy()
     report["test_acc_original"] = before.test_acc
@@ -179,7 +181,7 @@ def prune_run(
     report["delta"] = report.test_acc_pruned - report.test_acc_original
     report["diverged_original"] = before.diverged.astype(bool)
     report["diverged_pruned"] = after.diverged.astype(bool).to_numpy()
-    rundir.write_csv(out_dir / "prune.csv", report)
+    atomic.write_csv(out_dir / "prune.csv", report)
     saved = run_dir / "analysis" / "pruning.json"
     if "networks" not in info and saved.exists():
         info = json.loads(saved.read_text())
@@ -192,7 +194,7 @@ def prune_run(
     else:
         good = ~report.diverged_original.to_numpy()
         rule = "every network not diverged (none given)"
-    rundir.write_json(
+    atomic.write_json(
         out_dir / "prune.json",
         {
             "removed": list(layers),

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from jaxweights.report.html import Section, esc, fmt, table
 from matplotlib.figure import Figure
 
-from jaxweights import rundir, stats
+from jaxweights import stats
 from jaxweights.dynamics import INPUT, network_masks
+from jaxweights.io import atomic, rundir
+from jaxweights.report.html import Section, esc, fmt, table
 
 
 def report_sections(out_dir: str | Path, prefix: str = "") -> list:
@@ -92,7 +93,7 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
 def _savefig(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    rundir.atomic_write_bytes(path, buf.getvalue())
+    atomic.atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str = "rwc_l1_ratio") -> pd.DataFrame:
@@ -131,7 +132,7 @@ def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str 
     axes[0].legend(fontsize=8)
     path = Path(path)
     _savefig(fig, path)
-    rundir.write_csv(path.with_suffix(".csv"), agg)
+    atomic.write_csv(path.with_suffix(".csv"), agg)
     return agg
 
 
@@ -170,7 +171,7 @@ def plot_cka(cka: Mapping[str, np.ndarray], network: int, path: str | Path, kind
         for i, ea in enumerate(epochs)
         for j, eb in enumerate(epochs)
     ]
-    rundir.write_csv(path.with_suffix(".csv"), pd.DataFrame(rows))
+    atomic.write_csv(path.with_suffix(".csv"), pd.DataFrame(rows))
 
 
 def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd.DataFrame:
@@ -198,7 +199,7 @@ def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd
     ax.set(ylabel="modularity (k-NN, k=3)", title="blue: optimal, red: other analysed networks")
     path = Path(path)
     _savefig(fig, path)
-    rundir.write_csv(path.with_suffix(".csv"), last)
+    atomic.write_csv(path.with_suffix(".csv"), last)
     return last
 
 
@@ -239,7 +240,7 @@ def plot_stats_over_epochs(
     next(ax for ax in axes.ravel() if ax.lines).legend(fontsize=7)
     path = Path(path)
     _savefig(fig, path)
-    rundir.write_csv(path.with_suffix(".csv"), agg)
+    atomic.write_csv(path.with_suffix(".csv"), agg)
     return agg
 
 

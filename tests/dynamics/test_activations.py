@@ -3,8 +3,9 @@
 import chex
 import numpy as np
 
-from jaxweights import dynamics, rundir
+from jaxweights import dynamics
 from jaxweights.dynamics import activations
+from jaxweights.models import paths
 
 
 def test_capture_equals_manual_forward_and_vmap_equals_loop(dynamics_zoo, data_dir):
@@ -23,7 +24,7 @@ def test_capture_equals_manual_forward_and_vmap_equals_loop(dynamics_zoo, data_d
         np.testing.assert_allclose(reps["Dense_0"][net], h0, atol=1e-4)
         np.testing.assert_allclose(reps["Dense_1"][net], h1, atol=1e-4)
         np.testing.assert_allclose(reps["Dense_2"][net], logits, atol=1e-3)
-        one = dynamics.capture(setup.model, rundir.unflatten_params({k: v[net] for k, v in p.items()}), xp[:50])
+        one = dynamics.capture(setup.model, paths.unflatten({k: v[net] for k, v in p.items()}), xp[:50])
         for k in reps:
             np.testing.assert_allclose(reps[k][net], one[k], rtol=1e-5, atol=1e-5)
 

@@ -10,7 +10,9 @@ import pytest
 from networkx.algorithms.community import modularity as nx_modularity
 from sklearn.neighbors import NearestNeighbors
 
-from jaxweights import dynamics, rundir
+from jaxweights import dynamics
+from jaxweights.io import rundir
+from jaxweights.models import paths
 from tests.dynamics.references import np_knn_adjacency
 
 # the module (the package's `modularity` attribute is the function of that name)
@@ -74,7 +76,7 @@ def test_pruning_candidates_rule():
 def final_zoo(dynamics_zoo, data_dir):
     run, _ = dynamics_zoo
     setup, xp, yp, _, _ = dynamics.probe_data(run, 200, str(data_dir))
-    return setup, xp, yp, rundir.flatten_params(rundir.load_params(run / "params.npz"))
+    return setup, xp, yp, paths.flatten(rundir.load_params(run / "params.npz"))
 
 
 def test_modularity_curves_chunked_equal_all_at_once_and_compile_once(final_zoo, monkeypatch):

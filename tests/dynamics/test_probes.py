@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from jaxweights import dynamics, rundir
+from jaxweights import config as config_lib
+from jaxweights import dynamics
+from jaxweights.io import atomic
 from tests.conftest import DYNAMICS_OPTIONS
 
 
@@ -40,15 +42,13 @@ def test_choose_triples_is_bounded_and_names_missing_classes():
 
 def test_probe_and_held_out_sets_are_stratified_on_class_grouped_cifar10(tmp_path, data_dir):
     """cifar10.npz's test split is stored grouped by class: the first images are all airplanes."""
-    from jaxweights import config as config_lib
-
     with np.load(data_dir / "cifar10.npz") as z:
         y_all, x_all = z["y_test"].reshape(-1).astype(int), z["x_test"]
     assert (y_all[:500] == y_all[0]).all()  # the trap the old front slices fell into
     c = config_lib.default_config()
     with c.unlocked():
         c.dataset, c.max_train, c.max_test, c.batch_size = "cifar10", 256, 400, 64
-    rundir.write_json(tmp_path / "config.json", c.to_dict())
+    atomic.write_json(tmp_path / "config.json", c.to_dict())
     setup, xp, yp, xe, ye = dynamics.probe_data(tmp_path, 200, str(data_dir))
     yp, ye = np.asarray(yp), np.asarray(ye)
     assert xp.shape[0] == 200 and xe.shape[0] == 200

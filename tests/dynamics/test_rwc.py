@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import dynamics, rundir, strength
+from jaxweights import dynamics, strength
+from jaxweights.io import rundir
+from jaxweights.models import paths
 from tests.dynamics.references import np_rwc
 
 
@@ -47,7 +49,7 @@ def test_end_to_end_rwc_and_stats_equal_numpy_on_the_saved_snapshots(dynamics_zo
     run, out = dynamics_zoo
     epochs, snaps = dynamics.load_snapshots(run)
     assert epochs == [0, 1, 2]
-    final = rundir.flatten_params(rundir.load_params(run / "params.npz"))
+    final = paths.flatten(rundir.load_params(run / "params.npz"))
     assert set(snaps[-1]) == set(final)
     for k, v in final.items():
         np.testing.assert_array_equal(snaps[-1][k], v)
