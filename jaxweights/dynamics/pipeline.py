@@ -27,7 +27,7 @@ from jaxweights.dynamics.common import DynamicsError, network_masks
 from jaxweights.dynamics.modularity import pruning_candidates
 from jaxweights.dynamics.run_inputs import probe_data
 from jaxweights.dynamics.rwc import relative_weight_change
-from jaxweights.dynamics.snapshots import check_same_epochs, load_dir_snapshots, snapshot_dirs
+from jaxweights.dynamics.snapshots import check_same_epochs, checkpoint_epochs, load_dir_snapshots, snapshot_dirs
 from jaxweights.dynamics.summary import summarize
 from jaxweights.dynamics.trajectories import statistics_over_epochs
 from jaxweights.io import atomic, rundir
@@ -205,6 +205,9 @@ def write_dynamics(
             )
         return out_dir
     dirs = snapshot_dirs(run_dir)
+    listed = [checkpoint_epochs(d) for d in dirs]  # a chunk that lost a snapshot fails before minutes of work
+    for d, e in zip(dirs, listed):
+        check_same_epochs(d, e, listed[0])
     given = optimal_N is not None
     if (given or exclude_N is not None) and (run_dir / "metrics.csv").exists():  # a wrong mask fails before minutes
         network_masks(len(rundir.last_epoch(pd.read_csv(run_dir / "metrics.csv"))), optimal_N, exclude_N)
