@@ -82,7 +82,7 @@ def main():
     epoch_one = jax.jit(
         lambda r: (
             dynamics.cka_matrix(jax.vmap(dynamics.gram)(r)),
-            dynamics.cka_matrix(jax.vmap(lambda x: dynamics._minibatch_grams(x, 100))(r), True),
+            dynamics.cka_matrix(jax.vmap(lambda x: dynamics.minibatch_grams(x, 100))(r), True),
         )
     )
     epoch_all = jax.jit(jax.vmap(epoch_one))

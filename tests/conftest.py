@@ -44,3 +44,33 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", prev)
+
+
+# The small MNIST MLP zoo of the dynamics tests: 2 seeds x 2 learning rates, 3 snapshots (epochs 0, 1, 2).
+DYNAMICS_ZOO_ARGS = [
+    "--config.max_train=1024",
+    "--config.max_test=400",
+    "--config.model.hidden=(32,16)",
+    "--config.batch_size=64",
+    "--config.num_seeds=2",
+    "--config.init_scales=(1.0,)",
+    "--config.num_epochs=2",
+    "--config.learning_rates=(0.05,0.001)",
+]
+# The dynamics settings used on it (write_dynamics keywords).
+DYNAMICS_OPTIONS = dict(probe_size=200, cka_batch=50, probe_steps=200, num_planes=2, resolution=8)
+
+
+@pytest.fixture(scope="session")
+def dynamics_zoo(tmp_path_factory, data_dir):
+    """`(run, out)`: the trained zoo's run directory and its dynamics tables (`write_dynamics`, no figures).
+
+    Shared by the dynamics, prune and report tests: treat both folders as read-only (copy to change them).
+    """
+    from jaxweights import cli, dynamics
+
+    tmp = tmp_path_factory.mktemp("dyn")
+    argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp / "run")]
+    assert cli.main([*argv, "--data_dir", str(data_dir), "--noprogress", *DYNAMICS_ZOO_ARGS]) == 0
+    out = dynamics.write_dynamics(tmp / "run", tmp / "dyn", data_dir=str(data_dir), **DYNAMICS_OPTIONS)
+    return tmp / "run", out

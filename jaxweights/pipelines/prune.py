@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxweights import dynamics, rundir
+from jaxweights import dynamics
+from jaxweights import run as run_lib
+from jaxweights.io import atomic, rundir
+from jaxweights.models import paths
 
 log = logging.getLogger("jaxweights")
 
@@ -38,12 +41,20 @@ def candidate_layers(
     optimal_N: np.ndarray | None = None,
     exclude_N: np.ndarray | None = None,
 ) -> tuple[list[str], dict]:
-    """Zoo-level pruning candidates of a finished run, from its final parameters.
+    """Zoo-level pruning candidates of a finished run, from its final parameters (Lu et al. 2022, ECCV).
 
     Uses `<run_dir>/analysis/pruning.json` when `analyze` wrote one (and no masks are passed),
     else computes the modularity curves of the final parameters on a seeded class-stratified
     probe set of `probe_size` test images (`dynamics.probe_data`) and averages those of the
     networks in `optimal_N` (default: every network) not in `exclude_N`.
+
+    Args:
+      run_dir: a finished `jaxweights train` run directory.
+      probe_size: probe images (`dynamics.probe_data`).
+      k: neighbours of the k-NN graph.
+      tol: modularity gain below which a hidden layer is a candidate (`dynamics.pruning_candidates`).
+      data_dir: data folder (default: the run's config).
+      optimal_N, exclude_N: boolean `(N,)` masks (`dynamics.network_masks`).
 
     Returns:
       `(layers, info)`: candidate layer names and the curve they were read from (`info["networks"]`:
@@ -55,7 +66,7 @@ def candidate_layers(
         info = json.loads(saved.read_text())
         return list(info["layers"]), info
     setup, xp, yp, _, _ = dynamics.probe_data(run_dir, probe_size, data_dir)
-    params = rundir.flatten_params(rundir.load_params(run_dir / "params.npz"))
+    params = paths.flatten(rundir.load_params(run_dir / "params.npz"))
     names, q = dynamics.modularity_curves(setup.model, params, xp, yp, setup.num_classes, k)
     good, _ = dynamics.network_masks(q.shape[0], optimal_N, exclude_N)
     if not good.any():
@@ -74,6 +85,13 @@ def candidate_layers(
 
 def pruned_hidden(hidden: Sequence[int], layers: Sequence[str]) -> tuple[int, ...]:
     """The MLP's `hidden` widths without the hidden layers named `Dense_i` in `layers`.
+
+    Args:
+      hidden: the MLP's hidden widths.
+      layers: hidden layers to remove.
+
+    Returns:
+      The remaining widths.
 
     Raises:
       PruneError: a name that is not a hidden layer of this MLP (the output layer cannot go).
@@ -122,8 +140,6 @@ def prune_run(
       delta, diverged_original, diverged_pruned`; also written to `<out_dir>/prune.csv`, with a
       summary in `<out_dir>/prune.json`. Empty (and nothing trained) when no layer is flagged.
     """
-    from jaxweights import run as run_lib
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists() or not (run_dir / "metrics.csv").exists():
         raise PruneError(f"{run_dir}: not a finished `jaxweights train` run directory (no config.json/metrics.csv)")
@@ -156,8 +172,8 @@ def prune_run(
     log.info("pruning %s: hidden %s -> %s", ", ".join(layers), hidden, new_hidden)
     pruned = run_lib.train_and_evaluate(config, out_dir, overwrite=overwrite, progress=progress)
     before = pd.read_csv(run_dir / "metrics.csv")
-    before = before[before.epoch == before.epoch.max()].reset_index(drop=True)
-    after = pruned[pruned.epoch == pruned.epoch.max()].reset_index(drop=True)
+    before = rundir.last_epoch(before).reset_index(drop=True)
+    after = rundir.last_epoch(pruned).reset_index(drop=True)
     hp_cols = [c for c in before.columns if c not in run_lib.METRIC_COLUMNS and c not in ("epoch",)]
     report = before[hp_cols].copy()
     report["test_acc_original"] = before.test_acc
@@ -165,7 +181,7 @@ def prune_run(
     report["delta"] = report.test_acc_pruned - report.test_acc_original
     report["diverged_original"] = before.diverged.astype(bool)
     report["diverged_pruned"] = after.diverged.astype(bool).to_numpy()
-    rundir.write_csv(out_dir / "prune.csv", report)
+    atomic.write_csv(out_dir / "prune.csv", report)
     saved = run_dir / "analysis" / "pruning.json"
     if "networks" not in info and saved.exists():
         info = json.loads(saved.read_text())
@@ -178,7 +194,7 @@ def prune_run(
     else:
         good = ~report.diverged_original.to_numpy()
         rule = "every network not diverged (none given)"
-    rundir.write_json(
+    atomic.write_json(
         out_dir / "prune.json",
         {
             "removed": list(layers),

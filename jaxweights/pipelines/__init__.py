@@ -1,0 +1,1 @@
+"""The functions the command line calls, one module per command."""
