@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import scipy.stats as ss
 
-from jaxweights import analysis, cli, report, rundir, study
+from jaxweights import cli, report, rundir
+from jaxweights.pipelines import analyze, study
 from tests.test_cli import REPO, train
 
 # 2 seeds × 5 learning rates × 2 init scales: the smallest rates stay near chance, the middle ones
@@ -106,7 +107,7 @@ def extra_section(ctx):
 def analysed(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("zoo")
     assert train(tmp, data_dir, *GRID) == 0
-    out = analysis.analyze_workdir(
+    out = analyze.analyze_workdir(
         tmp / "run",
         metrics=["wasserstein", "ks", "euclidean"],
         n_permutations=500,
