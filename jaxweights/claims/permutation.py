@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -122,11 +123,32 @@ def permutation_test(d_NxN, labels, *, n_permutations: int = 2000, seed: int = 0
     return PermutationResult(t_obs, pg, pl, len(masks), exact)
 
 
-def bootstrap_ci(d_NxN, labels, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple]:
-    """Percentile bootstrap intervals of the within-group mean distances and their difference.
+BOOTSTRAP_BATCH_PAIRS = 2**25  # resampled pairs per batch (256 MB of float64)
 
-    Networks are resampled with replacement within each group; a pair of resampled positions counts
-    only if it holds two different networks (a network's distance to itself is not a pair).
+
+def resampled_within(d_NxN, idx) -> np.ndarray:
+    """Mean distance over the pairs of different networks among resampled positions `idx` (..., k); NaN if none."""
+    idx = np.asarray(idx).astype(int)
+    sub = d_NxN[idx[..., :, None], idx[..., None, :]]
+    ne = idx[..., :, None] != idx[..., None, :]
+    with np.errstate(invalid="ignore"):
+        return (sub * ne).sum((-2, -1)) / ne.sum((-2, -1))
+
+
+def bootstrap_ci(d_NxN, labels, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple]:
+    """Percentile bootstrap intervals of the within-group mean distances and their difference (Efron 1979).
+
+    Networks are resampled with replacement within each group (``scipy.stats.bootstrap``, one group at a
+    time); a pair of resampled positions counts only if it holds two different networks (a network's
+    distance to itself is not a pair), so a resample of one network repeated has no value and is left out
+    of the percentiles.
+
+    Args:
+      d_NxN: symmetric distance matrix.
+      labels: group labels (OPTIMAL and SUBOPTIMAL networks are resampled).
+      n_boot: resamples per group.
+      level: confidence level.
+      seed: seed of the resampling.
 
     Returns:
       ``{"within_optimal": (lo, hi), "within_suboptimal": (lo, hi), "difference": (lo, hi)}`` where
@@ -137,12 +159,21 @@ def bootstrap_ci(d_NxN, labels, *, n_boot: int = 1000, level: float = 0.95, seed
     rng = np.random.default_rng(seed)
 
     def boot(g):
-        members = np.flatnonzero(labels == g)
-        i = members[rng.integers(0, len(members), (n_boot, len(members)))]
-        sub = d[i[:, :, None], i[:, None, :]]
-        ne = i[:, :, None] != i[:, None, :]
-        with np.errstate(invalid="ignore"):
-            return (sub * ne).sum((1, 2)) / ne.sum((1, 2))
+        members = np.flatnonzero(labels == g).astype(np.float64)
+        if len(members) < 2:  # no pair in any resample
+            return np.full(n_boot, np.nan)
+        with warnings.catch_warnings():  # resamples without a pair are NaN on purpose (left out below)
+            warnings.simplefilter("ignore", ss.DegenerateDataWarning)
+            r = ss.bootstrap(
+                (members,),
+                lambda i, axis=-1: resampled_within(d, i),
+                n_resamples=n_boot,
+                method="percentile",
+                vectorized=True,
+                batch=max(1, BOOTSTRAP_BATCH_PAIRS // len(members) ** 2),  # bounds the gathered distances
+                random_state=rng,
+            )
+        return r.bootstrap_distribution
 
     bo, bs = boot(OPTIMAL), boot(SUBOPTIMAL)
     a = (1 - level) / 2 * 100
