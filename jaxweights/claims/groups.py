@@ -278,6 +278,13 @@ def network_groups(
     `include_not_learned`; `min_accuracy` also leaves out otherwise kept networks below it
     ("below_min_accuracy"). The analysed networks are split by `groups.split_groups`.
 
+    Args:
+      last: the last epoch's metrics, one row per network.
+      params: stacked parameters (networks axis first).
+      quantile, threshold, seed: the split (`split_groups`).
+      min_accuracy, include_exploded, include_not_learned: who is analysed.
+      num_classes, chance_margin: the not-learned rule (`network_states`).
+
     Returns:
       DataFrame: network, seed and hyperparameter columns, test_acc, test_loss, max_abs_weight, cell,
       state, analysed (bool), why (empty for analysed networks), label (OPTIMAL ... EXCLUDED), group.

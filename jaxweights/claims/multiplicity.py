@@ -13,7 +13,14 @@ import scipy.stats as ss
 
 def holm(p) -> np.ndarray:
     """Holm (1979) step-down adjusted p-values: sorted p_(1) <= ... <= p_(m),
-    adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)). NaN p-values stay NaN and are not counted in m."""
+    adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)). NaN p-values stay NaN and are not counted in m.
+
+    Args:
+      p: p-values (any shape).
+
+    Returns:
+      Adjusted p-values, same shape.
+    """
     p = np.asarray(p, np.float64)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
@@ -29,7 +36,14 @@ def holm(p) -> np.ndarray:
 
 def benjamini_hochberg(p) -> np.ndarray:
     """Benjamini-Hochberg (1995) adjusted p-values (``scipy.stats.false_discovery_control``); NaN stays NaN
-    and is not counted as a test."""
+    and is not counted as a test.
+
+    Args:
+      p: p-values (any shape).
+
+    Returns:
+      Adjusted p-values, same shape.
+    """
     p = np.asarray(p, np.float64)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
@@ -39,7 +53,14 @@ def benjamini_hochberg(p) -> np.ndarray:
 
 
 def two_sided(p_greater, p_less):
-    """Two-sided p of a pair of one-sided permutation p-values: min(1, 2 min(p_greater, p_less))."""
+    """Two-sided p of a pair of one-sided permutation p-values: min(1, 2 min(p_greater, p_less)).
+
+    Args:
+      p_greater, p_less: one-sided p-values (arrays or floats).
+
+    Returns:
+      The two-sided p-values.
+    """
     return np.minimum(1.0, 2 * np.minimum(np.asarray(p_greater, np.float64), np.asarray(p_less, np.float64)))
 
 
@@ -47,6 +68,14 @@ def verdict(p_adjusted: float, direction: float, alpha: float = 0.05) -> str:
     """ "holds" (the claim's direction, direction > 0), "reversed" (direction < 0) or "not significant".
 
     `p_adjusted` is a two-sided p already adjusted for multiplicity (the tables use Holm).
+
+    Args:
+      p_adjusted: two-sided, multiplicity-adjusted p.
+      direction: sign of the effect (> 0: the claim's direction).
+      alpha: significance level.
+
+    Returns:
+      "holds", "reversed" or "not significant".
     """
     if not (np.isfinite(p_adjusted) and p_adjusted < alpha) or direction == 0:
         return "not significant"
@@ -62,6 +91,15 @@ def adjust_table(
     Holm controls the family-wise error (any false "holds" among the rows) without assumptions on how
     the tests depend on each other, so verdicts and verdict counts use it; BH (false discovery rate,
     valid for independent or positively dependent tests) is reported beside it as the less strict reading.
+
+    Args:
+      table: one family of tests, one row each.
+      p: the column of raw p-values.
+      direction: optional column whose sign gives the direction of each effect.
+      alpha: significance level of the verdicts.
+
+    Returns:
+      A copy of `table` with p_holm, p_bh (and verdict).
     """
     t = table.copy()
     cols = list(t.columns)

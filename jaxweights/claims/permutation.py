@@ -31,6 +31,10 @@ def _pair_mean(d_NxN, a, b) -> float:
 def group_distances(d_NxN, labels) -> dict[str, float]:
     """Mean pairwise distance within the optimal group, within the suboptimal group and across.
 
+    Args:
+      d_NxN: symmetric distance matrix.
+      labels: group labels (OPTIMAL, SUBOPTIMAL, ...).
+
     Returns:
       ``{"within_optimal", "within_suboptimal", "across", "ratio"}``; ratio = within_suboptimal /
       within_optimal (> 1: optimal networks are more alike).
@@ -90,7 +94,7 @@ def _p_values(t_obs: float, t_perm: np.ndarray, exact: bool) -> tuple[float, flo
 
 
 def permutation_test(d_NxN, labels, *, n_permutations: int = 2000, seed: int = 0) -> PermutationResult:
-    """Tests "optimal networks are more alike than suboptimal ones" on a distance matrix.
+    """Tests "optimal networks are more alike than suboptimal ones" (Zheng et al. 2024, arXiv 2408.11720).
 
     The statistic is T = mean distance within the suboptimal group - mean distance within the
     optimal group. Under the null hypothesis the labels of the pooled optimal + suboptimal networks
@@ -303,6 +307,12 @@ def seed_dispersion(d_NxN, acc_N, cells_N, *, exclude=None) -> SeedDispersion:
     When not to trust it: with few cells (p comes from the t approximation, n - 2 d.o.f.), or when
     poor cells barely moved from their seed-random initialisation (their dispersion is then the
     initialisation's spread, not a property of training: compare with the distance at epoch 0).
+
+    Args:
+      d_NxN: symmetric distance matrix.
+      acc_N: test accuracy per network.
+      cells_N: hyperparameter cell per network.
+      exclude: boolean mask of networks left out.
 
     Returns:
       A `SeedDispersion` (NaN rho / p with fewer than 3 such cells or a constant column).

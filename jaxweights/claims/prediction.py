@@ -24,6 +24,13 @@ def weight_features(params) -> tuple[list[str], np.ndarray]:
 
     Returns:
       (names, X_NxF) with names like ``"Dense_0/kernel:q25"``.
+
+    Args:
+      params: stacked parameters (networks axis first).
+
+    Returns:
+      (names, (N, F) features): per leaf mean, variance and quantiles {0, 25, 50, 75, 100}
+      (Unterthiner et al. 2020, arXiv 2002.11448).
     """
     arrays = stats.statistics_arrays(params, statistics=("mean", "var", "quantiles"), per="leaf")
     qi = [stats.QUANTILES.index(q) for q in FEATURE_QUANTILES]
@@ -67,6 +74,14 @@ def cell_folds(groups_N, folds: int = 5, seed: int = 0) -> np.ndarray:
     scikit-learn's ``GroupKFold(shuffle=True)``: no group is in two folds, so a held-out network's
     cell never appears among the training networks. With a single group (a seeds-only zoo) there is
     no cell to leak and each network is its own group.
+
+    Args:
+      groups_N: group (hyperparameter cell) per network.
+      folds: number of folds (at most the number of groups).
+      seed: seed of the assignment of groups to folds.
+
+    Returns:
+      (N,) fold index per network; all networks of a group share a fold.
     """
     from sklearn.model_selection import GroupKFold
 

@@ -42,6 +42,17 @@ def sensitivity(
     uses the rows and columns of its networks (exact for distances of two networks alone:
     Wasserstein, KS, energy; the histogram, KDE and statistic-vector metrics keep the ranges and
     z-scoring of the pool's core networks).
+
+    Args:
+      params: stacked parameters (networks axis first).
+      last: the last epoch's metrics, one row per network.
+      keep_N: the networks analysed under the grouping in force.
+      metric: the headline distance metric.
+      choice: the grouping options in force (`network_groups`'s).
+      n_permutations, alpha, block_size: test and distance options.
+
+    Returns:
+      One dict per grouping (the rows of sensitivity.csv).
     """
     seed = choice.get("seed", 0)
     base = network_groups(

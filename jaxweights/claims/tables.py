@@ -330,6 +330,13 @@ def verdict_counts(ct: pd.DataFrame, alpha: float) -> dict:
     uncorrected counts beside them, named as such.
 
     A count of raw-p verdicts over tens of tests is not evidence (about alpha × tests hold by chance).
+
+    Args:
+      ct: a claim table (`claim_table`, with the grid tests beside it).
+      alpha: significance level.
+
+    Returns:
+      ``{n_holds, n_reversed, n_holds_raw, n_reversed_raw, adjustment[, n_holds_cell, n_reversed_cell]}``.
     """
     raw = ct.p_value < alpha if "p_value" in ct else ct.p_greater.lt(alpha) | ct.p_less.lt(alpha)
     up = ct.p_greater < ct.p_less

@@ -51,6 +51,13 @@ def undefined_reasons(table: pd.DataFrame, params) -> pd.DataFrame:
     "float32 overflow" (finite weights so large, max |w| above ~3.4e30, that a float32 sum over a
     layer such as `l1` can overflow), "zero variance or all-zero kernel" (scipy's criterion, see
     `jaxweights.stats`).
+
+    Args:
+      table: statistics table with an `undefined` column.
+      params: stacked parameters (networks axis first).
+
+    Returns:
+      DataFrame: network, n_undefined, max_abs_weight, reason.
     """
     bad = table[table.undefined.astype(bool)].groupby("network").size()
     if bad.empty:
@@ -76,7 +83,15 @@ def undefined_reasons(table: pd.DataFrame, params) -> pd.DataFrame:
 
 
 def undefined_summary(table: pd.DataFrame, params) -> str:
-    """One line naming how many statistics are undefined, in which networks and why ("" if none)."""
+    """One line naming how many statistics are undefined, in which networks and why ("" if none).
+
+    Args:
+      table: statistics table with an `undefined` column.
+      params: stacked parameters (networks axis first).
+
+    Returns:
+      The line, or "".
+    """
     r = undefined_reasons(table, params)
     if r.empty:
         return ""

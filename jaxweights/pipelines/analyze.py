@@ -42,15 +42,14 @@ from jaxweights.claims import (
     ClaimError,
     claim_summary,
     depth_profiles,
-    network_groups,
     quiet_undefined,
     records,
     same_pattern,
-    wide_statistics,
 )
 from jaxweights.claims.summary import DEFAULT_METRICS
 from jaxweights.pipelines.errors import AnalysisError, check_metrics
-from jaxweights.report import Section, figures, intro_html, provided_sections, write, zoo_sections
+from jaxweights.pipelines.grouping import check_grouping, num_classes, run_groups
+from jaxweights.report import Section, figures, intro_html, provided_sections, write, zoo_figures, zoo_sections
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -108,12 +107,27 @@ def analyze_workdir(
 
     In a multi-host job (`jax.distributed` initialised), call it in every process: they all
     compute, with the networks axis sharded over every device, and process 0 alone writes.
+
+    Args:
+      workdir: a run directory of `jaxweights train` (params.npz, or groups/<NN>/params.npz).
+      metrics: distance metrics (default `DEFAULT_METRICS`).
+      block_size: networks per block of the N×N distances.
+      report: also test the claims and write the figures, report.html and summary.json.
+      extra_sections: more report section providers.
+      dynamics: learning dynamics: None (when there are snapshots), True (required) or False.
+      data_dir: where the probe images of the dynamics are read.
+      dynamics_options: options of `write_dynamics`.
+      model: the Flax module of a run trained with your own module.
+      **claim_options: options of `zoo_summary`.
+
+    Returns:
+      The analysis folder, ``<workdir>/analysis``.
     """
     workdir = Path(workdir)
     check_metrics(metrics or ())  # before any work, so a bad name costs nothing
     runs = _run_dirs(workdir)
     if report:  # refuse impossible grouping options before minutes of distances
-        claim_options = _check_grouping(runs, claim_options)
+        claim_options = check_grouping(runs, claim_options)
     # Several processes (`config.multihost`) all compute (the sharded statistics and distances
     # need every process); process 0 alone writes `analysis/`, the others into a scratch folder.
     main = jax.process_index() == 0
@@ -272,100 +286,9 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, **op
     if len(last) != n:
         raise AnalysisError(f"{out}: metrics.csv has {len(last)} networks but params.npz has a different number")
     summary, c = claim_summary(params, table, last, out, **options)
-    last = last.sort_values("network").reset_index(drop=True)
-    kp, acc, keep, labels, bins_n, edges = c.kept_params, c.acc, c.keep, c.labels, c.bins, c.edges
-    dists, primary, t, mats, gt = c.dists, c.primary, c.statistics, c.bin_divergence, c.groups
-    fd = out / "figures"
-    figs: dict[str, Path] = {}
-    a_plot = np.where(keep, acc, np.nan)
-    figs["weight_histograms"] = figures.weight_histograms(fd, kp, acc[keep], networks=np.flatnonzero(keep))
-    figs["kde_by_bin"] = figures.kde_by_bin(fd, kp, bins_n[keep], edges)
-    d_all = dists[primary].get(stats.ALL, next(iter(dists[primary].values())))
-    figs["distance_heatmap"] = figures.distance_heatmap(
-        fd, d_all, acc[keep], networks=np.flatnonzero(keep), title=f"{primary} distance, whole network, best first"
-    )
-    figs["statistics_vs_accuracy"] = figures.statistics_vs_accuracy(fd, t, a_plot, labels)
-    wide = wide_statistics(t[t.statistic.isin(stats.SUMMARY) | t.statistic.str.startswith("q")])
-    wide = wide.reindex(range(len(acc)))
-    figs["pca"] = figures.pca_of_statistics(
-        fd, [f"{a}:{b}" for a, b in wide.columns], wide.to_numpy(np.float64)[keep], acc[keep]
-    )
-    if mats:
-        figs["bin_divergence"] = figures.bin_divergence_heatmaps(fd, mats, edges)
-    figs["weight_matrices"] = figures.weight_matrices(fd, params, a_plot)
-    if "epochs" in last.attrs:
-        figs["accuracy_over_epochs"] = figures.accuracy_over_epochs(
-            fd, last.attrs["epochs"], states=gt.set_index("network").group
-        )
+    figs = zoo_figures(out / "figures", c, epochs=last.attrs.get("epochs"))
     summary["figures"] = {k: str(v.relative_to(out)) for k, v in figs.items()}
     return summary, figs
-
-
-GROUPING_OPTIONS = (
-    "quantile",
-    "threshold",
-    "min_accuracy",
-    "include_exploded",
-    "include_not_learned",
-    "chance_margin",
-    "seed",
-)  # `network_groups` options among `analyze_workdir`'s
-
-
-def _last_epoch(rd: Path) -> pd.DataFrame:
-    m = pd.read_csv(rd / "metrics.csv")
-    return m[m.epoch == m.epoch.max()].sort_values("network").reset_index(drop=True)
-
-
-def num_classes(rd: Path, params=None) -> int:
-    """Classes of a run's task: its dataset's (config.json), else the last kernel's outputs, else 10."""
-    try:
-        ds = rundir.read_config(rd / "config.json").get("dataset")
-        if ds in data_lib.SPECS:
-            return data_lib.SPECS[ds].num_classes
-    except (OSError, ValueError):
-        pass
-    if params is not None:
-        ks = [v for k, v in stats.flatten(params).items() if k.endswith("kernel")]
-        if ks:
-            return int(np.shape(ks[-1])[-1])
-    return 10
-
-
-def run_groups(rd: Path, params, options: Mapping[str, Any]) -> pd.DataFrame:
-    """`network_groups` of run directory `rd` with the grouping options among `options`."""
-    return network_groups(
-        _last_epoch(rd),
-        params,
-        num_classes=num_classes(rd, params),
-        **{k: options[k] for k in GROUPING_OPTIONS if k in options},
-    )
-
-
-def _check_grouping(runs, options) -> dict:
-    """`options`, checked on every run; refuses impossible groupings (one line naming the option).
-
-    When leaving out the networks that did not learn leaves too few networks to group (a small zoo
-    half at chance), they are included instead (`include_not_learned`), with a warning and a
-    `grouping_note` the report shows: a study of the networks that are there beats none.
-    """
-    for _, rd in runs:
-        if not (rd / "metrics.csv").exists():
-            continue
-        params = rundir.load_params(rd / "params.npz")
-        try:
-            run_groups(rd, params, options)
-        except ClaimError as e:
-            if options.get("include_not_learned"):
-                raise
-            try:
-                run_groups(rd, params, {**options, "include_not_learned": True})
-            except ClaimError:
-                raise e from None
-            note = f"networks that did not learn are included: leaving them out, the grouping fails ({e})"
-            log.warning("%s: %s", rd, note)
-            options = {**options, "include_not_learned": True, "grouping_note": note}
-    return options
 
 
 def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), dynamics_notes=None, **options) -> Path:
@@ -373,6 +296,17 @@ def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), dynamic
 
     Groups whose learning dynamics were written (`dynamics.json`) get their sections and a
     `dynamics` entry in the summary; `dynamics_notes` (group -> why they were skipped) are recorded.
+
+    Args:
+      workdir: the run directory.
+      out: the analysis folder being written (each group's under ``groups/<name>``).
+      runs: ``[(group name or "", run directory)]``.
+      extra_sections: more report section providers.
+      dynamics_notes: ``{group: why its dynamics were skipped}``.
+      **options: options of `zoo_summary`.
+
+    Returns:
+      The path of report.html.
     """
     dynamics_notes = dynamics_notes or {}
     sections, summaries, tables = [], {}, {}

@@ -46,9 +46,11 @@ from jaxweights.report.style import (
     save,
     save_with_data,
 )
+from jaxweights.report.zoo_figures import zoo_figures
 
 __all__ = [
     "figures",
+    "zoo_figures",
     "CMAP",
     "DPI",
     "STATE_WORDS",
