@@ -45,7 +45,15 @@ def registered_sections() -> tuple[str, ...]:
 
 
 def provided_sections(ctx: Mapping[str, Any], extra: Sequence[Callable] = ()) -> list[Section]:
-    """Calls the registered providers and `extra` ones with `ctx`; flattens their sections."""
+    """Calls the registered providers and `extra` ones with `ctx`; flattens their sections.
+
+    Args:
+      ctx: what the providers may read (workdir, analysis_dir, summary, ...).
+      extra: more providers, called after the registered ones.
+
+    Returns:
+      The sections, in order.
+    """
     out: list[Section] = []
     for provider in (*_SECTIONS.values(), *extra):
         got = provider(ctx)
@@ -78,7 +86,16 @@ def fmt(v: Any, digits: int = 4) -> str:
 
 
 def table(df: pd.DataFrame, columns: Sequence[str] | None = None, max_rows: int = 60) -> str:
-    """An HTML table of a DataFrame (numbers formatted with `fmt`)."""
+    """An HTML table of a DataFrame (numbers formatted with `fmt`).
+
+    Args:
+      df: the table.
+      columns: the columns shown (default all).
+      max_rows: rows shown at most.
+
+    Returns:
+      The HTML.
+    """
     if df is None or len(df) == 0:
         return "<p><em>(no rows)</em></p>"
     df = df[list(columns)] if columns else df
@@ -93,7 +110,15 @@ def table(df: pd.DataFrame, columns: Sequence[str] | None = None, max_rows: int 
 
 
 def img(path: str | os.PathLike, alt: str = "") -> str:
-    """An <img> with the PNG embedded as a data URI."""
+    """An <img> with the PNG embedded as a data URI.
+
+    Args:
+      path: the PNG.
+      alt: its alternative text.
+
+    Returns:
+      The HTML.
+    """
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return (
         f'<figure><img alt="{esc(alt or Path(path).stem)}" src="data:image/png;base64,{data}">'
@@ -118,7 +143,16 @@ def verdict_html(v: str) -> str:
 
 
 def render(title: str, sections: Sequence[Section], intro: str = "") -> str:
-    """The whole report as one HTML string (figures embedded)."""
+    """The whole report as one HTML string (figures embedded).
+
+    Args:
+      title: the page title.
+      sections: its sections.
+      intro: HTML above the first section.
+
+    Returns:
+      The HTML page.
+    """
     toc = "".join(f'<li><a href="#s{i}">{esc(s.title)}</a></li>' for i, s in enumerate(sections))
     body = "".join(
         f'<h2 id="s{i}">{esc(s.title)}</h2>{s.html}' + "".join(img(f) for f in s.figures)
@@ -133,7 +167,18 @@ def render(title: str, sections: Sequence[Section], intro: str = "") -> str:
 def write(
     out: str | os.PathLike, title: str, sections: Sequence[Section], summary: Mapping[str, Any], intro: str = ""
 ) -> Path:
-    """Writes ``out/report.html`` and ``out/summary.json``; returns the report's path."""
+    """Writes ``out/report.html`` and ``out/summary.json``; returns the report's path.
+
+    Args:
+      out: the folder.
+      title: the page title.
+      sections: its sections.
+      summary: the numbers (NaN and inf written as null).
+      intro: HTML above the first section.
+
+    Returns:
+      The path of report.html.
+    """
     out = Path(out)
     rundir.write_json(out / "summary.json", _finite(summary))
     rundir.atomic_write_bytes(out / "report.html", render(title, sections, intro).encode())
