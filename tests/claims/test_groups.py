@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from jaxweights import config as jcfg
-from jaxweights import groups
-from jaxweights.groups import EXCLUDED, MIDDLE, OPTIMAL, SUBOPTIMAL
+from jaxweights.claims import groups
+from jaxweights.claims.groups import EXCLUDED, MIDDLE, OPTIMAL, SUBOPTIMAL
 
 
 def test_states_precedence_and_chance():
@@ -78,7 +78,7 @@ def test_split_groups_threshold_exclusion_and_errors():
 
 
 def test_cells_of_a_real_grid_table():
-    spec = importlib.util.spec_from_file_location("qs", Path(__file__).parents[1] / "configs" / "quickstart.py")
+    spec = importlib.util.spec_from_file_location("qs", Path(__file__).parents[2] / "configs" / "quickstart.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     grid = jcfg.hyperparameter_grid(mod.get_config())

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import cli, distances, rundir, stats, strength
+from jaxweights import analysis, claims, cli, distances, rundir, stats, strength
+from jaxweights.pipelines import analyze
 from tests.test_cli import train
 
 
@@ -111,13 +112,11 @@ def _zoo(exploded: bool):
 
 
 def _summarise(tmp_path, name, exploded, **kw):
-    from jaxweights import analysis
-
     params, last = _zoo(exploded)
     out = tmp_path / name
     out.mkdir()
     table = analysis.analyze_params(params, out, metrics=["wasserstein"])
-    s, _ = analysis.zoo_summary(
+    s, _ = analyze.zoo_summary(
         params, table, last, out, metrics=["wasserstein"], n_permutations=300, n_boot=50, folds=3, **kw
     )
     return s, out
@@ -184,29 +183,25 @@ def test_an_exploded_network_is_left_out_listed_and_changes_neither_headline_nor
 
 
 def test_include_exploded_puts_it_back_in_the_suboptimal_group():
-    from jaxweights import analysis
-
     params, last = _zoo(True)
-    g = analysis.network_groups(last, params).set_index("network")
+    g = claims.network_groups(last, params).set_index("network")
     assert g.state[5] == "exploded" and not g.analysed[5] and g.group[5] == "exploded"
-    g = analysis.network_groups(last, params, include_exploded=True).set_index("network")
+    g = claims.network_groups(last, params, include_exploded=True).set_index("network")
     assert g.analysed.sum() == 17 and g.state[5] == "exploded" and g.group[5] == "suboptimal"
     # the run's own `exploded` column wins over the weight rule
-    g = analysis.network_groups(last.assign(exploded=False), params).set_index("network")
+    g = claims.network_groups(last.assign(exploded=False), params).set_index("network")
     assert g.state[5] == "ok" and g.analysed[5]
     # a network at chance is its own group, not the bottom of "suboptimal"
-    g = analysis.network_groups(last.assign(test_acc=last.test_acc.where(last.network != 0, 0.11)), params)
+    g = claims.network_groups(last.assign(test_acc=last.test_acc.where(last.network != 0, 0.11)), params)
     assert g.set_index("network").group[0] == "not_learned"
 
 
 def test_undefined_statistics_name_the_right_reason():
-    from jaxweights import analysis
-
     rng = np.random.default_rng(0)
     k = rng.normal(size=(4, 6, 5)).astype(np.float32)
     k[1, 0, 0] = np.nan  # non-finite weights
     k[2] = 0.0  # all-zero kernel: zero variance
     k[3] *= np.float32(1e35)  # finite, but a float32 sum over the layer can overflow
     table = pd.DataFrame({"network": [0, 1, 2, 3], "undefined": [False, True, True, True]})
-    r = analysis.undefined_reasons(table, {"Dense_0/kernel": k}).set_index("network").reason
+    r = claims.undefined_reasons(table, {"Dense_0/kernel": k}).set_index("network").reason
     assert r.to_dict() == {1: "non-finite weights", 2: "zero variance or all-zero kernel", 3: "float32 overflow"}

@@ -95,20 +95,89 @@ def test_identical_groups_give_uniform_looking_p_values():
     assert (ps < 0.05).sum() <= 3 and 0.25 < ps.mean() < 0.75, ps
 
 
-def test_bootstrap_interval_against_numpy_loop():
+def _within(d, idx):
+    """Mean distance over the pairs of different networks among the (resampled) positions `idx` (..., k)."""
+    sub = d[idx[..., :, None], idx[..., None, :]]
+    ne = idx[..., :, None] != idx[..., None, :]
+    return (sub * ne).sum((-2, -1)) / ne.sum((-2, -1))
+
+
+def test_bootstrap_interval_agrees_with_scipy_bootstrap():
     rng = np.random.default_rng(3)
-    params, labels = population(rng, 6, 7, 0.1, 0.5)
-    d = distances.pairwise(params, "wasserstein")["Dense_0/kernel"]
-    ci = claims.bootstrap_ci(d, labels, n_boot=300, seed=5)
-    # the same resampling written as a loop
-    r = np.random.default_rng(5)
-    vals = {}
-    for g in (OPTIMAL, SUBOPTIMAL):
-        m = np.flatnonzero(labels == g)
-        idx = m[r.integers(0, len(m), (300, len(m)))]
-        vals[g] = np.array([np.mean([d[i, j] for i in row for j in row if i != j]) for row in idx])
-    np.testing.assert_allclose(ci["within_optimal"], np.percentile(vals[OPTIMAL], [2.5, 97.5]))
-    np.testing.assert_allclose(ci["difference"], np.percentile(vals[SUBOPTIMAL] - vals[OPTIMAL], [2.5, 97.5]))
+    params, labels = population(rng, 8, 9, 0.1, 0.5)
+    d = np.asarray(distances.pairwise(params, "wasserstein")["Dense_0/kernel"], np.float64)
+    ci = claims.bootstrap_ci(d, labels, n_boot=4000, seed=5)
+    o, s = np.flatnonzero(labels == OPTIMAL), np.flatnonzero(labels == SUBOPTIMAL)
+    # scipy.stats.bootstrap (percentile) on the networks' indices, each group resampled on its own
+    ref = {}
+    for name, data, stat in (
+        ("within_optimal", (o,), lambda a, axis=-1: _within(d, a.astype(int))),
+        ("difference", (o, s), lambda a, b, axis=-1: _within(d, b.astype(int)) - _within(d, a.astype(int))),
+    ):
+        r = ss.bootstrap(data, stat, n_resamples=4000, method="percentile", vectorized=True, random_state=9)
+        ref[name] = (r.confidence_interval.low, r.confidence_interval.high)
+    for name, (lo, hi) in ref.items():  # different draws: equal up to Monte Carlo error
+        width = hi - lo
+        assert width > 0
+        np.testing.assert_allclose(ci[name], (lo, hi), atol=0.1 * width)
+
+
+def test_bootstrap_interval_of_a_known_population():
+    """Optimal networks pairwise at distance 1 (a simplex): every resample's within mean is 1."""
+    n_o, n_s = 5, 6
+    rng = np.random.default_rng(8)
+    d = np.zeros((n_o + n_s, n_o + n_s))
+    d[:n_o, :n_o] = 1 - np.eye(n_o)
+    x = rng.normal(size=(n_s, 3))
+    d[n_o:, n_o:] = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    d[:n_o, n_o:] = d[n_o:, :n_o] = 5.0
+    labels = np.r_[np.full(n_o, OPTIMAL), np.full(n_s, SUBOPTIMAL)]
+    ci = claims.bootstrap_ci(d, labels, n_boot=2000, seed=0)
+    assert ci["within_optimal"] == (1.0, 1.0)
+    # the suboptimal interval lies between the smallest and largest pair distance and holds the sample's mean
+    pairs = d[n_o:, n_o:][~np.eye(n_s, dtype=bool)]
+    lo, hi = ci["within_suboptimal"]
+    assert pairs.min() <= lo < pairs.mean() < hi <= pairs.max()
+    # (a resample holding one optimal network alone has no pair: it drops out of the difference too)
+    np.testing.assert_allclose(ci["difference"], (lo - 1, hi - 1), rtol=1e-2)
+
+
+def test_kde_compiles_once_for_bins_of_different_sizes(monkeypatch, tmp_path):
+    """Bins of different sizes share one compiled KDE (padded samples), in `bin_divergence` and the figure."""
+    import chex
+    import jax
+
+    from jaxweights.claims import divergence
+    from jaxweights.report import figures
+
+    monkeypatch.setattr(
+        divergence, "kde_logdensities", jax.jit(chex.assert_max_traces(divergence._kde_logdensities, 1))
+    )
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(20, 7)) * np.linspace(0.5, 2, 20)[:, None]
+    bins = np.r_[np.zeros(3, int), np.ones(5, int), np.full(12, 2)]  # 21, 35 and 84 values
+    m1 = claims.bin_divergence(v, bins, grid=300)
+    m2 = claims.bin_divergence(v[::-1], bins, grid=300)  # other samples, same lengths' bucket
+    assert np.isfinite(m1).all() and np.isfinite(m2).all()
+    # each bin's KDE is scipy's (Scott's bandwidth) on the shared grid
+    x, mask = divergence.pad_samples([v[bins == b].ravel() for b in range(3)])
+    g = np.linspace(-3, 3, 300)
+    logd = np.asarray(divergence.kde_logdensities(x, mask, g.astype(np.float32)))
+    for b in range(3):
+        np.testing.assert_allclose(np.exp(logd[b]), ss.gaussian_kde(v[bins == b].ravel())(g), rtol=2e-3, atol=1e-6)
+    # the figure: one KDE call per layer, every bin in it, through the same compiled function
+    params = {"Dense_0": {"kernel": rng.normal(size=(20, 6, 5)).astype(np.float32)}}
+    chex.clear_trace_counter()
+    monkeypatch.setattr(
+        divergence, "kde_logdensities", jax.jit(chex.assert_max_traces(divergence._kde_logdensities, 1))
+    )
+    png = figures.kde_by_bin(tmp_path, params, bins, np.array([0.0, 1, 2, 3]), grid=100)
+    data = pd.read_csv(png.with_suffix(".csv"))
+    assert sorted(data["bin"].unique()) == [0, 1, 2]
+    w = params["Dense_0"]["kernel"].reshape(20, -1).astype(np.float64)
+    for b in range(3):
+        row = data[data["bin"] == b]
+        np.testing.assert_allclose(row.density, ss.gaussian_kde(w[bins == b].ravel())(row.x), rtol=2e-3, atol=1e-6)
 
 
 def test_dispersion_finds_the_more_variable_group():
@@ -249,6 +318,15 @@ def grid_population(rng, n_cells, n_seeds, cell_loc_C, seed_sd_C, acc_C, acc_sd_
     return d, acc, cells
 
 
+def converging_cells(seed, n_cells, n_seeds):
+    """Cells whose seeds end up closer together the better the cell trains (seed spread 1.2 - accuracy)."""
+    rng = np.random.default_rng(seed)
+    acc_C = rng.random(n_cells)
+    return grid_population(
+        rng, n_cells, n_seeds, rng.normal(size=(n_cells, 10)), 1.2 - acc_C, acc_C, np.full(n_cells, 0.02)
+    )
+
+
 def _brute_cell_test(d, acc, cells, k):
     """The cell-level statistic and exact p written as loops over cells and network pairs."""
     ids = np.unique(cells)
@@ -300,12 +378,8 @@ def test_cell_permutation_test_equals_a_loop_over_cells():
 
 
 def test_seed_dispersion_equals_scipy_on_the_cell_table():
-    rng = np.random.default_rng(11)
     n_cells = 12
-    acc_C = rng.random(n_cells)
-    d, acc, cells = grid_population(
-        rng, n_cells, 4, rng.normal(size=(n_cells, 10)), 1.2 - acc_C, acc_C, np.full(n_cells, 0.02)
-    )
+    d, acc, cells = converging_cells(11, n_cells, 4)
     ex = np.zeros(len(acc), bool)
     ex[[0, 1, 2]] = True  # cell 0 keeps one seed: no dispersion, left out of the correlation
     r = claims.seed_dispersion(d, acc, cells, exclude=ex)
@@ -385,12 +459,9 @@ def test_grid_tests_on_pure_noise_have_uniform_p_values():
 
 
 def test_grid_tables_per_metric_and_layer():
-    rng = np.random.default_rng(13)
     n_cells = 12
-    acc_C = rng.random(n_cells)
-    d1, acc, cells = grid_population(
-        rng, n_cells, 3, rng.normal(size=(n_cells, 10)), 1.2 - acc_C, acc_C, np.full(n_cells, 0.02)
-    )
+    d1, acc, cells = converging_cells(13, n_cells, 3)
+    rng = np.random.default_rng(14)
     d2 = d1 + rng.random(d1.shape) * 0.1
     d2 = (d2 + d2.T) / 2
     np.fill_diagonal(d2, 0)

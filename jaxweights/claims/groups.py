@@ -191,3 +191,153 @@ def hyperparameter_cells(table: pd.DataFrame) -> np.ndarray:
         return np.zeros(len(table), np.int64)
     codes, _ = pd.MultiIndex.from_frame(table[cols].astype(object).where(table[cols].notna(), "<nan>")).factorize()
     return np.asarray(codes, np.int64)
+
+
+def diverged_mask(acc_N, diverged_N=None, params: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Networks in state "diverged" (`groups.network_states`): flagged, non-finite accuracy or weights."""
+    return network_states(acc_N, diverged_N=diverged_N, params=params) == "diverged"
+
+
+def accuracy_bins(acc_N, bins: int | Sequence[float] = 4, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+    """Bins networks by accuracy, as in the complex-network study (La Malfa et al. 2021).
+
+    Args:
+      acc_N: test accuracy per network.
+      bins: a number of equal-count bins (edges at accuracy quantiles of the kept networks), or
+        explicit increasing edges (networks outside them get bin -1).
+      exclude: boolean mask of networks to leave out (bin -1).
+
+    Returns:
+      (bin_N, edges): int bin index per network (-1 = excluded/outside) and the bin edges.
+    """
+    acc_N = np.asarray(acc_N, np.float64)
+    ex = np.zeros(acc_N.shape[0], bool) if exclude is None else np.asarray(exclude, bool)
+    kept = acc_N[~ex]
+    if np.ndim(bins) == 0:
+        if int(bins) < 1 or len(kept) < int(bins):
+            raise ClaimError(f"bins: {bins!r} must be between 1 and the number of kept networks ({len(kept)})")
+        edges = np.unique(np.quantile(kept, np.linspace(0, 1, int(bins) + 1)))
+    else:
+        edges = np.asarray(bins, np.float64)
+        if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+            raise ClaimError(f"bins: {bins!r} must be an int or increasing edges")
+    b = np.clip(np.searchsorted(edges, acc_N, side="right") - 1, 0, len(edges) - 2)
+    inside = (acc_N >= edges[0]) & (acc_N <= edges[-1]) & ~ex
+    return np.where(inside, b, -1), edges
+
+
+# Runs whose metrics.csv has no `exploded` column (older runs, imported weights) are judged by
+# training's loss rule (test loss above EXPLODED_LOSS_FACTOR · ln(classes), i.e. ten times a uniform
+# guess's loss) and, since they do not record their initialisation (training compares max |w| with
+# 100 × the network's initial max |w|), by an absolute weight bound far above any initialisation.
+EXPLODED_LOSS_FACTOR = 10.0
+
+
+EXPLODED_MAX_ABS_WEIGHT = 1e4
+
+
+def exploded_fallback(last: pd.DataFrame, params, num_classes: int = 10) -> np.ndarray:
+    """(N,) `exploded` flags: the run's column when present, else test loss > 10·ln(classes) or max |w| > 1e4."""
+    if "exploded" in last:
+        return last.exploded.fillna(False).to_numpy(bool)
+    with np.errstate(invalid="ignore"):
+        big = _max_abs_weight(last, params) > EXPLODED_MAX_ABS_WEIGHT
+        if "test_loss" in last:
+            big |= last.test_loss.to_numpy(np.float64) > EXPLODED_LOSS_FACTOR * np.log(num_classes)
+    return big
+
+
+def _max_abs_weight(last: pd.DataFrame, params) -> np.ndarray:
+    if "max_abs_weight" in last:
+        return last.max_abs_weight.to_numpy(np.float64)
+    top = None
+    for w in stats.flatten(params).values():
+        w = np.abs(np.asarray(w, np.float64).reshape(len(last), -1))
+        m = np.where(np.isfinite(w), w, np.inf).max(1, initial=0)
+        top = m if top is None else np.maximum(top, m)
+    return top
+
+
+def network_groups(
+    last: pd.DataFrame,
+    params,
+    *,
+    quantile: float = 0.25,
+    threshold=None,
+    min_accuracy: float | None = None,
+    include_exploded: bool = False,
+    include_not_learned: bool = False,
+    num_classes: int = 10,
+    chance_margin: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The state, reason and group of every network: one row per network, in network order.
+
+    States come from `groups.network_states` (diverged > exploded > not_learned > ok); diverged
+    networks are always left out, exploded and not-learned ones unless `include_exploded` /
+    `include_not_learned`; `min_accuracy` also leaves out otherwise kept networks below it
+    ("below_min_accuracy"). The analysed networks are split by `groups.split_groups`.
+
+    Args:
+      last: the last epoch's metrics, one row per network.
+      params: stacked parameters (networks axis first).
+      quantile, threshold, seed: the split (`split_groups`).
+      min_accuracy, include_exploded, include_not_learned: who is analysed.
+      num_classes, chance_margin: the not-learned rule (`network_states`).
+
+    Returns:
+      DataFrame: network, seed and hyperparameter columns, test_acc, test_loss, max_abs_weight, cell,
+      state, analysed (bool), why (empty for analysed networks), label (OPTIMAL ... EXCLUDED), group.
+    """
+    last = last.sort_values("network").reset_index(drop=True)
+    acc = last.test_acc.to_numpy(np.float64)
+    top = _max_abs_weight(last, params)
+    state = network_states(
+        acc,
+        diverged_N=last.get("diverged"),
+        exploded_N=exploded_fallback(last, params, num_classes),
+        params=params,
+        num_classes=num_classes,
+        chance_margin=chance_margin,
+    )
+    out = last[
+        [
+            c
+            for c in last.columns
+            if c not in ("epoch", "train_loss", "train_acc", "diverged", "exploded", "max_abs_weight")
+        ]
+    ].copy()
+    out["max_abs_weight"] = top
+    out["cell"] = hyperparameter_cells(last)
+    out["state"] = state
+    chance = chance_accuracy(num_classes)
+    loss = last.test_loss.to_numpy(np.float64) if "test_loss" in last else np.full(len(acc), np.nan)
+    why = np.full(len(acc), "", dtype=object)
+    for i, st in enumerate(state):
+        if st == "diverged":
+            why[i] = (
+                "flagged diverged in training"
+                if bool(last.get("diverged", pd.Series(False, last.index))[i])
+                else "non-finite weights or accuracy"
+            )
+        elif st == "exploded":
+            why[i] = f"exploded: max |w| {top[i]:.3g}, test loss {loss[i]:.3g}"
+        elif st == "not_learned":
+            why[i] = f"accuracy {acc[i]:.3f} < chance {chance:.3g} + margin {chance_margin:g}"
+    excluded = (
+        (state == "diverged")
+        | ((state == "exploded") & (not include_exploded))
+        | ((state == "not_learned") & (not include_not_learned))
+    )
+    if min_accuracy is not None:
+        below = ~excluded & (acc < min_accuracy)
+        out.loc[below, "state"] = np.where(state[below] == "ok", "below_min_accuracy", state[below])
+        why[below] = [f"accuracy {a:.3f} < --min_accuracy {min_accuracy:g}" for a in acc[below]]
+        excluded |= below
+    why[~excluded] = ""
+    out["analysed"] = ~excluded
+    out["why"] = why
+    labels = split_groups(acc, quantile=quantile, threshold=threshold, exclude=excluded, seed=seed)
+    out["label"] = labels
+    out["group"] = [st if ex else GROUP_NAMES[int(v)] for v, ex, st in zip(labels, excluded, out.state)]
+    return out

@@ -3,7 +3,7 @@
     jaxweights study --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR [--data_dir D]
 
 For every dataset × family of the config, trains the preset zoo (`jaxweights.presets`) into
-``DIR/<dataset>_<family>/``, analyses it (`analysis.analyze_workdir`: claims, figures, report) and
+``DIR/<dataset>_<family>/``, analyses it (`analyze_workdir`: claims, figures, report) and
 then writes ``DIR/report.html`` and ``DIR/summary.json``: a table of verdicts per dataset × model,
 and per dataset whether the model families show the same pattern (same whole-network verdict, same
 trend of the within-suboptimal / within-optimal distance ratio over per-depth-normalised layers).
@@ -21,7 +21,10 @@ from typing import Any
 import ml_collections
 import pandas as pd
 
-from jaxweights import analysis, claims, figures, presets, report, run
+from jaxweights import presets, run
+from jaxweights.claims import depth_profiles, same_pattern
+from jaxweights.pipelines.analyze import analyze_workdir
+from jaxweights.report import Section, esc, figures, fmt, table, verdict_html, write
 
 log = logging.getLogger("jaxweights")
 
@@ -94,25 +97,25 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
             zoo = workdir / f"{dataset}_{family}"
             log.info("study: %s × %s -> %s", dataset, family, zoo)
             run.train_and_evaluate(zoo_config(config, dataset, family), zoo, progress=progress)
-            out = analysis.analyze_workdir(zoo, metrics=list(metrics) if metrics else None, **opts)
+            out = analyze_workdir(zoo, metrics=list(metrics) if metrics else None, **opts)
             s = json.loads((out / "summary.json").read_text())
             summaries[f"{dataset}_{family}"] = s
             rows.append(_row(dataset, family, s))
             tables[family] = pd.read_csv(out / "claim_tests.csv")
         if len(tables) > 1:
             metric = summaries[f"{dataset}_{config.models[0]}"]["claim"]["primary_metric"]
-            prof = claims.depth_profiles(tables, metric)
-            cmp = claims.same_pattern({f: summaries[f"{dataset}_{f}"]["claim"]["verdict"] for f in tables}, prof)
+            prof = depth_profiles(tables, metric)
+            cmp = same_pattern({f: summaries[f"{dataset}_{f}"]["claim"]["verdict"] for f in tables}, prof)
             fig = figures.depth_profile(workdir / "figures", prof, stem=f"depth_profile_{dataset}")
             summaries.setdefault("comparison", {})[dataset] = {**cmp, "metric": metric}
-            trends = ", ".join(f"{k}: {report.fmt(v)}" for k, v in cmp["depth_trend"].items())
+            trends = ", ".join(f"{k}: {fmt(v)}" for k, v in cmp["depth_trend"].items())
             sections.append(
-                report.Section(
+                Section(
                     f"{dataset}: do the model families show the same pattern?",
-                    f"<p>Whole-network verdicts ({report.esc(metric)}): "
-                    + ", ".join(f"{k} {report.verdict_html(v)}" for k, v in cmp["verdicts"].items())
+                    f"<p>Whole-network verdicts ({esc(metric)}): "
+                    + ", ".join(f"{k} {verdict_html(v)}" for k, v in cmp["verdicts"].items())
                     + f". Same verdict: <b>{cmp['same_verdict']}</b>. Spearman correlation of the per-layer distance "
-                    f"ratio with normalised depth: {report.esc(trends)}; same trend: <b>{cmp['same_trend']}</b>.</p>",
+                    f"ratio with normalised depth: {esc(trends)}; same trend: <b>{cmp['same_trend']}</b>.</p>",
                     [fig],
                 )
             )
@@ -121,7 +124,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
         f'<li><a href="{d}_{m}/analysis/report.html">{d} × {m}</a></li>'
         for d, m in zip(verdicts.dataset, verdicts["model"])
     )
-    head = report.Section(
+    head = Section(
         "Verdicts per dataset × model",
         "<p>claim: are optimal networks more alike than suboptimal ones (whole network, permutation test, "
         "verdict on the Holm-adjusted p); claim_cells / p_cell: the same with whole hyperparameter cells as the "
@@ -129,7 +132,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
         "(negative: cells that train well have seeds that end up alike); tests_holding_holm: claim tests holding "
         "after Holm's correction; ratio: mean distance within suboptimal / within optimal; dispersion: do statistics vary more among "
         "suboptimal networks; prediction: held-out R² and Kendall τ of accuracy predicted from weight "
-        "statistics, beside hyperparameters alone.</p>" + report.table(verdicts) + f"<ul>{links}</ul>",
+        "statistics, beside hyperparameters alone.</p>" + table(verdicts) + f"<ul>{links}</ul>",
     )
     summary = {
         "zoos": {k: v for k, v in summaries.items() if k != "comparison"},
@@ -137,4 +140,4 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
         "verdicts": verdicts.to_dict("records"),
         "config": config.to_dict(),
     }
-    return report.write(workdir, "jaxweights study: optimal vs suboptimal networks", [head, *sections], summary)
+    return write(workdir, "jaxweights study: optimal vs suboptimal networks", [head, *sections], summary)

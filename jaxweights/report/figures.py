@@ -10,59 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import jax.numpy as jnp
 import matplotlib
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402,F401
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from jaxweights import rundir, stats  # noqa: E402
-
-CMAP = "viridis"
-
-
-def _save(fig, out: Path, stem: str, data: pd.DataFrame) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{stem}.png"
-    rundir.write_csv(out / f"{stem}.csv", data)
-    rundir.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90, bbox_inches="tight"))
-    plt.close(fig)
-    return png
-
-
-def _grid(n: int, cols: int = 4, size=(3.6, 2.8)):
-    cols = max(1, min(cols, n))
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    return fig, axes.ravel()
-
-
-def _acc_norm(acc):
-    acc = np.asarray(acc, np.float64)
-    return matplotlib.colors.Normalize(vmin=np.nanmin(acc), vmax=np.nanmax(acc))
-
-
-def _colorbar(fig, axes, norm, label="test accuracy"):
-    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=CMAP)
-    fig.colorbar(sm, ax=list(axes), label=label, shrink=0.8)
-
-
-def _empty(ax, why: str) -> None:
-    """An empty panel that says why it is empty."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=8, color="0.3", transform=ax.transAxes)
+from jaxweights import stats
+from jaxweights.claims import OPTIMAL, SUBOPTIMAL, divergence, layer_depths
+from jaxweights.report import style
+from jaxweights.report.style import CMAP, acc_norm, cmap, colorbar, empty, grid, new_figure, save_with_data
 
 
 def kernel_leaves(params) -> list[str]:
     """Kernel leaf paths in depth order (input side first)."""
-    from jaxweights.claims import layer_depths
-
     flat = stats.flatten(params)
     ks = [k for k, v in flat.items() if stats.is_kernel(k, v)]
     depth = layer_depths([stats.layer_of(k) for k in ks])
@@ -94,8 +55,8 @@ def weight_histograms(
         w = np.asarray(flat[k], np.float64).reshape(len(acc_N), -1)
         edges = _robust_edges(w, bins)
         hists[k] = (edges, np.stack([np.histogram(r, edges)[0] / r.size for r in w]))
-    norm = _acc_norm(acc_N)
-    fig, axes = _grid(len(leaves))
+    norm = acc_norm(acc_N)
+    fig, axes = grid(len(leaves))
     rows = []
     order = np.argsort(acc_N)  # good networks drawn last, on top
     for ax, leaf in zip(axes, leaves):
@@ -103,7 +64,7 @@ def weight_histograms(
         edges, h = np.asarray(edges), np.asarray(h)
         centres = (edges[:-1] + edges[1:]) / 2
         for i in order:
-            ax.plot(centres, h[i], color=plt.get_cmap(CMAP)(norm(acc_N[i])), lw=0.8, alpha=0.7)
+            ax.plot(centres, h[i], color=cmap()(norm(acc_N[i])), lw=0.8, alpha=0.7)
         ax.set_title(leaf, fontsize=9)
         ax.set_yscale("log")
         ax.set_xlabel("weight")
@@ -121,8 +82,8 @@ def weight_histograms(
             )
         )
     axes[0].set_ylabel("fraction of weights")
-    _colorbar(fig, axes[: len(leaves)], norm)
-    return _save(fig, out, stem, pd.concat(rows, ignore_index=True))
+    colorbar(fig, axes[: len(leaves)], norm)
+    return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True))
 
 
 def kde_by_bin(
@@ -137,31 +98,41 @@ def kde_by_bin(
     stem: str = "kde_by_bin",
     seed: int = 0,
 ) -> Path:
-    """Gaussian KDE of each layer's pooled weights per accuracy bin (Scott's bandwidth)."""
-    import jax
-    import jax.numpy as jnp
+    """Gaussian KDE of each layer's pooled weights per accuracy bin (Scott's bandwidth).
 
-    from jaxweights import distances
+    Args:
+      out: output folder.
+      params: stacked parameters (networks axis first).
+      bins_N: accuracy bin per network (-1 = left out), as `claims.accuracy_bins` gives.
+      edges: the bin edges.
+      grid: points of the density grid (between the pooled 1% and 99% quantiles).
+      per_network: weights per network and layer beyond which a random subsample is used.
+      max_layers: kernels drawn (input side first).
+      stem: file stem.
+      seed: seed of the subsample.
 
+    Returns:
+      The PNG path (``<stem>.csv``: layer, bin, acc_low, acc_high, x, density).
+    """
+    grid_points = grid
     leaves = kernel_leaves(params)[:max_layers]
     flat = stats.flatten(params)
     rng = np.random.default_rng(seed)
     nb = len(edges) - 1
-    fig, axes = _grid(len(leaves))
-    colours = plt.get_cmap(CMAP)(np.linspace(0, 1, max(nb, 2)))
+    fig, axes = style.grid(len(leaves))
+    colours = cmap()(np.linspace(0, 1, max(nb, 2)))
     rows = []
     for ax, leaf in zip(axes, leaves):
         w = np.asarray(flat[leaf], np.float64).reshape(len(bins_N), -1)
         take = w if w.shape[1] <= per_network else w[:, rng.choice(w.shape[1], per_network, replace=False)]
         lo, hi = np.quantile(take[bins_N >= 0], [0.01, 0.99])
-        g = np.linspace(lo, hi, grid)
-        for b in range(nb):
-            s = take[bins_N == b].ravel()
-            if len(np.unique(s)) < 2:
-                continue
-            dens = np.exp(
-                np.asarray(jax.jit(distances.kde_logdensity)(jnp.asarray(s, jnp.float32), jnp.asarray(g, jnp.float32)))
-            )
+        g = np.linspace(lo, hi, grid_points)
+        drawn = [b for b in range(nb) if len(np.unique(take[bins_N == b])) >= 2]
+        if drawn:  # every bin in one call of one compiled KDE (samples padded to one length)
+            x, m = divergence.pad_samples([take[bins_N == b].ravel() for b in drawn])
+            logd = divergence.kde_logdensities(jnp.asarray(x), jnp.asarray(m), jnp.asarray(g, jnp.float32))
+            dens_B = np.exp(np.asarray(logd))
+        for b, dens in zip(drawn, dens_B if drawn else []):
             label = f"[{edges[b]:.3f}, {edges[b + 1]:.3f}]"
             ax.plot(g, dens, color=colours[b], label=label)
             rows.append(
@@ -170,12 +141,12 @@ def kde_by_bin(
                 )
             )
         if not ax.lines:
-            _empty(ax, "no accuracy bin has two distinct weights")
+            empty(ax, "no accuracy bin has two distinct weights")
         ax.set_title(leaf, fontsize=9)
         ax.set_xlabel("weight")
     if axes[0].lines:
         axes[0].legend(title="test accuracy bin", fontsize=7)
-    return _save(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
+    return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
 
 
 def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem: str = "distance_heatmap") -> Path:
@@ -185,7 +156,7 @@ def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem:
     """
     order = np.argsort(-np.asarray(acc_N), kind="stable")
     d = np.asarray(d_NxN)[np.ix_(order, order)]
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = new_figure(figsize=(6, 5))
     off = d[~np.eye(len(d), dtype=bool)]
     vmax = np.nanpercentile(off, 90) if off.size else None  # a few blown-up networks would saturate the scale
     im = ax.imshow(d, cmap="magma", vmin=0, vmax=vmax)
@@ -204,7 +175,7 @@ def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem:
             "distance": d.ravel(),
         }
     )
-    return _save(fig, out, stem, data)
+    return save_with_data(fig, out, stem, data)
 
 
 def statistics_vs_accuracy(
@@ -218,8 +189,6 @@ def statistics_vs_accuracy(
     stem: str = "statistics_vs_accuracy",
 ) -> Path:
     """Each statistic against test accuracy, one panel per (statistic, layer); groups marked."""
-    from jaxweights.claims import OPTIMAL, SUBOPTIMAL
-
     t = table[table.statistic.isin(statistics)]
     if layers is None:
         layers = [l for l in t.layer.unique() if "/" not in l]  # per layer and "__all__"
@@ -231,7 +200,7 @@ def statistics_vs_accuracy(
     )
     t = t[np.isfinite(t.test_acc)]
     panels = [(s, l) for s in statistics for l in layers if ((t.statistic == s) & (t.layer == l)).any()]
-    fig, axes = _grid(len(panels), cols=min(len(layers), 5), size=(3.0, 2.4))
+    fig, axes = grid(len(panels), cols=min(len(layers), 5), size=(3.0, 2.4))
     colour = {"optimal": "tab:green", "suboptimal": "tab:red", "middle": "0.6"}
     for ax, (s, l) in zip(axes, panels):
         p = t[(t.statistic == s) & (t.layer == l)]
@@ -248,7 +217,7 @@ def statistics_vs_accuracy(
     if panels:
         axes[0].legend(fontsize=6)
         fig.supxlabel("test accuracy (analysed networks)", fontsize=9)
-    return _save(fig, out, stem, t[["network", "layer", "statistic", "value", "test_acc", "group"]])
+    return save_with_data(fig, out, stem, t[["network", "layer", "statistic", "value", "test_acc", "group"]])
 
 
 def pca_of_statistics(out, names: Sequence[str], x_NxF, acc_N, *, stem: str = "pca") -> Path:
@@ -266,15 +235,15 @@ def pca_of_statistics(out, names: Sequence[str], x_NxF, acc_N, *, stem: str = "p
     z = QuantileTransformer(n_quantiles=min(len(x), 1000), output_distribution="normal").fit_transform(x)
     pca = PCA(n_components=2).fit(z)
     pc = pca.transform(z)
-    norm = _acc_norm(acc_N)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    norm = acc_norm(acc_N)
+    fig, ax = new_figure(figsize=(5.5, 4.5))
     sc = ax.scatter(pc[:, 0], pc[:, 1], c=acc_N, cmap=CMAP, norm=norm, s=25, edgecolor="k", lw=0.3)
     fig.colorbar(sc, ax=ax, label="test accuracy")
     ev = pca.explained_variance_ratio_
     ax.set_xlabel(f"PC1 ({ev[0]:.0%})")
     ax.set_ylabel(f"PC2 ({ev[1]:.0%})")
     ax.set_title(f"PCA of {keep.sum()} rank-transformed weight statistics per network", fontsize=9)
-    return _save(
+    return save_with_data(
         fig,
         out,
         stem,
@@ -285,13 +254,13 @@ def pca_of_statistics(out, names: Sequence[str], x_NxF, acc_N, *, stem: str = "p
 def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem: str = "bin_divergence") -> Path:
     """Symmetric KL between accuracy bins, one heatmap per layer (node strength or fluctuation), symlog colours."""
     names = list(mats)
-    fig, axes = _grid(len(names), cols=4, size=(3.2, 2.8))
+    fig, axes = grid(len(names), cols=4, size=(3.2, 2.8))
     labels = [f"{edges[b]:.2f}-{edges[b + 1]:.2f}" for b in range(len(edges) - 1)]
     rows = []
     for ax, name in zip(axes, names):
         m = np.asarray(mats[name])
         if not np.isfinite(m[~np.eye(len(m), dtype=bool)]).any():
-            _empty(ax, "no finite divergence:\nfewer than 2 distinct values\nper accuracy bin")
+            empty(ax, "no finite divergence:\nfewer than 2 distinct values\nper accuracy bin")
             ax.set_title(name, fontsize=8)
             continue
         # symmetric log colours: the lowest-vs-highest bins can be 1e5 × the adjacent ones
@@ -302,7 +271,7 @@ def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem:
         fig.colorbar(im, ax=ax, shrink=0.8)
         i, j = np.meshgrid(range(len(m)), range(len(m)), indexing="ij")
         rows.append(pd.DataFrame({"quantity": name, "bin_a": i.ravel(), "bin_b": j.ravel(), "sym_kl": m.ravel()}))
-    return _save(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
+    return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
 
 
 def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "weight_matrices") -> Path:
@@ -311,7 +280,7 @@ def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "wei
     best, worst = int(np.nanargmax(acc)), int(np.nanargmin(acc))
     leaves = kernel_leaves(params)[:max_layers]
     flat = stats.flatten(params)
-    fig, axes = plt.subplots(2, len(leaves), figsize=(3.2 * len(leaves), 6), squeeze=False)
+    fig, axes = new_figure(2, len(leaves), figsize=(3.2 * len(leaves), 6), squeeze=False)
     rows = []
     for r, (net, what) in enumerate(((best, "best"), (worst, "worst"))):
         for c, leaf in enumerate(leaves):
@@ -336,7 +305,7 @@ def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "wei
                     }
                 )
             )
-    return _save(fig, out, stem, pd.concat(rows, ignore_index=True))
+    return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True))
 
 
 LEFT_OUT_STYLE = {
@@ -364,12 +333,12 @@ def accuracy_over_epochs(
         states = pd.Series(np.where(div, "diverged", "ok"), index=final.index)
     left = {k: v for k, v in states.items() if v in LEFT_OUT_STYLE}
     kept = final.test_acc[[k not in left for k in final.index]]
-    norm = _acc_norm(kept.fillna(kept.min()) if len(kept) else final.test_acc.fillna(0))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    norm = acc_norm(kept.fillna(kept.min()) if len(kept) else final.test_acc.fillna(0))
+    fig, ax = new_figure(figsize=(6, 4))
     for k, g in m.groupby(key):
         k = k[0] if len(key) == 1 else k  # groupby on a one-column list yields 1-tuples
         f = final.test_acc.get(k, np.nan)
-        colour, ls = LEFT_OUT_STYLE.get(left.get(k), (plt.get_cmap(CMAP)(norm(f)), "-"))
+        colour, ls = LEFT_OUT_STYLE.get(left.get(k), (cmap()(norm(f)), "-"))
         ax.plot(g.epoch, g.test_acc, color=colour, ls=ls, lw=0.9, alpha=0.8)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -383,12 +352,12 @@ def accuracy_over_epochs(
     }
     what = ", ".join(f"{n} {st.replace('_', ' ')} ({style[st]})" for st, n in counts.items())
     ax.set_title(f"{len(final)} networks" + (f"; left out: {what}" if what else ""), fontsize=8)
-    _colorbar(fig, [ax], norm, "final test accuracy (analysed networks)")
+    colorbar(fig, [ax], norm, "final test accuracy (analysed networks)")
     cols = [c for c in (*key, "epoch", "test_acc", "test_loss", "train_acc", "diverged", "exploded") if c in m]
     data = m[cols].assign(
         state=[left.get(k, "ok") for k in (m[key[0]] if len(key) == 1 else zip(*(m[c] for c in key)))]
     )
-    return _save(fig, out, stem, data)
+    return save_with_data(fig, out, stem, data)
 
 
 def depth_profile(out, table: pd.DataFrame, *, value: str = "ratio", stem: str = "depth_profile") -> Path:
@@ -397,7 +366,7 @@ def depth_profile(out, table: pd.DataFrame, *, value: str = "ratio", stem: str =
     Args:
       table: columns ``zoo, depth, value`` (e.g. within-suboptimal / within-optimal distance ratio).
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for zoo, g in table.groupby("zoo"):
         g = g.sort_values("depth")
         ax.plot(g.depth, g[value], marker="o", label=zoo)
@@ -405,4 +374,4 @@ def depth_profile(out, table: pd.DataFrame, *, value: str = "ratio", stem: str =
     ax.set_xlabel("layer depth (0 = input side, 1 = output layer)")
     ax.set_ylabel("within-suboptimal / within-optimal distance")
     ax.legend(fontsize=7)
-    return _save(fig, out, stem, table)
+    return save_with_data(fig, out, stem, table)

@@ -1,0 +1,18 @@
+"""Errors of the analysis pipelines, and the check of the requested distance metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jaxweights import distances
+
+
+class AnalysisError(ValueError):
+    """A request the analysis cannot serve (unknown metric, folder without a trained zoo)."""
+
+
+def check_metrics(metrics: Sequence[str]) -> None:
+    known = set(distances.registered_distances()) | set(distances.BUILTIN)
+    for m in metrics:
+        if m not in known:
+            raise AnalysisError(f"--metrics: unknown distance {m!r}; known: {', '.join(sorted(known))}")

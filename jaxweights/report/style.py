@@ -1,0 +1,102 @@
+"""The one figure style: the colour map, panel grids on `matplotlib.figure.Figure` objects and the PNG writer.
+
+No pyplot and no global backend: a `Figure` built here renders with the Agg canvas when saved, whatever backend
+the importing program (a notebook, a GUI) uses. Every figure of the package, the report's, the dynamics' and the
+imported weights', is drawn with these helpers and written with `save`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.colors
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from jaxweights import rundir
+
+CMAP = "viridis"  # test accuracy: dark = poor, yellow = good
+DPI = 90
+
+__all__ = ["CMAP", "DPI", "acc_norm", "cmap", "colorbar", "empty", "grid", "new_figure", "save", "save_with_data"]
+
+
+def cmap(name: str = CMAP) -> matplotlib.colors.Colormap:
+    """The registered colour map `name` (default `CMAP`)."""
+    return matplotlib.colormaps[name]
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize=(6, 4), squeeze: bool = True, **kwargs):
+    """A `matplotlib.figure.Figure` (not registered with pyplot) and its axes, as ``plt.subplots`` returns them.
+
+    Args:
+      nrows, ncols: the panel grid.
+      figsize: inches.
+      squeeze: as ``plt.subplots``: one panel -> one Axes.
+      **kwargs: more `Figure.subplots` options (sharex, ...).
+
+    Returns:
+      (fig, axes).
+    """
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kwargs)
+
+
+def grid(n: int, cols: int = 4, size=(3.6, 2.8)):
+    """A figure of `n` panels, `cols` per row, each `size` inches; the unused panels are hidden.
+
+    Returns:
+      (fig, axes): the figure and a flat array of its axes.
+    """
+    cols = max(1, min(cols, n))
+    rows = int(np.ceil(n / cols))
+    fig, axes = new_figure(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    return fig, axes.ravel()
+
+
+def acc_norm(acc) -> matplotlib.colors.Normalize:
+    """Colour normalisation spanning the finite accuracies."""
+    acc = np.asarray(acc, np.float64)
+    return matplotlib.colors.Normalize(vmin=np.nanmin(acc), vmax=np.nanmax(acc))
+
+
+def colorbar(fig, axes, norm, label: str = "test accuracy") -> None:
+    """One colour bar of `CMAP` under `norm` beside `axes`."""
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=CMAP)
+    fig.colorbar(sm, ax=list(axes), label=label, shrink=0.8)
+
+
+def empty(ax, why: str) -> None:
+    """An empty panel that says why it is empty."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=8, color="0.3", transform=ax.transAxes)
+
+
+def save(fig, path: str | Path, *, dpi: int = DPI) -> Path:
+    """Writes `fig` as a PNG to `path` atomically (the folder is created).
+
+    Args:
+      fig: a `matplotlib.figure.Figure`.
+      path: the PNG file.
+      dpi: resolution.
+
+    Returns:
+      `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    return path
+
+
+def save_with_data(fig, out: str | Path, stem: str, data: pd.DataFrame) -> Path:
+    """Writes ``out/<stem>.csv`` (the data behind the figure) and ``out/<stem>.png``; returns the PNG path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_csv(out / f"{stem}.csv", data)
+    return save(fig, out / f"{stem}.png")
