@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxweights import rundir
+from jaxweights.io import atomic, checkpoints, rundir
 
 log = logging.getLogger("jaxweights")
 
@@ -98,41 +98,12 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def _orbax_item_dir(p: Path) -> Path:
-    """The directory orbax restores from: a step's `default/` item, a latest step, ..."""
-    if (p / "checkpoints").is_dir() and not (p / "_CHECKPOINT_METADATA").exists():
-        p = p / "checkpoints"  # a run directory
-    steps = [c for c in p.iterdir() if c.is_dir() and c.name.isdigit()]
-    if steps:
-        latest = max(steps, key=lambda c: int(c.name))
-        log.info("%s: reading its latest checkpoint, %s", p, latest.name)
-        p = latest
-    if (p / "default").is_dir():
-        p = p / "default"
-    return p
-
-
 def _read_orbax(p: Path) -> Any:
-    import jax
-    import orbax.checkpoint as ocp
-
-    item = _orbax_item_dir(p).absolute()
-    if not (item / "_METADATA").exists():
-        raise ParamsError(f"{p}: not an orbax checkpoint directory (no _METADATA in {item})")
-    ckpt = ocp.StandardCheckpointer()
+    """The parameters of an orbax checkpoint (its latest epoch), read by `checkpoints.restore_params`."""
     try:
-        # Restore onto this host's first device whatever sharding the writer used.
-        meta = ckpt.metadata(item).item_metadata.tree
-        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev) if hasattr(m, "shape") else m, meta
-        )
-        return ckpt.restore(item, target)
-    except Exception as e:  # noqa: BLE001 - any orbax failure means the directory is not a readable checkpoint
-        raise ParamsError(
-            f"{p}: not a readable orbax checkpoint ({type(e).__name__}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})"
-        ) from None
+        return checkpoints.restore_params(p)
+    except checkpoints.CheckpointError as e:
+        raise ParamsError(str(e)) from None
 
 
 def _read_raw(p: Path, fmt: str) -> Any:
@@ -520,7 +491,7 @@ def analyze_files(
     log.info("analysing %d networks from %d file(s)", len(srcs), len(list(paths)))
     out.mkdir(parents=True, exist_ok=True)
     table = analysis.analyze_params(params, out, metrics=metrics, block_size=block_size, layers=layers)
-    rundir.write_csv(out / "networks.csv", pd.DataFrame({"network": np.arange(len(srcs)), "source": srcs}))
+    atomic.write_csv(out / "networks.csv", pd.DataFrame({"network": np.arange(len(srcs)), "source": srcs}))
     if figures:
         chosen = list(metrics) if metrics else list(analysis.DEFAULT_METRICS)
         first = out / "distances" / f"{chosen[0]}.npz"

@@ -24,7 +24,8 @@ import pandas as pd
 
 from jaxweights import config as config_lib
 from jaxweights import data as data_lib
-from jaxweights import models, rundir, train
+from jaxweights import models, train
+from jaxweights.io import atomic, checkpoints, rundir
 
 log = logging.getLogger("jaxweights")
 
@@ -200,8 +201,8 @@ def train_group(
 
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(workdir / "config.json", cfg)
-        rundir.write_csv(workdir / "hparams.csv", grid)
+        atomic.write_json(workdir / "config.json", cfg)
+        atomic.write_csv(workdir / "hparams.csv", grid)
     data = train.shard(host_data, mesh, networks_axis=False)  # every device holds the data
     fns = train.make_zoo_fns(setup, image_shape, eval_batch, mesh)
     order = models.param_order(setup.model, image_shape)  # params.npz keeps the model's execution order
@@ -224,7 +225,7 @@ def train_group(
         return pd.read_csv(workdir / "metrics.csv")
 
     if main:
-        rundir.write_json(workdir / "chunks" / "plan.json", plan._asdict())
+        atomic.write_json(workdir / "chunks" / "plan.json", plan._asdict())
     frames = []
     for k in range(plan.num_chunks):
         rows = grid.iloc[k * plan.chunk_size : (k + 1) * plan.chunk_size]
@@ -247,7 +248,7 @@ def train_group(
         )
     metrics = pd.concat(frames).sort_values(["epoch", "network"], kind="stable").reset_index(drop=True)
     if main:
-        rundir.write_csv(workdir / "metrics.csv", metrics)
+        atomic.write_csv(workdir / "metrics.csv", metrics)
         _concat_params(
             [workdir / "chunks" / f"{k:02d}" / "params.npz" for k in range(plan.num_chunks)], workdir / "params.npz"
         )
@@ -282,7 +283,7 @@ def _train_chunk(
     n = len(grid)
     padded = pd.concat([grid, grid.iloc[[n - 1] * (n_pad - n)]], ignore_index=True)
     hp = train.shard(train.Hyper(*(np.asarray(f) for f in train.hyper_from_grid(padded))), mesh)
-    ckpt = rundir.Checkpoints(workdir, keep=config.keep_checkpoints)
+    ckpt = checkpoints.Checkpoints(workdir, keep=config.keep_checkpoints)
     # the yardstick of the exploded rule, from the (deterministic) initialisation: resumes get the same
     w_ref = np.asarray(train.to_host(fns.reference_weight(hp)))[:n]
     state = fns.init(hp)
@@ -318,7 +319,7 @@ def _train_chunk(
         dt = time.perf_counter() - t0
         frames.append(_metrics_rows(grid, epoch, m))
         if main:
-            rundir.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True))
+            atomic.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True))
         if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
             ckpt.save(epoch, _unpad(state, n, mesh))
         ok = ~m["diverged"] & ~m["exploded"]
@@ -416,7 +417,7 @@ def _unpad(state: Any, n: int, mesh) -> Any:
     return jax.jit(lambda s: jax.tree.map(lambda x: x[:n], s), out_shardings=rep)(state)
 
 
-def _restore(ckpt: rundir.Checkpoints, epoch: int, like: Any, n: int, mesh) -> Any:
+def _restore(ckpt: checkpoints.Checkpoints, epoch: int, like: Any, n: int, mesh) -> Any:
     """Restores a checkpoint of n networks onto the mesh, padded again like `like` (see `_unpad`)."""
     n_pad = jax.tree.leaves(like)[0].shape[0]
     net = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.NETWORKS))
@@ -430,7 +431,7 @@ def _restore(ckpt: rundir.Checkpoints, epoch: int, like: Any, n: int, mesh) -> A
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, *x.shape[1:]), x.dtype, sharding=sharding), like)
     if sharding is None:
         abstract = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
-    state = ckpt.manager.restore(epoch, args=ckpt._ocp.args.StandardRestore(abstract))
+    state = ckpt.restore(epoch, abstract)
     state = train.TrainState(*state) if not isinstance(state, train.TrainState) else state
     if n == n_pad:
         return state
@@ -447,7 +448,7 @@ def _concat_params(paths: list[Path], out: Path) -> None:
     Each leaf is streamed into the zip as one `.npy` (the header of the whole array, then the
     chunks' rows), so a zoo larger than memory still gets one `params.npz` that `np.load` reads.
     Members keep the chunks' order (the model's execution order) and are dated 1980-01-01 like
-    `rundir.npz_bytes`, so equal runs give equal files.
+    `atomic.npz_bytes`, so equal runs give equal files.
     """
     files = [np.load(p) for p in paths]
     try:
@@ -465,7 +466,7 @@ def _concat_params(paths: list[Path], out: Path) -> None:
                         for z in files:
                             g.write(np.ascontiguousarray(z[k], first.dtype).tobytes())
 
-        rundir.atomic_write(out, write)
+        atomic.atomic_write(out, write)
     finally:
         for z in files:
             z.close()
@@ -531,7 +532,7 @@ def train_and_evaluate(
     _check_or_claim(workdir, cfg, overwrite)
     workdir.mkdir(parents=True, exist_ok=True)
     if main:
-        rundir.write_json(workdir / "config.json", cfg)
+        atomic.write_json(workdir / "config.json", cfg)
     cache: dict[tuple, data_lib.Dataset] = {}
     frames, offset = [], 0
     for (name, g), overrides in zip(groups, config.groups):
@@ -549,5 +550,5 @@ def train_and_evaluate(
         offset += n_nets
         frames.append(df)
         if main:
-            rundir.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True))
+            atomic.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True))
     return pd.concat(frames, ignore_index=True)

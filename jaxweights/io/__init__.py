@@ -1,0 +1,40 @@
+"""Reading and writing: atomic files, the run directory, orbax checkpoints, parameter files from elsewhere.
+
+atomic       atomic_write, atomic_write_bytes, write_json, write_csv, write_npz, npz_bytes
+rundir       the run-directory contract: write_params, load_params, read_config, config_differences, last_epoch
+checkpoints  Checkpoints (per-epoch writer), restore_params (THE one parameter restore)
+"""
+
+from jaxweights.io.atomic import atomic_write, atomic_write_bytes, npz_bytes, write_csv, write_json, write_npz
+from jaxweights.io.checkpoints import CheckpointError, Checkpoints, item_dir, restore_params
+from jaxweights.io.rundir import (
+    config_differences,
+    execution_order,
+    flatten_params,
+    last_epoch,
+    load_params,
+    read_config,
+    unflatten_params,
+    write_params,
+)
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoints",
+    "atomic_write",
+    "atomic_write_bytes",
+    "config_differences",
+    "execution_order",
+    "flatten_params",
+    "item_dir",
+    "last_epoch",
+    "load_params",
+    "npz_bytes",
+    "read_config",
+    "restore_params",
+    "unflatten_params",
+    "write_csv",
+    "write_json",
+    "write_npz",
+    "write_params",
+]

@@ -1,0 +1,117 @@
+"""Atomic writes: every file goes to a temporary file in the same directory and is renamed into place.
+
+A crash never leaves a half-written file and an earlier complete file survives a failed write.
+`.npz` files are written uncompressed and dated 1980-01-01, so equal arrays give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file and `os.replace`."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], mode: str = "wb") -> None:
+    """Calls `write(fileobj)` on a temporary file beside `path`, then renames it into place.
+
+    Raises:
+      OSError: the write failed (full or read-only disk, ...); the message names `path`, the
+        temporary file is removed and an existing `path` is left as it was.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
+        os.replace(tmp, path)
+        # A writer killed mid-write (SIGKILL, power loss) leaves its temporary file: sweep those
+        # older than ours, which no live writer can still be using.
+        started = os.stat(path).st_mtime
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            try:
+                if stale.stat().st_mtime < started - 1.0:
+                    stale.unlink()
+            except OSError:
+                pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:  # already renamed, or the disk refuses even this
+                pass
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n").encode())
+
+
+def json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, (np.ndarray, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    atomic_write_bytes(path, df.to_csv(index=False).encode())
+
+
+def write_npz(f: Any, arrays: dict[str, np.ndarray], keep_order: bool = False) -> None:
+    """Writes `arrays` as an uncompressed `.npz` to the binary file object `f` (see `npz_bytes`).
+
+    Members are sorted by name unless `keep_order` (then in the dict's order).
+    """
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in arrays if keep_order else sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as g:
+                np.lib.format.write_array(g, np.asarray(arrays[name]), allow_pickle=False)
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed `.npz` (readable by `np.load`) that depends only on `arrays`.
+
+    `np.savez` stamps every member with the current time, so equal arrays saved twice give
+    different files; here members are sorted by name and dated 1980-01-01, so equal results
+    give byte-identical files (runs compare with `cmp`).
+
+    Args:
+      arrays: name -> array (names such as "Dense_0/kernel").
+
+    Returns:
+      The file's bytes.
+    """
+    buf = io.BytesIO()
+    write_npz(buf, arrays)
+    return buf.getvalue()

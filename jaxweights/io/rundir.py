@@ -1,0 +1,127 @@
+"""The run directory: its parameters, config and metrics (the contract users rely on).
+
+Layout of a run directory:
+
+    config.json         resolved config
+    metrics.csv         one row per network per epoch
+    params.npz          final parameters, keys like "Dense_0/kernel", networks axis first
+    hparams.csv         one row per network: network, seed and its dynamic hyperparameters
+    checkpoints/<epoch>/  orbax checkpoints of the stacked train state (epoch 0 = initialisation;
+                        see `jaxweights.io.checkpoints`)
+
+A zoo with static groups writes one such directory per group under `groups/<name>/` and a
+combined `metrics.csv` (with a `group` column) at the top. Every file is written atomically
+(`jaxweights.io.atomic`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from flax import traverse_util
+
+from jaxweights import data, models
+from jaxweights.io import atomic
+
+
+def flatten_params(params: Any) -> dict[str, np.ndarray]:
+    """Nested parameter dict → {"Dense_0/kernel": array} (numpy)."""
+    if not any(isinstance(v, dict) for v in params.values()):  # already flat
+        return {k: np.asarray(v) for k, v in params.items()}
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Inverse of `flatten_params`."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def write_params(path: str | os.PathLike, params: Any, order: Sequence[str] | None = None) -> None:
+    """Writes stacked parameters to an `.npz` keyed by parameter path (see `npz_bytes`).
+
+    Members are stored in `order` (the model's execution order, `models.param_order`; paths
+    not in it follow, sorted) so that `load_params` gives them back in that order; without
+    `order`, sorted by name. Streamed into the file one array at a time.
+    """
+    flat = flatten_params(params)
+    if order is not None:
+        flat = {**{k: flat[k] for k in order if k in flat}, **{k: flat[k] for k in sorted(flat)}}
+    atomic.atomic_write(path, lambda f: atomic.write_npz(f, flat, keep_order=order is not None))
+
+
+def execution_order(run_dir: str | os.PathLike) -> list[str] | None:
+    """Parameter paths in execution order for a run directory's built-in model, from its config.json.
+
+    Rebuilds the model (`models.make_model` on the config's dataset shape) and reads
+    `models.param_order`; None when there is no config.json or the model cannot be rebuilt
+    (an unknown dataset, a model passed in Python).
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        cfg = read_config(path)
+        spec = data.SPECS[cfg["dataset"]]
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items() if k not in ("name", "init")}
+        model = models.make_model(
+            cfg["model"]["name"],
+            num_classes=spec.num_classes,
+            image_shape=spec.image_shape,
+            init=cfg["model"].get("init", "fan_in"),
+            **kw,
+        )
+        return models.param_order(model, spec.image_shape)
+    except Exception:  # noqa: BLE001 - any failure means "order unknown", never a crash
+        return None
+
+
+def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Reads a `params.npz` back into a nested dict with the networks axis first, in execution order.
+
+    Order: `order` when given (listed paths first); else, for a file stored in sorted order next
+    to a `config.json` of a built-in model (runs written before the order was stored), the
+    model's execution order (`execution_order`); else the file's member order.
+    """
+    with np.load(path) as z:
+        if order is None and list(z.files) == sorted(z.files):
+            order = execution_order(Path(path).parent)
+        names = [k for k in (order or ()) if k in z.files] + list(z.files)
+        return unflatten_params({k: z[k] for k in dict.fromkeys(names)})
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def config_differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two (nested) config dicts."""
+    out = []
+    for k in sorted(set(saved) | set(new)):
+        a, b = saved.get(k, "<missing>"), new.get(k, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif _norm(a) != _norm(b):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _norm(v: Any) -> Any:
+    return json.loads(json.dumps(v, default=atomic.json_default))
+
+
+def last_epoch(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each network's last epoch in a metrics table.
+
+    Args:
+      metrics: a `metrics.csv` table (one row per network per epoch; columns `network` and `epoch`).
+
+    Returns:
+      The rows whose `epoch` is the largest of their network's, in the table's order and with its index.
+    """
+    return metrics[metrics["epoch"] == metrics.groupby("network")["epoch"].transform("max")]

@@ -1,0 +1,90 @@
+"""The one checkpoint restore: a zoo trained on 8 simulated devices is read back on 1."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxweights import config as config_lib
+from jaxweights import run, train
+from jaxweights.io import checkpoints
+from tests.zoo import finish, subprocess_on, tiny
+
+N = 8
+
+
+def _config(data_dir):
+    return tiny(data_dir, num_seeds=N, num_epochs=1, max_train=256, max_test=200)
+
+
+@pytest.fixture(scope="module")
+def run8(tmp_path_factory, data_dir):
+    """A tiny zoo trained on 8 simulated devices (its checkpoints record 8 devices)."""
+    out = tmp_path_factory.mktemp("eight") / "run"
+    finish(
+        subprocess_on(
+            f"""
+            import jax
+            from jaxweights import run
+            assert jax.device_count() == 8
+            c = tiny({str(data_dir)!r}, num_seeds={N}, num_epochs=1, max_train=256, max_test=200)
+            c.model.hidden = (8,)
+            run.train_and_evaluate(c, {str(out)!r}, progress=False)
+            """,
+            devices=8,
+        )
+    )
+    return out
+
+
+def test_checkpoint_of_eight_devices_needs_a_target(run8):
+    """The setup reproduces the bug: restoring without a target asks for the writer's 8 devices."""
+    import orbax.checkpoint as ocp
+
+    assert jax.device_count() == 1
+    with pytest.raises(ValueError, match="Topology mismatch"):
+        ocp.StandardCheckpointer().restore(run8 / "checkpoints" / "1" / "default")
+
+
+def test_restore_params_on_one_device(run8, data_dir):
+    final = dict(np.load(run8 / "params.npz"))
+    got = checkpoints.restore_params(run8)  # the latest epoch
+    flat = {f"{layer}/{name}": v for layer, leaves in got.items() for name, v in leaves.items()}
+    assert sorted(flat) == sorted(final)  # parameters only: no optimizer moments, no step
+    for k, v in flat.items():
+        assert type(v) is np.ndarray and v.shape[0] == N
+        np.testing.assert_array_equal(v, final[k], err_msg=k)
+    # epoch 0 is the initialisation: the same as initialising the zoo here, on one device
+    c = _config(data_dir)
+    c.model.hidden = (8,)
+    setup = run.make_setup(c, run.load_dataset(c))
+    hp = train.hyper_from_grid(config_lib.hyperparameter_grid(c))
+    init = jax.jit(jax.vmap(lambda h: train.init_network(setup, h, (28, 28, 1))))(hp).params
+    first = checkpoints.restore_params(run8 / "checkpoints", epoch=0)
+    for layer in init:
+        for name in init[layer]:
+            np.testing.assert_allclose(first[layer][name], np.asarray(init[layer][name]), rtol=1e-6, atol=1e-7)
+    # the same through every way of naming the checkpoint
+    for path, epoch in ((run8 / "checkpoints" / "1", None), (run8 / "checkpoints" / "1" / "default", None)):
+        again = checkpoints.restore_params(path, epoch)
+        np.testing.assert_array_equal(again["Dense_1"]["kernel"], final["Dense_1/kernel"])
+    assert checkpoints.Checkpoints(run8).restore_params(0)["Dense_0"]["bias"].shape == (N, 8)
+
+
+def test_restore_params_errors_name_the_path(run8, tmp_path):
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoint of epoch 7"):
+        checkpoints.restore_params(run8, epoch=7)
+    with pytest.raises(checkpoints.CheckpointError, match=str(tmp_path)):
+        checkpoints.restore_params(tmp_path)
+
+
+def test_full_state_restores_on_one_device(run8):
+    """Resuming needs the whole state: `Checkpoints.restore` with a host target ignores the writer's devices."""
+    ckpt = checkpoints.Checkpoints(run8)
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(run8 / "checkpoints" / "1" / "default").item_metadata.tree
+    like = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta, is_leaf=lambda m: hasattr(m, "shape"))
+    state = ckpt.restore(1, like)
+    ckpt.close()
+    np.testing.assert_array_equal(state["params"]["Dense_0"]["kernel"], np.load(run8 / "params.npz")["Dense_0/kernel"])
+    assert int(np.asarray(state["step"]).max()) == 256 // 64  # one epoch of 4 steps per network
