@@ -122,6 +122,13 @@ def undefined_reasons(table: pd.DataFrame, params) -> pd.DataFrame:
     "float32 overflow" (finite weights so large, max |w| above ~3.4e30, that a float32 sum over a
     layer such as `l1` can overflow), "zero variance or all-zero kernel" (scipy's criterion, see
     `jaxweights.stats`).
+
+    Args:
+      table: a statistics table with an `undefined` column.
+      params: the stacked parameters it was computed from.
+
+    Returns:
+      One row per network with undefined statistics.
     """
     bad = table[table.undefined.astype(bool)].groupby("network").size()
     if bad.empty:
@@ -147,7 +154,15 @@ def undefined_reasons(table: pd.DataFrame, params) -> pd.DataFrame:
 
 
 def undefined_summary(table: pd.DataFrame, params) -> str:
-    """One line naming how many statistics are undefined, in which networks and why ("" if none)."""
+    """One line naming how many statistics are undefined, in which networks and why ("" if none).
+
+    Args:
+      table: a statistics table with an `undefined` column.
+      params: the stacked parameters it was computed from.
+
+    Returns:
+      The line, or "".
+    """
     r = undefined_reasons(table, params)
     if r.empty:
         return ""

@@ -35,7 +35,14 @@ class RunError(RuntimeError):
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
-    """Loads the config's dataset (sources logged), keeping `max_train`/`max_test` examples."""
+    """Loads the config's dataset (sources logged), keeping `max_train`/`max_test` examples.
+
+    Args:
+      config: a config (dataset, data_dir, max_train, max_test).
+
+    Returns:
+      The `Dataset`.
+    """
     return data_lib.load(
         config.dataset,
         data_dir=config.data_dir or None,
@@ -205,7 +212,14 @@ def _memory_plan(config, setup, image_shape, eval_batch, n, mesh, data_bytes, re
 
 
 def group_configs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
-    """(name, config) per static group: one entry named "" when the config has no `groups`."""
+    """(name, config) per static group: one entry named "" when the config has no `groups`.
+
+    Args:
+      config: a validated config.
+
+    Returns:
+      [(group name "00", "01", ..., its config with the group's overrides)].
+    """
     groups = list(config.get("groups", ()) or ())
     if not groups:
         return [("", config)]

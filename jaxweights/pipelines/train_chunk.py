@@ -29,7 +29,14 @@ BOOL_METRICS = ("diverged", "exploded")
 
 def float32_metrics(df: pd.DataFrame) -> pd.DataFrame:
     """Saved metrics read back as the float32 the device wrote (rewritten rows then read the same);
-    columns an older run directory lacks stay missing."""
+    columns an older run directory lacks stay missing.
+
+    Args:
+      df: a metrics table read from `metrics.csv`.
+
+    Returns:
+      The table with its float metric columns as float32.
+    """
     return df.astype({c: np.float32 for c in METRIC_COLUMNS if c not in BOOL_METRICS and c in df})
 
 
@@ -62,6 +69,22 @@ def train_chunk(
     Padded networks are exact copies of the last real one (same seed and hyperparameters), so
     they cost compute but never change a number; they are sliced off before anything is
     written: metrics, checkpoints and parameters hold `len(grid)` networks.
+
+    Args:
+      config: the group's config.
+      workdir: the chunk's run directory.
+      grid: the chunk's rows of the hyperparameter grid.
+      fns: the group's compiled functions (`train.make_zoo_fns`).
+      data: (x_train, y_train, x_test, y_test, test mask) on the mesh.
+      mesh: the networks mesh.
+      n_pad: networks the compiled program takes (a multiple of the mesh size).
+      resume: continue from the last checkpoint in `workdir`.
+      progress: show a progress bar.
+      num_classes: classes of the task.
+      order: parameter paths in execution order for `params.npz`.
+
+    Returns:
+      The chunk's metrics table.
     """
     main = jax.process_index() == 0
     x_train, y_train, x_test, y_test, m_test = data
@@ -139,6 +162,14 @@ def unpad(state: Any, n: int, mesh) -> Any:
     n a multiple of the devices: sharded like the state. Otherwise (uneven shards cannot be
     sharded) gathered to host memory on one process, never a whole copy per device; only a
     multi-host job falls back to a replicated copy on every device.
+
+    Args:
+      state: the padded state on the mesh.
+      n: the real networks.
+      mesh: the networks mesh.
+
+    Returns:
+      The state of the first n networks.
     """
     if jax.tree.leaves(state)[0].shape[0] == n:
         return state
@@ -152,7 +183,18 @@ def unpad(state: Any, n: int, mesh) -> Any:
 
 
 def restore(ckpt: checkpoints.Checkpoints, epoch: int, like: Any, n: int, mesh) -> Any:
-    """Restores a checkpoint of n networks onto the mesh, padded again like `like` (see `unpad`)."""
+    """Restores a checkpoint of n networks onto the mesh, padded again like `like` (see `unpad`).
+
+    Args:
+      ckpt: the chunk's checkpoints.
+      epoch: the epoch to restore.
+      like: the padded state (structure, shapes and dtypes).
+      n: networks in the checkpoint.
+      mesh: the networks mesh.
+
+    Returns:
+      The padded `TrainState` on the mesh.
+    """
     n_pad = jax.tree.leaves(like)[0].shape[0]
     net = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.NETWORKS))
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -183,6 +225,10 @@ def concat_params(paths: list[Path], out: Path) -> None:
     chunks' rows), so a zoo larger than memory still gets one `params.npz` that `np.load` reads.
     Members keep the chunks' order (the model's execution order) and are dated 1980-01-01 like
     `atomic.npz_bytes`, so equal runs give equal files.
+
+    Args:
+      paths: the chunks' `params.npz`, in order.
+      out: the combined file to write.
     """
     files = [np.load(p) for p in paths]
     try:

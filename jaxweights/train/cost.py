@@ -16,7 +16,16 @@ PyTree = Any
 
 
 def step_flops(setup: Setup, params_one: PyTree, image_shape: tuple[int, ...]) -> float:
-    """FLOPs of one training step of one network, from XLA's cost analysis of forward+backward."""
+    """FLOPs of one training step of one network, from XLA's cost analysis of forward+backward.
+
+    Args:
+      setup: the static setup.
+      params_one: one network's parameters.
+      image_shape: (H, W, C) of one image.
+
+    Returns:
+      FLOPs of one step (0.0 when XLA gives no cost analysis).
+    """
     x = jnp.zeros((setup.batch_size, *image_shape), setup.compute_dtype)
     y = jnp.zeros((setup.batch_size,), jnp.int32)
     f = jax.jit(jax.grad(lambda p: loss_and_logits(setup, p, x, y)[0]))
@@ -37,6 +46,14 @@ def step_cost(setup: Setup, image_shape: tuple[int, ...], n_nets: int = 1) -> tu
     decides whether memory bandwidth or the matmul units bound a zoo (the roofline columns of
     `benchmarks/train_throughput.py`). The cost analysis counts the step loop's body once, so the
     program is compiled (never run) on one batch.
+
+    Args:
+      setup: the static setup.
+      image_shape: (H, W, C) of one image.
+      n_nets: networks vmapped together.
+
+    Returns:
+      (FLOPs, bytes accessed) per network and step.
     """
     f32 = lambda v: jnp.full((n_nets,), v, jnp.float32)
     hp = Hyper(

@@ -59,6 +59,14 @@ def network_memory(setup: Setup, image_shape: tuple[int, ...], eval_batch: int) 
     (activations kept for the backward pass, gradients, optimizer updates) from XLA's
     `memory_analysis` of one compiled train step at the batch size, or of one evaluation chunk
     or of the initialisation (random draws of every kernel) if that is larger.
+
+    Args:
+      setup: the static setup.
+      image_shape: (H, W, C) of one image.
+      eval_batch: examples per evaluation chunk.
+
+    Returns:
+      (state bytes, temporary bytes) of one network.
     """
     hp1 = Hyper(*(jnp.zeros((), jnp.int32 if f == "seed" else jnp.float32) for f in Hyper._fields))
     state = jax.eval_shape(lambda h: init_network(setup, h, image_shape), hp1)
@@ -83,7 +91,11 @@ def network_memory(setup: Setup, image_shape: tuple[int, ...], eval_batch: int) 
 
 def device_memory_bytes() -> int:
     """Memory of one local device: its allocator limit (GPU/TPU), else (CPU) the host memory
-    available now (`MemAvailable`, or all of it where that is unknown) / local devices."""
+    available now (`MemAvailable`, or all of it where that is unknown) / local devices.
+
+    Returns:
+      Bytes.
+    """
 
     stats = jax.local_devices()[0].memory_stats() or {}
     if stats.get("bytes_limit"):
@@ -98,7 +110,17 @@ def device_memory_bytes() -> int:
 
 
 def networks_bytes(m: int, state_bytes: int, step_bytes: int, vmap_chunk: int = 0) -> int:
-    """Bytes m networks take on one device while they train (see `plan_memory`)."""
+    """Bytes m networks take on one device while they train (see `plan_memory`).
+
+    Args:
+      m: networks on the device.
+      state_bytes: one network's state (`network_memory`).
+      step_bytes: one network's step temporaries (`network_memory`).
+      vmap_chunk: networks vmapped at once (0: all).
+
+    Returns:
+      Bytes.
+    """
     k = vmap_chunk
     if not k or m <= k:  # all vmapped at once
         return m * (2 * state_bytes + step_bytes)

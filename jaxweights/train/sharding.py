@@ -51,7 +51,15 @@ def networks_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 
 
 def pad_networks(n: int, num_devices: int) -> int:
-    """The padded networks count: the smallest multiple of `num_devices` that is >= n."""
+    """The padded networks count: the smallest multiple of `num_devices` that is >= n.
+
+    Args:
+      n: networks.
+      num_devices: devices the networks axis is split over.
+
+    Returns:
+      ceil(n / num_devices) * num_devices.
+    """
     return -(-n // num_devices) * num_devices
 
 
@@ -60,6 +68,14 @@ def shard(x: np.ndarray | PyTree, mesh: jax.sharding.Mesh, networks_axis: bool =
 
     With `networks_axis` the leading axis is split over the mesh, otherwise each device gets a
     full copy. Uses `jax.make_array_from_callback`, so it works unchanged on several hosts.
+
+    Args:
+      x: an array or pytree of arrays, identical on every process.
+      mesh: the networks mesh (`networks_mesh`).
+      networks_axis: split the leading axis over the mesh (else replicate).
+
+    Returns:
+      The same tree of global `jax.Array`s.
     """
     spec = jax.sharding.PartitionSpec(NETWORKS) if networks_axis else jax.sharding.PartitionSpec()
     sharding = jax.sharding.NamedSharding(mesh, spec)
@@ -72,7 +88,14 @@ def shard(x: np.ndarray | PyTree, mesh: jax.sharding.Mesh, networks_axis: bool =
 
 
 def to_host(tree: PyTree) -> PyTree:
-    """Global (possibly multi-host, sharded) arrays → full numpy arrays on every process."""
+    """Global (possibly multi-host, sharded) arrays → full numpy arrays on every process.
+
+    Args:
+      tree: a pytree of global arrays.
+
+    Returns:
+      The tree of numpy arrays, whole on every process.
+    """
     if jax.process_count() == 1:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
@@ -119,6 +142,9 @@ def init_distributed(config: ml_collections.ConfigDict) -> None:
     On TPU pods, Slurm and Open MPI the coordinator, process count and process id are detected;
     elsewhere they come from `$JAX_COORDINATOR_ADDRESS`, `$JAX_NUM_PROCESSES` and
     `$JAX_PROCESS_ID`. Must run before anything touches a device; later calls do nothing.
+
+    Args:
+      config: a config; only `config.multihost` is read.
     """
     if not config.get("multihost", False) or jax.distributed.is_initialized():
         return
@@ -138,7 +164,11 @@ def init_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def sync(name: str) -> None:
-    """A barrier across processes named `name` (nothing on one host)."""
+    """A barrier across processes named `name` (nothing on one host).
+
+    Args:
+      name: the barrier's name (the same on every process).
+    """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -60,7 +60,15 @@ class Hyper(NamedTuple):
 
 
 def hyper_from_grid(grid) -> Hyper:
-    """Stacked `Hyper` from a `config.hyperparameter_grid` DataFrame."""
+    """Stacked `Hyper` from a `config.hyperparameter_grid` DataFrame.
+
+    Args:
+      grid: one row per network with columns seed, learning_rate, init_scale, weight_decay,
+        label_noise, train_fraction.
+
+    Returns:
+      A `Hyper` of (N,) numpy arrays (seed int32, the rest float32).
+    """
     f32 = lambda c: jnp.asarray(grid[c].to_numpy(), jnp.float32)
     return Hyper(
         seed=jnp.asarray(grid["seed"].to_numpy(), jnp.int32),
@@ -96,6 +104,13 @@ def make_optimizer(setup: Setup, hp: Hyper) -> optax.GradientTransformation:
 
     sgd / momentum / adam add L2 weight decay to the gradient (`optax.add_decayed_weights`
     before the update); adamw decouples it (Loshchilov & Hutter 2019).
+
+    Args:
+      setup: the static setup (optimizer family, momentum, schedule).
+      hp: this network's hyperparameters (traced).
+
+    Returns:
+      An optax gradient transformation.
     """
     lr = hp.learning_rate
     if setup.schedule == "constant":
@@ -122,14 +137,31 @@ def _net_key(setup: Setup, hp: Hyper) -> Array:
 
 
 def normalize(setup: Setup, x_uint8: Array) -> Array:
-    """uint8 images → per-channel standardised floats in the compute dtype."""
+    """uint8 images → per-channel standardised floats in the compute dtype.
+
+    Args:
+      setup: the static setup (per-channel mean and std, compute dtype).
+      x_uint8: images (..., H, W, C), uint8.
+
+    Returns:
+      (x - mean) / std in `setup.compute_dtype`.
+    """
     mean = jnp.asarray(setup.mean, jnp.float32)
     std = jnp.asarray(setup.std, jnp.float32)
     return ((x_uint8.astype(jnp.float32) - mean) / std).astype(setup.compute_dtype)
 
 
 def init_network(setup: Setup, hp: Hyper, image_shape: tuple[int, ...]) -> TrainState:
-    """Initial state of one network: parameters from its seed, kernels scaled by its init scale."""
+    """Initial state of one network: parameters from its seed, kernels scaled by its init scale.
+
+    Args:
+      setup: the static setup.
+      hp: this network's hyperparameters (seed, init scale, ...).
+      image_shape: (H, W, C) of one image.
+
+    Returns:
+      The network's `TrainState` (step 0, not diverged).
+    """
     key = jax.random.fold_in(_net_key(setup, hp), 0)
     params = setup.model.init(key, jnp.zeros((1, *image_shape), setup.compute_dtype))["params"]
     params = models.scale_kernels(params, hp.init_scale)

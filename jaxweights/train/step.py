@@ -31,7 +31,17 @@ def _tree_where(cond: Array, a: PyTree, b: PyTree) -> PyTree:
 
 
 def loss_and_logits(setup: Setup, params: PyTree, x: Array, y: Array) -> tuple[Array, Array]:
-    """Mean softmax cross-entropy (float32) and logits of one network on one batch."""
+    """Mean softmax cross-entropy (float32) and logits of one network on one batch.
+
+    Args:
+      setup: the static setup (model, compute dtype).
+      params: one network's parameters.
+      x: standardised images (B, H, W, C).
+      y: int labels (B,).
+
+    Returns:
+      (loss, logits (B, num_classes)).
+    """
     logits = setup.model.apply({"params": params}, x).astype(jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
@@ -45,6 +55,17 @@ def epoch_indices(net_key: Array, epoch: Array, train_fraction: Array, n: int, s
     kept example appears floor(T/m) or ceil(T/m) times in an epoch of T = steps·batch_size
     draws, and which ones get the extra visit changes from epoch to epoch. Pure and traced in f,
     so networks with different fractions share one compiled program at the same compute.
+
+    Args:
+      net_key: the network's key (`fold_in(PRNGKey(root_seed), seed)`).
+      epoch: the epoch number (traced).
+      train_fraction: f in (0, 1] (traced).
+      n: training-set size.
+      steps: steps per epoch.
+      batch_size: examples per step.
+
+    Returns:
+      int32 indices (steps, batch_size).
     """
     total = steps * batch_size
     subset = jax.random.permutation(jax.random.fold_in(net_key, 2), n)  # kept: subset[:m]
@@ -78,6 +99,18 @@ def train_epoch(
     Returns:
       The new state and the epoch's mean train loss and accuracy (on the labels it trained on,
       noisy ones included; NaN loss once the network diverged).
+
+    Args:
+      setup: the static setup.
+      state: the network's state before the epoch.
+      hp: its hyperparameters.
+      epoch: the epoch number, from 1 (traced).
+      x_train: uint8 images (n, H, W, C).
+      y_train: int32 labels (n,).
+      rwc_every: k > 0 also records the relative weight change every k steps; 0 does not.
+
+    Returns:
+      (state after the epoch, metrics: train_loss, train_acc (and rwc_l1_ratio with `rwc_every`)).
     """
     n, b = x_train.shape[0], setup.batch_size
     steps = n // b
@@ -143,6 +176,17 @@ def evaluate(setup: Setup, params: PyTree, x: Array, y: Array, mask: Array, eval
 
     The scan runs over chunks with the networks vmapped inside, so the working set is
     N × eval_batch activations. `mask` marks real (1) and padding (0) examples.
+
+    Args:
+      setup: the static setup.
+      params: stacked parameters of N networks.
+      x: uint8 test images, padded to a multiple of `eval_batch` (`pad_split`).
+      y: int32 labels, padded likewise.
+      mask: 1 for real examples, 0 for padding.
+      eval_batch: examples per chunk.
+
+    Returns:
+      {"test_loss": (N,), "test_acc": (N,), "max_abs_weight": (N,)}.
     """
     chunks = x.shape[0] // eval_batch
 

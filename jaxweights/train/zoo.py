@@ -17,7 +17,16 @@ Array = jax.Array
 
 
 def pad_split(x: np.ndarray, y: np.ndarray, eval_batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pads a split to a multiple of `eval_batch`; returns (x, y, mask)."""
+    """Pads a split to a multiple of `eval_batch`; returns (x, y, mask).
+
+    Args:
+      x: images (n, ...).
+      y: labels (n,).
+      eval_batch: the chunk size of `evaluate`.
+
+    Returns:
+      (x, y, mask) padded with zeros to a multiple of `eval_batch`; mask is 1 on real examples.
+    """
     n = x.shape[0]
     pad = -n % eval_batch
     mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
