@@ -81,7 +81,8 @@ def test_any_module_gets_the_zoo_run_directory_and_analysis(tmp_path, data_dir):
     first = checkpoints.restore_params(tmp_path / "g", 0)
     k = np.asarray(first["gate"]["kernel"])
     np.testing.assert_allclose(k[int(small.network)] * 2, k[int(twin.network.iloc[0])], rtol=1e-6)
-    out = analysis.analyze_workdir(tmp_path / "g", metrics=["wasserstein"])
+    fast = dict(n_permutations=199, n_boot=199)  # the claims' p-values are not what this test checks
+    out = analysis.analyze_workdir(tmp_path / "g", metrics=["wasserstein"], **fast)
     # Its dynamics need the module itself: skipped with the reason, then computed when it is given.
     assert "model=" in json.loads((out / "summary.json").read_text())["dynamics"]["skipped"]
     out = analysis.analyze_workdir(
@@ -90,6 +91,7 @@ def test_any_module_gets_the_zoo_run_directory_and_analysis(tmp_path, data_dir):
         model=Gated(),
         dynamics=True,
         dynamics_options=dict(probe_size=100, probe_steps=50, num_planes=1, resolution=4),
+        **fast,
     )
     rwc = pd.read_csv(out / "rwc.csv")
     assert set(rwc.layer) == {"gate", "value", "out"} and len(rwc) == 3 * 8 and (rwc.rwc_l1_ratio > 0).all()

@@ -24,7 +24,7 @@ import pytest
 from jaxweights import cli, distances
 from jaxweights.io import atomic, checkpoints, rundir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).parent / "jaxweights"
 TINY = [
     "--config.max_train=512",

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import analysis, distances, models, stats, train
 from jaxweights import config as config_lib
+from jaxweights import distances, models, stats, train
 from jaxweights.io import checkpoints, rundir
 from jaxweights.pipelines import analyze_params
 from jaxweights.pipelines import train as train_pipeline
@@ -104,7 +104,12 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
         logging.basicConfig()
         logging.getLogger("jaxweights").setLevel(logging.INFO)
         train_pipeline.train_and_evaluate(tiny({str(data_dir)!r}), {str(tmp_path / 'resumed')!r}, progress=False)
+        # shard_networks pads 13 rows to 16 with copies of the last, 2 rows per device
+        x13 = np.arange(13 * 3, dtype=np.float32).reshape(13, 3)
+        sn = train.shard_networks({{"a": x13}}, mesh)["a"]
         print(json.dumps({{"devices": jax.device_count(),
+                           "padded": np.asarray(sn).tolist(),
+                           "padded_shards": sorted(s.data.shape[0] for s in sn.addressable_shards),
                            "shards": sorted(s.data.shape[0] for s in k.addressable_shards),
                            "uneven": sorted({{type(x).__name__ for x in jax.tree.leaves(uneven)}}),
                            "even": sorted({{s.data.shape[0] for x in jax.tree.leaves(even)
@@ -114,7 +119,9 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
         )
     )
     info = json.loads(out.strip().splitlines()[-1])
-    assert info == {"devices": 8, "shards": [2] * 8, "uneven": ["ndarray"], "even": [1]}
+    x13 = np.arange(13 * 3, dtype=np.float32).reshape(13, 3)
+    np.testing.assert_array_equal(info.pop("padded"), np.concatenate([x13, np.repeat(x13[-1:], 3, 0)]))
+    assert info == {"devices": 8, "shards": [2] * 8, "padded_shards": [2] * 8, "uneven": ["ndarray"], "even": [1]}
     _assert_same_run(one_device, tmp_path / "run")
     _assert_same_run(one_device, tmp_path / "resumed")
     assert "resuming after epoch 1" in out
@@ -129,38 +136,34 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
     np.testing.assert_array_equal(np.asarray(restored.params["Dense_0"]["kernel"]), final)
     # statistics sharded over 8 devices == the same statistics on one device
     params = rundir.load_params(tmp_path / "run" / "params.npz")
-    ref = stats.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"))
+    ref_stats = stats.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"))
     got = pd.read_csv(tmp_path / "stats8.csv")
-    assert list(got.layer) == list(ref.layer) and list(got.statistic) == list(ref.statistic)
-    np.testing.assert_allclose(got.value, ref.value, rtol=1e-5, atol=1e-7)
+    assert list(got.layer) == list(ref_stats.layer) and list(got.statistic) == list(ref_stats.statistic)
+    np.testing.assert_allclose(got.value, ref_stats.value, rtol=1e-5, atol=1e-7)
     # distances with their rows split over 8 devices == the one-device blocked computation
     with np.load(tmp_path / "dist8.npz") as z:
         got = dict(z)
+    one_device_dist = {}
     for m in METRICS + STAT_METRICS:
-        for k, ref in distances.pairwise(params, m).items():
+        one_device_dist[m] = distances.pairwise(params, m)
+        for k, ref in one_device_dist[m].items():
             np.testing.assert_allclose(got[f"{m}|{k}"], ref, rtol=1e-4, atol=1e-6, err_msg=f"{m} {k}")
     other = other_population(params)
     for m in OTHER_METRICS:  # a second population of another size: 13 × 5 matrices
         for k, ref in distances.pairwise(params, m, other=other).items():
             assert ref.shape == (N_NETS, 5)
             np.testing.assert_allclose(got[f"other {m}|{k}"], ref, rtol=1e-4, atol=1e-6, err_msg=f"other {m} {k}")
-    import shutil
-
-    shutil.copytree(tmp_path / "run", tmp_path / "one", ignore=shutil.ignore_patterns("analysis"))
-    analysis.analyze_workdir(tmp_path / "one", metrics=["wasserstein", "ks", "euclidean"], report=False, dynamics=False)
-    a8, a1 = (
-        pd.read_csv(tmp_path / "run" / "analysis" / "stats.csv"),
-        pd.read_csv(tmp_path / "one" / "analysis" / "stats.csv"),
-    )
-    assert list(a8.statistic) == list(a1.statistic)
-    np.testing.assert_allclose(a8.value, a1.value, rtol=1e-5, atol=1e-7)
+    # `analyze` on 8 devices (it shards by itself) == the one-device statistics and distances above
+    a8 = pd.read_csv(tmp_path / "run" / "analysis" / "stats.csv").iloc[: len(ref_stats)]
+    assert list(a8.layer) == list(ref_stats.layer) and list(a8.statistic) == list(ref_stats.statistic)
+    np.testing.assert_allclose(a8.value, ref_stats.value, rtol=1e-5, atol=1e-7)
     for m in ("wasserstein", "ks", "euclidean"):
-        with (
-            np.load(tmp_path / "run" / "analysis" / "distances" / f"{m}.npz") as z8,
-            np.load(tmp_path / "one" / "analysis" / "distances" / f"{m}.npz") as z1,
-        ):
-            for k in z1.files:
-                np.testing.assert_allclose(z8[k], z1[k], rtol=1e-4, atol=1e-6, err_msg=f"analyze {m} {k}")
+        with np.load(tmp_path / "run" / "analysis" / "distances" / f"{m}.npz") as z8:
+            assert sorted(z8.files) == sorted(one_device_dist[m])
+            for k in z8.files:
+                np.testing.assert_allclose(
+                    z8[k], one_device_dist[m][k], rtol=1e-4, atol=1e-6, err_msg=f"analyze {m} {k}"
+                )
     w, err = distances.pairwise(params, "wasserstein", sketch=64, with_error=True)
     for k in w:
         np.testing.assert_allclose(got[f"sketch wasserstein|{k}"], w[k], rtol=1e-4, atol=1e-7, err_msg=k)
