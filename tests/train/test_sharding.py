@@ -316,7 +316,7 @@ def _two_processes(code: str) -> list[str]:
 def test_two_processes_equal_one_device(one_device, tmp_path, data_dir):
     outs = _two_processes(f"""
         import jax
-        from jaxweights import run
+        from jaxweights.pipelines import train as train_pipeline
         train_pipeline.train_and_evaluate(tiny({str(data_dir)!r}, multihost=True), {str(tmp_path / 'run')!r}, progress=False)
         print("process", jax.process_index(), "of", jax.process_count(), "devices", jax.device_count())
     """)
