@@ -3,7 +3,7 @@ r"""Peak memory of training a zoo, phase by phase, against the memory plan (Linu
     python benchmarks/train_memory.py                          # the benchmark MLP, N = 250 and 1000
     python benchmarks/train_memory.py --ns max     # the largest chunk the plan allows here
 
-For each N a fresh process trains N networks of an MLP for one epoch (`run.train_group`,
+For each N a fresh process trains N networks of an MLP for one epoch (`jaxweights.pipelines.train.train_group`,
 `--steps` batches of 128 MNIST images, SGD, in the chunks the memory plan chooses) and records
 the peak resident memory (`VmHWM`, reset before each phase) of every phase: initialisation, each
 checkpoint write, the epoch, the evaluation and the final `params.npz` (the largest over the
@@ -26,7 +26,9 @@ import tempfile
 CHILD = r"""
 import functools, json, logging, sys
 import jax
-from jaxweights import config as config_lib, data as data_lib, run, rundir, train
+from jaxweights import config as config_lib, data as data_lib, train
+from jaxweights.io import checkpoints, rundir
+from jaxweights.pipelines import train as train_pipeline
 
 def mem():
     d = dict(l.split(":", 1) for l in open("/proc/self/status"))
@@ -47,7 +49,7 @@ def wrapped(f, name):
         return out
     return g
 
-rundir.Checkpoints.save = wrapped(rundir.Checkpoints.save, "checkpoint")
+checkpoints.Checkpoints.save = wrapped(checkpoints.Checkpoints.save, "checkpoint")
 rundir.write_params = wrapped(rundir.write_params, "params.npz")
 make = train.make_zoo_fns
 train.make_zoo_fns = lambda *a, **k: (lambda z: train.ZooFns(wrapped(z.init, "init"), wrapped(z.train_epoch, "epoch"),
@@ -57,8 +59,8 @@ n, hidden, steps, data_dir, workdir = json.loads(sys.argv[1])
 c = config_lib.default_config()
 c.model.hidden, c.num_seeds, c.num_epochs = tuple(hidden), 1, 1
 c.max_train, c.max_test, c.keep_checkpoints, c.data_dir = steps * c.batch_size, 1000, 1, data_dir
-ds = run.load_dataset(c)
-setup = run.make_setup(c, ds)
+ds = train_pipeline.load_dataset(c)
+setup = train.make_setup(c, ds)
 state_b, step_b = train.network_memory(setup, tuple(ds.x_train.shape[1:]), 1000)
 data_b = sum(a.nbytes for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test)) + 1000 * 4
 budget = int(0.9 * train.device_memory_bytes())  # what `jaxweights train` plans with
@@ -68,7 +70,7 @@ n = largest if n == "max" else int(n)
 c.num_seeds = n
 plan = train.plan_memory(n, 1, state_b, step_b, data_b, budget, 0, setup.vmap_chunk)
 baseline = mem()[0]
-run.train_group(c, workdir, progress=False, dataset=ds)
+train_pipeline.train_group(c, workdir, progress=False, dataset=ds)
 print("RESULT " + json.dumps({"n": n, "state": state_b, "step": step_b, "planned": plan.device_bytes(),
                               "chunk": plan.chunk_size, "chunks": plan.num_chunks, "largest": largest,
                               "budget": budget, "baseline": baseline, "peaks": peaks}))

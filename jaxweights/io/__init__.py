@@ -3,8 +3,10 @@
 atomic       atomic_write, atomic_write_bytes, write_json, write_csv, write_npz, npz_bytes
 rundir       the run-directory contract: write_params, load_params, read_config, config_differences, last_epoch
 checkpoints  Checkpoints (per-epoch writer), restore_params (THE one parameter restore)
+importers    parameter files trained elsewhere: load, read, stack, ParamsError (a subpackage)
 """
 
+from jaxweights.io import importers
 from jaxweights.io.atomic import atomic_write, atomic_write_bytes, npz_bytes, write_csv, write_json, write_npz
 from jaxweights.io.checkpoints import CheckpointError, Checkpoints, item_dir, restore_params
 from jaxweights.io.rundir import (
@@ -26,6 +28,7 @@ __all__ = [
     "config_differences",
     "execution_order",
     "flatten_params",
+    "importers",
     "item_dir",
     "last_epoch",
     "load_params",

@@ -28,7 +28,12 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file and `os.replace`."""
+    """Writes `data` to `path` through a temporary file and `os.replace`.
+
+    Args:
+      path: the file to write.
+      data: its whole content.
+    """
     atomic_write(path, lambda f: f.write(data))
 
 
@@ -38,6 +43,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], mode: str
     Raises:
       OSError: the write failed (full or read-only disk, ...); the message names `path`, the
         temporary file is removed and an existing `path` is left as it was.
+
+    Args:
+      path: the file to write.
+      write: called once with the open temporary file.
+      mode: the temporary file's open mode ("wb" or "w").
     """
     path = Path(path)
     tmp = None
@@ -71,10 +81,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], mode: str
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes `obj` as indented JSON with sorted keys, atomically.
+
+    Args:
+      path: the file to write.
+      obj: JSON-serialisable data (numpy scalars and arrays allowed; see `json_default`).
+    """
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n").encode())
 
 
 def json_default(o: Any) -> Any:
+    """The `default=` of `json.dumps` for numpy values and tuples.
+
+    Args:
+      o: an object `json` cannot serialise.
+
+    Returns:
+      Its JSON form (numpy scalars as Python numbers, arrays and tuples as lists).
+    """
     if isinstance(o, (np.integer, np.floating)):
         return o.item()
     if isinstance(o, (np.ndarray, tuple)):
@@ -83,6 +107,12 @@ def json_default(o: Any) -> Any:
 
 
 def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    """Writes `df` as CSV, atomically.
+
+    Args:
+      path: the file to write.
+      df: the table (written without its index).
+    """
     atomic_write_bytes(path, df.to_csv(index=False).encode())
 
 
@@ -90,6 +120,11 @@ def write_npz(f: Any, arrays: dict[str, np.ndarray], keep_order: bool = False) -
     """Writes `arrays` as an uncompressed `.npz` to the binary file object `f` (see `npz_bytes`).
 
     Members are sorted by name unless `keep_order` (then in the dict's order).
+
+    Args:
+      f: a binary file object.
+      arrays: name -> array (names such as "Dense_0/kernel"; ".npy" is appended).
+      keep_order: keep the dict's order instead of sorting.
     """
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name in arrays if keep_order else sorted(arrays):

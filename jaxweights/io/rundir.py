@@ -31,14 +31,28 @@ from jaxweights.io import atomic
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:
-    """Nested parameter dict → {"Dense_0/kernel": array} (numpy)."""
+    """Nested parameter dict → {"Dense_0/kernel": array} (numpy).
+
+    Args:
+      params: a nested (or already flat) parameter dict.
+
+    Returns:
+      {path: numpy array}.
+    """
     if not any(isinstance(v, dict) for v in params.values()):  # already flat
         return {k: np.asarray(v) for k, v in params.items()}
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
 
 
 def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Inverse of `flatten_params`."""
+    """Inverse of `flatten_params`.
+
+    Args:
+      flat: {"Dense_0/kernel": array}.
+
+    Returns:
+      The nested dict.
+    """
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
@@ -48,6 +62,11 @@ def write_params(path: str | os.PathLike, params: Any, order: Sequence[str] | No
     Members are stored in `order` (the model's execution order, `models.param_order`; paths
     not in it follow, sorted) so that `load_params` gives them back in that order; without
     `order`, sorted by name. Streamed into the file one array at a time.
+
+    Args:
+      path: the `.npz` to write.
+      params: stacked parameters (nested or flat), networks axis first.
+      order: parameter paths in the order to store them.
     """
     flat = flatten_params(params)
     if order is not None:
@@ -61,6 +80,12 @@ def execution_order(run_dir: str | os.PathLike) -> list[str] | None:
     Rebuilds the model (`models.make_model` on the config's dataset shape) and reads
     `models.param_order`; None when there is no config.json or the model cannot be rebuilt
     (an unknown dataset, a model passed in Python).
+
+    Args:
+      run_dir: a run directory.
+
+    Returns:
+      Parameter paths, or None.
     """
     path = Path(run_dir) / "config.json"
     if not path.exists():
@@ -87,6 +112,13 @@ def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> 
     Order: `order` when given (listed paths first); else, for a file stored in sorted order next
     to a `config.json` of a built-in model (runs written before the order was stored), the
     model's execution order (`execution_order`); else the file's member order.
+
+    Args:
+      path: a `params.npz`.
+      order: parameter paths to put first.
+
+    Returns:
+      Nested dict of numpy arrays, networks axis first.
     """
     with np.load(path) as z:
         if order is None and list(z.files) == sorted(z.files):
@@ -96,11 +128,28 @@ def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> 
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a run directory's `config.json`.
+
+    Args:
+      path: a `config.json` (or any JSON file).
+
+    Returns:
+      The parsed dict.
+    """
     return json.loads(Path(path).read_text())
 
 
 def config_differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two (nested) config dicts."""
+    """Dotted keys whose values differ between two (nested) config dicts.
+
+    Args:
+      saved: the config a run directory holds.
+      new: the config asked for.
+      prefix: dotted prefix of the keys (for the recursion).
+
+    Returns:
+      "key: saved -> new" per differing key, sorted.
+    """
     out = []
     for k in sorted(set(saved) | set(new)):
         a, b = saved.get(k, "<missing>"), new.get(k, "<missing>")

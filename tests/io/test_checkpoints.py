@@ -88,3 +88,15 @@ def test_full_state_restores_on_one_device(run8):
     ckpt.close()
     np.testing.assert_array_equal(state["params"]["Dense_0"]["kernel"], np.load(run8 / "params.npz")["Dense_0/kernel"])
     assert int(np.asarray(state["step"]).max()) == 256 // 64  # one epoch of 4 steps per network
+
+
+def test_last_epoch_keeps_each_networks_last_epoch():
+    """A constructed table: networks 0-1 trained 3 epochs, network 2 (another group) only 2."""
+    import pandas as pd
+
+    from jaxweights.io import rundir
+
+    m = pd.DataFrame({"network": [0, 1, 2, 0, 1, 2, 0, 1], "epoch": [1, 1, 1, 2, 2, 2, 3, 3], "test_acc": range(8)})
+    last = rundir.last_epoch(m)
+    assert last[["network", "epoch", "test_acc"]].values.tolist() == [[2, 2, 5], [0, 3, 6], [1, 3, 7]]
+    assert list(last.index) == [5, 6, 7]  # the table's own rows and index

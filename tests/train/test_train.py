@@ -177,6 +177,14 @@ def test_network_memory_counts_the_initialisation_temporaries():
     init = jax.jit(lambda h: train.init_network(setup, h, (28, 28, 1))).lower(hp1).compile().memory_analysis()
     assert init.temp_size_in_bytes > state_b  # the draws outweigh the state they make
     assert temp_b >= init.temp_size_in_bytes
+    # the state's bytes are those of a real initialised network: 784-512-256-10 float32 parameters
+    # (plain SGD keeps no optimizer state), the int32 step and the bool diverged flag
+    real = train.init_network(setup, hp1, (28, 28, 1))
+    assert state_b == sum(np.asarray(x).nbytes for x in jax.tree.leaves(real))
+    n_params = 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10
+    assert state_b == 4 * n_params + 4 + 1
+    # the temporaries hold at least the largest kernel's random draw (784 × 512 float32)
+    assert temp_b >= 784 * 512 * 4
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.7, 1.0])
@@ -225,20 +233,17 @@ def test_reference_weight_is_at_least_the_unit_scale_initialisation():
 def test_exploded_network_is_flagged_and_matches_the_documented_rule(tmp_path, data_dir):
     """lr 0.5 with init scale 3 blows one network up to |w| ~ 3e4 with finite loss: exploded, while
     healthy networks are not; the flag and max |w| agree with numpy on the saved files."""
-    from jaxweights import run, rundir
+    from jaxweights.io import checkpoints
+    from jaxweights.pipelines import train as train_pipeline
 
     c = config_lib.default_config()
     c.data_dir, c.model.hidden = str(data_dir), (128, 64)
     c.max_train, c.max_test, c.num_epochs, c.num_seeds = 2048, 500, 1, 2
     c.learning_rates, c.init_scales = (0.05, 0.5), (1.0, 3.0)
-    df = run.train_and_evaluate(c, tmp_path / "run", progress=False)
+    df = train_pipeline.train_and_evaluate(c, tmp_path / "run", progress=False)
     with np.load(tmp_path / "run" / "params.npz") as z:
         w_max = np.max([np.abs(z[k].astype(np.float64)).reshape(len(df), -1).max(1) for k in z.files], 0)
-    ckpt = rundir.Checkpoints(tmp_path / "run")
-    try:
-        init = ckpt.manager.restore(0)["params"]
-    finally:
-        ckpt.close()
+    init = checkpoints.restore_params(tmp_path / "run", 0)
     w0 = np.max([np.abs(np.asarray(x, np.float64)).reshape(len(df), -1).max(1) for x in jax.tree.leaves(init)], 0)
     np.testing.assert_allclose(df.max_abs_weight, w_max, rtol=1e-6)
     # init scales >= 1: the yardstick is the network's own initial max |w|
@@ -251,7 +256,7 @@ def test_exploded_network_is_flagged_and_matches_the_documented_rule(tmp_path, d
     assert not healthy.exploded.any() and not healthy.diverged.any() and (healthy.test_acc > 0.5).all()
     # trained in 2 chunks of 4, 3 networks vmapped at a time: the same flags and max |w|
     c.chunk_size, c.vmap_chunk = 4, 3
-    chunked = run.train_and_evaluate(c, tmp_path / "chunked", progress=False)
+    chunked = train_pipeline.train_and_evaluate(c, tmp_path / "chunked", progress=False)
     assert (tmp_path / "chunked" / "chunks" / "01").is_dir()
     np.testing.assert_array_equal(chunked.exploded, df.exploded)
     np.testing.assert_allclose(chunked.max_abs_weight, df.max_abs_weight, rtol=1e-4)

@@ -1,4 +1,4 @@
-"""Bring your own model: `run.train_and_evaluate(config, workdir, model=MyModule())`."""
+"""Bring your own model: `train_pipeline.train_and_evaluate(config, workdir, model=MyModule())`."""
 
 import json
 
@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import analysis, run, rundir
+from jaxweights import analysis
 from jaxweights import config as config_lib
+from jaxweights.io import checkpoints, rundir
+from jaxweights.pipelines import train as train_pipeline
 
 
 class MyMLP(nn.Module):
@@ -45,8 +47,8 @@ def _config(data_dir, **kw):
 
 
 def test_own_module_trains_exactly_like_the_same_built_in(tmp_path, data_dir):
-    built_in = run.train_and_evaluate(_config(data_dir), tmp_path / "builtin", progress=False)
-    mine = run.train_and_evaluate(_config(data_dir), tmp_path / "mine", progress=False, model=MyMLP())
+    built_in = train_pipeline.train_and_evaluate(_config(data_dir), tmp_path / "builtin", progress=False)
+    mine = train_pipeline.train_and_evaluate(_config(data_dir), tmp_path / "mine", progress=False, model=MyMLP())
     cols = ["network", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "diverged"]
     pd.testing.assert_frame_equal(built_in[cols], mine[cols])
     assert (mine[mine.epoch == 2].test_acc > 0.5).all()
@@ -58,13 +60,13 @@ def test_own_module_trains_exactly_like_the_same_built_in(tmp_path, data_dir):
     assert cfg["model"]["name"] == "custom" and cfg["model"]["module"].endswith("MyMLP")
     assert "width = 16" in cfg["model"]["repr"]
     # A run of another module in the same workdir is refused, naming the difference.
-    with pytest.raises(run.RunError, match="model.repr"):
-        run.train_and_evaluate(_config(data_dir), tmp_path / "mine", progress=False, model=MyMLP(width=8))
+    with pytest.raises(train_pipeline.RunError, match="model.repr"):
+        train_pipeline.train_and_evaluate(_config(data_dir), tmp_path / "mine", progress=False, model=MyMLP(width=8))
 
 
 def test_any_module_gets_the_zoo_run_directory_and_analysis(tmp_path, data_dir):
     c = _config(data_dir, num_epochs=1, init_scales=(0.5, 1.0))
-    df = run.train_and_evaluate(c, tmp_path / "g", progress=False, model=Gated())
+    df = train_pipeline.train_and_evaluate(c, tmp_path / "g", progress=False, model=Gated())
     assert len(df) == 2 * 2 * 2 and (df.test_acc > 0.3).all()
     params = rundir.load_params(tmp_path / "g" / "params.npz")
     assert {k: v["kernel"].shape for k, v in params.items()} == {
@@ -76,10 +78,11 @@ def test_any_module_gets_the_zoo_run_directory_and_analysis(tmp_path, data_dir):
     hp = pd.read_csv(tmp_path / "g" / "hparams.csv")
     small = hp[hp.init_scale == 0.5].iloc[1]
     twin = hp[(hp.init_scale == 1.0) & (hp.seed == small.seed) & (hp.learning_rate == small.learning_rate)]
-    first = rundir.Checkpoints(tmp_path / "g").manager.restore(0)["params"]
+    first = checkpoints.restore_params(tmp_path / "g", 0)
     k = np.asarray(first["gate"]["kernel"])
     np.testing.assert_allclose(k[int(small.network)] * 2, k[int(twin.network.iloc[0])], rtol=1e-6)
-    out = analysis.analyze_workdir(tmp_path / "g", metrics=["wasserstein"])
+    fast = dict(n_permutations=199, n_boot=199)  # the claims' p-values are not what this test checks
+    out = analysis.analyze_workdir(tmp_path / "g", metrics=["wasserstein"], **fast)
     # Its dynamics need the module itself: skipped with the reason, then computed when it is given.
     assert "model=" in json.loads((out / "summary.json").read_text())["dynamics"]["skipped"]
     out = analysis.analyze_workdir(
@@ -88,6 +91,7 @@ def test_any_module_gets_the_zoo_run_directory_and_analysis(tmp_path, data_dir):
         model=Gated(),
         dynamics=True,
         dynamics_options=dict(probe_size=100, probe_steps=50, num_planes=1, resolution=4),
+        **fast,
     )
     rwc = pd.read_csv(out / "rwc.csv")
     assert set(rwc.layer) == {"gate", "value", "out"} and len(rwc) == 3 * 8 and (rwc.rwc_l1_ratio > 0).all()

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import cli, distances, rundir
+from jaxweights import cli, distances
+from jaxweights.io import atomic, checkpoints, rundir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).parent / "jaxweights"
 TINY = [
     "--config.max_train=512",
@@ -186,7 +187,7 @@ def test_sigkill_at_every_stage_then_resume_gives_identical_files(tmp_path, data
     assert "resuming after epoch 3" in _stderr(last)
     assert files_of(cut) == files_of(tmp_path / "full")  # byte for byte, params.npz included
     assert leftovers(cut) == []  # orbax's temporary folders were cleaned up on resume
-    assert rundir.Checkpoints(cut).epochs() == [0, 1, 2, 3, 4]
+    assert checkpoints.Checkpoints(cut).epochs() == [0, 1, 2, 3, 4]
     m = pd.read_csv(cut / "metrics.csv")
     assert m.diverged.any() and not m[m.learning_rate == 0.05].diverged.any()
 
@@ -205,7 +206,7 @@ def reference(tmp_path_factory, data_dir):
 def test_same_config_gives_byte_identical_files(tmp_path, data_dir, reference):
     assert train(tmp_path / "again", data_dir, "--config.num_epochs=3", "--config.learning_rates=(0.05,10000.0)") == 0
     assert files_of(tmp_path / "again") == files_of(reference)
-    a, b = rundir.Checkpoints(tmp_path / "again"), rundir.Checkpoints(reference)
+    a, b = checkpoints.Checkpoints(tmp_path / "again"), checkpoints.Checkpoints(reference)
     for epoch in (1, 3):
         sa, sb = a.manager.restore(epoch), b.manager.restore(epoch)
         for k in ("Dense_0", "Dense_1"):
@@ -240,7 +241,7 @@ def test_a_diverging_network_never_touches_the_others(tmp_path, data_dir, refere
                 else:
                     np.testing.assert_allclose(z[k][:2], ref_params[k][:2], rtol=1e-5, atol=1e-7)
     # Diverged networks keep their last finite parameters from the epoch they diverged in on.
-    ck = rundir.Checkpoints(reference)
+    ck = checkpoints.Checkpoints(reference)
     firsts = div[div.diverged].groupby("network").epoch.min()
     assert (firsts < 3).any()  # at least one network spends a whole epoch diverged
     for net, first in firsts.items():
@@ -322,7 +323,7 @@ def test_full_or_read_only_disk_one_line_nothing_lost(
     if target == "metrics.csv":  # epoch 1's rows survive intact: a byte prefix of the full table
         saved = (w / "metrics.csv").read_bytes()
         assert _last_epoch(w) == 1 and (reference / "metrics.csv").read_bytes().startswith(saved)
-        assert rundir.Checkpoints(w).epochs() == [0, 1]
+        assert checkpoints.Checkpoints(w).epochs() == [0, 1]
     else:
         assert (w / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
         assert not (w / "params.npz").exists()
@@ -332,12 +333,12 @@ def test_full_or_read_only_disk_one_line_nothing_lost(
 
 def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
     p = tmp_path / "table.csv"
-    rundir.write_csv(p, pd.DataFrame({"a": [1, 2]}))
+    atomic.write_csv(p, pd.DataFrame({"a": [1, 2]}))
     before = p.read_bytes()
     with monkeypatch.context() as mp:
         _inject(mp, "table.csv", 0, errno.ENOSPC)
         with pytest.raises(OSError, match=f"cannot write {re.escape(str(p))}: No space left on device"):
-            rundir.write_csv(p, pd.DataFrame({"a": range(10000)}))
+            atomic.write_csv(p, pd.DataFrame({"a": range(10000)}))
     assert p.read_bytes() == before and leftovers(tmp_path) == []
 
 
@@ -349,7 +350,7 @@ def test_params_npz_is_streamed_and_equals_the_in_memory_bytes(tmp_path):
         "Dense_0": {"kernel": rng.normal(size=(3, 7, 5)).astype(np.float32)},
     }
     rundir.write_params(tmp_path / "params.npz", params)
-    assert (tmp_path / "params.npz").read_bytes() == rundir.npz_bytes(rundir.flatten_params(params))
+    assert (tmp_path / "params.npz").read_bytes() == atomic.npz_bytes(rundir.flatten_params(params))
     back = rundir.load_params(tmp_path / "params.npz")
     np.testing.assert_array_equal(back["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
     assert sorted(np.load(tmp_path / "params.npz").files) == ["Dense_0/kernel", "Dense_1/bias", "Dense_1/kernel"]
@@ -359,7 +360,7 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     """Not mkstemp's 0600: a result file is readable like any other file the user writes."""
     old = os.umask(0o022)
     try:
-        rundir.write_csv(tmp_path / "t.csv", pd.DataFrame({"a": [1]}))
+        atomic.write_csv(tmp_path / "t.csv", pd.DataFrame({"a": [1]}))
         (tmp_path / "plain").write_text("x")
     finally:
         os.umask(old)

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from safetensors.numpy import save_file
 
-from jaxweights import cli, importers, rundir, stats, strength
+from jaxweights import cli, stats, strength
+from jaxweights.io import importers, rundir
 from tests.test_cli import train
 
 
@@ -87,6 +88,23 @@ def test_train_checkpoint_through_analyze_params_equals_analyze(trained, tmp_pat
             assert za.files == zb.files
             for k in za.files:
                 np.testing.assert_array_equal(za[k], zb[k])
+    # Both paths run the same `analyze_params`; what it wrote must also match an independent
+    # reference: numpy float64 statistics and scipy's distances between the saved networks.
+    from scipy import stats as sps
+
+    with np.load(trained / "params.npz") as z:
+        w = z["Dense_0/kernel"].astype(np.float64).reshape(4, -1)
+    st = b[(b.layer == "Dense_0/kernel") & ~b.undefined].set_index(["network", "statistic"]).value
+    for i in range(4):
+        np.testing.assert_allclose(st[(i, "mean")], w[i].mean(), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(st[(i, "std")], w[i].std(), rtol=1e-4)
+        np.testing.assert_allclose(st[(i, "l2")], np.linalg.norm(w[i]), rtol=1e-4)
+    with np.load(out / "distances" / "wasserstein.npz") as zw, np.load(out / "distances" / "ks.npz") as zk:
+        for i, j in ((0, 1), (0, 3), (2, 3)):
+            np.testing.assert_allclose(
+                zw["Dense_0/kernel"][i, j], sps.wasserstein_distance(w[i], w[j]), rtol=1e-3, atol=1e-7
+            )
+            np.testing.assert_allclose(zk["Dense_0/kernel"][i, j], sps.ks_2samp(w[i], w[j]).statistic, atol=1e-6)
     # The checkpoints folder and the run directory read as their latest checkpoint.
     for p in (trained / "checkpoints", trained):
         np.testing.assert_array_equal(

@@ -1,0 +1,99 @@
+"""The zoo's compiled functions: one network's init/epoch/evaluation vmapped over the networks axis and sharded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from jaxweights.train.health import reference_max_abs_weight
+from jaxweights.train.sharding import NETWORKS
+from jaxweights.train.state import Hyper, Setup, TrainState, init_network
+from jaxweights.train.step import evaluate, train_epoch
+
+Array = jax.Array
+
+
+def pad_split(x: np.ndarray, y: np.ndarray, eval_batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pads a split to a multiple of `eval_batch`; returns (x, y, mask).
+
+    Args:
+      x: images (n, ...).
+      y: labels (n,).
+      eval_batch: the chunk size of `evaluate`.
+
+    Returns:
+      (x, y, mask) padded with zeros to a multiple of `eval_batch`; mask is 1 on real examples.
+    """
+    n = x.shape[0]
+    pad = -n % eval_batch
+    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    return x, y, mask
+
+
+class ZooFns(NamedTuple):
+    """The jitted functions of one compiled group, vmapped over the networks axis."""
+
+    init: Callable[[Hyper], TrainState]
+    train_epoch: Callable[..., tuple[TrainState, dict[str, Array]]]
+    evaluate: Callable[..., dict[str, Array]]
+    reference_weight: Callable[[Hyper], Array] | None = None  # `reference_max_abs_weight` of each network
+
+
+def make_zoo_fns(
+    setup: Setup, image_shape: tuple[int, ...], eval_batch: int, mesh: jax.sharding.Mesh | None = None
+) -> ZooFns:
+    """Jitted, vmapped init / train-epoch / evaluate for one static setup.
+
+    Keep the returned object and call it every epoch: a second call with the same shapes does
+    not recompile. The epoch is one network's `train_epoch` vmapped over all networks, or, with
+    `setup.vmap_chunk = k`, `jax.lax.map(..., batch_size=k)`: k networks vmapped at a time, the
+    chunks in sequence in the same program (a vmapped `lax.conv` becomes a grouped convolution;
+    chunk 1 keeps plain convolutions; `benchmarks/train_throughput.py --compare-conv` measures both).
+
+    Args:
+      setup: the static choices of the group.
+      image_shape: one example's shape, e.g. (28, 28, 1).
+      eval_batch: test examples per evaluation chunk.
+      mesh: a `networks_mesh`; when given, each function is a `jax.shard_map` over its
+        `networks` axis: stacked states, hyperparameters and metrics are split over the
+        devices (the networks count must be a multiple of the mesh size, see `pad_networks`),
+        data and the epoch number are replicated, and no device talks to another.
+
+    Returns:
+      `ZooFns(init, train_epoch, evaluate, reference_weight)`.
+    """
+    init = jax.vmap(lambda hp: init_network(setup, hp, image_shape))
+    ref = jax.vmap(lambda hp: reference_max_abs_weight(setup, hp, image_shape))
+    k = setup.vmap_chunk
+    if k:  # chunks of k networks vmapped, one chunk after another inside the program
+        # (the initialisation too: its random draws take several times the state while they live)
+        init = lambda hp: jax.lax.map(lambda h: init_network(setup, h, image_shape), hp, batch_size=k)
+        ref = lambda hp: jax.lax.map(lambda h: reference_max_abs_weight(setup, h, image_shape), hp, batch_size=k)
+        epoch = lambda s, hp, e, x, y: jax.lax.map(
+            lambda a: train_epoch(setup, a[0], a[1], e, x, y), (s, hp), batch_size=k
+        )
+        one = lambda q, x, y, m: jax.tree.map(
+            lambda v: v[0],
+            evaluate(  # evaluate stacks: one network as N=1
+                setup, jax.tree.map(lambda a: a[None], q), x, y, m, eval_batch
+            ),
+        )
+        ev = lambda p, x, y, m: jax.lax.map(lambda q: one(q, x, y, m), p, batch_size=k)
+    else:
+        epoch = jax.vmap(lambda s, hp, e, x, y: train_epoch(setup, s, hp, e, x, y), in_axes=(0, 0, None, None, None))
+        ev = lambda p, x, y, m: evaluate(setup, p, x, y, m, eval_batch)
+    if mesh is not None:
+        net, rep = jax.sharding.PartitionSpec(NETWORKS), jax.sharding.PartitionSpec()
+        # check_vma=False: the per-device bodies are plain one-network code (zeros in scan carries
+        # etc.) with no collectives, so there is nothing for the varying-axis check to guard.
+        sm = lambda f, ins: jax.shard_map(f, mesh=mesh, in_specs=ins, out_specs=net, check_vma=False)
+        init = sm(init, (net,))
+        ref = sm(ref, (net,))
+        epoch = sm(epoch, (net, net, rep, rep, rep))
+        ev = sm(ev, (net, rep, rep, rep))
+    return ZooFns(jax.jit(init), jax.jit(epoch, donate_argnums=(0,)), jax.jit(ev), jax.jit(ref))
