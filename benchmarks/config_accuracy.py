@@ -18,8 +18,8 @@ import logging
 import time
 from pathlib import Path
 
-from jaxweights import run
 from jaxweights.config import apply_overrides
+from jaxweights.pipelines import train as train_pipeline
 
 
 def load_config(path: str):
@@ -54,7 +54,7 @@ def main() -> None:
         overrides |= {key: ast.literal_eval(value) for key, value in sets.items()}
         c = apply_overrides(c, overrides, where="--set", keep_groups=True)
         t = time.perf_counter()
-        df = run.train_and_evaluate(c, Path(args.workdir) / Path(path).stem, overwrite=True, progress=False)
+        df = train_pipeline.train_and_evaluate(c, Path(args.workdir) / Path(path).stem, overwrite=True, progress=False)
         dt = time.perf_counter() - t
         last = df[df.epoch == df.epoch.max()]
         ok = last[~last.diverged.astype(bool)]

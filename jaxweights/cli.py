@@ -24,14 +24,17 @@ from collections.abc import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from jaxweights import analysis, importers, prune, run, study
-from jaxweights.analysis import AnalysisError
+from jaxweights import train as train_lib
 from jaxweights.claims import ClaimError
 from jaxweights.config import ConfigError, apply_overrides, last_overrides
 from jaxweights.data import DataError
 from jaxweights.dynamics import DynamicsError
-from jaxweights.importers import ParamsError
-from jaxweights.run import RunError
+from jaxweights.io.importers import ParamsError
+from jaxweights.pipelines import analyze, prune, study
+from jaxweights.pipelines import analyze_params as params_pipeline
+from jaxweights.pipelines import train as train_pipeline
+from jaxweights.pipelines.errors import AnalysisError
+from jaxweights.pipelines.train import RunError
 
 USAGE = """usage: jaxweights COMMAND [options]
 
@@ -201,7 +204,7 @@ def _parse(command: str, args: Sequence[str]) -> flags.FlagValues:
 
 
 def cmd_train(args: Sequence[str]) -> int:
-    """`jaxweights train`: trains the config's zoo into --workdir (`run.train_and_evaluate`).
+    """`jaxweights train`: trains the config's zoo into --workdir (`train_pipeline.train_and_evaluate`).
 
     Args:
       args: the command's arguments.
@@ -220,7 +223,7 @@ def cmd_train(args: Sequence[str]) -> int:
         raise flags.Error(f"--config: cannot load {fv['config'].value!r}: {lines[-1]}") from None
     if fv.data_dir:
         config = apply_overrides(config, {"data_dir": fv.data_dir}, where="--data_dir", keep_groups=True, new_keys=True)
-    df = run.train_and_evaluate(config, fv.workdir, overwrite=fv.overwrite, progress=fv.progress)
+    df = train_pipeline.train_and_evaluate(config, fv.workdir, overwrite=fv.overwrite, progress=fv.progress)
     last = df[df.epoch == df.epoch.max()]
     diverged = last.diverged.astype(bool)
     exploded = last["exploded"].astype(bool) if "exploded" in last else diverged & False
@@ -255,8 +258,8 @@ def cmd_analyze(args: Sequence[str]) -> int:
             raise flags.Error(f"--threshold: {','.join(fv.threshold)!r} is not one or two numbers")
         threshold = threshold[0] if len(threshold) == 1 else threshold
     if fv.multihost:
-        run.init_distributed({"multihost": True})
-    out = analysis.analyze_workdir(
+        train_lib.init_distributed({"multihost": True})
+    out = analyze.analyze_workdir(
         fv.workdir,
         metrics=fv.metrics,
         block_size=fv.block_size,
@@ -299,7 +302,7 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
     if not fv.out:
         raise flags.Error("--out: required")
     stacked = {"auto": None, "yes": True, "no": False}[fv.stacked]
-    params, table = importers.analyze_files(
+    params, table = params_pipeline.analyze_files(
         paths,
         fv.out,
         layout=fv.layout,

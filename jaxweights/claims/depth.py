@@ -8,17 +8,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxweights import stats
 from jaxweights.claims.correlations import spearman
+from jaxweights.models import paths
+from jaxweights.weights import stats
 
 
 def layer_depths(layers: Sequence[str]) -> dict[str, float]:
     """Per-depth-normalised position in [0, 1] of each layer (input side 0, output layer 1).
 
-    ``layers`` must be in the model's execution order (``stats.layer_order(params)``, the order
-    of a claim table's rows); names are never sorted. Same as ``stats.layer_depths``.
+    ``layers`` must be in the model's execution order (``paths.layer_order(params)``, the order
+    of a claim table's rows); names are never sorted. Same as ``paths.layer_depths``.
     """
-    return stats.layer_depths(layers)
+    return paths.layer_depths(layers)
 
 
 def depth_profiles(
@@ -29,7 +30,7 @@ def depth_profiles(
     Args:
       claim_tables: ``{zoo: claim_table(...)}`` (e.g. MLP, CNN and ViT zoos on one dataset).
       metric: the distance metric to compare.
-      layer_orders: optional ``{zoo: layers in execution order}`` (``stats.layer_order(params)``);
+      layer_orders: optional ``{zoo: layers in execution order}`` (``paths.layer_order(params)``);
         default the order of the table's rows (the params' order). Depth is the position in
         that order among the table's layers, never a sort of the names.
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxweights import distances
+from jaxweights.weights import distances
 
 GRID_CHUNK = 64  # grid points per step: bounds memory at GRID_CHUNK × padded length
 

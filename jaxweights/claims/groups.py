@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxweights import stats
+from jaxweights.weights import compute
 
 OPTIMAL, MIDDLE, SUBOPTIMAL, EXCLUDED = 1, 0, -1, -2
 GROUP_NAMES = {OPTIMAL: "optimal", MIDDLE: "middle", SUBOPTIMAL: "suboptimal", EXCLUDED: "excluded"}
@@ -64,7 +64,7 @@ def chance_accuracy(num_classes: int) -> float:
 def nonfinite_params(params: Mapping[str, Any], n: int | None = None) -> np.ndarray:
     """Boolean (N,) mask: networks with any non-finite parameter (stacked params, networks axis first)."""
     bad = None
-    for w in stats.flatten(params).values():
+    for w in compute.flatten(params).values():
         w = np.asarray(w)
         b = ~np.isfinite(w.reshape(w.shape[0], -1)).all(1)
         bad = b if bad is None else bad | b
@@ -251,7 +251,7 @@ def _max_abs_weight(last: pd.DataFrame, params) -> np.ndarray:
     if "max_abs_weight" in last:
         return last.max_abs_weight.to_numpy(np.float64)
     top = None
-    for w in stats.flatten(params).values():
+    for w in compute.flatten(params).values():
         w = np.abs(np.asarray(w, np.float64).reshape(len(last), -1))
         m = np.where(np.isfinite(w), w, np.inf).max(1, initial=0)
         top = m if top is None else np.maximum(top, m)

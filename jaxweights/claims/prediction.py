@@ -12,9 +12,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from jaxweights import stats
 from jaxweights.claims.correlations import kendall_tau
 from jaxweights.claims.groups import ClaimError, hyperparameter_columns
+from jaxweights.weights import compute, stats
 
 FEATURE_QUANTILES = (0, 25, 50, 75, 100)
 
@@ -32,7 +32,7 @@ def weight_features(params) -> tuple[list[str], np.ndarray]:
       (names, (N, F) features): per leaf mean, variance and quantiles {0, 25, 50, 75, 100}
       (Unterthiner et al. 2020, arXiv 2002.11448).
     """
-    arrays = stats.statistics_arrays(params, statistics=("mean", "var", "quantiles"), per="leaf")
+    arrays = compute.statistics_arrays(params, statistics=("mean", "var", "quantiles"), per="leaf")
     qi = [stats.QUANTILES.index(q) for q in FEATURE_QUANTILES]
     names, cols = [], []
     for leaf, a in arrays.items():

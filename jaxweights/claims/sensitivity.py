@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxweights import distances, stats
 from jaxweights.claims.groups import OPTIMAL, SUBOPTIMAL, ClaimError, network_groups
 from jaxweights.claims.multiplicity import two_sided, verdict
 from jaxweights.claims.permutation import cell_permutation_test, group_distances, permutation_test
 from jaxweights.claims.undefined import quiet_undefined
+from jaxweights.weights import compute, distances, stats
 
 SENSITIVITY_QUANTILES = (0.25, 0.5)
 
@@ -68,7 +68,7 @@ def sensitivity(
         },
     )
     pool = base.analysed.to_numpy(bool)  # every non-diverged network
-    flat = {k: np.asarray(v)[pool] for k, v in stats.flatten(params).items()}
+    flat = {k: np.asarray(v)[pool] for k, v in compute.flatten(params).items()}
     with quiet_undefined():
         d_pool = np.asarray(
             distances.compute(flat, metrics=[metric], per=("network",), block_size=block_size)[metric][stats.ALL],

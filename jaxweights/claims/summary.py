@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from jaxweights import distances, rundir, stats, strength
 from jaxweights.claims.correlations import correlations
 from jaxweights.claims.divergence import bin_divergence
 from jaxweights.claims.groups import OPTIMAL, SUBOPTIMAL, accuracy_bins, network_groups
@@ -32,6 +31,8 @@ from jaxweights.claims.tables import (
     with_grid_tests,
 )
 from jaxweights.claims.undefined import quiet_undefined
+from jaxweights.io import atomic
+from jaxweights.weights import compute, distances, stats, strength
 
 log = logging.getLogger("jaxweights")
 
@@ -169,11 +170,11 @@ def claim_summary(
     }
     listed = gt[(state != "ok") | excluded]
     summary["excluded"] = records(listed.drop(columns=["label", "cell"]))
-    rundir.write_csv(out / "groups.csv", gt.drop(columns="label").assign(accuracy_bin=bins_n))
+    atomic.write_csv(out / "groups.csv", gt.drop(columns="label").assign(accuracy_bin=bins_n))
 
     # The central claim: within / across distances, permutation tests (networks exchangeable, and
     # whole hyperparameter cells exchangeable), bootstrap intervals, adjusted p-values.
-    kp = {k: np.asarray(v)[keep] for k, v in stats.flatten(params).items()}
+    kp = {k: np.asarray(v)[keep] for k, v in compute.flatten(params).items()}
     chosen = list(metrics) if metrics else list(DEFAULT_METRICS)
     with quiet_undefined() as f:
         dists = distances.compute(kp, metrics=chosen, per=CLAIM_LEVELS, block_size=block_size)
@@ -191,7 +192,7 @@ def claim_summary(
         seed=seed,
         out=out,
     )
-    rundir.write_csv(out / "claim_tests.csv", ct)
+    atomic.write_csv(out / "claim_tests.csv", ct)
     primary = "wasserstein" if "wasserstein" in dists else next(iter(dists))
     whole = ct[ct.layer == stats.ALL]
     top = whole[whole.metric == primary]
@@ -219,12 +220,12 @@ def claim_summary(
     summary["sensitivity"] = sensitivity(
         params, last, keep, primary, choice=choice, n_permutations=n_permutations, alpha=alpha, block_size=block_size
     )
-    rundir.write_csv(out / "sensitivity.csv", pd.DataFrame(summary["sensitivity"]))
+    atomic.write_csv(out / "sensitivity.csv", pd.DataFrame(summary["sensitivity"]))
 
     # Dispersion and correlation of every per-layer / whole-network statistic.
     t = claim_inputs(table)
     disp = dispersion(t, labels, n_permutations=n_permutations, seed=seed, alpha=alpha)
-    rundir.write_csv(out / "dispersion.csv", disp)
+    atomic.write_csv(out / "dispersion.csv", disp)
     nh, nr = int((disp.verdict == "holds").sum()), int((disp.verdict == "reversed").sum())  # Holm
     larger = int((disp.ratio > 1).sum())
     summary["dispersion"] = {
@@ -242,7 +243,7 @@ def claim_summary(
         "whole_network": records(disp[disp.layer == stats.ALL]),
     }
     corr = correlations(t, acc, exclude=excluded)
-    rundir.write_csv(out / "correlations.csv", corr)
+    atomic.write_csv(out / "correlations.csv", corr)
     strongest = corr.dropna().reindex(corr.dropna().rho.abs().sort_values(ascending=False).index).head(15)
     summary["correlation"] = {
         "n_tests": int(corr.rho.notna().sum()),
@@ -261,8 +262,8 @@ def claim_summary(
         scores, preds = predict_accuracy(feats, acc[keep], folds=folds, seed=seed, groups_N=cells[keep])
         preds.insert(0, "network", np.flatnonzero(keep))
         pred["folds"], pred["grouped_by"] = int(preds.fold.max()) + 1, "hyperparameter cell"
-        rundir.write_csv(out / "prediction_scores.csv", scores)
-        rundir.write_csv(out / "predictions.csv", preds.drop(columns="row"))
+        atomic.write_csv(out / "prediction_scores.csv", scores)
+        atomic.write_csv(out / "predictions.csv", preds.drop(columns="row"))
         pred["scores"] = records(scores)
         w = scores[scores.features == "weights"]
         h = scores[scores.features == "hyperparameters"]

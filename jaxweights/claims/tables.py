@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxweights import rundir
 from jaxweights.claims.groups import OPTIMAL, SUBOPTIMAL, ClaimError
 from jaxweights.claims.multiplicity import adjust_table, two_sided
 from jaxweights.claims.permutation import (
@@ -26,6 +25,7 @@ from jaxweights.claims.permutation import (
     permutation_test,
     seed_dispersion,
 )
+from jaxweights.io import atomic
 
 
 def claim_table(
@@ -312,7 +312,7 @@ def with_grid_tests(
     if cc.attrs.get("skipped"):
         notes.append(cc.attrs["skipped"])
     sd, sd_cells = seed_dispersion_table(dists, acc_n, cells_n, alpha=alpha)
-    rundir.write_csv(out / "seed_dispersion_cells.csv", sd_cells)
+    atomic.write_csv(out / "seed_dispersion_cells.csv", sd_cells)
     if not sd.empty and sd.rho.isna().all():
         notes.append(
             "seed dispersion not computed: it needs at least 3 hyperparameter cells with 2 or more analysed seeds"

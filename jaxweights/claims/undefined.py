@@ -7,7 +7,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from jaxweights import distances, stats
+from jaxweights.models import paths
+from jaxweights.weights import compute
+from jaxweights.weights.distances import vectors
 
 
 class DropUndefined(logging.Filter):
@@ -19,22 +21,24 @@ class DropUndefined(logging.Filter):
 
     def filter(self, record):
         msg = str(record.msg)
-        drop = msg.startswith("statistic %r undefined") or msg.startswith("%s distance: statistic %r undefined")
+        drop = msg.startswith("%d statistic(s) undefined") or msg.startswith(
+            "%s distance: %d statistic column(s) undefined"
+        )
         self.dropped += drop
         return not drop
 
 
 class quiet_undefined:
-    """Silences the one warning per undefined (layer, statistic) of `stats` and `distances`."""
+    """Silences the statistics' and the distances' warnings about undefined statistics; the caller says why once."""
 
     def __enter__(self):
         self.f = DropUndefined()
-        for name in (stats.__name__, distances.__name__):
+        for name in (compute.__name__, vectors.__name__):
             logging.getLogger(name).addFilter(self.f)
         return self.f
 
     def __exit__(self, *exc):
-        for name in (stats.__name__, distances.__name__):
+        for name in (compute.__name__, vectors.__name__):
             logging.getLogger(name).removeFilter(self.f)
 
 
@@ -62,7 +66,7 @@ def undefined_reasons(table: pd.DataFrame, params) -> pd.DataFrame:
     bad = table[table.undefined.astype(bool)].groupby("network").size()
     if bad.empty:
         return pd.DataFrame(columns=["network", "n_undefined", "max_abs_weight", "reason"])
-    flat = stats.flatten(params)
+    flat = paths.flatten(params)
     n = len(next(iter(flat.values())))
     finite = np.ones(n, bool)
     top = np.zeros(n)

@@ -20,6 +20,7 @@ Modules, in the order the data flows:
 The report's sections and figures of the dynamics are in `jaxweights.report.dynamics`.
 """
 
+from jaxweights import _deprecated
 from jaxweights.dynamics.accumulator import RepresentationDynamics
 from jaxweights.dynamics.activations import capture, capture_zoo
 from jaxweights.dynamics.cka import (
@@ -115,3 +116,5 @@ __all__ = [
     "train_probe",
     "write_dynamics",
 ]
+
+__getattr__ = _deprecated.forward(__name__)  # names moved in 0.2, importable under the old name for one release

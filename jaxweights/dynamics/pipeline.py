@@ -12,8 +12,8 @@ pruning candidates (Lu et al. 2022, ECCV).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -170,8 +170,13 @@ def write_dynamics(
       `out_dir` as a Path.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if figures is True:
-        raise DynamicsError("figures: pass the function that draws them (jaxweights.report.dynamics.write_figures)")
+    if figures is True:  # 0.1's boolean: still draws them, for one release
+        warnings.warn(
+            "write_dynamics(figures=True) is deprecated: pass figures=jaxweights.report.dynamics.write_figures",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        figures = importlib.import_module("jaxweights.report.dynamics").write_figures
     if not (run_dir / "config.json").exists():
         raise DynamicsError(f"{run_dir}: no config.json (is this a `jaxweights train` run directory?)")
     groups = (
@@ -287,7 +292,7 @@ def write_dynamics(
     atomic.write_csv(out_dir / "probes.csv", probes)
     atomic.write_json(
         out_dir / "dynamics.json",
-        _finite(
+        atomic.finite_json(
             summarize(
                 pd.read_csv(out_dir / "rwc.csv"),
                 mod,
@@ -309,23 +314,3 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic.atomic_write_bytes(path, buf.getvalue())
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, so `dynamics.json` is strict JSON.
-
-    TODO(layout): a local copy of the report's strict-JSON helper until the io stage has one.
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) or hasattr(obj, "dtype"):
-        try:
-            f = float(obj)
-        except (TypeError, ValueError):
-            return obj
-        if hasattr(obj, "dtype") and obj.dtype.kind in "iub":
-            return obj.item()
-        return f if math.isfinite(f) else None
-    return obj

@@ -66,7 +66,6 @@ def probe_data(
     Raises:
       DynamicsError: a custom-module run without `model`, or too few test images.
     """
-    from jaxweights import run as run_lib  # TODO(layout): data.load_dataset and train.state.make_setup
 
     run_dir = Path(run_dir)
     config = run_config(run_dir)
@@ -79,8 +78,8 @@ def probe_data(
         if data_dir:
             config.data_dir = str(data_dir)
         config.max_test = 0  # the whole test split: the probe and held-out sets are drawn from it below
-    ds = run_lib.load_dataset(config)
-    setup = run_lib.make_setup(config, ds, model)
+    ds = data_lib.load_dataset(config)
+    setup = train_lib.make_setup(config, ds, model)
     n = ds.x_test.shape[0]
     if n < probe_size + 10:
         raise DynamicsError(f"probe_size: {probe_size} needs more than the {n} test images")

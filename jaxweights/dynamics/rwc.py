@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from jaxweights import config as config_lib
+from jaxweights import data as data_lib
 from jaxweights import train as train_lib
 from jaxweights.dynamics.common import Array, DynamicsError
 from jaxweights.dynamics.run_inputs import run_config
@@ -142,7 +143,6 @@ def rwc_every_k_steps(
     Raises:
       DynamicsError: `every` not a positive integer, or a missing checkpoint.
     """
-    from jaxweights import run as run_lib  # TODO(layout): data.load_dataset and train.state.make_setup
 
     run_dir = Path(run_dir)
     if not isinstance(every, int) or every <= 0:
@@ -151,8 +151,8 @@ def rwc_every_k_steps(
     if data_dir:
         with config.unlocked():
             config.data_dir = str(data_dir)
-    ds = run_lib.load_dataset(config)
-    setup = run_lib.make_setup(config, ds)
+    ds = data_lib.load_dataset(config)
+    setup = train_lib.make_setup(config, ds)
     hp = train_lib.hyper_from_grid(config_lib.hyperparameter_grid(config))
     image_shape = tuple(ds.x_train.shape[1:])
     like = jax.jit(jax.vmap(lambda h: train_lib.init_network(setup, h, image_shape)))(hp)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxweights import stats, strength
+from jaxweights.weights import compute, strength
 
 log = logging.getLogger("jaxweights")
 
@@ -31,8 +31,8 @@ def statistics_over_epochs(
     Args:
       snapshots: per-epoch flat parameters (see `load_snapshots`).
       epochs: the epoch of each snapshot (default 0, 1, ...).
-      statistics: passed to `stats.compute_statistics` (default: all registered).
-      per: groups of `stats.compute_statistics`.
+      statistics: passed to `compute.compute_statistics` (default: all registered).
+      per: groups of `compute.compute_statistics`.
       node_strength: add `node_strength_mean` and `layer_fluctuation` rows per layer; skipped with a
         log line for models whose layers do not form a chain.
 
@@ -44,7 +44,7 @@ def statistics_over_epochs(
     # One call over E·N "networks" (epochs stacked on the networks axis): one compile, one
     # program; histogram edges are then shared across epochs too, so bins compare over time.
     flat = {k: np.concatenate([np.asarray(s[k]) for s in snapshots]) for k in snapshots[0]}
-    df = stats.compute_statistics(flat, statistics=statistics, per=per)
+    df = compute.compute_statistics(flat, statistics=statistics, per=per)
     parts = [df]
     if node_strength:
         try:

@@ -11,12 +11,9 @@ from jaxweights.io.atomic import atomic_write, atomic_write_bytes, npz_bytes, wr
 from jaxweights.io.checkpoints import CheckpointError, Checkpoints, item_dir, restore_params
 from jaxweights.io.rundir import (
     config_differences,
-    execution_order,
-    flatten_params,
     last_epoch,
     load_params,
     read_config,
-    unflatten_params,
     write_params,
 )
 
@@ -26,8 +23,6 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "config_differences",
-    "execution_order",
-    "flatten_params",
     "importers",
     "item_dir",
     "last_epoch",
@@ -35,7 +30,6 @@ __all__ = [
     "npz_bytes",
     "read_config",
     "restore_params",
-    "unflatten_params",
     "write_csv",
     "write_json",
     "write_npz",

@@ -9,10 +9,11 @@ from __future__ import annotations
 import glob
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,28 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     write_npz(buf, arrays)
     return buf.getvalue()
+
+
+def finite_json(obj: Any) -> Any:
+    """A JSON-ready copy of `obj` with NaN and infinities as None, so the file written is strict JSON.
+
+    Args:
+      obj: nested mappings, lists and tuples of Python or numpy scalars.
+
+    Returns:
+      The same structure with string keys, numpy integers and booleans as Python values, and
+      non-finite floats as None.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, float) or hasattr(obj, "dtype"):
+        try:
+            f = float(obj)
+        except (TypeError, ValueError):
+            return obj
+        if hasattr(obj, "dtype") and obj.dtype.kind in "iub":
+            return obj.item()
+        return f if math.isfinite(f) else None
+    return obj

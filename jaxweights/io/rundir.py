@@ -24,36 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from flax import traverse_util
 
-from jaxweights import data, models
 from jaxweights.io import atomic
-
-
-def flatten_params(params: Any) -> dict[str, np.ndarray]:
-    """Nested parameter dict → {"Dense_0/kernel": array} (numpy).
-
-    Args:
-      params: a nested (or already flat) parameter dict.
-
-    Returns:
-      {path: numpy array}.
-    """
-    if not any(isinstance(v, dict) for v in params.values()):  # already flat
-        return {k: np.asarray(v) for k, v in params.items()}
-    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Inverse of `flatten_params`.
-
-    Args:
-      flat: {"Dense_0/kernel": array}.
-
-    Returns:
-      The nested dict.
-    """
-    return traverse_util.unflatten_dict(dict(flat), sep="/")
+from jaxweights.models import paths
 
 
 def write_params(path: str | os.PathLike, params: Any, order: Sequence[str] | None = None) -> None:
@@ -68,42 +41,10 @@ def write_params(path: str | os.PathLike, params: Any, order: Sequence[str] | No
       params: stacked parameters (nested or flat), networks axis first.
       order: parameter paths in the order to store them.
     """
-    flat = flatten_params(params)
+    flat = {k: np.asarray(v) for k, v in paths.flatten(params).items()}
     if order is not None:
         flat = {**{k: flat[k] for k in order if k in flat}, **{k: flat[k] for k in sorted(flat)}}
     atomic.atomic_write(path, lambda f: atomic.write_npz(f, flat, keep_order=order is not None))
-
-
-def execution_order(run_dir: str | os.PathLike) -> list[str] | None:
-    """Parameter paths in execution order for a run directory's built-in model, from its config.json.
-
-    Rebuilds the model (`models.make_model` on the config's dataset shape) and reads
-    `models.param_order`; None when there is no config.json or the model cannot be rebuilt
-    (an unknown dataset, a model passed in Python).
-
-    Args:
-      run_dir: a run directory.
-
-    Returns:
-      Parameter paths, or None.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        return None
-    try:
-        cfg = read_config(path)
-        spec = data.SPECS[cfg["dataset"]]
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items() if k not in ("name", "init")}
-        model = models.make_model(
-            cfg["model"]["name"],
-            num_classes=spec.num_classes,
-            image_shape=spec.image_shape,
-            init=cfg["model"].get("init", "fan_in"),
-            **kw,
-        )
-        return models.param_order(model, spec.image_shape)
-    except Exception:  # noqa: BLE001 - any failure means "order unknown", never a crash
-        return None
 
 
 def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> dict[str, Any]:
@@ -111,7 +52,7 @@ def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> 
 
     Order: `order` when given (listed paths first); else, for a file stored in sorted order next
     to a `config.json` of a built-in model (runs written before the order was stored), the
-    model's execution order (`execution_order`); else the file's member order.
+    model's execution order (`models.paths.execution_order`); else the file's member order.
 
     Args:
       path: a `params.npz`.
@@ -122,9 +63,9 @@ def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> 
     """
     with np.load(path) as z:
         if order is None and list(z.files) == sorted(z.files):
-            order = execution_order(Path(path).parent)
+            order = paths.execution_order(Path(path).parent)
         names = [k for k in (order or ()) if k in z.files] + list(z.files)
-        return unflatten_params({k: z[k] for k in dict.fromkeys(names)})
+        return paths.unflatten({k: z[k] for k in dict.fromkeys(names)})
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

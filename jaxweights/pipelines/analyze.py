@@ -35,8 +35,6 @@ import pandas as pd
 from jaxweights import config as config_lib
 from jaxweights import data as data_lib
 from jaxweights import dynamics as dyn
-from jaxweights import rundir, stats
-from jaxweights.analysis import analyze_params
 from jaxweights.claims import (
     OPTIMAL,
     ClaimError,
@@ -47,9 +45,13 @@ from jaxweights.claims import (
     same_pattern,
 )
 from jaxweights.claims.summary import DEFAULT_METRICS
+from jaxweights.io import atomic, rundir
+from jaxweights.pipelines.analyze_params import analyze_params
 from jaxweights.pipelines.errors import AnalysisError, check_metrics
 from jaxweights.pipelines.grouping import check_grouping, num_classes, run_groups
 from jaxweights.report import Section, figures, intro_html, provided_sections, write, zoo_figures, zoo_sections
+from jaxweights.report import dynamics as report_dynamics
+from jaxweights.weights import compute
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -139,7 +141,7 @@ def analyze_workdir(
         for name, rd in runs:
             out = tmp / "groups" / name if name else tmp
             params = rundir.load_params(rd / "params.npz")
-            n = len(next(iter(stats.flatten(params).values())))
+            n = len(next(iter(compute.flatten(params).values())))
             log.info("%s: analysing %d networks", rd, n)
             table = analyze_params(params, out, metrics=metrics, block_size=block_size)
             if dynamics is not False:
@@ -181,9 +183,9 @@ def analyze_workdir(
                 table.insert(0, "group", name)
             tables.append(table)
         if len(runs) > 1:
-            rundir.write_csv(tmp / "stats.csv", pd.concat(tables, ignore_index=True))
+            atomic.write_csv(tmp / "stats.csv", pd.concat(tables, ignore_index=True))
         if nets:
-            rundir.write_csv(tmp / "networks.csv", pd.concat(nets, ignore_index=True))
+            atomic.write_csv(tmp / "networks.csv", pd.concat(nets, ignore_index=True))
         if report and all((rd / "metrics.csv").exists() for _, rd in runs):
             report_workdir(
                 workdir,
@@ -253,7 +255,7 @@ def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options
     log.info("%s: learning dynamics", rd)
     try:
         with quiet_undefined() as f:
-            dyn.write_dynamics(rd, out, data_dir=data_dir, **options)
+            dyn.write_dynamics(rd, out, data_dir=data_dir, **{"figures": report_dynamics.write_figures, **options})
         if f.dropped:
             log.warning(
                 "learning dynamics: %d (checkpoint, layer, statistic) warnings of undefined statistics "
@@ -282,7 +284,7 @@ def zoo_summary(params, table: pd.DataFrame, last: pd.DataFrame, out: Path, **op
     Returns:
       (summary, figures): the numbers (JSON-able) and ``{figure name: PNG path}``.
     """
-    n = len(next(iter(stats.flatten(params).values())))
+    n = len(next(iter(compute.flatten(params).values())))
     if len(last) != n:
         raise AnalysisError(f"{out}: metrics.csv has {len(last)} networks but params.npz has a different number")
     summary, c = claim_summary(params, table, last, out, **options)
@@ -323,7 +325,7 @@ def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), dynamic
         sections += zoo_sections(s, figs, prefix=f"group {name}" if name else "")
         if (zout / "dynamics.json").exists():
             s["dynamics"] = rundir.read_config(zout / "dynamics.json")
-            sections += dyn.report_sections(zout, prefix=f"group {name}" if name else "")
+            sections += report_dynamics.report_sections(zout, prefix=f"group {name}" if name else "")
         elif name in dynamics_notes:
             s["dynamics"] = {"skipped": dynamics_notes[name]}
     summary = summaries.get("zoo") or {"groups": summaries}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jaxweights import distances
+from jaxweights.weights import distances
 
 
 class AnalysisError(ValueError):

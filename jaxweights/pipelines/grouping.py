@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from jaxweights import data as data_lib
-from jaxweights import rundir, stats
 from jaxweights.claims import ClaimError, network_groups
+from jaxweights.io import rundir
+from jaxweights.weights import compute
 
 log = logging.getLogger("jaxweights")
 
@@ -50,7 +51,7 @@ def num_classes(rd: Path, params=None) -> int:
     except (OSError, ValueError):
         pass
     if params is not None:
-        ks = [v for k, v in stats.flatten(params).items() if k.endswith("kernel")]
+        ks = [v for k, v in compute.flatten(params).items() if k.endswith("kernel")]
         if ks:
             return int(np.shape(ks[-1])[-1])
     return 10

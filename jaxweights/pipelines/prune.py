@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from jaxweights import dynamics
-from jaxweights import run as run_lib
 from jaxweights.io import atomic, rundir
 from jaxweights.models import paths
+from jaxweights.pipelines import train as train_pipeline
+from jaxweights.pipelines import train_chunk
 
 log = logging.getLogger("jaxweights")
 
@@ -170,11 +171,11 @@ def prune_run(
         if data_dir:
             config.data_dir = str(data_dir)
     log.info("pruning %s: hidden %s -> %s", ", ".join(layers), hidden, new_hidden)
-    pruned = run_lib.train_and_evaluate(config, out_dir, overwrite=overwrite, progress=progress)
+    pruned = train_pipeline.train_and_evaluate(config, out_dir, overwrite=overwrite, progress=progress)
     before = pd.read_csv(run_dir / "metrics.csv")
     before = rundir.last_epoch(before).reset_index(drop=True)
     after = rundir.last_epoch(pruned).reset_index(drop=True)
-    hp_cols = [c for c in before.columns if c not in run_lib.METRIC_COLUMNS and c not in ("epoch",)]
+    hp_cols = [c for c in before.columns if c not in train_chunk.METRIC_COLUMNS and c not in ("epoch",)]
     report = before[hp_cols].copy()
     report["test_acc_original"] = before.test_acc
     report["test_acc_pruned"] = after.test_acc.to_numpy()

@@ -7,7 +7,7 @@ For every dataset × family of the config, trains the preset zoo (`jaxweights.pr
 then writes ``DIR/report.html`` and ``DIR/summary.json``: a table of verdicts per dataset × model,
 and per dataset whether the model families show the same pattern (same whole-network verdict, same
 trend of the within-suboptimal / within-optimal distance ratio over per-depth-normalised layers).
-A zoo that is already trained is resumed or reused (see `run.train_and_evaluate`).
+A zoo that is already trained is resumed or reused (see `train_pipeline.train_and_evaluate`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any
 import ml_collections
 import pandas as pd
 
-from jaxweights import presets, run
 from jaxweights.claims import depth_profiles, same_pattern
+from jaxweights.config import presets
+from jaxweights.pipelines import train as train_pipeline
 from jaxweights.pipelines.analyze import analyze_workdir
 from jaxweights.report import Section, esc, figures, fmt, table, verdict_html, write
 
@@ -96,7 +97,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
         for family in config.models:
             zoo = workdir / f"{dataset}_{family}"
             log.info("study: %s × %s -> %s", dataset, family, zoo)
-            run.train_and_evaluate(zoo_config(config, dataset, family), zoo, progress=progress)
+            train_pipeline.train_and_evaluate(zoo_config(config, dataset, family), zoo, progress=progress)
             out = analyze_workdir(zoo, metrics=list(metrics) if metrics else None, **opts)
             s = json.loads((out / "summary.json").read_text())
             summaries[f"{dataset}_{family}"] = s

@@ -34,23 +34,6 @@ class RunError(RuntimeError):
 # ============================== data ==============================
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
-    """Loads the config's dataset (sources logged), keeping `max_train`/`max_test` examples.
-
-    Args:
-      config: a config (dataset, data_dir, max_train, max_test).
-
-    Returns:
-      The `Dataset`.
-    """
-    return data_lib.load(
-        config.dataset,
-        data_dir=config.data_dir or None,
-        max_train=config.max_train or None,
-        max_test=config.max_test or None,
-    )
-
-
 def _record_model(cfg: dict[str, Any], model: Any) -> dict[str, Any]:
     """The config dict as written to config.json, naming a user's own module when there is one."""
     if model is not None:
@@ -115,7 +98,7 @@ def train_group(
     cfg = _record_model(config.to_dict(), model)
     main = jax.process_index() == 0
     resume = _check_or_claim(workdir, cfg, overwrite)
-    ds = dataset if dataset is not None else load_dataset(config)
+    ds = dataset if dataset is not None else data_lib.load_dataset(config)
     setup = train.make_setup(config, ds, model)
     grid = config_lib.hyperparameter_grid(config)
     image_shape = tuple(ds.x_train.shape[1:])
@@ -275,7 +258,7 @@ def train_and_evaluate(
     for (name, g), overrides in zip(groups, config.groups):
         key = (g.dataset, g.data_dir, g.max_train, g.max_test)
         if key not in cache:
-            cache[key] = load_dataset(g)
+            cache[key] = data_lib.load_dataset(g)
         df = train_group(
             g, workdir / "groups" / name, overwrite=overwrite, progress=progress, dataset=cache[key], model=model
         )

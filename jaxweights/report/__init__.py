@@ -8,11 +8,11 @@ sections.py  the words about one zoo: introduction, who was left out, each zoo's
 
 from __future__ import annotations
 
+from jaxweights import _deprecated
 from jaxweights.report import figures
 from jaxweights.report.html import (
     STYLE,
     Section,
-    _finite,  # noqa: F401  (strict JSON, used by the dynamics)
     esc,
     fmt,
     img,
@@ -82,3 +82,5 @@ __all__ = [
     "write",
     "zoo_sections",
 ]
+
+__getattr__ = _deprecated.forward(__name__)  # names moved in 0.2, importable under the old name for one release

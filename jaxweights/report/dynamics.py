@@ -8,7 +8,6 @@ each PNG has a CSV of its plotted data beside it. Quantities: relative weight ch
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from jaxweights import stats
 from jaxweights.dynamics import INPUT, network_masks
 from jaxweights.io import atomic, rundir
+from jaxweights.report import style
 from jaxweights.report.html import Section, esc, fmt, table
+from jaxweights.weights import stats
 
 
 def report_sections(out_dir: str | Path, prefix: str = "") -> list:
@@ -90,12 +90,6 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
     ]
 
 
-def _savefig(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic.atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str = "rwc_l1_ratio") -> pd.DataFrame:
     """RWC per layer over epochs, median of the optimal vs the other given networks (PNG + CSV of the plotted data).
 
@@ -131,7 +125,7 @@ def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str 
     axes[0].set_ylabel(column)
     axes[0].legend(fontsize=8)
     path = Path(path)
-    _savefig(fig, path)
+    style.save(fig, path, dpi=110)
     atomic.write_csv(path.with_suffix(".csv"), agg)
     return agg
 
@@ -161,7 +155,7 @@ def plot_cka(cka: Mapping[str, np.ndarray], network: int, path: str | Path, kind
         ax.set_xticklabels(epochs, fontsize=7)
         ax.set_yticklabels(epochs, fontsize=7)
     path = Path(path)
-    _savefig(fig, path)
+    style.save(fig, path, dpi=110)
     rows = [
         {"layer_a": a, "layer_b": b, "cka": float(ll[i, j])} for i, a in enumerate(layers) for j, b in enumerate(layers)
     ]
@@ -198,7 +192,7 @@ def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd
     ax.set_xticklabels(names.layer, rotation=45, fontsize=8)
     ax.set(ylabel="modularity (k-NN, k=3)", title="blue: optimal, red: other analysed networks")
     path = Path(path)
-    _savefig(fig, path)
+    style.save(fig, path, dpi=110)
     atomic.write_csv(path.with_suffix(".csv"), last)
     return last
 
@@ -239,7 +233,7 @@ def plot_stats_over_epochs(
                 ax.set_xlabel("epoch", fontsize=8)
     next(ax for ax in axes.ravel() if ax.lines).legend(fontsize=7)
     path = Path(path)
-    _savefig(fig, path)
+    style.save(fig, path, dpi=110)
     atomic.write_csv(path.with_suffix(".csv"), agg)
     return agg
 

@@ -16,18 +16,19 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
-from jaxweights import stats
 from jaxweights.claims import OPTIMAL, SUBOPTIMAL, divergence, layer_depths
 from jaxweights.report import style
 from jaxweights.report.style import CMAP, acc_norm, cmap, colorbar, empty, grid, new_figure, save_with_data
+from jaxweights.weights import compute
+from jaxweights.weights import groups as weight_groups
 
 
 def kernel_leaves(params) -> list[str]:
     """Kernel leaf paths in depth order (input side first)."""
-    flat = stats.flatten(params)
-    ks = [k for k, v in flat.items() if stats.is_kernel(k, v)]
-    depth = layer_depths([stats.layer_of(k) for k in ks])
-    return sorted(ks, key=lambda k: depth[stats.layer_of(k)])
+    flat = compute.flatten(params)
+    ks = [k for k, v in flat.items() if compute.is_kernel(k, v)]
+    depth = layer_depths([weight_groups.layer_of(k) for k in ks])
+    return sorted(ks, key=lambda k: depth[weight_groups.layer_of(k)])
 
 
 def _robust_edges(w_ND: np.ndarray, bins: int, q: float = 0.002, seed: int = 0) -> np.ndarray:
@@ -49,7 +50,7 @@ def weight_histograms(
     network id of each row of `params` in the CSV (default 0..N-1).
     """
     leaves = kernel_leaves(params)[:max_layers]
-    flat = stats.flatten(params)
+    flat = compute.flatten(params)
     hists = {}
     for k in leaves:
         w = np.asarray(flat[k], np.float64).reshape(len(acc_N), -1)
@@ -116,7 +117,7 @@ def kde_by_bin(
     """
     grid_points = grid
     leaves = kernel_leaves(params)[:max_layers]
-    flat = stats.flatten(params)
+    flat = compute.flatten(params)
     rng = np.random.default_rng(seed)
     nb = len(edges) - 1
     fig, axes = style.grid(len(leaves))
@@ -279,7 +280,7 @@ def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "wei
     acc = np.asarray(acc_N, np.float64)
     best, worst = int(np.nanargmax(acc)), int(np.nanargmin(acc))
     leaves = kernel_leaves(params)[:max_layers]
-    flat = stats.flatten(params)
+    flat = compute.flatten(params)
     fig, axes = new_figure(2, len(leaves), figsize=(3.2 * len(leaves), 6), squeeze=False)
     rows = []
     for r, (net, what) in enumerate(((best, "best"), (worst, "worst"))):

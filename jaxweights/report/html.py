@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from jaxweights import rundir
+from jaxweights.io import atomic
 
 
 class Section(NamedTuple):
@@ -180,23 +180,6 @@ def write(
       The path of report.html.
     """
     out = Path(out)
-    rundir.write_json(out / "summary.json", _finite(summary))
-    rundir.atomic_write_bytes(out / "report.html", render(title, sections, intro).encode())
+    atomic.write_json(out / "summary.json", atomic.finite_json(summary))
+    atomic.atomic_write_bytes(out / "report.html", render(title, sections, intro).encode())
     return out / "report.html"
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, so summary.json is strict JSON."""
-    if isinstance(obj, Mapping):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) or hasattr(obj, "dtype"):
-        try:
-            f = float(obj)
-        except (TypeError, ValueError):
-            return obj
-        if hasattr(obj, "dtype") and obj.dtype.kind in "iub":
-            return obj.item()
-        return f if math.isfinite(f) else None
-    return obj

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxweights import stats
+from jaxweights.weights import histograms, stats
 
 
 def write_figures(
@@ -37,7 +37,7 @@ def write_figures(
     out = Path(out) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    hists = dict(list(stats.histograms(params, bins=bins).items())[:12])
+    hists = dict(list(histograms.histograms(params, bins=bins).items())[:12])
     cols = min(4, len(hists))
     rows = -(-len(hists) // cols)
     fig = Figure(figsize=(3.2 * cols, 2.4 * rows))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from jaxweights import rundir
+from jaxweights.io import atomic
 
 CMAP = "viridis"  # test accuracy: dark = poor, yellow = good
 DPI = 90
@@ -90,7 +90,7 @@ def save(fig, path: str | Path, *, dpi: int = DPI) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    atomic.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     return path
 
 
@@ -98,5 +98,5 @@ def save_with_data(fig, out: str | Path, stem: str, data: pd.DataFrame) -> Path:
     """Writes ``out/<stem>.csv`` (the data behind the figure) and ``out/<stem>.png``; returns the PNG path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rundir.write_csv(out / f"{stem}.csv", data)
+    atomic.write_csv(out / f"{stem}.csv", data)
     return save(fig, out / f"{stem}.png")

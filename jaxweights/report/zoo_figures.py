@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxweights import stats
 from jaxweights.claims import ClaimContext, wide_statistics
 from jaxweights.report.figures import (
     accuracy_over_epochs,
@@ -19,6 +18,7 @@ from jaxweights.report.figures import (
     weight_histograms,
     weight_matrices,
 )
+from jaxweights.weights import stats
 
 
 def zoo_figures(out: str | Path, c: ClaimContext, *, epochs: pd.DataFrame | None = None) -> dict[str, Path]:

@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from jax.experimental import multihost_utils
 
-from jaxweights import rundir
+from jaxweights.io import atomic
 from jaxweights.models.paths import flatten, is_kernel
+from jaxweights.train import sharding
 from jaxweights.weights.groups import (
     finite_rows,
     groups,
@@ -73,31 +74,6 @@ def _program(specs: tuple, bins: int) -> Callable:
     return program
 
 
-def shard_networks(tree, mesh):
-    """Pads the networks axis of every leaf to a multiple of the mesh size and splits it over `mesh`.
-
-    Padding rows are copies of the last network, so reductions across networks (the shared
-    histogram edges) are unchanged; slice results back to the first N rows.
-
-    Args:
-      tree: pytree of arrays, networks axis first.
-      mesh: a 1-D mesh whose axis is named ``"networks"`` (``train.networks_mesh``).
-
-    Returns:
-      The padded tree as arrays sharded over the mesh.
-    """
-    spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
-    sharding = jax.sharding.NamedSharding(mesh, spec)
-
-    def one(x):
-        x = np.asarray(x)
-        pad = -x.shape[0] % mesh.size
-        x = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
-        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-    return jax.tree.map(one, tree)
-
-
 def statistics_arrays(
     params, *, statistics=None, bins: int = 32, near_zero: float = NEAR_ZERO, per="leaf", mesh=None
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -125,7 +101,7 @@ def statistics_arrays(
     n_nets, names = next(iter(flat.values())).shape[0], list(sorted_groups)
     finite = {g: finite_rows(sorted_groups[g]) for g in names}  # on the host, before sharding
     if mesh is not None:  # same program, its networks axis split over the devices
-        sorted_groups, kernels = shard_networks((sorted_groups, kernels), mesh)
+        sorted_groups, kernels = sharding.shard_networks((sorted_groups, kernels), mesh)
     by_group, by_kernel = _program(specs, int(bins))(sorted_groups, kernels)
     if mesh is not None and jax.process_count() > 1:
         by_group, by_kernel = multihost_utils.process_allgather((by_group, by_kernel), tiled=True)
@@ -149,7 +125,7 @@ def compute_statistics(
     """Computes weight statistics of every network as a tidy table.
 
     All groups are reduced in one jitted program, vmapped over the networks axis; with
-    ``mesh`` that axis is split over the mesh's devices (:func:`shard_networks`).
+    ``mesh`` that axis is split over the mesh's devices (:func:`jaxweights.train.sharding.shard_networks`).
 
     Args:
       params: parameters, networks axis first (nested or '/'-flat dict).
@@ -235,7 +211,7 @@ def write(directory: str, df: pd.DataFrame, filename: str = "stats.csv") -> str:
       The written path.
     """
     path = os.path.join(directory, filename)
-    rundir.atomic_write(path, lambda f: df.to_csv(f, index=False), mode="w")
+    atomic.atomic_write(path, lambda f: df.to_csv(f, index=False), mode="w")
     return path
 
 

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import scipy.stats as ss
 
-from jaxweights import claims, distances
+from jaxweights import claims
 from jaxweights.claims import EXCLUDED, MIDDLE, OPTIMAL, SUBOPTIMAL
+from jaxweights.weights import distances
 
 
 def population(rng, n_opt, n_sub, opt_spread, sub_spread, d=2000):

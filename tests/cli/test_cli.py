@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import cli, rundir
+from jaxweights import cli
+from jaxweights.io import checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -75,7 +76,7 @@ def test_run_directory_contract(tmp_path, data_dir):
         }
         assert np.isfinite(z["Dense_0/kernel"]).all()  # diverged networks are frozen, finite
         final = z["Dense_0/kernel"]
-    ckpt = rundir.Checkpoints(run)
+    ckpt = checkpoints.Checkpoints(run)
     assert ckpt.epochs() == [0, 1, 2]
     restored = ckpt.manager.restore(2)
     np.testing.assert_array_equal(np.asarray(restored["params"]["Dense_0"]["kernel"]), final)

@@ -27,8 +27,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from jaxweights import cli, data, run
+from jaxweights import cli, data
 from jaxweights import config as config_lib
+from jaxweights.pipelines import train as train_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 TRIED = collections.Counter()  # inputs tried per test, printed at the end of the module
@@ -483,7 +484,7 @@ def test_bad_configs_raise_clear_errors(case):
     c = digits_config(overrides)
     with tempfile.TemporaryDirectory() as tmp:
         with pytest.raises((config_lib.ConfigError, data.DataError)) as e:
-            run.train_and_evaluate(c, Path(tmp) / "run", progress=False)
+            train_pipeline.train_and_evaluate(c, Path(tmp) / "run", progress=False)
         assert not (Path(tmp) / "run" / "metrics.csv").exists()
     msg = str(e.value)
     assert key.split(".")[-1] in msg and "\n" not in msg, (overrides, msg)

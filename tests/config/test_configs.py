@@ -10,7 +10,8 @@ import pytest
 
 from jaxweights import config as config_lib
 from jaxweights import data as data_lib
-from jaxweights import run
+from jaxweights import train as train_lib
+from jaxweights.pipelines import train as train_pipeline
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.py"))
 SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
@@ -39,7 +40,7 @@ def test_config_is_valid_and_builds(path):
             10,
             "test",
         )
-        setup = run.make_setup(c, fake)
+        setup = train_lib.make_setup(c, fake)
         params = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape))))
         assert jax.tree.leaves(params)
     full = load_config(path)
@@ -62,7 +63,7 @@ def test_each_dataset_and_family_trains_on_real_data(tmp_path, data_dir, dataset
         c.model.channels = (8, 16)
     else:
         c.model.width, c.model.depth = 32, 1
-    df = run.train_and_evaluate(c, tmp_path / "run", progress=False)
+    df = train_pipeline.train_and_evaluate(c, tmp_path / "run", progress=False)
     assert len(df) == len(c.init_scales)
     assert np.isfinite(df.train_loss).all() and (df.train_loss < np.log(10) + 0.3).all()
     with np.load(tmp_path / "run" / "params.npz") as z:

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import dynamics, strength
+from jaxweights import dynamics
 from jaxweights.io import rundir
 from jaxweights.models import paths
+from jaxweights.weights import strength
 from tests.dynamics.references import np_rwc
 
 

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from jaxweights import config as config_lib
-from jaxweights import run, train
+from jaxweights import data as data_lib
+from jaxweights import train
+from jaxweights import train as train_lib
 from jaxweights.io import checkpoints
 from tests.zoo import finish, subprocess_on, tiny
 
@@ -24,11 +26,13 @@ def run8(tmp_path_factory, data_dir):
         subprocess_on(
             f"""
             import jax
-            from jaxweights import run
+            from jaxweights import data as data_lib
+            from jaxweights.pipelines import train as train_pipeline
+            from jaxweights import train as train_lib
             assert jax.device_count() == 8
             c = tiny({str(data_dir)!r}, num_seeds={N}, num_epochs=1, max_train=256, max_test=200)
             c.model.hidden = (8,)
-            run.train_and_evaluate(c, {str(out)!r}, progress=False)
+            train_pipeline.train_and_evaluate(c, {str(out)!r}, progress=False)
             """,
             devices=8,
         )
@@ -56,7 +60,7 @@ def test_restore_params_on_one_device(run8, data_dir):
     # epoch 0 is the initialisation: the same as initialising the zoo here, on one device
     c = _config(data_dir)
     c.model.hidden = (8,)
-    setup = run.make_setup(c, run.load_dataset(c))
+    setup = train_lib.make_setup(c, data_lib.load_dataset(c))
     hp = train.hyper_from_grid(config_lib.hyperparameter_grid(c))
     init = jax.jit(jax.vmap(lambda h: train.init_network(setup, h, (28, 28, 1))))(hp).params
     first = checkpoints.restore_params(run8 / "checkpoints", epoch=0)

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from safetensors.numpy import save_file
 
-from jaxweights import cli, stats, strength
+from jaxweights import cli
 from jaxweights.io import importers, rundir
+from jaxweights.weights import compute, strength
 from tests.test_cli import train
 
 
@@ -208,7 +209,7 @@ def test_torch_conv_layout_and_flatten_order(tmp_path):
     np.testing.assert_allclose(ns["features/0"][0], ref, rtol=1e-4)
     np.testing.assert_allclose(ns["input"][0], [wc.sum()], rtol=1e-5)
     # Statistics are layout-free: the same numbers as numpy on the PyTorch arrays.
-    df = stats.compute_statistics(params, statistics=["mean", "std"]).set_index(["layer", "statistic"]).value
+    df = compute.compute_statistics(params, statistics=["mean", "std"]).set_index(["layer", "statistic"]).value
     np.testing.assert_allclose(df[("head/kernel", "std")], sd["head.weight"].astype(np.float64).std(), rtol=1e-5)
     # --layout flax keeps PyTorch's (out, in) order (renamed to kernel, not transposed).
     kept = importers.read(tmp_path / "cnn.safetensors", layout="flax")

@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from jaxweights import importers, models, strength
+from jaxweights import models
+from jaxweights.io import importers
+from jaxweights.weights import strength
 
 
 def test_imported_npz_keeps_its_stored_order(tmp_path):

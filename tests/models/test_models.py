@@ -89,7 +89,10 @@ def test_bad_model_options_name_the_key(name, kw, match):
 def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_path):
     import flax.linen as nn
 
-    from jaxweights import claims, rundir, stats, strength
+    from jaxweights import claims
+    from jaxweights.io import rundir
+    from jaxweights.weights import groups as weight_groups
+    from jaxweights.weights import strength
 
     vit = models.param_order(models.make_model("vit", num_classes=10, image_shape=(28, 28, 1)), (28, 28, 1))
     layers = models.layer_order(vit)
@@ -122,7 +125,7 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
     loaded = rundir.load_params(tmp_path / "params.npz")
     assert list(models.flatten(loaded)) == order
     assert list(strength.node_strength(loaded))[1:] == ls
-    assert list(stats.group_names(loaded, "layer")) == ls
+    assert list(weight_groups.group_names(loaded, "layer")) == ls
 
     cnn = models.make_model("cnn", num_classes=10, image_shape=(8, 8, 1))
     assert models.layer_order(models.param_order(cnn, (8, 8, 1)))[:2] == ["Conv_0", "Conv_1"]
@@ -141,12 +144,12 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
 def test_run_params_are_loaded_in_execution_order(tmp_path):
     """A params.npz in sorted order next to a built-in model's config.json loads in execution order."""
     from jaxweights import config as config_lib
-    from jaxweights import rundir
+    from jaxweights.io import atomic, rundir
 
     cfg = config_lib.default_config()
     cfg.model.name, cfg.dataset = "mlp", "mnist"
     cfg.model.hidden = [4] * 10
-    rundir.write_json(tmp_path / "config.json", cfg.to_dict())
+    atomic.write_json(tmp_path / "config.json", cfg.to_dict())
     model = models.make_model("mlp", num_classes=10, image_shape=(28, 28, 1), hidden=(4,) * 10)
     params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1)))["params"])(
         jax.random.split(jax.random.key(0), 2)

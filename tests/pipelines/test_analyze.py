@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import analysis, claims, cli, distances, rundir, stats, strength
+from jaxweights import claims, cli
+from jaxweights.io import rundir
 from jaxweights.pipelines import analyze
+from jaxweights.weights import compute, distances, strength
 from tests.test_cli import train
 
 
@@ -56,7 +58,7 @@ def test_statistics_and_distances_of_real_trained_weights_equal_scipy(trained, x
 
     params = jax.tree.map(lambda a: a.astype(np.float64), rundir.load_params(trained / "params.npz"))
     k = np.asarray(params["Dense_0"]["kernel"], np.float64).reshape(4, -1)
-    table = stats.compute_statistics(params, statistics=["skewness", "kurtosis", "quantiles"])
+    table = compute.compute_statistics(params, statistics=["skewness", "kurtosis", "quantiles"])
     rows = table[table.layer == "Dense_0/kernel"].pivot(index="network", columns="statistic", values="value")
     np.testing.assert_allclose(rows["skewness"], ss.skew(k, axis=1), rtol=1e-5)
     np.testing.assert_allclose(rows["kurtosis"], ss.kurtosis(k, axis=1), rtol=1e-5)
@@ -115,7 +117,7 @@ def _summarise(tmp_path, name, exploded, **kw):
     params, last = _zoo(exploded)
     out = tmp_path / name
     out.mkdir()
-    table = analysis.analyze_params(params, out, metrics=["wasserstein"])
+    table = analyze.analyze_params(params, out, metrics=["wasserstein"])
     s, _ = analyze.zoo_summary(
         params, table, last, out, metrics=["wasserstein"], n_permutations=300, n_boot=50, folds=3, **kw
     )

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import analysis
 from jaxweights import config as config_lib
 from jaxweights.io import checkpoints, rundir
+from jaxweights.pipelines import analyze
 from jaxweights.pipelines import train as train_pipeline
 
 
@@ -82,10 +82,10 @@ def test_any_module_gets_the_zoo_run_directory_and_analysis(tmp_path, data_dir):
     k = np.asarray(first["gate"]["kernel"])
     np.testing.assert_allclose(k[int(small.network)] * 2, k[int(twin.network.iloc[0])], rtol=1e-6)
     fast = dict(n_permutations=199, n_boot=199)  # the claims' p-values are not what this test checks
-    out = analysis.analyze_workdir(tmp_path / "g", metrics=["wasserstein"], **fast)
+    out = analyze.analyze_workdir(tmp_path / "g", metrics=["wasserstein"], **fast)
     # Its dynamics need the module itself: skipped with the reason, then computed when it is given.
     assert "model=" in json.loads((out / "summary.json").read_text())["dynamics"]["skipped"]
-    out = analysis.analyze_workdir(
+    out = analyze.analyze_workdir(
         tmp_path / "g",
         metrics=["wasserstein"],
         model=Gated(),

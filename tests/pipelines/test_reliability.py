@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxweights import cli, distances
+from jaxweights import cli
 from jaxweights.io import atomic, checkpoints, rundir
+from jaxweights.weights import distances
 
 REPO = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).parent / "jaxweights"

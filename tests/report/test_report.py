@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import scipy.stats as ss
 
-from jaxweights import cli, report, rundir
+from jaxweights import cli, report
+from jaxweights.io import rundir
+from jaxweights.models import paths
 from jaxweights.pipelines import analyze, study
 from tests.test_cli import REPO, train
 
@@ -167,7 +169,7 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     # within-group means of the whole-network W1 == scipy over the same pairs
     params = rundir.load_params(run / "params.npz")
     flat = np.concatenate(
-        [np.asarray(v, np.float64).reshape(n, -1) for _, v in sorted(rundir.flatten_params(params).items())], 1
+        [np.asarray(v, np.float64).reshape(n, -1) for _, v in sorted(paths.flatten(params).items())], 1
     )
     opt = groups.index[groups.group == "optimal"].to_numpy()
     pairs = [(i, j) for i in opt for j in opt if i < j]

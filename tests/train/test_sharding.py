@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 
 from jaxweights import config as config_lib
-from jaxweights import distances, models, stats, train
+from jaxweights import models, train
 from jaxweights.io import checkpoints, rundir
 from jaxweights.pipelines import analyze_params
 from jaxweights.pipelines import train as train_pipeline
+from jaxweights.weights import compute, distances
 from tests.zoo import (
     METRICS,
     N_NETS,
@@ -62,15 +63,16 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
         subprocess_on(
             f"""
         import json, os, jax, numpy as np
-        from jaxweights import config as config_lib, stats, train
+        from jaxweights import config as config_lib, train
+        from jaxweights.weights import compute
         from jaxweights.io import rundir
         from jaxweights.pipelines import train as train_pipeline, train_chunk
         train_pipeline.train_and_evaluate(tiny({str(data_dir)!r}), {str(tmp_path / 'run')!r}, progress=False)
         mesh = train.networks_mesh()
         params = rundir.load_params({str(tmp_path / 'run' / 'params.npz')!r})
-        stats.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"), mesh=mesh).to_csv(
+        compute.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"), mesh=mesh).to_csv(
             {str(tmp_path / 'stats8.csv')!r}, index=False)
-        from jaxweights import distances
+        from jaxweights.weights import distances
         d = {{f"{{m}}|{{k}}": v for m in METRICS + STAT_METRICS
               for k, v in distances.pairwise(params, m, mesh=mesh).items()}}
         other = other_population(params)
@@ -81,8 +83,8 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
         d.update({{f"sketch wasserstein err|{{k}}": v for k, v in err.items()}})
         d.update({{f"sketch ks|{{k}}": v for k, v in distances.pairwise(params, "ks", sketch=64, mesh=mesh).items()}})
         np.savez({str(tmp_path / 'dist8.npz')!r}, **d)
-        from jaxweights import analysis  # `analyze` shards by itself when there are several devices
-        analysis.analyze_workdir({str(tmp_path / 'run')!r}, metrics=["wasserstein", "ks", "euclidean"], report=False,
+        from jaxweights.pipelines import analyze
+        analyze.analyze_workdir({str(tmp_path / 'run')!r}, metrics=["wasserstein", "ks", "euclidean"], report=False,
                                  dynamics=False)
         # the zoo's state really lives on 8 devices, 2 networks each (13 are padded to 16)
         c = tiny({str(data_dir)!r}, num_seeds=16)
@@ -136,7 +138,7 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
     np.testing.assert_array_equal(np.asarray(restored.params["Dense_0"]["kernel"]), final)
     # statistics sharded over 8 devices == the same statistics on one device
     params = rundir.load_params(tmp_path / "run" / "params.npz")
-    ref_stats = stats.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"))
+    ref_stats = compute.compute_statistics(params, statistics=STATISTICS, per=("leaf", "layer", "network"))
     got = pd.read_csv(tmp_path / "stats8.csv")
     assert list(got.layer) == list(ref_stats.layer) and list(got.statistic) == list(ref_stats.statistic)
     np.testing.assert_allclose(got.value, ref_stats.value, rtol=1e-5, atol=1e-7)

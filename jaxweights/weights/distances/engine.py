@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxweights.weights.compute import shard_networks
+from jaxweights.train.sharding import shard_networks
 
 _CHUNK = 4096  # W1: columns streamed per step
 

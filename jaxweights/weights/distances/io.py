@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxweights import rundir
+from jaxweights.io import atomic
 
 
 def write(directory: str, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -25,6 +25,6 @@ def write(directory: str, results: Mapping[str, Mapping[str, Any]]) -> list[str]
     for metric, mats in results.items():
         path = os.path.join(directory, "distances", f"{metric}.npz")
         arrays = {k: np.asarray(v) for k, v in mats.items()}
-        rundir.atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic.atomic_write(path, lambda f: np.savez(f, **arrays))
         paths.append(path)
     return paths
