@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxweights import cli
 from jaxweights import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,3 +81,31 @@ def finish(proc: subprocess.Popen, timeout: int = 240) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
     return out
+
+
+# A tiny quick start: `jaxweights train` flags that keep a config to seconds.
+TINY = [
+    "--config.max_train=512",
+    "--config.max_test=500",
+    "--config.model.hidden=(16,)",
+    "--config.batch_size=64",
+    "--config.num_seeds=2",
+    "--config.init_scales=(1.0,)",
+]
+
+
+def train(tmp, data_dir, *extra, config="configs/quickstart.py", workdir="run"):
+    """`jaxweights train` of a config made tiny (TINY) into `tmp/workdir`; returns the exit code."""
+    argv = [
+        "train",
+        "--config",
+        str(REPO / config),
+        "--workdir",
+        str(tmp / workdir),
+        "--data_dir",
+        str(data_dir),
+        "--noprogress",
+        *TINY,
+        *extra,
+    ]
+    return cli.main(argv)

@@ -11,32 +11,7 @@ import pytest
 
 from jaxweights import cli
 from jaxweights.io import checkpoints
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "--config.max_train=512",
-    "--config.max_test=500",
-    "--config.model.hidden=(16,)",
-    "--config.batch_size=64",
-    "--config.num_seeds=2",
-    "--config.init_scales=(1.0,)",
-]
-
-
-def train(tmp, data_dir, *extra, config="configs/quickstart.py", workdir="run"):
-    argv = [
-        "train",
-        "--config",
-        str(REPO / config),
-        "--workdir",
-        str(tmp / workdir),
-        "--data_dir",
-        str(data_dir),
-        "--noprogress",
-        *TINY,
-        *extra,
-    ]
-    return cli.main(argv)
+from tests.zoo import REPO, train
 
 
 def test_run_directory_contract(tmp_path, data_dir):

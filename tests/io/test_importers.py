@@ -8,7 +8,7 @@ from safetensors.numpy import save_file
 from jaxweights import cli
 from jaxweights.io import importers, rundir
 from jaxweights.weights import compute, strength
-from tests.test_cli import train
+from tests.zoo import train
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from jaxweights import claims, cli
 from jaxweights.io import rundir
 from jaxweights.pipelines import analyze
 from jaxweights.weights import compute, distances, strength
-from tests.test_cli import train
+from tests.zoo import train
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from jaxweights import cli, report
 from jaxweights.io import rundir
 from jaxweights.models import paths
 from jaxweights.pipelines import analyze, study
-from tests.test_cli import REPO, train
+from tests.zoo import REPO, train
 
 # 2 seeds × 5 learning rates × 2 init scales: the smallest rates stay near chance, the middle ones
 # learn, 1e4 diverges.

@@ -201,7 +201,7 @@ def test_chunked_run_equals_unchunked(one_device, tmp_path, data_dir, caplog):
 
 
 def test_memory_limit_too_small_is_one_line_error(tmp_path, data_dir, capsys):
-    from tests.test_cli import train as cli_train
+    from tests.zoo import train as cli_train
 
     assert cli_train(tmp_path, data_dir, "--config.memory_limit_mb=0.5") == 2
     err = capsys.readouterr().err.strip().splitlines()
