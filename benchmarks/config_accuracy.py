@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from jaxweights.config import apply_overrides
+from jaxweights.io import rundir
 from jaxweights.pipelines import train as train_pipeline
 
 
@@ -56,7 +57,7 @@ def main() -> None:
         t = time.perf_counter()
         df = train_pipeline.train_and_evaluate(c, Path(args.workdir) / Path(path).stem, overwrite=True, progress=False)
         dt = time.perf_counter() - t
-        last = df[df.epoch == df.epoch.max()]
+        last = rundir.last_epoch(df)
         ok = last[~last.diverged.astype(bool)]
         best = ok.loc[ok.test_acc.idxmax()]
         desc = f"lr={best.learning_rate:g} init_scale={best.init_scale:g} seed={int(best.seed)}"

@@ -1,5 +1,8 @@
 """The `jaxweights` command: a thin layer over the library.
 
+Each `cmd_*` returns the exit status (0); user errors raise one of `USER_ERRORS`, which `main` turns into
+one line on stderr and exit status 2.
+
     jaxweights train   --config configs/NAME.py[:ARG] --workdir DIR [--config.key=value ...]
                        [--data_dir DIR] [--overwrite] [--no-progress]
     jaxweights study   --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR [--data_dir D]
@@ -29,6 +32,7 @@ from jaxweights.claims import ClaimError
 from jaxweights.config import ConfigError, apply_overrides, last_overrides
 from jaxweights.data import DataError
 from jaxweights.dynamics import DynamicsError
+from jaxweights.io import rundir
 from jaxweights.io.importers import ParamsError
 from jaxweights.pipelines import analyze, prune, study
 from jaxweights.pipelines import analyze_params as params_pipeline
@@ -204,14 +208,7 @@ def _parse(command: str, args: Sequence[str]) -> flags.FlagValues:
 
 
 def cmd_train(args: Sequence[str]) -> int:
-    """`jaxweights train`: trains the config's zoo into --workdir (`train_pipeline.train_and_evaluate`).
-
-    Args:
-      args: the command's arguments.
-
-    Returns:
-      The exit status (0); user errors raise one of `USER_ERRORS`.
-    """
+    """`jaxweights train`: trains the config's zoo into --workdir (`train_pipeline.train_and_evaluate`)."""
     fv = _parse("train", args)
     if fv["config"].value is None:
         raise flags.Error("--config: required (a Python file such as configs/quickstart.py)")
@@ -224,7 +221,7 @@ def cmd_train(args: Sequence[str]) -> int:
     if fv.data_dir:
         config = apply_overrides(config, {"data_dir": fv.data_dir}, where="--data_dir", keep_groups=True, new_keys=True)
     df = train_pipeline.train_and_evaluate(config, fv.workdir, overwrite=fv.overwrite, progress=fv.progress)
-    last = df[df.epoch == df.epoch.max()]
+    last = rundir.last_epoch(df)
     diverged = last.diverged.astype(bool)
     exploded = last["exploded"].astype(bool) if "exploded" in last else diverged & False
     ok = last[~diverged & ~exploded]  # accuracy of the networks an analysis keeps
@@ -237,14 +234,7 @@ def cmd_train(args: Sequence[str]) -> int:
 
 
 def cmd_analyze(args: Sequence[str]) -> int:
-    """`jaxweights analyze`: statistics, distances, claims, dynamics and the report of --workdir.
-
-    Args:
-      args: the command's arguments.
-
-    Returns:
-      The exit status (0); user errors raise one of `USER_ERRORS`.
-    """
+    """`jaxweights analyze`: statistics, distances, claims, dynamics and the report of --workdir."""
     fv = _parse("analyze", args)
     if not 0 < fv.quantile <= 0.5:
         raise flags.Error(f"--quantile: {fv.quantile} must be in (0, 0.5]")
@@ -282,14 +272,7 @@ def cmd_analyze(args: Sequence[str]) -> int:
 
 
 def cmd_analyze_params(args: Sequence[str]) -> int:
-    """`jaxweights analyze-params`: the analysis of parameter files trained elsewhere.
-
-    Args:
-      args: the command's arguments.
-
-    Returns:
-      The exit status (0); user errors raise one of `USER_ERRORS`.
-    """
+    """`jaxweights analyze-params`: the analysis of parameter files trained elsewhere."""
     argv = ["jaxweights analyze-params", *args]
     fv = _flag_values("analyze-params", argv)
     paths = fv(argv)[1:]
@@ -318,14 +301,7 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
 
 
 def cmd_prune(args: Sequence[str]) -> int:
-    """`jaxweights prune`: removes the flagged hidden layers, retrains and reports the change.
-
-    Args:
-      args: the command's arguments.
-
-    Returns:
-      The exit status (0); user errors raise one of `USER_ERRORS`.
-    """
+    """`jaxweights prune`: removes the flagged hidden layers, retrains and reports the change."""
     fv = _parse("prune", args)
     report = prune.prune_run(
         fv.workdir, layers=fv.layers, data_dir=fv.data_dir, overwrite=fv.overwrite, progress=fv.progress
@@ -343,14 +319,7 @@ def cmd_prune(args: Sequence[str]) -> int:
 
 
 def cmd_study(args: Sequence[str]) -> int:
-    """`jaxweights study`: trains and analyses every zoo of a study config; one combined report.
-
-    Args:
-      args: the command's arguments.
-
-    Returns:
-      The exit status (0); user errors raise one of `USER_ERRORS`.
-    """
+    """`jaxweights study`: trains and analyses every zoo of a study config; one combined report."""
     fv = _parse("study", args)
     if fv["config"].value is None:
         raise flags.Error("--config: required (a study config such as configs/studies/optimal_vs_suboptimal.py)")

@@ -41,6 +41,7 @@ from jaxweights.claims.groups import (
     EXPLODED_LOSS_FACTOR,
     EXPLODED_MAX_ABS_WEIGHT,
     GROUP_NAMES,
+    GROUPING_DEFAULTS,
     MIDDLE,
     NOT_HYPERPARAMETERS,
     OPTIMAL,
@@ -117,6 +118,7 @@ from jaxweights.claims.undefined import (
 )
 
 __all__ = [
+    "GROUPING_DEFAULTS",
     "CELL_COLUMNS",
     "CLAIM_LEVELS",
     "CellPermutationResult",

@@ -258,6 +258,18 @@ def _max_abs_weight(last: pd.DataFrame, params) -> np.ndarray:
     return top
 
 
+# the keyword options of `network_groups` that say which networks are analysed and how they are split
+GROUPING_DEFAULTS = {
+    "quantile": 0.25,
+    "threshold": None,
+    "min_accuracy": None,
+    "include_exploded": False,
+    "include_not_learned": False,
+    "num_classes": 10,
+    "chance_margin": 0.05,
+}
+
+
 def network_groups(
     last: pd.DataFrame,
     params,

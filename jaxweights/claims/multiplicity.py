@@ -11,27 +11,32 @@ import pandas as pd
 import scipy.stats as ss
 
 
+def _adjust_finite(p, adjust) -> np.ndarray:
+    """`adjust` applied to the finite p-values of `p` (any shape); NaN stays NaN and is not counted as a test."""
+    p = np.asarray(p, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = adjust(p[ok])
+    return out
+
+
+def _holm_1d(p_m: np.ndarray) -> np.ndarray:
+    m = len(p_m)
+    order = np.argsort(p_m, kind="stable")
+    adj = np.empty(m)
+    adj[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p_m[order]))
+    return adj
+
+
 def holm(p) -> np.ndarray:
     """Holm (1979) step-down adjusted p-values: sorted p_(1) <= ... <= p_(m),
     adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)). NaN p-values stay NaN and are not counted in m.
 
     Args:
-      p: p-values (any shape).
-
-    Returns:
-      Adjusted p-values, same shape.
+      p: p-values (any shape). Returns the adjusted p-values, same shape.
     """
-    p = np.asarray(p, np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m:
-        ps = p[ok]
-        order = np.argsort(ps, kind="stable")
-        adj = np.empty(m)
-        adj[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * ps[order]))
-        out[ok] = adj
-    return out
+    return _adjust_finite(p, _holm_1d)
 
 
 def benjamini_hochberg(p) -> np.ndarray:
@@ -39,17 +44,9 @@ def benjamini_hochberg(p) -> np.ndarray:
     and is not counted as a test.
 
     Args:
-      p: p-values (any shape).
-
-    Returns:
-      Adjusted p-values, same shape.
+      p: p-values (any shape). Returns the adjusted p-values, same shape.
     """
-    p = np.asarray(p, np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = ss.false_discovery_control(p[ok], method="bh")
-    return out
+    return _adjust_finite(p, lambda p_m: ss.false_discovery_control(p_m, method="bh"))
 
 
 def two_sided(p_greater, p_less):

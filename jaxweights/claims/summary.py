@@ -18,7 +18,7 @@ import pandas as pd
 
 from jaxweights.claims.correlations import correlations
 from jaxweights.claims.divergence import bin_divergence
-from jaxweights.claims.groups import OPTIMAL, SUBOPTIMAL, accuracy_bins, network_groups
+from jaxweights.claims.groups import GROUPING_DEFAULTS, OPTIMAL, SUBOPTIMAL, accuracy_bins, network_groups
 from jaxweights.claims.multiplicity import verdict
 from jaxweights.claims.prediction import hyperparameter_features, predict_accuracy, weight_features
 from jaxweights.claims.sensitivity import sensitivity
@@ -82,13 +82,6 @@ def claim_summary(
     *,
     metrics: Sequence[str] | None = None,
     block_size: int = 64,
-    quantile: float = 0.25,
-    threshold=None,
-    min_accuracy: float | None = None,
-    include_exploded: bool = False,
-    include_not_learned: bool = False,
-    num_classes: int = 10,
-    chance_margin: float = 0.05,
     grouping_note: str | None = None,
     bins=4,
     n_permutations: int = 2000,
@@ -97,6 +90,7 @@ def claim_summary(
     folds: int = 5,
     seed: int = 0,
     name: str = "",
+    **grouping,
 ) -> tuple[dict, ClaimContext]:
     """Tests the optimal-vs-suboptimal claims (Zheng et al. 2024, arXiv 2408.11720) on one zoo.
 
@@ -112,26 +106,22 @@ def claim_summary(
         the whole network over the analysed networks only.
       last: the last epoch's metrics, one row per network (test_acc, diverged, hyperparameters).
       out: the zoo's analysis folder (the tables go there).
-      quantile, threshold: grouping (`groups.split_groups`); bins: accuracy bins (`accuracy_bins`).
-      min_accuracy, include_exploded, include_not_learned, num_classes, chance_margin: which networks
-        are analysed (`network_groups`).
+      bins: accuracy bins (`accuracy_bins`).
       n_permutations, n_boot, alpha, folds, seed: test and prediction options.
+      **grouping: which networks are analysed and how they are split, the keyword options of
+        `network_groups` (quantile, threshold, min_accuracy, include_exploded, include_not_learned,
+        num_classes, chance_margin; defaults `GROUPING_DEFAULTS`).
 
     Returns:
       (summary, context): the numbers (JSON-able) and the arrays the figures draw (`ClaimContext`).
     """
     last = last.sort_values("network").reset_index(drop=True)
     acc = last.test_acc.to_numpy(np.float64)
-    choice = dict(
-        quantile=quantile,
-        threshold=threshold,
-        min_accuracy=min_accuracy,
-        include_exploded=include_exploded,
-        include_not_learned=include_not_learned,
-        num_classes=num_classes,
-        chance_margin=chance_margin,
-        seed=seed,
-    )
+    unknown = set(grouping) - set(GROUPING_DEFAULTS)
+    if unknown:
+        raise TypeError(f"claim_summary: unknown option(s) {sorted(unknown)}")
+    choice = {**GROUPING_DEFAULTS, **grouping, "seed": seed}
+    quantile, threshold, num_classes = choice["quantile"], choice["threshold"], choice["num_classes"]
     gt = network_groups(last, params, **choice)
     labels = gt.label.to_numpy()
     state = gt.state.to_numpy()
@@ -154,11 +144,11 @@ def claim_summary(
         "rule": f"threshold {threshold}" if threshold is not None else f"top/bottom {quantile:.0%} by rank",
         "quantile": None if threshold is not None else quantile,
         "threshold": threshold,
-        "min_accuracy": min_accuracy,
-        "include_exploded": include_exploded,
-        "include_not_learned": include_not_learned,
+        "min_accuracy": choice["min_accuracy"],
+        "include_exploded": choice["include_exploded"],
+        "include_not_learned": choice["include_not_learned"],
         "chance_accuracy": 1 / num_classes,
-        "chance_margin": chance_margin,
+        "chance_margin": choice["chance_margin"],
         "note": grouping_note,
         "n_optimal": int((labels == OPTIMAL).sum()),
         "n_suboptimal": int((labels == SUBOPTIMAL).sum()),

@@ -42,14 +42,8 @@ def representation_dynamics(
     x_eval,
     y_eval,
     *,
-    k: int = 3,
-    cka_batch: int = 100,
-    probe_steps: int = 300,
-    num_planes: int = 4,
-    resolution: int = 16,
-    chunk: int | None = None,
-    memory_mb: int = 1024,
     exclude_N: np.ndarray | None = None,
+    **options,
 ):
     """CKA, probes and modularity of every network, layer and snapshot.
 
@@ -63,14 +57,10 @@ def representation_dynamics(
       snapshots: per-epoch flat parameters; epochs: their epochs.
       x_probe, y_probe: the standardised probe set (n images) and labels.
       x_eval, y_eval: held-out images for probe accuracy.
-      k: neighbours of the modularity graph.
-      cka_batch: minibatch size of the unbiased-HSIC CKA.
-      probe_steps: Adam steps of each linear probe.
-      num_planes, resolution: decision-region planes and their grid size.
-      chunk: networks vmapped at once (`jax.lax.map` batch size; default `default_chunk()`).
-      memory_mb: budget for the captured activations of one block of networks.
       exclude_N: boolean `(N,)`, networks left out (diverged, exploded, not learned, ...) whose network × network CKA rows and
         columns are NaN (see `RepresentationDynamics.finish`).
+      **options: the options of `RepresentationDynamics` (k, cka_batch, probe_steps, num_planes,
+        resolution, chunk, memory_mb, seed).
 
     Returns:
       `(cka, modularity_df, probes_df, regions)`: `cka` a dict of arrays (see `write_dynamics`),
@@ -78,21 +68,7 @@ def representation_dynamics(
       `network, epoch, layer, depth, probe_acc, probe_train_acc, region_agreement_prev,
       region_agreement_final`, `regions` `(N, L, E, E)` decision-region agreement.
     """
-    with RepresentationDynamics(
-        setup,
-        epochs,
-        x_probe,
-        y_probe,
-        x_eval,
-        y_eval,
-        k=k,
-        cka_batch=cka_batch,
-        probe_steps=probe_steps,
-        num_planes=num_planes,
-        resolution=resolution,
-        chunk=chunk,
-        memory_mb=memory_mb,
-    ) as acc:
+    with RepresentationDynamics(setup, epochs, x_probe, y_probe, x_eval, y_eval, **options) as acc:
         acc.add(snapshots)
         return acc.finish(exclude_N)
 

@@ -175,7 +175,7 @@ def analyze_workdir(
                     notes[name] = skipped
             if (rd / "metrics.csv").exists():
                 m = pd.read_csv(rd / "metrics.csv")
-                last = m[m.epoch == m.epoch.max()].reset_index(drop=True)
+                last = rundir.last_epoch(m).reset_index(drop=True)
                 if name:
                     last.insert(0, "group", name)
                 nets.append(last)
@@ -317,7 +317,7 @@ def report_workdir(workdir: Path, out: Path, runs, *, extra_sections=(), dynamic
         params = rundir.load_params(rd / "params.npz")
         table = pd.read_csv(zout / "stats.csv")
         m = pd.read_csv(rd / "metrics.csv")
-        last = m[m.epoch == m.epoch.max()].reset_index(drop=True)
+        last = rundir.last_epoch(m).reset_index(drop=True)
         last.attrs["epochs"] = m
         s, figs = zoo_summary(params, table, last, zout, name=name, num_classes=num_classes(rd, params), **options)
         summaries[name or "zoo"] = s

@@ -31,7 +31,7 @@ GROUPING_OPTIONS = (
 
 def _last_epoch(rd: Path) -> pd.DataFrame:
     m = pd.read_csv(rd / "metrics.csv")
-    return m[m.epoch == m.epoch.max()].sort_values("network").reset_index(drop=True)
+    return rundir.last_epoch(m).sort_values("network").reset_index(drop=True)
 
 
 def num_classes(rd: Path, params=None) -> int:

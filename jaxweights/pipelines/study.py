@@ -22,7 +22,7 @@ import ml_collections
 import pandas as pd
 
 from jaxweights.claims import depth_profiles, same_pattern
-from jaxweights.config import presets
+from jaxweights.config import apply_overrides, presets
 from jaxweights.pipelines import train as train_pipeline
 from jaxweights.pipelines.analyze import analyze_workdir
 from jaxweights.report import Section, esc, figures, fmt, table, verdict_html, write
@@ -40,16 +40,10 @@ def zoo_config(study: ml_collections.ConfigDict, dataset: str, family: str) -> m
         c.data_dir = study.data_dir
     overrides = study.get("overrides") or {}
     for scope in ("all", family):
-        _merge(c, overrides.get(scope) or {})
+        c = apply_overrides(
+            c, overrides.get(scope) or {}, where=f"study overrides[{scope!r}]", keep_groups=True, new_keys=True
+        )
     return c
-
-
-def _merge(target, updates) -> None:
-    for key, value in dict(updates).items():
-        if isinstance(value, (dict, ml_collections.ConfigDict)):
-            _merge(target[key], value)
-        else:
-            target[key] = value
 
 
 def _row(dataset: str, family: str, s: dict[str, Any]) -> dict[str, Any]:

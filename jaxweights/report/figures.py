@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from jaxweights.claims import OPTIMAL, SUBOPTIMAL, divergence, layer_depths
+from jaxweights.io import rundir
 from jaxweights.report import style
 from jaxweights.report.style import CMAP, acc_norm, cmap, colorbar, empty, grid, new_figure, save_with_data
 from jaxweights.weights import compute
@@ -328,7 +329,7 @@ def accuracy_over_epochs(
     """
     m = metrics.sort_values(["network", "epoch"])
     key = ["group", "network"] if "group" in m else ["network"]
-    final = m[m.epoch == m.epoch.max()].set_index(key)
+    final = rundir.last_epoch(m).set_index(key)
     if states is None:
         div = final.diverged.astype(bool) if "diverged" in final else pd.Series(False, final.index)
         states = pd.Series(np.where(div, "diverged", "ok"), index=final.index)

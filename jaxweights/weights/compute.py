@@ -7,11 +7,8 @@ flattened and sorted ascending (sorted once, by numpy on CPU).
 
 Groups are formed by ``groups.py``, shared histogram edges by ``histograms.py``.
 
-Undefined values: a statistic that is undefined for a group (skewness or kurtosis
-when the variance is zero by scipy's criterion ``m2 <= (eps * mean)**2``, the stable
-rank of an all-zero kernel, anything non-finite) is reported as ``value = NaN`` with
-``undefined = True`` in the DataFrame, is listed in ``df.attrs["undefined"]`` as
-``(layer, statistic, n_networks)`` and is logged as a warning. It never raises.
+Undefined values (NaN with ``undefined = True``, listed in ``df.attrs["undefined"]``, logged once,
+never raised) follow the rule stated in ``stats.py``.
 
 References:
   Zheng et al., "Weight statistics of optimal and suboptimal networks", arXiv 2408.11720.

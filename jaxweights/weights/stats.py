@@ -84,10 +84,7 @@ def mean(w_D):
     """Arithmetic mean (of ``w / max|w|``, rescaled: no overflow in the sum; Unterthiner et al. 2020).
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     m, u = _scaled(w_D)
     return m * jnp.mean(u)
@@ -97,10 +94,7 @@ def var(w_D):
     """Variance, ddof 0 (two-pass, scaled). Exceeds float32 above |w| ~ 1e19: the registry squares ``std`` on the host.
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     _, m2, _, m = _moments(w_D)
     return (m * m) * m2
@@ -110,10 +104,7 @@ def std(w_D):
     """Standard deviation, ddof 0 (two-pass on ``w / max|w|``, rescaled; Unterthiner et al. 2020).
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     _, m2, _, m = _moments(w_D)
     return m * jnp.sqrt(m2)
@@ -123,10 +114,7 @@ def skewness(w_D):
     """Biased skewness g1 ``m3 / m2**1.5`` (Joanes & Gill 1998; scipy.stats.skew default); NaN if variance is zero.
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     mu, m2, d, _ = _moments(w_D)
     return jnp.where(_zero_var(mu, m2), jnp.nan, jnp.mean(d**3) / m2**1.5)
@@ -136,10 +124,7 @@ def kurtosis(w_D):
     """Biased excess kurtosis g2 ``m4 / m2**2 - 3`` (Joanes & Gill 1998; scipy default); NaN if variance is zero.
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     mu, m2, d, _ = _moments(w_D)
     return jnp.where(_zero_var(mu, m2), jnp.nan, jnp.mean(d**4) / m2**2 - 3.0)
@@ -165,10 +150,7 @@ def l1(w_D):
     """L1 norm ``sum |w|`` (scaled sum; Unterthiner et al. 2020).
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     m, u = _scaled(w_D)
     return m * jnp.sum(jnp.abs(u))
@@ -178,10 +160,7 @@ def l2(w_D):
     """L2 (Frobenius) norm, ``max|w| * ||w / max|w|||`` (no overflow; Unterthiner et al. 2020).
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     m, u = _scaled(w_D)
     return m * jnp.sqrt(jnp.sum(u * u))
@@ -191,10 +170,7 @@ def max_abs(w_D):
     """Largest absolute weight (L-infinity norm).
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     return jnp.max(jnp.abs(w_D))
 
@@ -203,10 +179,7 @@ def rms(w_D):
     """Root mean square, ``max|w| * rms(w / max|w|)`` (no overflow).
 
     Args:
-      w_D: one network's weights, (D,) (any order).
-
-    Returns:
-      Scalar.
+      w_D: one network's weights, (D,) (any order). Returns a scalar.
     """
     m, u = _scaled(w_D)
     return m * jnp.sqrt(jnp.mean(u * u))
