@@ -26,14 +26,14 @@ MOVED: dict[str, tuple[str, ...]] = {
     ),
     "jaxweights.importers": (
         "jaxweights.io.importers",
-        "jaxweights.pipelines.analyze_params",
+        "jaxweights.pipelines.params",
         "jaxweights.report.params_figures",
     ),
     "jaxweights.stats": (
         "jaxweights.weights.stats",
         "jaxweights.weights.compute",
-        "jaxweights.weights.histograms",
-        "jaxweights.weights.groups",
+        "jaxweights.weights.binning",
+        "jaxweights.weights.units",
         "jaxweights.models.paths",
         "jaxweights.train.sharding",
     ),
@@ -45,7 +45,7 @@ MOVED: dict[str, tuple[str, ...]] = {
         "jaxweights.pipelines.analyze",
         "jaxweights.pipelines.grouping",
         "jaxweights.pipelines.errors",
-        "jaxweights.pipelines.analyze_params",
+        "jaxweights.pipelines.params",
         "jaxweights.claims",
     ),
     "jaxweights.run": (

@@ -35,7 +35,7 @@ from jaxweights.dynamics import DynamicsError
 from jaxweights.io import rundir
 from jaxweights.io.importers import ParamsError
 from jaxweights.pipelines import analyze, prune, study
-from jaxweights.pipelines import analyze_params as params_pipeline
+from jaxweights.pipelines import params as params_pipeline
 from jaxweights.pipelines import train as train_pipeline
 from jaxweights.pipelines.errors import AnalysisError
 from jaxweights.pipelines.train import RunError

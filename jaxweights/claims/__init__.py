@@ -7,22 +7,17 @@ networks in their converged weight statistics and distributions, while poor netw
     permutation.py   within / across distances, permutation tests (networks or cells exchangeable), bootstrap
     multiplicity.py  Holm (1979) and Benjamini-Hochberg (1995) adjusted p-values, verdicts
     tables.py        the claim tables of every (metric, layer), the dispersion of every statistic
-    correlations.py  Spearman and Kendall correlations with accuracy
+    rank_correlations.py  Spearman and Kendall correlations with accuracy
     prediction.py    accuracy from weight statistics (Unterthiner et al. 2020, arXiv 2002.11448)
     divergence.py    accuracy bins compared by KDE divergence (La Malfa et al. 2021, arXiv 2110.02628)
     depth.py         per-layer results of several zoos along depth
     undefined.py     undefined statistics: why, and one log line
-    sensitivity.py   the headline test under other groupings
+    robustness.py    the headline test under other groupings
     summary.py       `claim_summary`: all of it on one zoo, as numbers and tables
 """
 
 from __future__ import annotations
 
-from jaxweights.claims.correlations import (
-    correlations,
-    kendall_tau,
-    spearman,
-)
 from jaxweights.claims.depth import (
     depth_profiles,
     layer_depths,
@@ -85,7 +80,12 @@ from jaxweights.claims.prediction import (
     predict_accuracy,
     weight_features,
 )
-from jaxweights.claims.sensitivity import (
+from jaxweights.claims.rank_correlations import (
+    correlations,
+    kendall_tau,
+    spearman,
+)
+from jaxweights.claims.robustness import (
     SENSITIVITY_QUANTILES,
     sensitivity,
 )

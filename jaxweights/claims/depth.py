@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxweights.claims.correlations import spearman
+from jaxweights.claims.rank_correlations import spearman
 from jaxweights.models import paths
 from jaxweights.weights import stats
 

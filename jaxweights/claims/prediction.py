@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from jaxweights.claims.correlations import kendall_tau
 from jaxweights.claims.groups import ClaimError, hyperparameter_columns
+from jaxweights.claims.rank_correlations import kendall_tau
 from jaxweights.weights import compute, stats
 
 FEATURE_QUANTILES = (0, 25, 50, 75, 100)

@@ -16,12 +16,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from jaxweights.claims.correlations import correlations
 from jaxweights.claims.divergence import bin_divergence
 from jaxweights.claims.groups import GROUPING_DEFAULTS, OPTIMAL, SUBOPTIMAL, accuracy_bins, network_groups
 from jaxweights.claims.multiplicity import verdict
 from jaxweights.claims.prediction import hyperparameter_features, predict_accuracy, weight_features
-from jaxweights.claims.sensitivity import sensitivity
+from jaxweights.claims.rank_correlations import correlations
+from jaxweights.claims.robustness import sensitivity
 from jaxweights.claims.tables import (
     HEADLINE_COLUMNS,
     SEED_COLUMNS,

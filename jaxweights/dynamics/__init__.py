@@ -36,7 +36,7 @@ from jaxweights.dynamics.cka import (
     normalise_hsic,
 )
 from jaxweights.dynamics.common import INPUT, DynamicsError, default_chunk, network_masks
-from jaxweights.dynamics.modularity import (
+from jaxweights.dynamics.communities import (
     NO_SIGNAL,
     NON_FINITE,
     OK,

@@ -20,7 +20,7 @@ import pandas as pd
 from jaxweights.dynamics.activations import capture, capture_zoo
 from jaxweights.dynamics.cka import HIGHEST, cka_forms, cka_matrix, gram, minibatch_grams, normalise_hsic
 from jaxweights.dynamics.common import INPUT, DynamicsError, default_chunk, network_masks
-from jaxweights.dynamics.modularity import NO_SIGNAL, NON_FINITE, REASONS, knn_modularity, representation_status
+from jaxweights.dynamics.communities import NO_SIGNAL, NON_FINITE, REASONS, knn_modularity, representation_status
 from jaxweights.dynamics.probes import choose_triples, plane_points, probe_predict, train_probe
 from jaxweights.models import paths
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from jaxweights.dynamics.accumulator import RepresentationDynamics
 from jaxweights.dynamics.common import DynamicsError, network_masks
-from jaxweights.dynamics.modularity import pruning_candidates
+from jaxweights.dynamics.communities import pruning_candidates
 from jaxweights.dynamics.run_inputs import probe_data
 from jaxweights.dynamics.rwc import relative_weight_change
 from jaxweights.dynamics.snapshots import check_same_epochs, checkpoint_epochs, load_dir_snapshots, snapshot_dirs

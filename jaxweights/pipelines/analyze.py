@@ -46,9 +46,9 @@ from jaxweights.claims import (
 )
 from jaxweights.claims.summary import DEFAULT_METRICS
 from jaxweights.io import atomic, rundir
-from jaxweights.pipelines.analyze_params import analyze_params
 from jaxweights.pipelines.errors import AnalysisError, check_metrics
 from jaxweights.pipelines.grouping import check_grouping, num_classes, run_groups
+from jaxweights.pipelines.params import analyze_params
 from jaxweights.report import Section, figures, intro_html, provided_sections, write, zoo_figures, zoo_sections
 from jaxweights.report import dynamics as report_dynamics
 from jaxweights.weights import compute

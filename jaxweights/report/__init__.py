@@ -46,7 +46,7 @@ from jaxweights.report.style import (
     save,
     save_with_data,
 )
-from jaxweights.report.zoo_figures import zoo_figures
+from jaxweights.report.zoo_panels import zoo_figures
 
 __all__ = [
     "figures",

@@ -20,16 +20,15 @@ from jaxweights.claims import OPTIMAL, SUBOPTIMAL, divergence, layer_depths
 from jaxweights.io import rundir
 from jaxweights.report import style
 from jaxweights.report.style import CMAP, acc_norm, cmap, colorbar, empty, grid, new_figure, save_with_data
-from jaxweights.weights import compute
-from jaxweights.weights import groups as weight_groups
+from jaxweights.weights import compute, units
 
 
 def kernel_leaves(params) -> list[str]:
     """Kernel leaf paths in depth order (input side first)."""
     flat = compute.flatten(params)
     ks = [k for k, v in flat.items() if compute.is_kernel(k, v)]
-    depth = layer_depths([weight_groups.layer_of(k) for k in ks])
-    return sorted(ks, key=lambda k: depth[weight_groups.layer_of(k)])
+    depth = layer_depths([units.layer_of(k) for k in ks])
+    return sorted(ks, key=lambda k: depth[units.layer_of(k)])
 
 
 def _robust_edges(w_ND: np.ndarray, bins: int, q: float = 0.002, seed: int = 0) -> np.ndarray:

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxweights.weights import histograms, stats
+from jaxweights.weights import binning, stats
 
 
 def write_figures(
     params: Mapping[str, Any], out: str | os.PathLike, *, dists: Mapping[str, np.ndarray] | None = None, bins: int = 64
 ) -> list[Path]:
-    """Writes `figures/histograms.png` (each network's weight distribution, first 12 leaves) and,
+    """Writes `figures/binning.png` (each network's weight distribution, first 12 leaves) and,
     given `{group: dist_NxN}`, `figures/distances.png` (heatmaps of up to 8 groups, leaves first).
 
     Args:
@@ -37,7 +37,7 @@ def write_figures(
     out = Path(out) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    hists = dict(list(histograms.histograms(params, bins=bins).items())[:12])
+    hists = dict(list(binning.histograms(params, bins=bins).items())[:12])
     cols = min(4, len(hists))
     rows = -(-len(hists) // cols)
     fig = Figure(figsize=(3.2 * cols, 2.4 * rows))
@@ -52,7 +52,7 @@ def write_figures(
         ax.axis("off")
     fig.suptitle("weight distributions (one line per network)", fontsize=9)
     fig.tight_layout()
-    written.append(out / "histograms.png")
+    written.append(out / "binning.png")
     fig.savefig(written[-1], dpi=100)
     if dists:
         # Leaves first, then layers and the whole network; at most 8 panels.

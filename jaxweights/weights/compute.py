@@ -5,7 +5,7 @@ network) are reduced by one ``jax.tree.map`` inside one ``jax.jit``, so there is
 structure and no Python loop over networks or layers. Distribution statistics receive a group's weights
 flattened and sorted ascending (sorted once, by numpy on CPU).
 
-Groups are formed by ``groups.py``, shared histogram edges by ``histograms.py``.
+Groups are formed by ``units.py``, shared histogram edges by ``binning.py``.
 
 Undefined values (NaN with ``undefined = True``, listed in ``df.attrs["undefined"]``, logged once,
 never raised) follow the rule stated in ``stats.py``.
@@ -31,7 +31,9 @@ from jax.experimental import multihost_utils
 from jaxweights.io import atomic
 from jaxweights.models.paths import flatten, is_kernel
 from jaxweights.train import sharding
-from jaxweights.weights.groups import (
+from jaxweights.weights.binning import histogram, shared_edges
+from jaxweights.weights.stats import NEAR_ZERO, SUMMARY, as_matrix, resolve_statistics
+from jaxweights.weights.units import (
     finite_rows,
     groups,
     non_finite_networks,
@@ -39,8 +41,6 @@ from jaxweights.weights.groups import (
     sort_rows,
     warn_non_finite,
 )
-from jaxweights.weights.histograms import histogram, shared_edges
-from jaxweights.weights.stats import NEAR_ZERO, SUMMARY, as_matrix, resolve_statistics
 
 log = logging.getLogger(__name__)
 

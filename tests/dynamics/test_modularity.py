@@ -16,7 +16,7 @@ from jaxweights.models import paths
 from tests.dynamics.references import np_knn_adjacency
 
 # the module (the package's `modularity` attribute is the function of that name)
-modularity_module = importlib.import_module("jaxweights.dynamics.modularity")
+modularity_module = importlib.import_module("jaxweights.dynamics.communities")
 
 
 def test_knn_graph_and_modularity_equal_sklearn_and_networkx(mnist_slice):

@@ -104,3 +104,35 @@ def test_last_epoch_keeps_each_networks_last_epoch():
     last = rundir.last_epoch(m)
     assert last[["network", "epoch", "test_acc"]].values.tolist() == [[2, 2, 5], [0, 3, 6], [1, 3, 7]]
     assert list(last.index) == [5, 6, 7]  # the table's own rows and index
+
+
+def test_zoo_of_eight_devices_is_analysed_dynamics_included_on_one(run8, data_dir, tmp_path):
+    """`jaxweights analyze` of the 8-device run on this 1-device process: before the one restore it
+    stopped with orbax's "Topology mismatch" (exit 1) as soon as the dynamics read a checkpoint."""
+    import pandas as pd
+
+    from jaxweights import cli
+
+    assert jax.device_count() == 1
+    argv = [
+        "analyze",
+        "--workdir",
+        str(run8),
+        "--metrics",
+        "wasserstein",
+        "--probe_size",
+        "60",
+        "--noreport",
+        "--dynamics",
+    ]
+    assert cli.main([*argv, "--data_dir", str(data_dir)]) == 0
+    out = run8 / "analysis"
+    rwc = pd.read_csv(out / "rwc.csv")
+    assert sorted(rwc.network.unique()) == list(range(N)) and set(rwc.epoch) == {1}
+    # RWC of epoch 1, recomputed from the restored snapshots in float64: ||w1 - w0||_1 / ||w0||_1
+    w0 = checkpoints.restore_params(run8, epoch=0)["Dense_0"]["kernel"].astype(np.float64)
+    w1 = checkpoints.restore_params(run8, epoch=1)["Dense_0"]["kernel"].astype(np.float64)
+    want = np.abs(w1 - w0).sum((1, 2)) / np.abs(w0).sum((1, 2))
+    got = rwc[rwc.layer == "Dense_0"].sort_values("network").rwc_l1_ratio.to_numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert (out / "cka.npz").exists() and (out / "stats.csv").exists()

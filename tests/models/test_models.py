@@ -91,8 +91,7 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
 
     from jaxweights import claims
     from jaxweights.io import rundir
-    from jaxweights.weights import groups as weight_groups
-    from jaxweights.weights import strength
+    from jaxweights.weights import strength, units
 
     vit = models.param_order(models.make_model("vit", num_classes=10, image_shape=(28, 28, 1)), (28, 28, 1))
     layers = models.layer_order(vit)
@@ -125,7 +124,7 @@ def test_param_order_is_execution_order_for_vit_mlp_cnn_and_user_modules(tmp_pat
     loaded = rundir.load_params(tmp_path / "params.npz")
     assert list(models.flatten(loaded)) == order
     assert list(strength.node_strength(loaded))[1:] == ls
-    assert list(weight_groups.group_names(loaded, "layer")) == ls
+    assert list(units.group_names(loaded, "layer")) == ls
 
     cnn = models.make_model("cnn", num_classes=10, image_shape=(8, 8, 1))
     assert models.layer_order(models.param_order(cnn, (8, 8, 1)))[:2] == ["Conv_0", "Conv_1"]

@@ -18,7 +18,7 @@ import pytest
 from jaxweights import config as config_lib
 from jaxweights import models, train
 from jaxweights.io import checkpoints, rundir
-from jaxweights.pipelines import analyze_params
+from jaxweights.pipelines import params as params_pipeline
 from jaxweights.pipelines import train as train_pipeline
 from jaxweights.weights import compute, distances
 from tests.zoo import (
@@ -347,7 +347,7 @@ def test_two_processes_equal_one_device(one_device, tmp_path, data_dir):
         assert f"process {i} of 2 temporary folders in the workdir: {1 - i}" in out
     assert not list((tmp_path / "run").glob(".analysis*"))
     # the statistics of the sharded 2-process analysis equal one device's
-    ref = analyze_params.analyze_params(
+    ref = params_pipeline.analyze_params(
         rundir.load_params(one_device / "params.npz"), tmp_path, metrics=["wasserstein"]
     )
     got = pd.read_csv(tmp_path / "run" / "analysis" / "stats.csv")

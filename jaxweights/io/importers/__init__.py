@@ -45,8 +45,8 @@ axis first (a run's `params.npz`, a `jaxweights train` checkpoint). Auto: a chec
 5 in Flax layout when there are no biases), read as a population; otherwise one network.
 """
 
+from jaxweights.io.importers.files import load, read, stack
 from jaxweights.io.importers.formats import FORMATS, ParamsError, detect_format
-from jaxweights.io.importers.load import load, read, stack
 from jaxweights.io.importers.torch_layout import LAYOUTS, TORCH_BUFFERS, detect_layout, torch_to_flax_kernel
 
 __all__ = [

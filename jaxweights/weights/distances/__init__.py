@@ -21,7 +21,7 @@ from jaxweights.weights.distances.ks import ks_exact
 from jaxweights.weights.distances.matrices import compute, pairwise
 from jaxweights.weights.distances.registry import BUILTIN, Distance, register_distance, registered_distances
 from jaxweights.weights.distances.sketches import cell_means
-from jaxweights.weights.groups import finite_networks
+from jaxweights.weights.units import finite_networks
 
 __all__ = [
     "BUILTIN",

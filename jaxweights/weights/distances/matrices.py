@@ -51,8 +51,8 @@ from jaxweights.weights.distances.kernels import jensenshannon
 from jaxweights.weights.distances.metrics import energy, hist_metric, kde_kl, ks, w1
 from jaxweights.weights.distances.registry import _REGISTRY, BUILTIN, Distance, registered_distances
 from jaxweights.weights.distances.vectors import statistic_pairwise
-from jaxweights.weights.groups import finite_networks, groups, non_finite_networks, sort_rows, warn_non_finite
 from jaxweights.weights.stats import SUMMARY
+from jaxweights.weights.units import finite_networks, groups, non_finite_networks, sort_rows, warn_non_finite
 
 log = logging.getLogger(__name__)
 

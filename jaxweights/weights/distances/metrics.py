@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxweights.weights.binning import core_range, histogram, range_edges
 from jaxweights.weights.distances.engine import blocked, l1_sum, pad_rows, pairs
 from jaxweights.weights.distances.kernels import (
     energy_sorted,
@@ -25,8 +26,7 @@ from jaxweights.weights.distances.kernels import (
 )
 from jaxweights.weights.distances.ks import _KS_SMALL, ks_exact, ks_grid, ks_pair, ks_sketch_block, own_counts
 from jaxweights.weights.distances.sketches import cell_means, cells, w1_bound_pair
-from jaxweights.weights.groups import sort_rows
-from jaxweights.weights.histograms import core_range, histogram, range_edges
+from jaxweights.weights.units import sort_rows
 
 _sort = sort_rows
 

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.spatial.distance
 
+from jaxweights.weights.binning import core_networks
 from jaxweights.weights.compute import statistic_vectors
-from jaxweights.weights.groups import finite_networks, group_names, groups, normalise_per
-from jaxweights.weights.histograms import core_networks
 from jaxweights.weights.stats import ALL
+from jaxweights.weights.units import finite_networks, group_names, groups, normalise_per
 
 log = logging.getLogger(__name__)
 

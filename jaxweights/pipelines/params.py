@@ -102,9 +102,9 @@ def analyze_files(
     `out/networks.csv` (network, source file) and `out/figures/*.png`.
 
     Args:
-      paths: parameter files (see `jaxweights.io.importers.load`); their networks are stacked into one population.
+      paths: parameter files (see `jaxweights.io.importers.files`); their networks are stacked into one population.
       out: output directory (created).
-      layout, stacked, layers: see `jaxweights.io.importers.load`.
+      layout, stacked, layers: see `jaxweights.io.importers.files`.
       metrics: distance metrics (default: `DEFAULT_METRICS`).
       block_size: networks per block of the N×N distance computation.
       figures: also write the figures.

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxweights.weights.groups import finite_rows, groups, sort_rows
+from jaxweights.weights.units import finite_rows, groups, sort_rows
 
 OUTLIER_FACTOR = 1e3
 
