@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from jaxweights.claims.depth import (
     depth_profiles,
-    layer_depths,
     same_pattern,
 )
 from jaxweights.claims.divergence import (
@@ -116,6 +115,7 @@ from jaxweights.claims.undefined import (
     undefined_reasons,
     undefined_summary,
 )
+from jaxweights.models.paths import layer_depths  # depth of a layer in execution order, as the claims use it
 
 __all__ = [
     "GROUPING_DEFAULTS",

@@ -13,15 +13,6 @@ from jaxweights.models import paths
 from jaxweights.weights import stats
 
 
-def layer_depths(layers: Sequence[str]) -> dict[str, float]:
-    """Per-depth-normalised position in [0, 1] of each layer (input side 0, output layer 1).
-
-    ``layers`` must be in the model's execution order (``paths.layer_order(params)``, the order
-    of a claim table's rows); names are never sorted. Same as ``paths.layer_depths``.
-    """
-    return paths.layer_depths(layers)
-
-
 def depth_profiles(
     claim_tables: Mapping[str, pd.DataFrame], metric: str, layer_orders: Mapping[str, Sequence[str]] | None = None
 ) -> pd.DataFrame:
@@ -46,7 +37,7 @@ def depth_profiles(
             else [l for l in layer_orders[zoo] if l in set(t.layer)]
             + [l for l in t.layer if l not in set(layer_orders[zoo])]
         )
-        depth = layer_depths(order)
+        depth = paths.layer_depths(order)
         for r in t.itertuples():
             rows.append(
                 {
