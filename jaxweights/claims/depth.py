@@ -53,13 +53,20 @@ def depth_profiles(
 
 
 def same_pattern(whole_network_verdicts: Mapping[str, str], profiles: pd.DataFrame) -> dict[str, Any]:
-    """Do several zoos show the same pattern? Same whole-network verdict, and the same depth trend.
+    """Whether several zoos show the same pattern: the same whole-network verdict and the same depth trend.
 
     The depth trend of a zoo is the Spearman correlation of its per-layer distance ratio
-    (within suboptimal / within optimal) with normalised depth.
+    (within suboptimal / within optimal) with normalised depth, over its layers with a finite ratio.
+
+    Args:
+      whole_network_verdicts: ``{zoo: verdict}`` of each zoo's whole-network test.
+      profiles: per-layer rows with columns zoo, depth, ratio (as `depth_profiles` returns).
 
     Returns:
-      ``{"same_verdict": bool, "verdicts": {...}, "depth_trend": {zoo: rho}, "same_trend": bool}``.
+      ``{"same_verdict": bool, "verdicts": {zoo: verdict}, "depth_trend": {zoo: rho}, "same_trend": bool}``:
+      same_verdict is True when every zoo has the same verdict; rho is NaN for a zoo with fewer than 3
+      layers of finite ratio; same_trend is True when the finite trends all have one sign and there are
+      at least two zoos.
     """
     trend = {}
     for zoo, g in profiles.groupby("zoo"):

@@ -16,12 +16,28 @@ GRID_CHUNK = 64  # grid points per step: bounds memory at GRID_CHUNK × padded l
 
 
 def bucket(n: int, smallest: int = 256) -> int:
-    """The padded length of a sample of `n` values: the next power of two, at least `smallest`."""
+    """The padded length of a sample of `n` values: the next power of two, at least `smallest`.
+
+    Args:
+      n: the sample's length (values below 1 count as 1).
+      smallest: the shortest padded length.
+
+    Returns:
+      ``max(smallest, 2**ceil(log2(n)))``.
+    """
     return max(smallest, 1 << (max(int(n), 1) - 1).bit_length())
 
 
 def pad_samples(samples) -> tuple[np.ndarray, np.ndarray]:
-    """Stacks 1-D samples of different lengths into ((B, L) values, (B, L) mask), L = `bucket` of the longest."""
+    """Stacks 1-D samples of different lengths into one zero-padded array and its validity mask.
+
+    Args:
+      samples: a sequence of B 1-D arrays (at least one).
+
+    Returns:
+      (values, mask): (B, L) float32 values (zeros past each sample's end) and (B, L) bool mask
+      (True for a sample's own values), L = `bucket` of the longest sample's length.
+    """
     length = bucket(max(len(s) for s in samples))
     x = np.zeros((len(samples), length), np.float32)
     m = np.zeros((len(samples), length), bool)
@@ -63,7 +79,18 @@ Scott's bandwidth ``std (ddof 1) · n^(-1/5)`` over each row's valid entries, as
 
 
 def kde_grid_logdens(samples: list[np.ndarray], grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """A shared grid spanning the pooled samples (5% margin) and each sample's log KDE on it: (G,), (B, G)."""
+    """Gaussian KDEs of several samples on one shared grid (La Malfa et al. 2021, arXiv 2110.02628).
+
+    The grid spans the pooled samples' range with a 5% margin on each side (±1 when all values are
+    equal); each KDE uses Scott's bandwidth, as ``scipy.stats.gaussian_kde`` (`kde_logdensities`).
+
+    Args:
+      samples: B 1-D samples (each needs at least 2 distinct values for a finite density).
+      grid: number of grid points G.
+
+    Returns:
+      (grid_G, logdens_BxG): the (G,) float32 grid and the (B, G) log densities (natural log).
+    """
     pooled = np.concatenate(samples)
     lo, hi = pooled.min(), pooled.max()
     pad = 0.05 * (hi - lo) if hi > lo else 1.0

@@ -55,14 +55,33 @@ class ClaimError(ValueError):
 
 
 def chance_accuracy(num_classes: int) -> float:
-    """Accuracy of guessing uniformly among `num_classes` classes: 1 / num_classes."""
+    """Accuracy of guessing uniformly among `num_classes` classes: 1 / num_classes.
+
+    Args:
+      num_classes: number of classes.
+
+    Returns:
+      The chance accuracy, a fraction in (0, 1].
+
+    Raises:
+      ClaimError: `num_classes` is below 1.
+    """
     if int(num_classes) < 1:
         raise ClaimError(f"num_classes: {num_classes!r} must be >= 1")
     return 1.0 / int(num_classes)
 
 
 def nonfinite_params(params: Mapping[str, Any], n: int | None = None) -> np.ndarray:
-    """Boolean (N,) mask: networks with any non-finite parameter (stacked params, networks axis first)."""
+    """Networks with any non-finite (NaN or infinite) parameter.
+
+    Args:
+      params: stacked parameters (nested or '/'-flat dict), networks axis N first.
+      n: number of networks, used only when `params` has no leaf.
+
+    Returns:
+      (N,) bool mask, True for a network with a non-finite parameter (length `n`, or 0, when
+      `params` has no leaf).
+    """
     bad = None
     for w in compute.flatten(params).values():
         w = np.asarray(w)
@@ -174,17 +193,30 @@ def split_groups(
 
 
 def hyperparameter_columns(table: pd.DataFrame) -> list[str]:
-    """The columns of a per-network table that define a hyperparameter cell (see `hyperparameter_cells`)."""
+    """The columns of a per-network table that define a hyperparameter cell (see `hyperparameter_cells`).
+
+    Args:
+      table: a per-network table (e.g. the last epoch's metrics).
+
+    Returns:
+      Its column names not in `NOT_HYPERPARAMETERS`, in table order.
+    """
     return [c for c in table.columns if c not in NOT_HYPERPARAMETERS]
 
 
 def hyperparameter_cells(table: pd.DataFrame) -> np.ndarray:
-    """(N,) int cell id per row: one id per distinct combination of the hyperparameter columns.
+    """The hyperparameter cell of every row: one id per distinct combination of the hyperparameter columns.
 
     Hyperparameter columns are all columns except `NOT_HYPERPARAMETERS` (network, seed, metrics and
     health flags); a static `group` or `zoo` column counts, since it names a static choice. Networks of
-    one cell differ only by seed. Ids are numbered 0.. in order of first appearance; a table with no
-    hyperparameter column is one cell.
+    one cell differ only by seed; a missing value is a value of its own.
+
+    Args:
+      table: a per-network table, one row per network.
+
+    Returns:
+      (N,) int64 cell ids, numbered 0.. in order of first appearance; all 0 when the table has no
+      hyperparameter column.
     """
     cols = hyperparameter_columns(table)
     if not cols:
@@ -194,7 +226,16 @@ def hyperparameter_cells(table: pd.DataFrame) -> np.ndarray:
 
 
 def diverged_mask(acc_N, diverged_N=None, params: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Networks in state "diverged" (`groups.network_states`): flagged, non-finite accuracy or weights."""
+    """Networks in state "diverged" (`network_states`): flagged, non-finite accuracy or weights.
+
+    Args:
+      acc_N: (N,) test accuracy per network.
+      diverged_N: the run's (N,) `diverged` flags (optional; NaN reads as False).
+      params: stacked parameters (optional); a network with any non-finite weight is diverged.
+
+    Returns:
+      (N,) bool mask, True for a diverged network.
+    """
     return network_states(acc_N, diverged_N=diverged_N, params=params) == "diverged"
 
 
@@ -237,7 +278,22 @@ EXPLODED_MAX_ABS_WEIGHT = 1e4
 
 
 def exploded_fallback(last: pd.DataFrame, params, num_classes: int = 10) -> np.ndarray:
-    """(N,) `exploded` flags: the run's column when present, else test loss > 10·ln(classes) or max |w| > 1e4."""
+    """The `exploded` flag of every network, also for runs whose metrics lack the column.
+
+    With the run's `exploded` column, its values (missing = False). Without it, a network exploded
+    when its test loss exceeds `EXPLODED_LOSS_FACTOR` · ln(num_classes) (ten times a uniform guess's
+    loss) or its largest |weight| exceeds `EXPLODED_MAX_ABS_WEIGHT` (1e4), taken from a
+    `max_abs_weight` column when present, else from `params` (a non-finite weight counts as infinite).
+
+    Args:
+      last: the last epoch's metrics, one row per network.
+      params: stacked parameters, networks axis N first (used when `last` has neither `exploded`
+        nor `max_abs_weight`).
+      num_classes: classes of the task.
+
+    Returns:
+      (N,) bool flags.
+    """
     if "exploded" in last:
         return last.exploded.fillna(False).to_numpy(bool)
     with np.errstate(invalid="ignore"):

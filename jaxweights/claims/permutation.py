@@ -131,7 +131,17 @@ BOOTSTRAP_BATCH_PAIRS = 2**25  # resampled pairs per batch (256 MB of float64)
 
 
 def resampled_within(d_NxN, idx) -> np.ndarray:
-    """Mean distance over the pairs of different networks among resampled positions `idx` (..., k); NaN if none."""
+    """Mean distance over the pairs of different networks among resampled positions.
+
+    A pair of positions holding the same network (a network's distance to itself) does not count.
+
+    Args:
+      d_NxN: (N, N) distance matrix.
+      idx: (..., k) network indices (floats are truncated to ints), one resample per leading index.
+
+    Returns:
+      (...) mean distances; NaN for a resample with no pair of different networks.
+    """
     idx = np.asarray(idx).astype(int)
     sub = d_NxN[idx[..., :, None], idx[..., None, :]]
     ne = idx[..., :, None] != idx[..., None, :]
@@ -186,11 +196,22 @@ def bootstrap_ci(d_NxN, labels, *, n_boot: int = 1000, level: float = 0.95, seed
 
 
 def cell_summary(acc_N, cells_N, *, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Hyperparameter cells of the analysed networks.
+    """Hyperparameter cells of the analysed networks: their mean accuracy and number of seeds.
+
+    A network is analysed when its accuracy is finite and it is not in `exclude`.
+
+    Args:
+      acc_N: (N,) test accuracy per network.
+      cells_N: (N,) hyperparameter cell id per network (`hyperparameter_cells`).
+      exclude: optional (N,) bool mask of networks to leave out.
 
     Returns:
-      (cell_C, acc_C, n_C, member_N): cell ids, mean accuracy of each cell's analysed seeds, number of
-      analysed seeds, and each network's position in cell_C (-1 for excluded networks).
+      (cell_C, acc_C, n_C, member_N): the C sorted cell ids that hold an analysed network, mean
+      accuracy of each cell's analysed seeds, number of analysed seeds, and each network's position
+      in cell_C (-1 for networks not analysed).
+
+    Raises:
+      ClaimError: `cells_N` and `acc_N` differ in shape.
     """
     acc_N = np.asarray(acc_N, np.float64)
     cells_N = np.asarray(cells_N)

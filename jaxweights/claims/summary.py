@@ -47,13 +47,29 @@ CLAIM_LEVELS = ("layer", "network")  # distances of whole layers and of the whol
 
 
 def claim_inputs(table: pd.DataFrame) -> pd.DataFrame:
-    """Per-layer and whole-network rows of a statistics table, without histogram bins."""
+    """Per-layer and whole-network rows of a statistics table, without histogram bins.
+
+    Args:
+      table: tidy statistics (network, layer, statistic, value).
+
+    Returns:
+      Its rows whose statistic does not start with ``hist_`` and whose layer is not a single leaf
+      (a path ending in /kernel, /bias, /scale or /embedding).
+    """
     t = table[~table.statistic.astype(str).str.startswith("hist_")]
     leaves = t.layer.astype(str).str.endswith(("/kernel", "/bias", "/scale", "/embedding"))
     return t[~leaves]
 
 
 def records(df: pd.DataFrame) -> list[dict]:
+    """A DataFrame as JSON-able records: one dict per row, numpy scalars as Python values.
+
+    Args:
+      df: the table.
+
+    Returns:
+      ``[{column: value}]``, one dict per row.
+    """
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in df.to_dict("records")]
 
 
@@ -323,9 +339,19 @@ def claim_summary(
 
 
 def headline_verdicts(summary: dict, top: pd.Series, alpha: float) -> None:
-    """The headline (whole network, primary metric) is one pre-specified test: its verdicts come from its
-    own two-sided p, like each row of the sensitivity table; the table's Holm-adjusted verdicts stay beside
-    them (`verdict_holm`, ...) and decide the counts over its many (metric, layer) tests."""
+    """Judges the headline (whole network, primary metric) on its own two-sided p, in place.
+
+    The headline is one pre-specified test, like each row of the sensitivity table; the table's
+    Holm-adjusted verdicts stay beside it (`verdict_holm`, `verdict_cell_holm`) and decide the counts
+    over its many (metric, layer) tests. Sets ``summary["claim"]["verdict"]`` from ``top.p_value``,
+    ``summary["claim"]["verdict_cell"]`` from ``top.p_cell`` (when present) and
+    ``summary["seed_dispersion"]["verdict"]`` from its p (the claim holds when rho < 0).
+
+    Args:
+      summary: the zoo summary, with its "claim" and "seed_dispersion" dicts; modified in place.
+      top: the claim table's row of the headline test.
+      alpha: significance level.
+    """
     c, sd = summary["claim"], summary["seed_dispersion"]
     sign = lambda x: float(np.sign(x)) if np.isfinite(x) else 0.0
     c["verdict_holm"] = c["verdict"]

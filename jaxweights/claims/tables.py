@@ -118,11 +118,27 @@ def cell_claim_table(
 ) -> pd.DataFrame:
     """`cell_permutation_test` for every metric and layer (the grid-respecting claim_tests rows).
 
+    Only (metric, layer) matrices whose distances among the networks with finite accuracy (and not
+    excluded) are all finite are tested.
+
+    Args:
+      dists: ``{metric: {layer: (N, N) distances}}``.
+      acc_N: (N,) test accuracy per network.
+      cells_N: (N,) hyperparameter cell id per network (`hyperparameter_cells`).
+      exclude: optional (N,) bool mask of networks to leave out.
+      quantile: fraction of the cells in each of the optimal and suboptimal groups.
+      layers: restrict to these layers (default all).
+      n_permutations: every assignment of the cells when there are at most this many (exact p),
+        else this many random ones.
+      alpha: significance level of the verdicts.
+      seed: seed of the permutations.
+
     Returns:
       DataFrame: metric, layer, n_optimal_cells, n_suboptimal_cells, within_optimal, within_suboptimal
-      (different-cell pairs), ratio, statistic, p_greater, p_less, exact, n_permutations, p_value
-      (two-sided), p_holm, p_bh, verdict (Holm, see `adjust_table`). Empty, with ``attrs["skipped"]``
-      saying why, when the zoo has fewer than 4 cells.
+      (different-cell pairs), ratio (NaN when within_optimal is not positive), statistic, p_greater,
+      p_less, exact, n_permutations, p_value (two-sided), p_holm, p_bh, verdict (Holm, see
+      `adjust_table`). Empty, with ``attrs["skipped"]`` saying why, when the test cannot run
+      (`ClaimError`, e.g. fewer than 4 cells).
     """
     rows = []
     for metric, layer, d in _grid_tests(dists, layers, acc_N, exclude):
@@ -168,6 +184,17 @@ def seed_dispersion_table(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`seed_dispersion` for every metric and layer.
 
+    Only (metric, layer) matrices whose distances among the networks with finite accuracy (and not
+    excluded) are all finite are tested.
+
+    Args:
+      dists: ``{metric: {layer: (N, N) distances}}``.
+      acc_N: (N,) test accuracy per network.
+      cells_N: (N,) hyperparameter cell id per network (`hyperparameter_cells`).
+      exclude: optional (N,) bool mask of networks to leave out.
+      layers: restrict to these layers (default all).
+      alpha: significance level of the verdicts.
+
     Returns:
       (tests, cells): tests has metric, layer, n_cells, rho, p_value (two-sided), p_holm, p_bh,
       p_less (one-sided, rho < 0), verdict ("holds": rho < 0 with Holm p < alpha); cells has metric,
@@ -200,7 +227,14 @@ def seed_dispersion_table(
 
 
 def wide_statistics(table: pd.DataFrame) -> pd.DataFrame:
-    """A tidy statistics table (network, layer, statistic, value) as networks × (layer, statistic)."""
+    """A tidy statistics table as one row per network and one column per (layer, statistic).
+
+    Args:
+      table: tidy statistics (network, layer, statistic, value).
+
+    Returns:
+      DataFrame indexed by network, with (layer, statistic) MultiIndex columns (NaN where missing).
+    """
     return table.pivot_table(
         index="network", columns=["layer", "statistic"], values="value", aggfunc="first", dropna=False
     )
@@ -300,10 +334,26 @@ HEADLINE_COLUMNS = ("p_value", "p_holm", "p_bh", *CELL_COLUMNS.values())
 def with_grid_tests(
     ct: pd.DataFrame, dists, acc_n, cells_n, *, quantile: float, n_permutations: int, alpha: float, seed: int, out: Path
 ) -> tuple[pd.DataFrame, list[str]]:
-    """`ct` with the cell-level test and the seed dispersion of each (metric, layer) beside it.
+    """A claim table with the cell-level test and the seed dispersion of each (metric, layer) beside it.
 
     Each family (network-level, cell-level, seed dispersion) is Holm/BH-adjusted over its own rows
-    (`adjust_table`). Also writes seed_dispersion_cells.csv (one row per metric, layer, cell).
+    (`adjust_table`); their columns are renamed by `CELL_COLUMNS` and `SEED_COLUMNS` and joined on
+    (metric, layer). Also writes ``out/seed_dispersion_cells.csv`` (one row per metric, layer, cell).
+
+    Args:
+      ct: the network-level claim table (`claim_table`).
+      dists: ``{metric: {layer: (N, N) distances}}``.
+      acc_n: (N,) test accuracy per network.
+      cells_n: (N,) hyperparameter cell id per network.
+      quantile: fraction of the cells in each group of the cell-level test.
+      n_permutations: permutations of the cell-level test (see `cell_claim_table`).
+      alpha: significance level.
+      seed: seed of the permutations.
+      out: folder of the CSV.
+
+    Returns:
+      (table, notes): `ct` with the grid tests' columns, and sentences saying which grid test could
+      not run and why.
     """
     notes = []
     cc = cell_claim_table(

@@ -79,7 +79,12 @@ def load_dir_snapshots(run_dir: str | Path) -> tuple[list[int], list[dict[str, n
 
 
 def check_same_epochs(chunk_dir: Path, epochs: list[int], first: list[int]) -> None:
-    """Every chunk of a zoo trained in chunks must have kept the first chunk's epochs.
+    """Checks that a chunk of a zoo trained in chunks kept the first chunk's epochs.
+
+    Args:
+      chunk_dir: the chunk's run directory (named in the error).
+      epochs: the chunk's checkpoint epochs.
+      first: the first chunk's checkpoint epochs.
 
     Raises:
       DynamicsError: naming the chunk and both epoch lists.

@@ -12,6 +12,14 @@ class AnalysisError(ValueError):
 
 
 def check_metrics(metrics: Sequence[str]) -> None:
+    """Checks that every requested distance metric is built in or registered.
+
+    Args:
+      metrics: metric names (the ``--metrics`` option).
+
+    Raises:
+      AnalysisError: naming the first unknown metric and the known ones.
+    """
     known = set(distances.registered_distances()) | set(distances.BUILTIN)
     for m in metrics:
         if m not in known:

@@ -77,11 +77,23 @@ def run_groups(rd: Path, params, options: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def check_grouping(runs, options) -> dict:
-    """`options`, checked on every run; refuses impossible groupings (one line naming the option).
+    """The grouping options, checked on every run; refuses impossible groupings (one line naming the option).
 
     When leaving out the networks that did not learn leaves too few networks to group (a small zoo
     half at chance), they are included instead (`include_not_learned`), with a warning and a
-    `grouping_note` the report shows: a study of the networks that are there beats none.
+    `grouping_note` the report shows: a study of the networks that are there beats none. Runs
+    without metrics.csv are skipped.
+
+    Args:
+      runs: ``(name, run directory)`` pairs.
+      options: analysis options; those in `GROUPING_OPTIONS` are used.
+
+    Returns:
+      `options`, with ``include_not_learned=True`` and a `grouping_note` when that was needed.
+
+    Raises:
+      ClaimError: a run cannot be grouped even with the networks that did not learn included (or
+        `include_not_learned` was already set).
     """
     for _, rd in runs:
         if not (rd / "metrics.csv").exists():

@@ -34,6 +34,14 @@ def zoo_config(study: ml_collections.ConfigDict, dataset: str, family: str) -> m
     """The training config of one zoo: the preset, then the study's overrides ("all", then family).
 
     Overrides are nested dicts merged into the preset, e.g. ``{"mlp": {"model": {"hidden": (64,)}}}``.
+
+    Args:
+      study: the study config (`quick`, optional `data_dir` and `overrides`).
+      dataset: the zoo's dataset name.
+      family: the zoo's model family (e.g. "mlp"), also the key of its overrides.
+
+    Returns:
+      The zoo's training config.
     """
     c = presets.study_config(dataset, family, "quick" if study.quick else None)
     if study.get("data_dir"):

@@ -228,7 +228,7 @@ def train_and_evaluate(
 
     Static groups (`config.groups`) are compiled and trained one after another, each into
     `workdir/groups/<NN>/`; their metrics are combined in `workdir/metrics.csv` with a `group`
-    column and one column per overridden key.
+    column and one column per overridden key; network ids continue across groups.
 
     Bring your own model: `model=` takes any `flax.linen.Module` mapping a batch of images
     `(B, H, W, C)` (standardised floats) to logits `(B, num_classes)`; it replaces `config.model`
@@ -236,8 +236,15 @@ def train_and_evaluate(
     `kernel` are multiplied by each network's init scale; `config.json` records the module
     (`model.name = "custom"`, its class and repr) so a resumed run must use the same one.
 
+    Args:
+      config: the training config (validated here).
+      workdir: the run directory; created if missing, resumed if it holds this config's partial run.
+      overwrite: discard what `workdir` holds instead of resuming or refusing.
+      progress: show a progress bar.
+      model: a Flax linen module of your own instead of `config.model`.
+
     Returns:
-      The (combined) metrics table.
+      The (combined) metrics table, one row per network and epoch.
     """
     workdir = Path(workdir)
     config_lib.validate(config)

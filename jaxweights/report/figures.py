@@ -24,7 +24,14 @@ from jaxweights.weights import compute, units
 
 
 def kernel_leaves(params) -> list[str]:
-    """Kernel leaf paths in depth order (input side first)."""
+    """Kernel leaf paths in depth order (input side first).
+
+    Args:
+      params: parameters (nested or '/'-flat dict), networks axis N first.
+
+    Returns:
+      The paths of the kernel leaves, e.g. ``["Dense_0/kernel", "Dense_1/kernel"]``.
+    """
     flat = compute.flatten(params)
     ks = [k for k, v in flat.items() if compute.is_kernel(k, v)]
     depth = layer_depths([units.layer_of(k) for k in ks])
@@ -46,8 +53,19 @@ def weight_histograms(
     """Per-layer weight histograms of every network overlaid, coloured by test accuracy.
 
     Edges are shared by all networks and span the pooled 0.2-99.8% quantiles (weights outside
-    are left out of the plot; masses are fractions of each network's weights). `networks`: the
-    network id of each row of `params` in the CSV (default 0..N-1).
+    are left out of the plot; masses are fractions of each network's weights).
+
+    Args:
+      out: output folder.
+      params: stacked parameters, networks axis N first.
+      acc_N: (N,) test accuracy per network.
+      bins: histogram bins per layer.
+      max_layers: kernels drawn (input side first).
+      networks: the network id of each row of `params` in the CSV (default 0..N-1).
+      stem: file stem.
+
+    Returns:
+      The PNG path (``<stem>.csv``: layer, network, bin_left, bin_right, mass, test_acc).
     """
     leaves = kernel_leaves(params)[:max_layers]
     flat = compute.flatten(params)
@@ -153,7 +171,18 @@ def kde_by_bin(
 def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem: str = "distance_heatmap") -> Path:
     """The N×N distance matrix with networks ordered by test accuracy (best first).
 
-    `networks`: the network id of each row of `d_NxN` in the CSV (default 0..N-1).
+    The colour scale is clipped at the 90th percentile of the off-diagonal distances.
+
+    Args:
+      out: output folder.
+      d_NxN: (N, N) distances.
+      acc_N: (N,) test accuracy per network.
+      title: panel title (default a description of the ordering).
+      networks: the network id of each row of `d_NxN` in the CSV (default 0..N-1).
+      stem: file stem.
+
+    Returns:
+      The PNG path (``<stem>.csv``: row_rank, col_rank, row_network, col_network, distance).
     """
     order = np.argsort(-np.asarray(acc_N), kind="stable")
     d = np.asarray(d_NxN)[np.ix_(order, order)]
@@ -189,7 +218,23 @@ def statistics_vs_accuracy(
     layers: Sequence[str] | None = None,
     stem: str = "statistics_vs_accuracy",
 ) -> Path:
-    """Each statistic against test accuracy, one panel per (statistic, layer); groups marked."""
+    """Each statistic against test accuracy, one panel per (statistic, layer); groups marked.
+
+    Networks with non-finite accuracy are left out; a panel whose values span more than 50 times
+    their 75th percentile of |value| gets a symlog axis.
+
+    Args:
+      out: output folder.
+      table: tidy statistics (network, layer, statistic, value).
+      acc_N: (N,) test accuracy per network (indexed by the table's network).
+      labels: (N,) group labels (OPTIMAL, SUBOPTIMAL, others drawn as "middle").
+      statistics: statistics drawn.
+      layers: layers drawn (default every layer name without "/": per layer and ``"__all__"``).
+      stem: file stem.
+
+    Returns:
+      The PNG path (``<stem>.csv``: network, layer, statistic, value, test_acc, group).
+    """
     t = table[table.statistic.isin(statistics)]
     if layers is None:
         layers = [l for l in t.layer.unique() if "/" not in l]  # per layer and "__all__"
@@ -225,7 +270,18 @@ def pca_of_statistics(out, names: Sequence[str], x_NxF, acc_N, *, stem: str = "p
     """2-D PCA of the networks' statistic vectors, coloured by test accuracy.
 
     Each statistic is rank-transformed to normal scores first (`QuantileTransformer`), so a few
-    blown-up networks with weights of 1e5 do not take the whole first component.
+    blown-up networks with weights of 1e5 do not take the whole first component; statistics with a
+    non-finite value or no spread are left out.
+
+    Args:
+      out: output folder.
+      names: the F statistics' names (unused).
+      x_NxF: (N, F) statistics per network.
+      acc_N: (N,) test accuracy per network.
+      stem: file stem.
+
+    Returns:
+      The PNG path (``<stem>.csv``: network, pc1, pc2, test_acc).
     """
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import QuantileTransformer
@@ -253,7 +309,20 @@ def pca_of_statistics(out, names: Sequence[str], x_NxF, acc_N, *, stem: str = "p
 
 
 def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem: str = "bin_divergence") -> Path:
-    """Symmetric KL between accuracy bins, one heatmap per layer (node strength or fluctuation), symlog colours."""
+    """Symmetric KL between accuracy bins, one heatmap per quantity, symlog colours.
+
+    The bin divergence of La Malfa et al. 2021, arXiv 2110.02628.
+
+    Args:
+      out: output folder.
+      mats: ``{quantity: (B, B) symmetric KL}`` (node strength of a layer, or fluctuation), as
+        `claims.bin_divergence` gives (NaN: a bin with fewer than 2 distinct values).
+      edges: the B + 1 accuracy bin edges.
+      stem: file stem.
+
+    Returns:
+      The PNG path (``<stem>.csv``: quantity, bin_a, bin_b, sym_kl).
+    """
     names = list(mats)
     fig, axes = grid(len(names), cols=4, size=(3.2, 2.8))
     labels = [f"{edges[b]:.2f}-{edges[b + 1]:.2f}" for b in range(len(edges) - 1)]
@@ -276,7 +345,18 @@ def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem:
 
 
 def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "weight_matrices") -> Path:
-    """Kernels of the best and the worst network as images (conv kernels as (kh·kw·cin, cout))."""
+    """Kernels of the best and the worst network as images (conv kernels as (kh·kw·cin, cout)).
+
+    Args:
+      out: output folder.
+      params: stacked parameters, networks axis N first.
+      acc_N: (N,) test accuracy per network (NaN ignored when picking best and worst).
+      max_layers: kernels drawn (input side first).
+      stem: file stem.
+
+    Returns:
+      The PNG path (``<stem>.csv``: which, network, layer, row, col, value).
+    """
     acc = np.asarray(acc_N, np.float64)
     best, worst = int(np.nanargmax(acc)), int(np.nanargmin(acc))
     leaves = kernel_leaves(params)[:max_layers]
@@ -322,9 +402,19 @@ def accuracy_over_epochs(
 ) -> Path:
     """Test accuracy of every network over epochs, coloured by its final accuracy.
 
-    Networks left out of the analysis (`states`: network -> "diverged", "exploded", "not_learned",
-    "below_min_accuracy"; default: the `diverged` column) are drawn in grey/red with their own line
-    style and left out of the colour scale.
+    Networks left out of the analysis are drawn in grey/red with their own line style and left out
+    of the colour scale.
+
+    Args:
+      out: output folder.
+      metrics: every epoch's metrics (network, epoch, test_acc; optional group, diverged, ...).
+      states: network (or (group, network)) -> "diverged", "exploded", "not_learned",
+        "below_min_accuracy" or another state (drawn normally); default: the last epoch's `diverged`
+        column.
+      stem: file stem.
+
+    Returns:
+      The PNG path (``<stem>.csv``: the metrics' key, epoch, accuracy, loss and flag columns, and state).
     """
     m = metrics.sort_values(["network", "epoch"])
     key = ["group", "network"] if "group" in m else ["network"]

@@ -64,12 +64,28 @@ def provided_sections(ctx: Mapping[str, Any], extra: Sequence[Callable] = ()) ->
 
 
 def esc(x: Any) -> str:
-    """HTML-escaped text of any value."""
+    """HTML-escaped text of any value.
+
+    Args:
+      x: the value (``str(x)`` is escaped).
+
+    Returns:
+      The escaped text.
+    """
     return html.escape(str(x))
 
 
 def fmt(v: Any, digits: int = 4) -> str:
-    """A number for humans: 4 significant digits, p-values below 1e-3 in scientific notation."""
+    """A value for humans: numbers to `digits` significant digits, very small or large ones in scientific notation.
+
+    Args:
+      v: the value: bools, None and ints are shown as they are, other numbers (|v| < 1e-3 or >= 1e5,
+        except 0, as ``1.23e-05``), NaN as "–", anything that is not a number as ``str(v)``.
+      digits: significant digits.
+
+    Returns:
+      The text.
+    """
     if isinstance(v, bool) or v is None:
         return str(v)
     if isinstance(v, (int,)) and not isinstance(v, bool):
@@ -137,7 +153,14 @@ th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}figcaption{font-siz
 
 
 def verdict_html(v: str) -> str:
-    """A verdict ("holds", "reversed", "not significant") as a coloured span."""
+    """A verdict ("holds", "reversed", "not significant") as a coloured span.
+
+    Args:
+      v: the verdict; any other text is styled as "not significant".
+
+    Returns:
+      The HTML.
+    """
     cls = {"holds": "holds", "reversed": "reversed"}.get(v, "ns")
     return f'<span class="verdict {cls}">{esc(v)}</span>'
 

@@ -23,7 +23,14 @@ def _present(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
 
 
 def left_out_words(s: Mapping[str, Any]) -> str:
-    """ "9 diverged, 4 exploded ... left out" (or "none left out") from a zoo summary."""
+    """The networks left out, in words: "9 diverged (left out); 4 exploded ... (included)".
+
+    Args:
+      s: a zoo summary (its "grouping" and n_diverged, n_exploded, n_not_learned, n_below_min_accuracy).
+
+    Returns:
+      The counts of each state with a reason, or "none left out".
+    """
     g = s["grouping"]
     parts = []
     for st, key in (
@@ -42,7 +49,16 @@ def left_out_words(s: Mapping[str, Any]) -> str:
 
 
 def excluded_table(s: Mapping[str, Any]) -> str:
-    """The networks left out (or flagged but included), with seed, hyperparameters and why."""
+    """The networks left out (or flagged but included), with seed, hyperparameters and why.
+
+    Columns constant over the listed networks are dropped (network, seed, state and why are kept).
+
+    Args:
+      s: a zoo summary (its "excluded" records).
+
+    Returns:
+      The HTML (a sentence and a table), or "" when no network is listed.
+    """
     ex = pd.DataFrame(s.get("excluded") or [])
     if ex.empty:
         return ""
@@ -60,7 +76,15 @@ def excluded_table(s: Mapping[str, Any]) -> str:
 
 
 def counts_words(c: Mapping[str, Any], alpha: float) -> str:
-    """How many of the claim tests hold / are reversed: counted on Holm-adjusted p-values."""
+    """How many of the claim tests hold / are reversed: counted on Holm-adjusted p-values.
+
+    Args:
+      c: the summary's "claim" dict (n_tests, n_holds, n_reversed, optional cell-level and raw counts).
+      alpha: significance level.
+
+    Returns:
+      The HTML sentence.
+    """
     txt = (
         f"Across all metrics and layers, after Holm's correction over the {c['n_tests']} tests, the claim "
         f"holds in {c['n_holds']} and is reversed in {c['n_reversed']}"
@@ -77,7 +101,14 @@ def counts_words(c: Mapping[str, Any], alpha: float) -> str:
 
 
 def seed_dispersion_html(d: Mapping[str, Any]) -> str:
-    """The seed-dispersion result: do cells that train well have seeds that end up alike?"""
+    """The seed-dispersion result: do cells that train well have seeds that end up alike?
+
+    Args:
+      d: the summary's "seed_dispersion" dict (rho, n_cells, p_value, p_holm, verdict).
+
+    Returns:
+      The HTML paragraph, or "" when rho is missing.
+    """
     if not d or d.get("rho") is None:
         return ""
     return (
@@ -91,7 +122,14 @@ def seed_dispersion_html(d: Mapping[str, Any]) -> str:
 
 
 def claim_words(s: Mapping[str, Any]) -> str:
-    """The headline in words: what the zoo shows about optimal vs suboptimal networks."""
+    """The headline in words: what the zoo shows about optimal vs suboptimal networks.
+
+    Args:
+      s: a zoo summary (its "claim", "seed_dispersion", "sensitivity" and "alpha").
+
+    Returns:
+      The HTML text.
+    """
     c = s["claim"]
     v = c["verdict"]
     what = {
@@ -137,8 +175,16 @@ def claim_words(s: Mapping[str, Any]) -> str:
 
 
 def intro_html(s: Mapping[str, Any]) -> str:
-    """The report's first paragraph: the grouping in force, what was left out, what the zoo shows; then
-    the headline under the other reasonable groupings (`summary["sensitivity"]`)."""
+    """The report's first paragraph: the grouping in force, what was left out, what the zoo shows.
+
+    Then the headline under the other reasonable groupings (``summary["sensitivity"]``), as a table.
+
+    Args:
+      s: a zoo summary.
+
+    Returns:
+      The HTML.
+    """
     g = s["grouping"]
     rule = (
         f"optimal = the top {g['quantile']:.0%} and suboptimal = the bottom {g['quantile']:.0%} of the "
@@ -203,7 +249,16 @@ def intro_html(s: Mapping[str, Any]) -> str:
 
 
 def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "") -> list[Section]:
-    """Sections answering the study's questions for one zoo, from `analysis.zoo_summary`'s output."""
+    """Sections answering the study's questions for one zoo.
+
+    Args:
+      s: the zoo summary (`zoo_summary`'s first output).
+      figs: ``{figure name: PNG path}`` (`zoo_summary`'s second output); missing figures are skipped.
+      prefix: text put before each section title (e.g. "group 01"), none when empty.
+
+    Returns:
+      The sections, in order.
+    """
     g, c = s["grouping"], s["claim"]
     p = f"{prefix}: " if prefix else ""
     secs = []

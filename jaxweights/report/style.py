@@ -24,7 +24,14 @@ __all__ = ["CMAP", "DPI", "acc_norm", "cmap", "colorbar", "empty", "grid", "new_
 
 
 def cmap(name: str = CMAP) -> matplotlib.colors.Colormap:
-    """The registered colour map `name` (default `CMAP`)."""
+    """The registered colour map `name` (default `CMAP`).
+
+    Args:
+      name: a matplotlib colour map name.
+
+    Returns:
+      The colour map.
+    """
     return matplotlib.colormaps[name]
 
 
@@ -47,6 +54,11 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, figsize=(6, 4), squeeze: bool 
 def grid(n: int, cols: int = 4, size=(3.6, 2.8)):
     """A figure of `n` panels, `cols` per row, each `size` inches; the unused panels are hidden.
 
+    Args:
+      n: number of panels.
+      cols: panels per row (at most `n`).
+      size: (width, height) of a panel, inches.
+
     Returns:
       (fig, axes): the figure and a flat array of its axes.
     """
@@ -59,19 +71,38 @@ def grid(n: int, cols: int = 4, size=(3.6, 2.8)):
 
 
 def acc_norm(acc) -> matplotlib.colors.Normalize:
-    """Colour normalisation spanning the finite accuracies."""
+    """Colour normalisation spanning the finite accuracies.
+
+    Args:
+      acc: accuracies (NaN ignored).
+
+    Returns:
+      A `Normalize` from their minimum to their maximum.
+    """
     acc = np.asarray(acc, np.float64)
     return matplotlib.colors.Normalize(vmin=np.nanmin(acc), vmax=np.nanmax(acc))
 
 
 def colorbar(fig, axes, norm, label: str = "test accuracy") -> None:
-    """One colour bar of `CMAP` under `norm` beside `axes`."""
+    """One colour bar of `CMAP` under `norm` beside `axes`.
+
+    Args:
+      fig: the figure.
+      axes: the axes it sits beside.
+      norm: the colour normalisation (e.g. `acc_norm`).
+      label: its label.
+    """
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=CMAP)
     fig.colorbar(sm, ax=list(axes), label=label, shrink=0.8)
 
 
 def empty(ax, why: str) -> None:
-    """An empty panel that says why it is empty."""
+    """An empty panel that says why it is empty.
+
+    Args:
+      ax: the panel.
+      why: the text shown in its centre.
+    """
     ax.set_xticks([])
     ax.set_yticks([])
     ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=8, color="0.3", transform=ax.transAxes)
@@ -95,7 +126,17 @@ def save(fig, path: str | Path, *, dpi: int = DPI) -> Path:
 
 
 def save_with_data(fig, out: str | Path, stem: str, data: pd.DataFrame) -> Path:
-    """Writes ``out/<stem>.csv`` (the data behind the figure) and ``out/<stem>.png``; returns the PNG path."""
+    """Writes ``out/<stem>.csv`` (the data behind the figure) and ``out/<stem>.png``.
+
+    Args:
+      fig: a `matplotlib.figure.Figure`.
+      out: output folder (created).
+      stem: file stem.
+      data: the data behind the figure.
+
+    Returns:
+      The PNG path.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_csv(out / f"{stem}.csv", data)

@@ -44,7 +44,17 @@ def sort_rows(x_ND) -> jax.Array:
 
 
 def normalise_per(per) -> tuple[str, ...]:
-    """``per`` as a tuple of "leaf", "layer", "network" (a string becomes a 1-tuple); ValueError otherwise."""
+    """``per`` as a tuple of "leaf", "layer", "network" (a string becomes a 1-tuple).
+
+    Args:
+      per: "leaf", "layer", "network" or an iterable of them.
+
+    Returns:
+      The tuple.
+
+    Raises:
+      ValueError: an entry is not one of the three.
+    """
     per = (per,) if isinstance(per, str) else tuple(per)
     bad = set(per) - {"leaf", "layer", "network"}
     if bad:

@@ -24,21 +24,48 @@ _CHUNK = 4096  # W1: columns streamed per step
 
 
 def dyn_rows(x, i, b):
-    """Rows ``i .. i + b`` of x (a traced start index)."""
+    """Rows ``i .. i + b`` of x (a traced start index).
+
+    Args:
+      x: array, rows (networks) first.
+      i: start row, a scalar that may be traced (clamped by ``lax.dynamic_slice`` so the rows fit).
+      b: number of rows, static.
+
+    Returns:
+      (b, ...) array.
+    """
     return lax.dynamic_slice_in_dim(x, i, b, axis=0)
 
 
 def pad_rows(x, b):
-    """Pads the rows of x to a multiple of b with copies of the first row."""
+    """Pads the rows of x to a multiple of b with copies of the first row.
+
+    Args:
+      x: (N, ...) array.
+      b: block size.
+
+    Returns:
+      (ceil(N / b) · b, ...) array; x itself when N is already a multiple of b.
+    """
     pad = (-x.shape[0]) % b
     return jnp.concatenate([x, jnp.repeat(x[:1], pad, 0)]) if pad else x
 
 
 def blocked(block_fn, n: int, m: int, b: int, symmetric: bool):
-    """Fills N x M matrices from ``block_fn(i0, j0) -> (B, B) array or tuple``.
+    """Fills N x M matrices block by block from ``block_fn(i0, j0) -> (b, b) array or tuple of them``.
 
     Only blocks on or above the diagonal are computed when ``symmetric``; the upper triangle
     (i <= j) is mirrored. Blocks are dispatched asynchronously, then copied to host one by one.
+
+    Args:
+      block_fn: the block starting at rows ``i0`` and columns ``j0`` (numpy int32 starts); inputs
+        padded to a multiple of b so every block is full.
+      n, m: rows and columns of the matrices.
+      b: block size.
+      symmetric: the matrices are symmetric (n == m, one population).
+
+    Returns:
+      A tuple of (n, m) float64 numpy arrays, one per output of ``block_fn``.
     """
     nb, mb = -(-n // b), -(-m // b)
     todo = [(i, j) for i in range(nb) for j in range(i if symmetric else 0, mb)]
@@ -106,7 +133,18 @@ def pairs_sharded(fn, xs, ys, mesh, rows):
 
     Rows are padded to a multiple of the device count with copies of the last row
     (``shard_networks``) and sliced off; the whole matrix is computed (no mirroring), so a
-    device needs O(rows x D) temporaries (``rows=True``: O(M x D) per row).
+    device needs O(rows x D) temporaries (``rows=True``: O(M x D) per row). With several
+    processes the rows are gathered onto every process.
+
+    Args:
+      fn: jittable ``fn(x, y) -> scalar`` of one row of each pytree.
+      xs: pytree of arrays, rows (networks) first.
+      ys: pytree of arrays with the same structure, or None for xs against itself.
+      mesh: a 1-D ``"networks"`` mesh.
+      rows: map over the rows (O(M D) memory per row) instead of vmapping both sides.
+
+    Returns:
+      (N, M) float64 numpy array.
     """
     axis = mesh.axis_names[0]
     n = jax.tree.leaves(xs)[0].shape[0]

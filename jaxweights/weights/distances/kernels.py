@@ -25,13 +25,35 @@ from jaxweights.weights.stats import std
 
 
 def scan_searchsorted(a, v, side):
-    """``jnp.searchsorted`` with the scan method (fast for many queries on CPU and GPU)."""
+    """``jnp.searchsorted`` with the scan method (fast for many queries on CPU and GPU).
+
+    Args:
+      a: 1-D array sorted ascending.
+      v: query values, any shape.
+      side: "left" or "right", as ``jnp.searchsorted``.
+
+    Returns:
+      Integer insertion indices into ``a``, shaped like ``v``.
+    """
     return jnp.searchsorted(a, v, side=side, method="scan")
 
 
 @functools.lru_cache(maxsize=64)
 def quantile_grid(n: int, m: int):
-    """Merged quantile grid of sizes n, m: indices into each sorted sample and cell widths."""
+    """Merged quantile grid of two sample sizes, for W1 through quantile functions (Vallender 1974).
+
+    The step quantile functions of samples of sizes n and m are both constant between consecutive
+    points of {k/n} U {l/m}; ``W1 = sum(width · |a[iu] - b[iv]|)`` for sorted samples a, b
+    (= ``scipy.stats.wasserstein_distance``).
+
+    Args:
+      n: size of the first sample.
+      m: size of the second sample.
+
+    Returns:
+      (iu, iv, width): for each grid cell, the index into the sorted first sample, the index into the
+      sorted second sample (int64 numpy arrays) and its width in probability (float64, summing to 1).
+    """
     pts = np.union1d(np.arange(1, n + 1, dtype=np.int64) * m, np.arange(1, m + 1, dtype=np.int64) * n)
     start = np.concatenate([[0], pts[:-1]])
     return start // m, start // n, (pts - start) / (n * m)

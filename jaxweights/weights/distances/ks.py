@@ -96,7 +96,18 @@ def _grid_bounds(ha, la, hb, lb):
 
 @functools.partial(jax.jit, static_argnames=("b",))
 def ks_sketch_block(hi, lo, i0, j0, b):
-    """KS sketch of a block from grid counts (:func:`ks_grid`): ``n *`` (lower bound, largest bin bound)."""
+    """KS sketch of a block from grid counts (:func:`ks_grid`), scaled by the sample size n.
+
+    Args:
+      hi, lo: (N', chunks, bins per chunk) int32 grid counts of :func:`ks_grid`, rows padded to a
+        multiple of b.
+      i0, j0: first row and first column of the block.
+      b: block size, static.
+
+    Returns:
+      (lower, upper): (b, b) ``n ×`` the largest ECDF gap at the grid edges (a lower bound of the KS
+      statistic) and ``n ×`` the largest bin bound (an upper bound).
+    """
     lower, cmax = _grid_bounds(dyn_rows(hi, i0, b), dyn_rows(lo, i0, b), dyn_rows(hi, j0, b), dyn_rows(lo, j0, b))
     return lower, cmax.max(-1)
 
@@ -174,7 +185,14 @@ def _ks_exact_block(s_ND, hi, lo, i0, j0, b):
 
 
 def ks_pair(x, y):
-    """KS of one pair given as ``(sorted sample, own right-counts)`` (:func:`own_counts`)."""
+    """Two-sample KS statistic of one pair (Kolmogorov 1933; Smirnov 1948), each given with its own counts.
+
+    Args:
+      x, y: ``(sorted sample, own right-counts)`` of each network (:func:`own_counts`).
+
+    Returns:
+      Scalar KS statistic (= ``scipy.stats.ks_2samp(u, v).statistic``).
+    """
     return ks_sorted(x[0], y[0], x[1], y[1])
 
 
@@ -183,7 +201,14 @@ _ks_pairs = jax.jit(jax.vmap(ks_sorted))
 
 @jax.jit
 def own_counts(s_ND):
-    """``searchsorted(s, s, "right")`` of every sorted row: each point's count of points <= it."""
+    """``searchsorted(s, s, "right")`` of every sorted row: each point's count of points <= it.
+
+    Args:
+      s_ND: (N, D) rows sorted ascending.
+
+    Returns:
+      (N, D) integer counts.
+    """
     return jax.vmap(lambda s: scan_searchsorted(s, s, "right"))(s_ND)
 
 

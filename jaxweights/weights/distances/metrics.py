@@ -32,7 +32,24 @@ _sort = sort_rows
 
 
 def w1(x, y, b, sketch, with_error, ok=None, mesh=None):
-    """W1 of every pair (Villani 2003), exact or sketched: ``(dist, err or None)``."""
+    """W1 (earth mover's) distance of every pair (Vallender 1974; Villani 2003), exact or sketched.
+
+    Exact W1 equals ``scipy.stats.wasserstein_distance``. With ``sketch`` (Q cells, used when both
+    samples hold more than Q weights) it is the L1 distance of the Q cell means over Q, a lower bound.
+
+    Args:
+      x: (N, D) weights.
+      y: (M, D') weights, or None for x against itself.
+      b: block size (networks per block side).
+      sketch: number of quantile cells Q of the sketch, or None / 0 for exact W1.
+      with_error: with a sketch, also compute each pair's error bound.
+      ok: unused (the metrics' common signature).
+      mesh: optional 1-D ``"networks"`` mesh: the rows are split over its devices.
+
+    Returns:
+      ``(dist, err)``: (N, M) float64 distances, and (N, M) upper bounds of ``W1 - dist`` when
+      sketched with ``with_error``, else None.
+    """
     sx = _sort(x)
     sy = None if y is None else _sort(y)
     n, m = sx.shape[1], (sx if sy is None else sy).shape[1]
@@ -51,7 +68,26 @@ def w1(x, y, b, sketch, with_error, ok=None, mesh=None):
 
 
 def ks(x, y, b, sketch, with_error, ok=None, mesh=None):
-    """Two-sample KS statistic of every pair (Kolmogorov 1933; Smirnov 1948), exact or sketched."""
+    """Two-sample KS statistic of every pair (Kolmogorov 1933; Smirnov 1948), exact or sketched.
+
+    Exact values equal ``scipy.stats.ks_2samp(u, v).statistic``. A sketch (samples of more than
+    ``sketch`` weights) is within one population, on one device, the ECDF gap at grid edges set by
+    the core networks (a lower bound); across populations, or sharded, the KS of the ``sketch``
+    cell-end quantiles.
+
+    Args:
+      x: (N, D) weights.
+      y: (M, D') weights, or None for x against itself.
+      b: block size (networks per block side).
+      sketch: number of quantile cells Q of the sketch, or None / 0 for exact values.
+      with_error: unused: a sketch always returns its error.
+      ok: (N,) bool, the networks with finite weights, whose core sets the sketch's edges (default all).
+      mesh: optional 1-D ``"networks"`` mesh: the rows are split over its devices.
+
+    Returns:
+      ``(dist, err)``: (N, M) float64 statistics and, when sketched, (N, M) error bounds (within one
+      population: by how much the statistic may exceed ``dist``; across populations: 1/Q), else None.
+    """
     sx = _sort(x)
     n = sx.shape[1]
     sharded = mesh is not None  # block bound-and-refine is single-device: pairs instead
@@ -75,7 +111,18 @@ def ks(x, y, b, sketch, with_error, ok=None, mesh=None):
 
 
 def energy(x, y, b, sketch, with_error, ok=None, mesh=None):
-    """Energy distance of every pair (Szekely & Rizzo 2013): ``(dist, None)``."""
+    """Energy distance of every pair (Székely & Rizzo 2013), exact (= ``scipy.stats.energy_distance``).
+
+    Args:
+      x: (N, D) weights.
+      y: (M, D') weights, or None for x against itself.
+      b: block size (networks per block side).
+      sketch, with_error, ok: unused (the metrics' common signature).
+      mesh: optional 1-D ``"networks"`` mesh: the rows are split over its devices.
+
+    Returns:
+      ``(dist, None)``: (N, M) float64 distances.
+    """
     return pairs(energy_sorted, _sort(x), None if y is None else _sort(y), b, rows=True, mesh=mesh), None
 
 
@@ -83,7 +130,18 @@ _hist = jax.jit(jax.vmap(histogram, (0, None)))
 
 
 def row_core(sx, sy, okx, oky):
-    """Core networks (``histograms.core_range``) over both populations: ``(lo, hi, core_x, core_y)``."""
+    """Core networks (``binning.core_range``) over both populations and their shared weight range.
+
+    Args:
+      sx: (N, D) weights, rows sorted ascending.
+      sy: (M, D') weights, rows sorted ascending, or None (one population).
+      okx: (N,) bool, networks of x whose weights are all finite.
+      oky: (M,) bool, the same for y (unused when ``sy`` is None).
+
+    Returns:
+      ``(lo, hi, core_x, core_y)``: the core networks' weight range ((0, 0) when there is none) and
+      (N,) / (M,) bool core masks (``core_y`` is ``core_x`` for one population).
+    """
     lo = np.concatenate([np.asarray(sx[:, 0]), [] if sy is None else np.asarray(sy[:, 0])])
     hi = np.concatenate([np.asarray(sx[:, -1]), [] if sy is None else np.asarray(sy[:, -1])])
     ok = np.concatenate([okx, [] if sy is None else oky]).astype(bool)
@@ -144,7 +202,22 @@ def _outlier_pairs(d, fn, sx, sy, core_x, core_y, okx, oky):
 
 
 def hist_metric(fn, x, y, okx, oky, b, bins, mesh=None):
-    """``fn(p, q)`` (e.g. Jensen-Shannon, Lin 1991) on histograms with edges over the core networks' range; exploded pairs per pair."""
+    """``fn(p, q)`` of every pair's histograms (e.g. Jensen-Shannon, Lin 1991), edges over the core networks' range.
+
+    A pair with a finite non-core (exploded) network is compared on histograms over the pair's own range.
+
+    Args:
+      fn: jittable ``fn(p, q) -> scalar`` of two histograms.
+      x: (N, D) weights.
+      y: (M, D') weights, or None for x against itself.
+      okx, oky: (N,) / (M,) bool, networks whose weights are all finite.
+      b: block size (networks per block side).
+      bins: histogram bins.
+      mesh: optional 1-D ``"networks"`` mesh: the rows are split over its devices.
+
+    Returns:
+      (N, M) float64 numpy array.
+    """
     sx = _sort(x)
     sy = None if y is None else _sort(y)
     lo, hi, core_x, core_y = row_core(sx, sy, okx, oky)
@@ -160,7 +233,22 @@ def _kde_logdens(x, lo, hi, size):
 
 
 def kde_kl(x, y, okx, oky, b, grid, mesh=None):
-    """Symmetric KL of Gaussian KDEs on a grid over the core range (La Malfa et al. 2021, arXiv 2110.02628)."""
+    """Symmetric KL of Gaussian KDEs on a grid over the core range (La Malfa et al. 2021, arXiv 2110.02628).
+
+    KDEs use Scott's bandwidth (``scipy.stats.gaussian_kde``); a pair with a finite non-core
+    (exploded) network is compared on a grid over the pair's own range.
+
+    Args:
+      x: (N, D) weights.
+      y: (M, D') weights, or None for x against itself.
+      okx, oky: (N,) / (M,) bool, networks whose weights are all finite.
+      b: block size (networks per block side).
+      grid: number of grid points.
+      mesh: optional 1-D ``"networks"`` mesh: the rows are split over its devices.
+
+    Returns:
+      (N, M) float64 numpy array of ``KL(p||q) + KL(q||p)``.
+    """
     sx = _sort(x)
     sy = None if y is None else _sort(y)
     lo, hi, core_x, core_y = row_core(sx, sy, okx, oky)

@@ -20,9 +20,14 @@ import numpy as np
 def cells(n: int, q: int):
     """Overlap of element l ([l/n, (l+1)/n]) with the q probability cells, for n >= q.
 
-    Returns (cell0, cell1, weight0, weight1, lo_index, hi_index): element l adds
-    ``s_l * weight`` to the mean of its one or two cells; cell k spans sorted indices
-    ``lo_index[k] .. hi_index[k]``.
+    Args:
+      n: sample size.
+      q: number of cells.
+
+    Returns:
+      (cell0, cell1, weight0, weight1, lo_index, hi_index): element l adds ``s_l * weight0[l]`` to
+      the mean of cell0[l] and ``s_l * weight1[l]`` to that of cell1[l] ((n,) arrays); cell k spans
+      sorted indices ``lo_index[k] .. hi_index[k]`` inclusive ((q,) arrays).
     """
     start = np.arange(n, dtype=np.int64) * q  # in units of 1 / (n q)
     c0 = start // n
@@ -52,7 +57,16 @@ def cell_means(s_ND, q: int):
 
 
 def w1_bound_pair(x, y):
-    """Upper bound of ``W1 - sketch`` of one pair from the cells' (first, last) sorted values."""
+    """Upper bound of ``W1 - sketch`` of one pair from the cells' (first, last) sorted values.
+
+    The sum over the cells where the two quantile functions may cross of both cells' ranges, over q.
+
+    Args:
+      x, y: ``(first, last)`` of each network: (q,) arrays of each cell's first and last sorted value.
+
+    Returns:
+      Scalar bound.
+    """
     (la, ha), (lb, hb) = x, y
     cross = (la < hb) & (lb < ha)  # quantile functions may cross inside the cell
     return jnp.sum(jnp.where(cross, (ha - la) + (hb - lb), 0)) / la.shape[0]
