@@ -34,7 +34,10 @@ def holm(p) -> np.ndarray:
     adj_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)). NaN p-values stay NaN and are not counted in m.
 
     Args:
-      p: p-values (any shape). Returns the adjusted p-values, same shape.
+      p: p-values (any shape; NaN for a test that was not run).
+
+    Returns:
+      The adjusted p-values, same shape (NaN where `p` is NaN).
     """
     return _adjust_finite(p, _holm_1d)
 
@@ -44,7 +47,10 @@ def benjamini_hochberg(p) -> np.ndarray:
     and is not counted as a test.
 
     Args:
-      p: p-values (any shape). Returns the adjusted p-values, same shape.
+      p: p-values (any shape; NaN for a test that was not run).
+
+    Returns:
+      The adjusted p-values, same shape (NaN where `p` is NaN).
     """
     return _adjust_finite(p, lambda p_m: ss.false_discovery_control(p_m, method="bh"))
 

@@ -278,6 +278,9 @@ def cell_permutation_test(
       acc_N: test accuracy; cells_N: cell id per network.
       quantile: fraction of cells in each group.
       exclude: networks to leave out (e.g. ``states != "ok"``).
+      n_permutations: every assignment when there are at most this many (exact p), else this many
+        random ones.
+      seed: seed of the random assignments and of the tie-breaking in `split_groups`.
 
     Returns:
       A `CellPermutationResult`.

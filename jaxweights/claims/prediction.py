@@ -48,6 +48,11 @@ def hyperparameter_features(hparams: pd.DataFrame) -> tuple[list[str], np.ndarra
       hparams: one row per network (``hparams.csv`` or the last epoch of ``metrics.csv``); identifiers,
         metrics and health flags (`groups.NOT_HYPERPARAMETERS`, e.g. test_acc, max_abs_weight) are
         ignored, so nothing measured on the trained network leaks into the baseline.
+
+    Returns:
+      (names, x_NxF): the F numeric, non-boolean hyperparameter columns with more than one value, and
+      their (N, F) float64 values (log10 for learning_rate, init_scale and weight_decay when all
+      positive); ``([], (N, 0))`` when none varies.
     """
     cols = [
         c

@@ -120,10 +120,13 @@ def claim_summary(
       table: its statistics table (as `analyze_params` returns).
       metrics: distance metrics for the claim (default `DEFAULT_METRICS`), computed per layer and for
         the whole network over the analysed networks only.
+      block_size: networks per block of the distance computations.
+      grouping_note: a note on the grouping, shown in the report (``summary["grouping"]["note"]``).
       last: the last epoch's metrics, one row per network (test_acc, diverged, hyperparameters).
       out: the zoo's analysis folder (the tables go there).
       bins: accuracy bins (`accuracy_bins`).
       n_permutations, n_boot, alpha, folds, seed: test and prediction options.
+      name: the zoo's name in the summary (``summary["zoo"]``).
       **grouping: which networks are analysed and how they are split, the keyword options of
         `network_groups` (quantile, threshold, min_accuracy, include_exploded, include_not_learned,
         num_classes, chance_margin; defaults `GROUPING_DEFAULTS`).

@@ -251,6 +251,9 @@ def dispersion(
     Args:
       table: tidy statistics (network, layer, statistic, value), networks numbered like `labels`.
       labels: group labels.
+      n_permutations: every split when there are at most this many (exact p), else this many random ones.
+      seed: seed of the random splits.
+      alpha: significance level of the verdicts.
 
     Returns:
       DataFrame: layer, statistic, var_optimal, var_suboptimal, ratio, p_greater, p_less, p_value

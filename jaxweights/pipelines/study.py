@@ -82,13 +82,16 @@ def _row(dataset: str, family: str, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> Path:
-    """Trains and analyses every zoo of the study and writes the combined report; returns its path.
+    """Trains and analyses every zoo of the study and writes the combined report.
 
     Args:
       config: a study config (`configs/studies/optimal_vs_suboptimal.py`): datasets, models, quick,
         overrides, analysis options.
       workdir: output folder; zoos go to ``<workdir>/<dataset>_<model>/``.
       progress: show training progress bars.
+
+    Returns:
+      The path of the combined report.html (summary.json beside it).
     """
     workdir = Path(workdir)
     opts = dict(config.analysis)

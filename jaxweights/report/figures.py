@@ -455,7 +455,14 @@ def depth_profile(out, table: pd.DataFrame, *, value: str = "ratio", stem: str =
     """A per-layer quantity against per-depth-normalised layer position, one line per zoo.
 
     Args:
-      table: columns ``zoo, depth, value`` (e.g. within-suboptimal / within-optimal distance ratio).
+      out: output folder.
+      table: columns ``zoo, depth`` and `value` (e.g. within-suboptimal / within-optimal distance
+        ratio, as `claims.depth_profiles` gives).
+      value: the column drawn.
+      stem: file stem.
+
+    Returns:
+      The PNG path (``<stem>.csv``: `table` as given).
     """
     fig, ax = new_figure(figsize=(6, 4))
     for zoo, g in table.groupby("zoo"):

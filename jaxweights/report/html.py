@@ -40,7 +40,11 @@ def register_section(name: str, provider: Callable[[Mapping[str, Any]], Any], *,
 
 
 def registered_sections() -> tuple[str, ...]:
-    """Names of the registered section providers."""
+    """Names of the registered section providers.
+
+    Returns:
+      The names, in registration order.
+    """
     return tuple(_SECTIONS)
 
 

@@ -29,6 +29,9 @@ def default_vmap_chunk() -> int:
     over chunks of 4-8 than vmapped all at once (59% vs 46% of the matmul ceiling), and 64 CNNs
     1.2× faster (`benchmarks/train_throughput.py --compare-conv`): a chunk's working set stays
     in cache. Accelerators want the widest batch.
+
+    Returns:
+      8 on the CPU backend, else 0 (all networks at once).
     """
     return 8 if jax.default_backend() == "cpu" else 0
 

@@ -84,7 +84,10 @@ def mean(w_D):
     """Arithmetic mean (of ``w / max|w|``, rescaled: no overflow in the sum; Unterthiner et al. 2020).
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      The mean, a scalar.
     """
     m, u = _scaled(w_D)
     return m * jnp.mean(u)
@@ -94,7 +97,10 @@ def var(w_D):
     """Variance, ddof 0 (two-pass, scaled). Exceeds float32 above |w| ~ 1e19: the registry squares ``std`` on the host.
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      The variance, a scalar.
     """
     _, m2, _, m = _moments(w_D)
     return (m * m) * m2
@@ -104,7 +110,10 @@ def std(w_D):
     """Standard deviation, ddof 0 (two-pass on ``w / max|w|``, rescaled; Unterthiner et al. 2020).
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      The standard deviation, a scalar.
     """
     _, m2, _, m = _moments(w_D)
     return m * jnp.sqrt(m2)
@@ -114,7 +123,10 @@ def skewness(w_D):
     """Biased skewness g1 ``m3 / m2**1.5`` (Joanes & Gill 1998; scipy.stats.skew default); NaN if variance is zero.
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      The skewness, a scalar (NaN if the variance is zero).
     """
     mu, m2, d, _ = _moments(w_D)
     return jnp.where(_zero_var(mu, m2), jnp.nan, jnp.mean(d**3) / m2**1.5)
@@ -124,7 +136,10 @@ def kurtosis(w_D):
     """Biased excess kurtosis g2 ``m4 / m2**2 - 3`` (Joanes & Gill 1998; scipy default); NaN if variance is zero.
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      The excess kurtosis, a scalar (NaN if the variance is zero).
     """
     mu, m2, d, _ = _moments(w_D)
     return jnp.where(_zero_var(mu, m2), jnp.nan, jnp.mean(d**4) / m2**2 - 3.0)
@@ -150,7 +165,10 @@ def l1(w_D):
     """L1 norm ``sum |w|`` (scaled sum; Unterthiner et al. 2020).
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      The L1 norm, a scalar.
     """
     m, u = _scaled(w_D)
     return m * jnp.sum(jnp.abs(u))
@@ -160,7 +178,10 @@ def l2(w_D):
     """L2 (Frobenius) norm, ``max|w| * ||w / max|w|||`` (no overflow; Unterthiner et al. 2020).
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      The L2 norm, a scalar.
     """
     m, u = _scaled(w_D)
     return m * jnp.sqrt(jnp.sum(u * u))
@@ -170,7 +191,10 @@ def max_abs(w_D):
     """Largest absolute weight (L-infinity norm).
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      max |w|, a scalar.
     """
     return jnp.max(jnp.abs(w_D))
 
@@ -179,7 +203,10 @@ def rms(w_D):
     """Root mean square, ``max|w| * rms(w / max|w|)`` (no overflow).
 
     Args:
-      w_D: one network's weights, (D,) (any order). Returns a scalar.
+      w_D: one network's weights, (D,) (any order).
+
+    Returns:
+      The root mean square, a scalar.
     """
     m, u = _scaled(w_D)
     return m * jnp.sqrt(jnp.mean(u * u))
