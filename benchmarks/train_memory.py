@@ -29,6 +29,7 @@ import jax
 from jaxweights import config as config_lib, data as data_lib, train
 from jaxweights.io import checkpoints, rundir
 from jaxweights.pipelines import train as train_pipeline
+from jaxweights import data as data_lib
 
 def mem():
     d = dict(l.split(":", 1) for l in open("/proc/self/status"))
@@ -59,7 +60,7 @@ n, hidden, steps, data_dir, workdir = json.loads(sys.argv[1])
 c = config_lib.default_config()
 c.model.hidden, c.num_seeds, c.num_epochs = tuple(hidden), 1, 1
 c.max_train, c.max_test, c.keep_checkpoints, c.data_dir = steps * c.batch_size, 1000, 1, data_dir
-ds = train_pipeline.load_dataset(c)
+ds = data_lib.load_dataset(c)
 setup = train.make_setup(c, ds)
 state_b, step_b = train.network_memory(setup, tuple(ds.x_train.shape[1:]), 1000)
 data_b = sum(a.nbytes for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test)) + 1000 * 4

@@ -7,6 +7,7 @@ from safetensors.numpy import save_file
 
 from jaxweights import cli
 from jaxweights.io import importers, rundir
+from jaxweights.models import paths
 from jaxweights.weights import compute, strength
 from tests.zoo import train
 
@@ -114,7 +115,7 @@ def test_train_checkpoint_through_analyze_params_equals_analyze(trained, tmp_pat
 
 
 def test_mismatched_structures_name_the_first_mismatching_leaf(trained, tmp_path, capsys):
-    params = rundir.flatten_params(rundir.load_params(trained / "params.npz"))
+    params = paths.flatten(rundir.load_params(trained / "params.npz"))
     np.savez(tmp_path / "a.npz", **{k: v[0] for k, v in params.items()})
     narrow = {k: v[0] for k, v in params.items()}
     narrow["Dense_0/kernel"], narrow["Dense_0/bias"] = narrow["Dense_0/kernel"][:, :8], narrow["Dense_0/bias"][:8]
@@ -156,18 +157,18 @@ def test_msgpack_npz_and_orbax_round_trips(trained, tmp_path):
         # A whole Flax state: only its params are read.
         msg[-1].write_bytes(serialization.to_bytes({"params": net, "step": np.int32(7)}))
         npz.append(tmp_path / f"n{i}.npz")
-        np.savez(npz[-1], **rundir.flatten_params(net))
+        np.savez(npz[-1], **paths.flatten(net))
     ck = ocp.StandardCheckpointer()
     ck.save((tmp_path / "orbax1").absolute(), {"params": nets[1]})
     ck.wait_until_finished()
-    flat = rundir.flatten_params(params)
+    flat = paths.flatten(params)
     for loaded in (
         importers.load(msg),
         importers.load(npz),
         importers.load([trained / "params.npz"]),  # stacked, detected from the biases
         importers.load([npz[0], tmp_path / "orbax1", msg[2], msg[3]]),
     ):  # formats mix
-        got = rundir.flatten_params(loaded)
+        got = paths.flatten(loaded)
         assert got.keys() == flat.keys()
         for k in flat:
             assert got[k].dtype == np.float32
@@ -202,7 +203,7 @@ def test_torch_conv_layout_and_flatten_order(tmp_path):
     for ch in range(c):
         for p in range(h * w):
             np.testing.assert_array_equal(hk[p * c + ch], sd["head.weight"][:, ch * h * w + p])
-    params = rundir.unflatten_params(flat)
+    params = paths.unflatten(flat)
     ns = strength.node_strength(params, layers=["features/0", "head"])
     wc, bc, wh = (sd[k].astype(np.float64) for k in ("features.0.weight", "features.0.bias", "head.weight"))
     ref = [wc[ch].sum() + bc[ch] + wh[:, ch * h * w : (ch + 1) * h * w].sum() for ch in range(c)]

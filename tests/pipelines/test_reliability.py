@@ -23,6 +23,7 @@ import pytest
 
 from jaxweights import cli
 from jaxweights.io import atomic, checkpoints, rundir
+from jaxweights.models import paths
 from jaxweights.weights import distances
 
 REPO = Path(__file__).resolve().parents[2]
@@ -351,7 +352,7 @@ def test_params_npz_is_streamed_and_equals_the_in_memory_bytes(tmp_path):
         "Dense_0": {"kernel": rng.normal(size=(3, 7, 5)).astype(np.float32)},
     }
     rundir.write_params(tmp_path / "params.npz", params)
-    assert (tmp_path / "params.npz").read_bytes() == atomic.npz_bytes(rundir.flatten_params(params))
+    assert (tmp_path / "params.npz").read_bytes() == atomic.npz_bytes(paths.flatten(params))
     back = rundir.load_params(tmp_path / "params.npz")
     np.testing.assert_array_equal(back["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
     assert sorted(np.load(tmp_path / "params.npz").files) == ["Dense_0/kernel", "Dense_1/bias", "Dense_1/kernel"]

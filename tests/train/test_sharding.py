@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from jaxweights import config as config_lib
+from jaxweights import data as data_lib
 from jaxweights import models, train
 from jaxweights.io import checkpoints, rundir
 from jaxweights.pipelines import params as params_pipeline
@@ -63,7 +64,7 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
         subprocess_on(
             f"""
         import json, os, jax, numpy as np
-        from jaxweights import config as config_lib, train
+        from jaxweights import config as config_lib, data as data_lib, train
         from jaxweights.weights import compute
         from jaxweights.io import rundir
         from jaxweights.pipelines import train as train_pipeline, train_chunk
@@ -88,7 +89,7 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
                                  dynamics=False)
         # the zoo's state really lives on 8 devices, 2 networks each (13 are padded to 16)
         c = tiny({str(data_dir)!r}, num_seeds=16)
-        fns = train.make_zoo_fns(train.make_setup(c, train_pipeline.load_dataset(c)), (28, 28, 1), 500, mesh)
+        fns = train.make_zoo_fns(train.make_setup(c, data_lib.load_dataset(c)), (28, 28, 1), 500, mesh)
         grid = config_lib.hyperparameter_grid(c)
         hp = train.shard(train.Hyper(*(np.asarray(f) for f in train.hyper_from_grid(grid))), mesh)
         state = fns.init(hp)
@@ -130,7 +131,7 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
     ckpt = checkpoints.Checkpoints(tmp_path / "run")
     assert ckpt.epochs() == [0, 1, 2]
     c = tiny(data_dir)
-    setup = train.make_setup(c, train_pipeline.load_dataset(c))
+    setup = train.make_setup(c, data_lib.load_dataset(c))
     hp = train.hyper_from_grid(config_lib.hyperparameter_grid(c))
     like = jax.eval_shape(jax.vmap(lambda h: train.init_network(setup, h, (28, 28, 1))), hp)
     restored = ckpt.restore(2, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like))  # 13 networks, not 16
@@ -177,7 +178,7 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
 
 def test_chunked_run_equals_unchunked(one_device, tmp_path, data_dir, caplog):
     c = tiny(data_dir)
-    state_b, step_b = train.network_memory(train.make_setup(c, train_pipeline.load_dataset(c)), (28, 28, 1), 500)
+    state_b, step_b = train.network_memory(train.make_setup(c, data_lib.load_dataset(c)), (28, 28, 1), 500)
     per_net = 2 * state_b + step_b
     # room for 3 networks beside the data (512 + 500 images and labels, the test mask)
     data_b = 512 * 784 + 512 * 4 + 500 * 784 + 500 * 4 + 500 * 4

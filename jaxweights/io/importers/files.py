@@ -26,7 +26,7 @@ from jaxweights.io.importers.torch_layout import (
     _torch_flatten_order,
     detect_layout,
 )
-from jaxweights.models import paths
+from jaxweights.models import paths as param_paths
 
 log = logging.getLogger("jaxweights")
 
@@ -98,7 +98,7 @@ def read(
             f"({sorted(n)}); pass stacked=False (--stacked=no)"
         )
     if list(flat) == sorted(flat):  # a checkpoint stores sorted keys: its run's config gives the order
-        order = next((o for d in [p, *p.parents][:4] if (o := paths.execution_order(d))), None)
+        order = next((o for d in [p, *p.parents][:4] if (o := param_paths.execution_order(d))), None)
         if order:
             flat = {**{k: flat[k] for k in order if k in flat}, **flat}
     return flat
@@ -175,7 +175,7 @@ def load(
     if not paths:
         raise ParamsError("no parameter files given")
     pops = [(str(p), read(p, layout=layout, stacked=stacked, layers=layers)) for p in paths]
-    params = paths.unflatten(stack(pops))
+    params = param_paths.unflatten(stack(pops))
     if with_sources:
         return params, [name for name, pop in pops for _ in range(next(iter(pop.values())).shape[0])]
     return params
