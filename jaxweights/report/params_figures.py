@@ -19,7 +19,7 @@ from jaxweights.weights import binning, stats
 def write_figures(
     params: Mapping[str, Any], out: str | os.PathLike, *, dists: Mapping[str, np.ndarray] | None = None, bins: int = 64
 ) -> list[Path]:
-    """Writes `figures/binning.png` (each network's weight distribution, first 12 leaves) and,
+    """Writes `figures/histograms.png` (each network's weight distribution, first 12 leaves) and,
     given `{group: dist_NxN}`, `figures/distances.png` (heatmaps of up to 8 groups, leaves first).
 
     Args:
@@ -52,7 +52,7 @@ def write_figures(
         ax.axis("off")
     fig.suptitle("weight distributions (one line per network)", fontsize=9)
     fig.tight_layout()
-    written.append(out / "binning.png")
+    written.append(out / "histograms.png")
     fig.savefig(written[-1], dpi=100)
     if dists:
         # Leaves first, then layers and the whole network; at most 8 panels.
