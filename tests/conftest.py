@@ -1,9 +1,16 @@
 """Shared fixtures: the real data folder and small slices of it."""
 
 import os
+import tempfile
 from pathlib import Path
 
-import jax
+# One XLA compilation cache for the session, its xdist workers and the subprocesses the tests start:
+# the tests train many identical tiny zoos, and compiling the same programs again is most of the
+# suite's time. Set before jax is imported, so that every process reads it from the environment.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxweights-tests-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import jax  # noqa: E402
 import numpy as np
 import pytest
 

@@ -12,7 +12,9 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "walkthrough.ipyn
 
 def zoo_size(nb) -> int:
     """Networks of the zoo the notebook trains, from the config lines of its training cell (run here alone)."""
-    cell = next(c.source for c in nb.cells if c.cell_type == "code" and "train_pipeline.train_and_evaluate(c," in c.source)
+    cell = next(
+        c.source for c in nb.cells if c.cell_type == "code" and "train_pipeline.train_and_evaluate(c," in c.source
+    )
     ns = {"config": jcfg}
     exec("\n".join(line for line in cell.splitlines() if line.startswith("c.") or line.startswith("c =")), ns)
     c = ns["c"]
