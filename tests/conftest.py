@@ -81,3 +81,18 @@ def dynamics_zoo(tmp_path_factory, data_dir):
     assert cli.main([*argv, "--data_dir", str(data_dir), "--noprogress", *DYNAMICS_ZOO_ARGS]) == 0
     out = dynamics.write_dynamics(tmp / "run", tmp / "dyn", data_dir=str(data_dir), **DYNAMICS_OPTIONS)
     return tmp / "run", out
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """Statistics, distances and report sections a test registers are gone after it: with several test files
+    in one worker process, another file's analysis would otherwise compute them too."""
+    from jaxweights.report import html
+    from jaxweights.weights import stats
+    from jaxweights.weights.distances import registry
+
+    saved = [(d, dict(d)) for d in (stats._REGISTRY, registry._REGISTRY, html._SECTIONS)]
+    yield
+    for d, before in saved:
+        d.clear()
+        d.update(before)
