@@ -182,16 +182,11 @@ def seed_dispersion_table(
     layers: Sequence[str] | None = None,
     alpha: float = 0.05,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`seed_dispersion` for every metric and layer.
-
-    Only (metric, layer) matrices whose distances among the networks with finite accuracy (and not
-    excluded) are all finite are tested.
+    """`seed_dispersion` for every metric and layer (the matrices `cell_claim_table` tests).
 
     Args:
-      dists: ``{metric: {layer: (N, N) distances}}``.
-      acc_N: (N,) test accuracy per network.
-      cells_N: (N,) hyperparameter cell id per network (`hyperparameter_cells`).
-      exclude: optional (N,) bool mask of networks to leave out.
+      dists, acc_N, cells_N, exclude: as in `cell_claim_table` (distances ``{metric: {layer: (N, N)}}``,
+        accuracy, cell ids and the networks left out).
       layers: restrict to these layers (default all).
       alpha: significance level of the verdicts.
 
