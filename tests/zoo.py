@@ -109,3 +109,12 @@ def train(tmp, data_dir, *extra, config="configs/quickstart.py", workdir="run"):
         *extra,
     ]
     return cli.main(argv)
+
+
+# Claim tests made quick: few permutations and bootstrap draws (their p-values are not what these tests check).
+QUICK_CLAIMS = ["--permutations", "200", "--bootstrap", "50"]
+
+
+def analyze(workdir, *extra):
+    """`jaxweights analyze --workdir workdir *extra` in-process; returns the exit code."""
+    return cli.main(["analyze", "--workdir", str(workdir), *extra])

@@ -139,7 +139,7 @@ def claim_words(s: Mapping[str, Any]) -> str:
     txt = (
         f"In words: {what} (whole network, {esc(c['primary_metric'])} distance: mean within the optimal group "
         f"{fmt(c['within_optimal'])}, within the suboptimal group {fmt(c['within_suboptimal'])}, ratio "
-        f"{fmt(c['ratio'])}, permutation p = {fmt(c.get('p_value', c['p_greater']))}: the pre-specified "
+        f"{fmt(c['ratio'])}, two-sided permutation p = {fmt(c.get('p_value', c['p_greater']))}: the pre-specified "
         f"headline test, judged on its own p; Holm-adjusted over all {c['n_tests']} claim tests "
         f"{fmt(c.get('p_holm'))}: {verdict_html(c.get('verdict_holm', c['verdict']))}"
     )
@@ -281,8 +281,9 @@ def zoo_sections(s: Mapping[str, Any], figs: Mapping[str, Path], prefix: str = "
             f"<p>Verdict (whole network, {esc(c['primary_metric'])}): {verdict_html(c['verdict'])}. "
             f"Mean pairwise distance within the optimal group {fmt(c['within_optimal'])}, within the suboptimal "
             f"group {fmt(c['within_suboptimal'])}, across {fmt(c['across'])} (ratio {fmt(c['ratio'])}); "
-            f"permutation p = {fmt(c['p_greater'])}"
-            f"{' (exact)' if c.get('exact') else ''}; 95% bootstrap interval of the difference "
+            f"two-sided permutation p = {fmt(c.get('p_value', c['p_greater']))}"
+            f"{' (exact)' if c.get('exact') else ''} (one-sided, optimal more alike: {fmt(c['p_greater'])}); "
+            f"95% bootstrap interval of the difference "
             f"[{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]. {counts_words(c, s['alpha'])}</p>"
             + seed_dispersion_html(s.get("seed_dispersion") or {})
             + "<p>Whole network, every metric. p_value: two-sided, networks exchangeable; p_holm / p_bh: adjusted "

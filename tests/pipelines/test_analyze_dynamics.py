@@ -9,32 +9,14 @@ import pytest
 
 from jaxweights import cli
 from tests.conftest import DYNAMICS_ZOO_ARGS, REPO
+from tests.zoo import QUICK_CLAIMS, analyze
 
 
 def test_analyze_writes_dynamics_tables_report_sections_and_summary(dynamics_zoo, data_dir, tmp_path, capsys):
     run, _ = dynamics_zoo
     work = tmp_path / "run"
     shutil.copytree(run, work, ignore=shutil.ignore_patterns("analysis", "pruned"))
-    assert (
-        cli.main(
-            [
-                "analyze",
-                "--workdir",
-                str(work),
-                "--metrics",
-                "ks",
-                "--permutations",
-                "200",
-                "--bootstrap",
-                "100",
-                "--probe_size",
-                "200",
-                "--data_dir",
-                str(data_dir),
-            ]
-        )
-        == 0
-    )
+    assert analyze(work, "--metrics", "ks", *QUICK_CLAIMS, "--probe_size", "200", "--data_dir", str(data_dir)) == 0
     out = work / "analysis"
     for f in (
         "rwc.csv",
@@ -77,23 +59,7 @@ def test_analyze_writes_dynamics_tables_report_sections_and_summary(dynamics_zoo
         assert title in html
     assert html.count("data:image/png;base64,") == len(s["figures"]) + 4  # rwc, stats, CKA, modularity
     # --nodynamics: none of it, and the previous analysis is replaced whole.
-    assert (
-        cli.main(
-            [
-                "analyze",
-                "--workdir",
-                str(work),
-                "--metrics",
-                "ks",
-                "--permutations",
-                "200",
-                "--bootstrap",
-                "100",
-                "--nodynamics",
-            ]
-        )
-        == 0
-    )
+    assert analyze(work, "--metrics", "ks", *QUICK_CLAIMS, "--nodynamics") == 0
     assert not (out / "rwc.csv").exists() and "dynamics" not in json.loads((out / "summary.json").read_text())
 
 

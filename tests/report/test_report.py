@@ -15,7 +15,8 @@ from jaxweights import cli, report
 from jaxweights.io import rundir
 from jaxweights.models import paths
 from jaxweights.pipelines import analyze, study
-from tests.zoo import REPO, train
+from tests.zoo import QUICK_CLAIMS, REPO, train
+from tests.zoo import analyze as analyze_cli
 
 # 2 seeds × 5 learning rates × 2 init scales: the smallest rates stay near chance, the middle ones
 # learn, 1e4 diverges.
@@ -184,6 +185,9 @@ def test_summary_has_every_key_and_the_numbers_agree(analysed):
     assert c["primary_metric"] == "wasserstein" and c["verdict"] == want
     np.testing.assert_allclose(c["ratio"], c["within_suboptimal"] / c["within_optimal"], rtol=1e-9)
     assert 0 < s["claim"]["p_greater"] <= 1 and s["claim"]["ci"][0] <= s["claim"]["ci"][1]
+    # the report quotes the p the verdict is judged on, named two-sided, in the opening words and the verdict
+    html = (out / "report.html").read_text()
+    assert html.count(f"two-sided permutation p = {report.fmt(c['p_value'])}") == 2
     # a Spearman correlation in correlations.csv == scipy on stats.csv
     stats_t = pd.read_csv(out / "stats.csv")
     corr = pd.read_csv(out / "correlations.csv").set_index(["layer", "statistic"])
@@ -255,8 +259,9 @@ def test_report_renders_in_headless_chromium_with_every_image_decoded(analysed, 
     assert f"IMAGES {IMAGES}/{IMAGES}" in res.stdout, (res.stdout[-500:], res.stderr[-2000:])
 
 
-def test_cli_grouping_options_and_refusals(analysed, capsys):
-    run, _ = analysed
+def test_cli_grouping_options_and_refusals(analysed, tmp_path, capsys):
+    # a copy: the analyses below must not replace the one the other tests of this module read
+    run = Path(shutil.copytree(analysed[0], tmp_path / "run"))
     assert cli.main(["analyze", "--workdir", str(run), "--threshold", "0.5,x"]) == 2
     assert "--threshold" in capsys.readouterr().err
     assert cli.main(["analyze", "--workdir", str(run), "--quantile", "0.8"]) == 2
@@ -268,25 +273,7 @@ def test_cli_grouping_options_and_refusals(analysed, capsys):
     assert len(err) == 1 and "threshold" in err[0] and "optimal" in err[0]
     assert (run / "analysis" / "summary.json").read_bytes() == before
     # --min_accuracy leaves out, on top of the not-learned networks, the rest below it, counted apart
-    assert (
-        cli.main(
-            [
-                "analyze",
-                "--workdir",
-                str(run),
-                "--metrics",
-                "ks",
-                "--min_accuracy",
-                "0.5",
-                "--nodynamics",
-                "--permutations",
-                "200",
-                "--bootstrap",
-                "50",
-            ]
-        )
-        == 0
-    )
+    assert analyze_cli(run, "--metrics", "ks", "--min_accuracy", "0.5", "--nodynamics", *QUICK_CLAIMS) == 0
     s = json.loads((run / "analysis" / "summary.json").read_text())
     m = pd.read_csv(run / "metrics.csv")
     last = m[m.epoch == m.epoch.max()]
@@ -299,24 +286,7 @@ def test_cli_grouping_options_and_refusals(analysed, capsys):
     groups = pd.read_csv(run / "analysis" / "groups.csv")
     assert (groups.group == "below_min_accuracy").sum() == below
     # --include_not_learned puts the chance-level networks back among the analysed ones
-    assert (
-        cli.main(
-            [
-                "analyze",
-                "--workdir",
-                str(run),
-                "--metrics",
-                "ks",
-                "--include_not_learned",
-                "--nodynamics",
-                "--permutations",
-                "200",
-                "--bootstrap",
-                "50",
-            ]
-        )
-        == 0
-    )
+    assert analyze_cli(run, "--metrics", "ks", "--include_not_learned", "--nodynamics", *QUICK_CLAIMS) == 0
     s = json.loads((run / "analysis" / "summary.json").read_text())
     assert s["n_kept"] == len(last) - int(bad.sum()) and s["grouping"]["include_not_learned"]
 
