@@ -34,6 +34,7 @@ from jaxweights.data import DataError
 from jaxweights.dynamics import DynamicsError
 from jaxweights.io import rundir
 from jaxweights.io.importers import ParamsError
+from jaxweights.io.lock import WorkdirLockedError
 from jaxweights.pipelines import analyze, prune, study
 from jaxweights.pipelines import params as params_pipeline
 from jaxweights.pipelines import train as train_pipeline
@@ -70,6 +71,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ClaimError,
     ParamsError,
     DynamicsError,
+    WorkdirLockedError,
     flags.Error,
     OSError,
 )

@@ -3,12 +3,14 @@
 atomic       atomic_write, atomic_write_bytes, write_json, write_csv, write_npz, npz_bytes
 rundir       the run-directory contract: write_params, load_params, read_config, config_differences, last_epoch
 checkpoints  Checkpoints (per-epoch writer), restore_params (THE one parameter restore)
+lock         workdir_lock: one process at a time in a run directory (WorkdirLockedError)
 importers    parameter files trained elsewhere: load, read, stack, ParamsError (a subpackage)
 """
 
 from jaxweights.io import importers
 from jaxweights.io.atomic import atomic_write, atomic_write_bytes, npz_bytes, write_csv, write_json, write_npz
 from jaxweights.io.checkpoints import CheckpointError, Checkpoints, item_dir, restore_params
+from jaxweights.io.lock import WorkdirLockedError, workdir_lock
 from jaxweights.io.rundir import (
     config_differences,
     last_epoch,
@@ -20,6 +22,7 @@ from jaxweights.io.rundir import (
 __all__ = [
     "CheckpointError",
     "Checkpoints",
+    "WorkdirLockedError",
     "atomic_write",
     "atomic_write_bytes",
     "config_differences",
@@ -33,5 +36,6 @@ __all__ = [
     "write_csv",
     "write_json",
     "write_npz",
+    "workdir_lock",
     "write_params",
 ]
