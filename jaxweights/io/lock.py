@@ -129,7 +129,7 @@ def _release(fd: int | None) -> None:
 
 def _agree(ok: bool) -> bool:
     """In a multi-host job, process 0's answer for every process; else `ok`."""
-    if jax.process_count() == 1:
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:  # never starts a backend
         return ok
     from jax.experimental import multihost_utils
 
