@@ -8,10 +8,11 @@ middle of the grid good ones (about 97% test accuracy), and the largest learning
 for some, so the zoo has optimal, suboptimal and diverged networks to compare.
 """
 
-from jaxweights.config import default_config
+from jaxweights.config import config_arg, default_config
 
 
 def get_config(arg=None):
+    arg = config_arg(arg)  # None, or "quick"; anything else is refused
     c = default_config()
     c.dataset = "mnist"
     c.model.name = "mlp"

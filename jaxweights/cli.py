@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from absl import flags
 from ml_collections import config_flags
@@ -34,6 +35,8 @@ from jaxweights.data import DataError
 from jaxweights.dynamics import DynamicsError
 from jaxweights.io import rundir
 from jaxweights.io.importers import ParamsError
+from jaxweights.io.lock import WorkdirLockedError
+from jaxweights.io.rundir import RunDirError
 from jaxweights.pipelines import analyze, prune, study
 from jaxweights.pipelines import params as params_pipeline
 from jaxweights.pipelines import train as train_pipeline
@@ -70,6 +73,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ClaimError,
     ParamsError,
     DynamicsError,
+    WorkdirLockedError,
+    RunDirError,
     flags.Error,
     OSError,
 )
@@ -185,18 +190,58 @@ def _flag_values(command: str, argv: list[str]) -> flags.FlagValues:
     return fv
 
 
+def _config_source(args: Sequence[str]) -> str | None:
+    """The value of ``--config`` in ``args`` (``PATH`` or ``PATH:ARG``; the last one given), None without it."""
+    value, it = None, iter(args)
+    for a in it:
+        if a in ("--config", "-config"):
+            value = next(it, None)
+        elif a.startswith(("--config=", "-config=")):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def _config_file_error(e: BaseException) -> BaseException | None:
+    """What a config file's ``get_config`` raised, when ``e`` is ml_collections' wrapping of it, else None.
+
+    ml_collections re-raises a ``TypeError`` or ``ValueError`` of ``get_config`` as one whose message is
+    "Error whilst parsing config file:" and a traceback, and absl wraps that again; the original is at the
+    end of the chain.
+    """
+    chain = [e]
+    while chain[-1].__context__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__context__)
+    wrapped = any(str(x).startswith("Error whilst parsing config file") for x in chain)
+    return chain[-1] if wrapped and len(chain) > 1 else None
+
+
 def _parse(command: str, args: Sequence[str]) -> flags.FlagValues:
-    """Parses ``args`` of ``command``, raising ``flags.Error`` naming the flag or key."""
+    """Parses ``args`` of ``command``, raising ``flags.Error`` naming the flag, key or config file."""
     argv = [f"jaxweights {command}", *last_overrides(args)]
     fv = _flag_values(command, argv)
+    source = _config_source(args) if command in ("train", "study") else None
+    if source is not None:  # before ml_collections, which defers a missing file's error and loses its name
+        path = Path(source.split(":", 1)[0])
+        if not path.is_file():
+            raise flags.Error(f"--config: {path}: {'not a file' if path.exists() else 'no such file'}")
     try:
         fv(argv)
-    except flags.Error:
-        raise
+    except flags.Error as e:
+        cause = _config_file_error(e)
+        if cause is None:
+            raise
+        what = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if not isinstance(cause, ConfigError):
+            what = f"{type(cause).__name__}: {what}"
+        raise flags.Error(f"--config {source}: {what}") from None
     except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config lacks
         key = str(e).strip("\"'")
         raise flags.Error(f"--config.{key}: the config has no key {key!r}") from None
-    except (TypeError, ValueError, SyntaxError) as e:
+    except SyntaxError as e:
+        if e.filename and source and Path(e.filename).resolve() == Path(source.split(":", 1)[0]).resolve():
+            raise flags.Error(f"--config {source}: {e}") from None  # the config file itself
+        raise flags.Error(f"bad --config override: {e}") from None
+    except (TypeError, ValueError) as e:
         raise flags.Error(f"bad --config override: {e}") from None
     if fv.help:
         print(f"usage: jaxweights {command} [options]\n")
@@ -217,7 +262,7 @@ def cmd_train(args: Sequence[str]) -> int:
         config.keys()
     except OSError as e:  # ml_collections defers a failed load until first use
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise flags.Error(f"--config: cannot load {fv['config'].value!r}: {lines[-1]}") from None
+        raise flags.Error(f"--config: cannot load {_config_source(args)}: {lines[-1]}") from None
     if fv.data_dir:
         config = apply_overrides(config, {"data_dir": fv.data_dir}, where="--data_dir", keep_groups=True, new_keys=True)
     df = train_pipeline.train_and_evaluate(config, fv.workdir, overwrite=fv.overwrite, progress=fv.progress)

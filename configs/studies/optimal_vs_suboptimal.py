@@ -13,8 +13,11 @@ of the data); `overrides` changes fields of every zoo ("all") or of one family (
 
 import ml_collections
 
+from jaxweights.config import config_arg
+
 
 def get_config(arg=None):
+    arg = config_arg(arg)  # None, or "quick"; anything else is refused
     c = ml_collections.ConfigDict()
     c.datasets = ("mnist", "fashion_mnist", "cifar10")
     c.models = ("mlp", "cnn", "vit")
@@ -42,6 +45,4 @@ def get_config(arg=None):
         c.analysis.metrics = ("wasserstein", "ks", "euclidean")
         c.analysis.n_permutations, c.analysis.n_boot = 500, 200
         c.analysis.dynamics = False
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; expected nothing or 'quick'")
     return c

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxweights.config.schema import default_config
+from jaxweights.config.schema import config_arg, default_config
 
 FAMILIES = ("mlp", "cnn", "vit")
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -47,7 +47,11 @@ def study_config(dataset: str, family: str, arg: str | None = None) -> ml_collec
 
     Returns:
       The zoo's `ConfigDict`.
+
+    Raises:
+      ConfigError: any other `arg` (`config_arg`).
     """
+    arg = config_arg(arg)
     c = default_config()
     c.dataset = dataset
     c.model = ml_collections.ConfigDict(_model(family, dataset))
@@ -81,6 +85,4 @@ def study_config(dataset: str, family: str, arg: str | None = None) -> ml_collec
         c.max_train = 2048
         c.max_test = 1000
         c.init_scales = (1.0,)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; expected nothing or 'quick'")
     return c

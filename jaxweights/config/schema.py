@@ -9,6 +9,7 @@ network.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -32,6 +33,30 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key."""
+
+
+def config_arg(arg: str | None, allowed: Sequence[str] = ("quick",)) -> str | None:
+    """The argument a config file got (`configs/NAME.py:ARG`), refused unless it is one it knows.
+
+    Every shipped config's `get_config(arg)` passes its argument through here, so an unknown one
+    (a typo such as `:quik`) stops the command instead of silently running the full config.
+
+    Args:
+      arg: what followed the colon (None or "" when nothing did).
+      allowed: the arguments this config file knows.
+
+    Returns:
+      None for no argument, else `arg`.
+
+    Raises:
+      ConfigError: `arg` is not in `allowed` (one line naming it and the allowed ones).
+    """
+    if arg is None or arg == "":
+        return None
+    if arg not in allowed:
+        names = ", ".join(f":{a}" for a in allowed)
+        raise ConfigError(f"unknown config argument {arg!r}; allowed: {names} or none")
+    return arg
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -80,31 +80,19 @@ def _npy_header(f, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
 def _npy_member(
     zf: zipfile.ZipFile, key: str, path: Path, limit: int | None, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, int]:
-    """Read the first `limit` rows of `key` from an npz, or (`rows` given) those rows in that order,
-    streaming through the member so only the kept rows stay in memory; return them and the full
-    row count."""
-    if rows is not None:
-        return _npy_rows(zf, key, path, rows)
-    try:
-        with zf.open(key + ".npy") as f:
-            shape, dtype = _npy_header(f, path, key)
-            k = shape[0] if limit is None else min(limit, shape[0])
-            nbytes = k * int(np.prod(shape[1:])) * dtype.itemsize
-            buf = f.read(nbytes)
-            if k == shape[0] and len(buf) == nbytes and f.read(1):  # also reaches EOF: checks the CRC
-                raise DataError(f"{path}: {key} has bytes beyond its header shape {shape}")
-    except DataError:
-        raise
-    except _READ_ERRORS as e:
-        raise DataError(f"{path}: corrupted npz member {key} ({type(e).__name__}: {e})") from e
-    if len(buf) != nbytes:
-        raise DataError(f"{path}: {key} is truncated ({len(buf)} of {nbytes} bytes)")
-    return np.frombuffer(buf, dtype).reshape((k, *shape[1:])), shape[0]
+    """Read the first `limit` rows of `key` from an npz, or (`rows` given) those rows in that order.
 
+    The whole member is always read, in blocks of `_ROWS_PER_READ` rows of which only the kept ones
+    stay in memory, to its end: there `zipfile` checks the member's CRC-32, so a damaged member is
+    refused whatever slice of it is used.
 
-def _npy_rows(zf: zipfile.ZipFile, key: str, path: Path, rows: np.ndarray) -> tuple[np.ndarray, int]:
-    """`_npy_member` for chosen rows: reads the whole member (its CRC is checked at the end) in
-    blocks of `_ROWS_PER_READ` rows and keeps the chosen ones."""
+    Returns:
+      The rows and the member's full row count.
+
+    Raises:
+      DataError: naming the file and the member: damaged (bad CRC-32, bad compressed data),
+        truncated, longer than its header says, or not a plain numeric array.
+    """
     try:
         with zf.open(key + ".npy") as f:
             shape, dtype = _npy_header(f, path, key)
@@ -113,6 +101,8 @@ def _npy_rows(zf: zipfile.ZipFile, key: str, path: Path, rows: np.ndarray) -> tu
                 raise DataError(
                     f"{path}: {key} is truncated (header shape {shape} needs more bytes than the member holds)"
                 )
+            if rows is None:
+                rows = np.arange(shape[0] if limit is None else min(limit, shape[0]))
             out = np.empty((len(rows), *shape[1:]), dtype)
             order = np.argsort(rows, kind="stable")
             sorted_rows = rows[order]

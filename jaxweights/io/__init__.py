@@ -1,15 +1,19 @@
 """Reading and writing: atomic files, the run directory, orbax checkpoints, parameter files from elsewhere.
 
 atomic       atomic_write, atomic_write_bytes, write_json, write_csv, write_npz, npz_bytes
-rundir       the run-directory contract: write_params, load_params, read_config, config_differences, last_epoch
+rundir       the run-directory contract: write_params, load_params, read_config, config_differences, last_epoch,
+             RunDirError (a damaged or truncated file)
 checkpoints  Checkpoints (per-epoch writer), restore_params (THE one parameter restore)
+lock         workdir_lock: one process at a time in a run directory (WorkdirLockedError)
 importers    parameter files trained elsewhere: load, read, stack, ParamsError (a subpackage)
 """
 
 from jaxweights.io import importers
 from jaxweights.io.atomic import atomic_write, atomic_write_bytes, npz_bytes, write_csv, write_json, write_npz
 from jaxweights.io.checkpoints import CheckpointError, Checkpoints, item_dir, restore_params
+from jaxweights.io.lock import WorkdirLockedError, workdir_lock
 from jaxweights.io.rundir import (
+    RunDirError,
     config_differences,
     last_epoch,
     load_params,
@@ -20,6 +24,8 @@ from jaxweights.io.rundir import (
 __all__ = [
     "CheckpointError",
     "Checkpoints",
+    "RunDirError",
+    "WorkdirLockedError",
     "atomic_write",
     "atomic_write_bytes",
     "config_differences",
@@ -33,5 +39,6 @@ __all__ = [
     "write_csv",
     "write_json",
     "write_npz",
+    "workdir_lock",
     "write_params",
 ]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,30 @@ import pandas as pd
 
 from jaxweights.io import atomic
 from jaxweights.models import paths
+
+# What reading a damaged or truncated `.npz` raises (numpy, zipfile, zlib), a missing member included.
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+class RunDirError(ValueError):
+    """A run-directory file that cannot be read: damaged, truncated, or not what it should be; names the file."""
+
+
+def unreadable(path: str | os.PathLike, error: BaseException, hint: str = "") -> RunDirError:
+    """The one-line error for a run-directory file that cannot be read.
+
+    Args:
+      path: the file.
+      error: what reading it raised.
+      hint: what the user can do, appended to the message.
+
+    Returns:
+      The `RunDirError` to raise (naming `path` and the error).
+    """
+    what = (str(error).strip().splitlines() or [""])[0][:200]
+    return RunDirError(
+        f"{path}: cannot read ({type(error).__name__}: {what}); damaged or truncated?{hint and ' ' + hint}"
+    )
 
 
 def write_params(path: str | os.PathLike, params: Any, order: Sequence[str] | None = None) -> None:
@@ -60,12 +86,19 @@ def load_params(path: str | os.PathLike, order: Sequence[str] | None = None) -> 
 
     Returns:
       Nested dict of numpy arrays, networks axis first.
+
+    Raises:
+      RunDirError: the file is damaged, truncated or not an `.npz` (one line naming it).
     """
-    with np.load(path) as z:
-        if order is None and list(z.files) == sorted(z.files):
-            order = paths.execution_order(Path(path).parent)
-        names = [k for k in (order or ()) if k in z.files] + list(z.files)
-        return paths.unflatten({k: z[k] for k in dict.fromkeys(names)})
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if order is None and list(z.files) == sorted(z.files):
+                order = paths.execution_order(Path(path).parent)
+            names = [k for k in (order or ()) if k in z.files] + list(z.files)
+            flat = {k: z[k] for k in dict.fromkeys(names)}  # reads every member: its CRC-32 is checked
+    except NPZ_ERRORS as e:
+        raise unreadable(path, e) from None
+    return paths.unflatten(flat)
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -76,8 +109,17 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
       The parsed dict.
+
+    Raises:
+      RunDirError: the file is not JSON, or holds something other than a JSON object (one line naming it).
     """
-    return json.loads(Path(path).read_text())
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise RunDirError(f"{path}: not valid JSON ({str(e).splitlines()[0][:200]}); damaged or truncated?") from None
+    if not isinstance(cfg, dict):
+        raise RunDirError(f"{path}: holds a JSON {type(cfg).__name__}, not an object; damaged, or not from jaxweights?")
+    return cfg
 
 
 def config_differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

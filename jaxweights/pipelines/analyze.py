@@ -46,6 +46,7 @@ from jaxweights.claims import (
 )
 from jaxweights.claims.summary import DEFAULT_METRICS
 from jaxweights.io import atomic, rundir
+from jaxweights.io.lock import workdir_lock
 from jaxweights.pipelines.errors import AnalysisError, check_metrics
 from jaxweights.pipelines.grouping import check_grouping, num_classes, run_groups
 from jaxweights.pipelines.params import analyze_params
@@ -124,10 +125,43 @@ def analyze_workdir(
 
     Returns:
       The analysis folder, ``<workdir>/analysis``.
+
+    Raises:
+      WorkdirLockedError: another process works in `workdir` (see `jaxweights.io.lock`).
     """
     workdir = Path(workdir)
     check_metrics(metrics or ())  # before any work, so a bad name costs nothing
     runs = _run_dirs(workdir)
+    with workdir_lock(workdir, "analyze"):
+        return _analyze_runs(
+            workdir,
+            runs,
+            metrics,
+            block_size,
+            report,
+            extra_sections,
+            dynamics,
+            data_dir,
+            dynamics_options,
+            model,
+            claim_options,
+        )
+
+
+def _analyze_runs(
+    workdir,
+    runs,
+    metrics,
+    block_size,
+    report,
+    extra_sections,
+    dynamics,
+    data_dir,
+    dynamics_options,
+    model,
+    claim_options,
+) -> Path:
+    """`analyze_workdir` once the workdir is locked."""
     if report:  # refuse impossible grouping options before minutes of distances
         claim_options = check_grouping(runs, claim_options)
     # Several processes (`config.multihost`) all compute (the sharded statistics and distances

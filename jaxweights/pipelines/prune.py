@@ -21,6 +21,7 @@ import pandas as pd
 
 from jaxweights import dynamics
 from jaxweights.io import atomic, rundir
+from jaxweights.io.lock import workdir_lock
 from jaxweights.models import paths
 from jaxweights.pipelines import train as train_pipeline
 from jaxweights.pipelines import train_chunk
@@ -144,6 +145,16 @@ def prune_run(
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists() or not (run_dir / "metrics.csv").exists():
         raise PruneError(f"{run_dir}: not a finished `jaxweights train` run directory (no config.json/metrics.csv)")
+    with workdir_lock(run_dir, "prune"):  # the pruned zoo's own run directory is locked by its training
+        return _prune_locked(
+            run_dir, layers, out_dir, data_dir, overwrite, progress, probe_size, tol, optimal_N, exclude_N
+        )
+
+
+def _prune_locked(
+    run_dir: Path, layers, out_dir, data_dir, overwrite, progress, probe_size, tol, optimal_N, exclude_N
+) -> pd.DataFrame:
+    """`prune_run` once the run directory is locked."""
     config = dynamics.run_config(run_dir)
     if config.get("groups"):
         raise PruneError(f"{run_dir}: a run with static groups; prune one group: {run_dir}/groups/NN")

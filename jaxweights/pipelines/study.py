@@ -23,6 +23,7 @@ import pandas as pd
 
 from jaxweights.claims import depth_profiles, same_pattern
 from jaxweights.config import apply_overrides, presets
+from jaxweights.io.lock import workdir_lock
 from jaxweights.pipelines import train as train_pipeline
 from jaxweights.pipelines.analyze import analyze_workdir
 from jaxweights.report import Section, esc, figures, fmt, table, verdict_html, write
@@ -92,8 +93,17 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, 
 
     Returns:
       The path of the combined report.html (summary.json beside it).
+
+    Raises:
+      WorkdirLockedError: another process works in `workdir` (see `jaxweights.io.lock`).
     """
     workdir = Path(workdir)
+    with workdir_lock(workdir, "study"):  # each zoo's folder is locked by its training and analysis
+        return _run_study(config, workdir, progress)
+
+
+def _run_study(config: ml_collections.ConfigDict, workdir: Path, progress: bool) -> Path:
+    """`run_study` once the workdir is locked."""
     opts = dict(config.analysis)
     metrics = opts.pop("metrics", None)
     rows, summaries, sections = [], {}, []

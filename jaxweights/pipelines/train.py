@@ -22,6 +22,7 @@ from jaxweights import config as config_lib
 from jaxweights import data as data_lib
 from jaxweights import models, train
 from jaxweights.io import atomic, rundir
+from jaxweights.io.lock import workdir_lock
 from jaxweights.pipelines import train_chunk
 
 log = logging.getLogger("jaxweights")
@@ -91,10 +92,19 @@ def train_group(
 
     Returns:
       The metrics table (also written to `workdir/metrics.csv`).
+
+    Raises:
+      WorkdirLockedError: another process works in `workdir` (see `jaxweights.io.lock`).
     """
     workdir = Path(workdir)
     config_lib.validate(config)
-    train.init_distributed(config)
+    train.init_distributed(config)  # before the lock: it asks which process this is
+    with workdir_lock(workdir, "train"):  # before `_check_or_claim` deletes anything
+        return _train_group(config, workdir, overwrite, progress, dataset, model)
+
+
+def _train_group(config, workdir: Path, overwrite, progress, dataset, model) -> pd.DataFrame:
+    """`train_group` once the workdir is locked."""
     cfg = _record_model(config.to_dict(), model)
     main = jax.process_index() == 0
     resume = _check_or_claim(workdir, cfg, overwrite)
@@ -245,15 +255,24 @@ def train_and_evaluate(
 
     Returns:
       The (combined) metrics table, one row per network and epoch.
+
+    Raises:
+      WorkdirLockedError: another process works in `workdir` (see `jaxweights.io.lock`).
     """
     workdir = Path(workdir)
     config_lib.validate(config)
     groups = group_configs(config)
-    if len(groups) == 1 and groups[0][0] == "":
-        return train_group(config, workdir, overwrite=overwrite, progress=progress, model=model)
     for _, g in groups:
         config_lib.validate(g)
-    train.init_distributed(config)
+    train.init_distributed(config)  # before the lock: it asks which process this is
+    with workdir_lock(workdir, "train"):  # before `_check_or_claim` deletes anything
+        return _train_groups(config, groups, workdir, overwrite, progress, model)
+
+
+def _train_groups(config, groups, workdir: Path, overwrite, progress, model) -> pd.DataFrame:
+    """`train_and_evaluate` once the workdir is locked."""
+    if len(groups) == 1 and groups[0][0] == "":
+        return train_group(config, workdir, overwrite=overwrite, progress=progress, model=model)
     main = jax.process_index() == 0
     cfg = _record_model(config.to_dict(), model)
     _check_or_claim(workdir, cfg, overwrite)

@@ -230,21 +230,32 @@ def concat_params(paths: list[Path], out: Path) -> None:
       paths: the chunks' `params.npz`, in order.
       out: the combined file to write.
     """
-    files = [np.load(p) for p in paths]
+    files = []
+
+    def read(i: int, k: str | None = None):
+        """Chunk i's open file (k None) or its member k; a damaged chunk file is one line naming it."""
+        try:
+            return np.load(paths[i], allow_pickle=False) if k is None else files[i][k]
+        except rundir.NPZ_ERRORS as e:
+            hint = "delete it and run the same command again to rebuild it from the chunk's checkpoints"
+            raise rundir.unreadable(paths[i], e, hint) from None
+
     try:
+        for i in range(len(paths)):
+            files.append(read(i))
 
         def write(f):
             with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
                 for k in files[0].files:
-                    first = files[0][k]
+                    first = read(0, k)
                     header = np.lib.format.header_data_from_array_1_0(first)
-                    header["shape"] = (sum(z[k].shape[0] for z in files), *first.shape[1:])
+                    header["shape"] = (sum(read(i, k).shape[0] for i in range(len(files))), *first.shape[1:])
                     info = zipfile.ZipInfo(k + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
                     info.external_attr = 0o644 << 16
                     with zf.open(info, "w", force_zip64=True) as g:
                         np.lib.format.write_array_header_2_0(g, header)
-                        for z in files:
-                            g.write(np.ascontiguousarray(z[k], first.dtype).tobytes())
+                        for i in range(len(files)):
+                            g.write(np.ascontiguousarray(read(i, k), first.dtype).tobytes())
 
         atomic.atomic_write(out, write)
     finally:

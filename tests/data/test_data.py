@@ -5,14 +5,16 @@ import io
 import logging
 import os
 import pickle
+import shutil
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jaxweights import data
-from jaxweights.data import DataError, datasets
+from jaxweights.data import DataError, datasets, readers
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 CIFAR_TRAIN_MEANS = [125.31, 122.95, 113.87]
@@ -342,7 +344,14 @@ IDX_CASES = {
         "50 images",
     ),
     "missing_file": ("y_test", lambda d, a: (d / "t10k-labels-idx1-ubyte.gz").unlink(), "missing file"),
+    "flipped_gz": ("x_test", lambda d, a: _flip_middle(d / "t10k-images-idx3-ubyte.gz"), "cannot read"),
 }
+
+
+def _flip_middle(p: Path):
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0x04  # inside the deflated data: gzip's CRC-32 at the end fails
+    p.write_bytes(bytes(raw))
 
 
 @pytest.mark.parametrize("case", IDX_CASES)
@@ -394,6 +403,35 @@ def test_corrupted_npz(tmp_path, isolated, how, limits):
         raw[len(raw) // 4] ^= 0xFF  # inside x_train's data: CRC mismatch
     path.write_bytes(bytes(raw))
     raises_naming(path, "mnist", tmp_path, use_tfds=False, **SUBSET[limits])
+
+
+def _flip_member_bit(path: Path, member: str, where: float) -> None:
+    """Flips one bit of an npz member's compressed data, `where` (0 to 1) of the way through it."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the local header, then the data
+    raw[start + int(where * (info.compress_size - 1))] ^= 0x04
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_bit_in_real_mnist_is_refused_whatever_slice_is_read(tmp_path, isolated, real_dir):
+    """A damaged member is refused even when only a few rows of it are used (its CRC-32 is checked)."""
+    path = tmp_path / "mnist.npz"
+    shutil.copyfile(real_dir / "mnist.npz", path)
+    limits = dict(max_train=512, max_test=500, use_tfds=False)
+    ref = data.load("mnist", real_dir, **limits)
+    ds = data.load("mnist", tmp_path, **limits)  # the undamaged copy loads, the same
+    np.testing.assert_array_equal(ds.x_train, ref.x_train)
+    original = path.read_bytes()
+    for member, where in [("x_train.npy", 0.99), ("x_train.npy", 0.3), ("x_test.npy", 0.99), ("y_train.npy", 0.9)]:
+        path.write_bytes(original)
+        _flip_member_bit(path, member, where)  # far from the first rows at 0.99
+        key = member[:-4]
+        raises_naming(path, "mnist", tmp_path, match=f"npz member {key} (", **limits)
+        with zipfile.ZipFile(path) as z, pytest.raises(DataError, match=f"{key} .*(CRC|Error)"):
+            readers._npy_member(z, key, path, 16)  # the first 16 rows alone
 
 
 def test_fashion_files_are_not_mnist(tmp_path, isolated):
