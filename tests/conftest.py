@@ -1,6 +1,8 @@
 """Shared fixtures: the real data folder and small slices of it."""
 
+import fcntl
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,6 +11,12 @@ from pathlib import Path
 # suite's time. Set before jax is imported, so that every process reads it from the environment.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxweights-tests-xla-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# XLA's CPU backend compiles without LLVM optimisation: the tests' programs are tiny, so compiling them is
+# most of their time (the suite takes about a third less), and what they check does not depend on it. Every
+# reproducibility check compares runs made under the same flags. Set XLA_FLAGS with a
+# --xla_backend_optimization_level of your own to test at another level.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 import jax  # noqa: E402
 import numpy as np
@@ -76,11 +84,30 @@ def dynamics_zoo(tmp_path_factory, data_dir):
     """
     from jaxweights import cli, dynamics
 
-    tmp = tmp_path_factory.mktemp("dyn")
-    argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp / "run")]
-    assert cli.main([*argv, "--data_dir", str(data_dir), "--noprogress", *DYNAMICS_ZOO_ARGS]) == 0
-    out = dynamics.write_dynamics(tmp / "run", tmp / "dyn", data_dir=str(data_dir), **DYNAMICS_OPTIONS)
-    return tmp / "run", out
+    def build(tmp):
+        argv = ["train", "--config", str(REPO / "configs/quickstart.py"), "--workdir", str(tmp / "run")]
+        assert cli.main([*argv, "--data_dir", str(data_dir), "--noprogress", *DYNAMICS_ZOO_ARGS]) == 0
+        dynamics.write_dynamics(tmp / "run", tmp / "dyn", data_dir=str(data_dir), **DYNAMICS_OPTIONS)
+
+    tmp = built_once(tmp_path_factory, "dynamics-zoo", build)
+    return tmp / "run", tmp / "dyn"
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder `build(folder)` fills once per test session, shared by the xdist workers (the first builds it
+    while the others wait on a file lock, then read it)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder above the workers' own
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(autouse=True)

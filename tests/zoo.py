@@ -62,7 +62,10 @@ def subprocess_on(code: str, *, devices: int, env: dict | None = None) -> subpro
     """Starts `code` (after `from tests.zoo import *`) in a fresh Python with `devices` simulated CPU devices."""
     full = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": " ".join(
+            [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+            + [f"--xla_force_host_platform_device_count={devices}"]
+        ),
         "JAX_PLATFORMS": "cpu",
         **(env or {}),
     }
