@@ -5,24 +5,166 @@
 A checkpoint records the devices it was sharded over; `restore_params` ignores them and reads the
 parameters straight into host memory, so a zoo trained on 8 devices is read back on 1 (or on none:
 a CPU-only analysis machine).
+
+Orbax does not check what it reads back (a flipped byte in an array's data file restores as a
+different number). So each checkpoint carries a digest: a sha256 per array of the state (see
+`jaxweights.io.digests`) and one per epoch of metrics rows up to its epoch, in the
+`custom_metadata` of orbax's `<epoch>/_CHECKPOINT_METADATA`, which orbax writes inside the
+checkpoint's temporary folder: a checkpoint and its digest appear together or not at all. Every
+restore checks the arrays it read against the digest and raises `DamagedCheckpoint` when they
+differ or cannot be read. Checkpoints written before digests existed (none of the folder's epochs
+has one) are restored unchecked.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
+import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from jaxweights.io import digests
+
 log = logging.getLogger("jaxweights")
+
+DIGEST_KEY = "jaxweights"  # the key of the digest in a checkpoint's custom_metadata
+STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's metadata file of one epoch's folder
 
 
 class CheckpointError(ValueError):
     """A path that is not a readable orbax checkpoint (the message names the path)."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint that cannot be read or does not match its digest.
+
+    Attributes:
+      epoch: the checkpoint's epoch.
+      reason: what is wrong, in a few words ("params/Dense_0/kernel does not match its digest").
+    """
+
+    def __init__(self, directory: str | os.PathLike, epoch: int, reason: str):
+        super().__init__(f"{directory}: checkpoint epoch {epoch} is damaged ({reason})")
+        self.epoch, self.reason = epoch, reason
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip()
+    text = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def step_digest(step_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The digest a checkpoint carries.
+
+    Args:
+      step_dir: one epoch's folder (`checkpoints/<epoch>`).
+
+    Returns:
+      `{"epoch", "arrays": {leaf name: digest}, "metrics": [sha256 of each epoch's rows]}`, or None
+      when the checkpoint has none (or its metadata cannot be read).
+    """
+    try:
+        meta = json.loads((Path(step_dir) / STEP_METADATA).read_text())
+        digest = (meta.get("custom_metadata") or {}).get(DIGEST_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(digest, dict) and isinstance(digest.get("arrays"), dict) and isinstance(digest.get("metrics"), list)
+    return digest if ok else None
+
+
+def has_digests(directory: str | os.PathLike) -> bool:
+    """Whether a `checkpoints/` folder was written with digests (any of its epochs carries one).
+
+    Args:
+      directory: a `checkpoints/` folder.
+
+    Returns:
+      False for a folder of checkpoints written before digests existed (or of none).
+    """
+    d = Path(directory)
+    steps = [c for c in d.iterdir() if c.is_dir() and c.name.isdigit()] if d.is_dir() else []
+    return any(step_digest(c) is not None for c in steps)
+
+
+class _HeldLogs(logging.Filter):
+    """Holds back the error records of orbax's writer threads (logged through absl) while a save runs.
+
+    A full disk makes each writer thread log its own multi-line traceback; the failed save is
+    reported once, as an OSError. Records of a save that fails otherwise, or succeeds, are logged
+    after it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger("absl")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.records.append(record)
+            return False
+        return True
+
+    def __enter__(self) -> _HeldLogs:
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeFilter(self)
+
+    def release(self) -> None:
+        """Logs the held records."""
+        for r in self.records:
+            self.logger.handle(r)
+
+
+def _quiet_closed_loop() -> None:
+    """Stops the writes still in flight after a failed save from printing a traceback each.
+
+    They complete in TensorStore's threads after orbax closed its event loop; TensorStore reports
+    each `RuntimeError("Event loop is closed")` through `sys.excepthook`, which now drops exactly
+    those (any other error is printed as before).
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_jaxweights_quiet", False):
+        return
+
+    def hook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+
+    hook._jaxweights_quiet = True
+    sys.excepthook = hook
+
+
+def _disk_error(e: BaseException, where: Path) -> OSError | None:
+    """An OSError naming `where` for a failed write caused by the disk (full, read-only, ...), else None.
+
+    TensorStore reports such failures as a ValueError ending in "[os_error_code='28']".
+    """
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            code = seen.errno
+            break
+        m = re.search(r"os_error_code='?(\d+)", str(seen))
+        if m:
+            code = int(m.group(1))
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return None
+    return OSError(code, f"cannot write checkpoint {where}: {os.strerror(code)}")
 
 
 def _release_freed_memory() -> None:
@@ -88,10 +230,18 @@ def restore_params(checkpoint_dir: str | os.PathLike, epoch: int | None = None) 
 
     Raises:
       CheckpointError: `checkpoint_dir` holds no readable checkpoint (of that epoch).
+      DamagedCheckpoint: a checkpoint of a run directory that cannot be read or does not match
+        its digest.
     """
     import orbax.checkpoint as ocp  # heavy import, only when checkpoints are read
 
     item = item_dir(checkpoint_dir, epoch)
+    expected = None
+    step = item.parent
+    if item.name == "default" and step.name.isdigit() and has_digests(step.parent):
+        expected = step_digest(step)
+        if expected is None:
+            raise DamagedCheckpoint(step.parent, int(step.name), "no digest in its _CHECKPOINT_METADATA")
     ckpt = ocp.PyTreeCheckpointer()
     try:
         tree = ckpt.metadata(item).item_metadata.tree
@@ -102,14 +252,17 @@ def restore_params(checkpoint_dir: str | os.PathLike, epoch: int | None = None) 
         args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=m.dtype), meta, is_leaf=is_leaf)
         out = ckpt.restore(item, args=ocp.args.PyTreeRestore(item=target, restore_args=args, partial_restore=not whole))
     except Exception as e:  # noqa: BLE001 - any orbax failure means the directory is not a readable checkpoint
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            f"{checkpoint_dir}: not a readable orbax checkpoint ({type(e).__name__}: {first})"
-        ) from None
+        if expected is not None:
+            raise DamagedCheckpoint(step.parent, int(step.name), f"unreadable: {_first_line(e)}") from None
+        raise CheckpointError(f"{checkpoint_dir}: not a readable orbax checkpoint ({_first_line(e)})") from None
     finally:
         ckpt.close()
-    out = out if whole else out["params"]
-    return jax.tree.map(np.asarray, out)
+    out = jax.tree.map(np.asarray, out)
+    if expected is not None:
+        bad = digests.mismatch(expected["arrays"], digests.tree_digests(out), partial=True)
+        if bad:
+            raise DamagedCheckpoint(step.parent, int(step.name), bad)
+    return out if whole else out["params"]
 
 
 class Checkpoints:
@@ -132,11 +285,37 @@ class Checkpoints:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, epoch: int, state: Any) -> None:
-        """Writes the train state of `epoch` (synchronously) and releases the writer's memory."""
-        self.manager.save(epoch, args=self._ocp.args.StandardSave(state), force=True)
-        self.manager.wait_until_finished()
-        _release_freed_memory()
+    def save(self, epoch: int, state: Any, metrics: list[str] | tuple[str, ...] = ()) -> None:
+        """Writes the train state of `epoch` with its digest (synchronously), then releases the writer's memory.
+
+        Args:
+          epoch: the epoch (the checkpoint's step).
+          state: the train state (device or host arrays).
+          metrics: the sha256 of the metrics rows of epochs 1..epoch, recorded in the digest.
+
+        Raises:
+          OSError: the disk refused the write (full, read-only, ...); the message names the
+            checkpoint's folder and the reason. The earlier checkpoints are left as they were.
+        """
+        digest = {"epoch": int(epoch), "arrays": digests.tree_digests(state), "metrics": list(metrics)}
+        held = _HeldLogs()
+        try:
+            with held:
+                self.manager.save(
+                    epoch, args=self._ocp.args.StandardSave(state), force=True, custom_metadata={DIGEST_KEY: digest}
+                )
+                self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - a full or read-only disk becomes one OSError naming the folder
+            err = _disk_error(e, self.directory / str(epoch))
+            if err is None:
+                held.release()
+                raise
+            _quiet_closed_loop()
+            raise err from None
+        else:
+            held.release()
+        finally:
+            _release_freed_memory()
 
     def latest_epoch(self) -> int | None:
         """The latest saved epoch, None when there is none."""
@@ -146,8 +325,31 @@ class Checkpoints:
         """The saved epochs, ascending."""
         return sorted(self.manager.all_steps())
 
+    def verified(self) -> bool:
+        """Whether the checkpoints carry digests (False: written before digests existed, restored unchecked)."""
+        return has_digests(self.directory)
+
+    def digest(self, epoch: int) -> dict[str, Any] | None:
+        """The digest of the checkpoint of `epoch` (see `step_digest`).
+
+        Args:
+          epoch: a saved epoch.
+
+        Returns:
+          The digest; None when the folder's checkpoints have none (written before digests existed).
+
+        Raises:
+          DamagedCheckpoint: the folder's checkpoints have digests, this one has none (or an unreadable one).
+        """
+        digest = step_digest(self.directory / str(epoch))
+        if digest is None and self.verified():
+            raise DamagedCheckpoint(self.directory, epoch, "no digest in its _CHECKPOINT_METADATA")
+        if digest is not None and digest.get("epoch") != epoch:
+            raise DamagedCheckpoint(self.directory, epoch, f"its digest is of epoch {digest.get('epoch')}")
+        return digest
+
     def restore(self, epoch: int, like: Any) -> Any:
-        """Restores the whole train state of `epoch` (to resume training) in the layout of `like`.
+        """Restores the whole train state of `epoch` (to resume training) in the layout of `like`, checked.
 
         Args:
           epoch: a saved epoch.
@@ -158,6 +360,10 @@ class Checkpoints:
 
         Returns:
           The state, structured like `like`.
+
+        Raises:
+          DamagedCheckpoint: the checkpoint cannot be read, has no digest, or its arrays do not
+            match it (never for checkpoints written before digests existed).
         """
         here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
@@ -167,7 +373,30 @@ class Checkpoints:
             sharding = getattr(x, "sharding", None) or here
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
-        return self.manager.restore(epoch, args=self._ocp.args.StandardRestore(jax.tree.map(target, like)))
+        expected = self.digest(epoch)
+        for name in ("default/_METADATA", "default/manifest.ocdbt"):
+            if expected is not None and not (self.directory / str(epoch) / name).exists():
+                raise DamagedCheckpoint(self.directory, epoch, f"its {name} is missing")
+        try:
+            state = self.manager.restore(epoch, args=self._ocp.args.StandardRestore(jax.tree.map(target, like)))
+        except Exception as e:  # noqa: BLE001 - any orbax failure means the checkpoint is damaged
+            raise DamagedCheckpoint(self.directory, epoch, f"unreadable: {_first_line(e)}") from None
+        if expected is not None:
+            bad = digests.mismatch(expected["arrays"], digests.tree_digests(state))
+            if bad:
+                raise DamagedCheckpoint(self.directory, epoch, bad)
+        return state
+
+    def discard(self, epochs: list[int]) -> None:
+        """Deletes the checkpoints of `epochs` (damaged ones, to be written again).
+
+        Args:
+          epochs: saved epochs.
+        """
+        if jax.process_index() == 0:
+            for e in epochs:
+                shutil.rmtree(self.directory / str(e), ignore_errors=True)
+        self.manager.reload()
 
     def restore_params(self, epoch: int | None = None) -> Any:
         """The parameters of `epoch` (None: the latest) as host numpy arrays (see `restore_params`)."""
