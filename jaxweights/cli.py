@@ -34,6 +34,7 @@ from jaxweights.config import ConfigError, apply_overrides, last_overrides
 from jaxweights.data import DataError
 from jaxweights.dynamics import DynamicsError
 from jaxweights.io import rundir
+from jaxweights.io.checkpoints import CheckpointError
 from jaxweights.io.importers import ParamsError
 from jaxweights.io.lock import WorkdirLockedError
 from jaxweights.io.rundir import RunDirError
@@ -65,7 +66,9 @@ Run `jaxweights COMMAND --help` for a command's options.
 
 # The errors a user can fix; each prints one line naming the key, flag, file or value, exit status 2.
 # OSError: a missing file or folder, a full or read-only disk (rundir names the file it could not write).
+# CheckpointError: no intact checkpoint to resume from, a damaged checkpoint read by the dynamics.
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError,
     ConfigError,
     DataError,
     RunError,
@@ -270,8 +273,10 @@ def cmd_train(args: Sequence[str]) -> int:
     diverged = last.diverged.astype(bool)
     exploded = last["exploded"].astype(bool) if "exploded" in last else diverged & False
     ok = last[~diverged & ~exploded]  # accuracy of the networks an analysis keeps
+    done = f"{fv.workdir} is complete, checked against its checkpoints (nothing trained): {len(last)} networks"
     print(
-        f"trained {len(last)} networks into {fv.workdir}: best test accuracy "
+        (done if df.attrs.get("complete") else f"trained {len(last)} networks into {fv.workdir}")
+        + ": best test accuracy "
         f"{ok.test_acc.max():.4f}, median {ok.test_acc.median():.4f}, {int(diverged.sum())} diverged, "
         f"{int(exploded.sum())} exploded"
     )

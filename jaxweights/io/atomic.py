@@ -38,6 +38,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
+    """Writes `data` to `path` atomically unless the file already holds exactly these bytes.
+
+    A re-run that finds its files intact leaves them untouched (same inode, same mtime).
+
+    Args:
+      path: the file to write.
+      data: its whole content.
+
+    Returns:
+      True when the file was written (it was missing or differed).
+    """
+    try:
+        p = Path(path)
+        if p.stat().st_size == len(data) and p.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
+    return True
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], mode: str = "wb") -> None:
     """Calls `write(fileobj)` on a temporary file beside `path`, then renames it into place.
 
@@ -81,14 +103,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], mode: str
         raise
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any, if_changed: bool = False) -> None:
     """Writes `obj` as indented JSON with sorted keys, atomically.
 
     Args:
       path: the file to write.
       obj: JSON-serialisable data (numpy scalars and arrays allowed; see `json_default`).
+      if_changed: leave the file untouched when it already holds these bytes (`write_if_changed`).
     """
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n").encode())
+    data = (json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n").encode()
+    write_if_changed(path, data) if if_changed else atomic_write_bytes(path, data)
 
 
 def json_default(o: Any) -> Any:
@@ -107,14 +131,22 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
+def write_csv(path: str | os.PathLike, df: pd.DataFrame, if_changed: bool = False) -> bool:
     """Writes `df` as CSV, atomically.
 
     Args:
       path: the file to write.
       df: the table (written without its index).
+      if_changed: leave the file untouched when it already holds these bytes (`write_if_changed`).
+
+    Returns:
+      True when the file was written.
     """
-    atomic_write_bytes(path, df.to_csv(index=False).encode())
+    data = df.to_csv(index=False).encode()
+    if if_changed:
+        return write_if_changed(path, data)
+    atomic_write_bytes(path, data)
+    return True
 
 
 def write_npz(f: Any, arrays: dict[str, np.ndarray], keep_order: bool = False) -> None:

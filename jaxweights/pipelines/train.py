@@ -23,6 +23,7 @@ from jaxweights import data as data_lib
 from jaxweights import models, train
 from jaxweights.io import atomic, rundir
 from jaxweights.io.lock import workdir_lock
+from jaxweights.pipelines import resume as resume_lib
 from jaxweights.pipelines import train_chunk
 
 log = logging.getLogger("jaxweights")
@@ -91,7 +92,8 @@ def train_group(
       model: a Flax linen module of your own instead of `config.model` (see `train_and_evaluate`).
 
     Returns:
-      The metrics table (also written to `workdir/metrics.csv`).
+      The metrics table (also written to `workdir/metrics.csv`); its `attrs["complete"]` is True
+      when the run had already finished and was only checked (nothing trained).
 
     Raises:
       WorkdirLockedError: another process works in `workdir` (see `jaxweights.io.lock`).
@@ -108,9 +110,18 @@ def _train_group(config, workdir: Path, overwrite, progress, dataset, model) -> 
     cfg = _record_model(config.to_dict(), model)
     main = jax.process_index() == 0
     resume = _check_or_claim(workdir, cfg, overwrite)
+    grid = config_lib.hyperparameter_grid(config)
+    if resume:
+        done = _finished(config, workdir, grid, main)
+        if done is not None:
+            if main:
+                atomic.write_json(workdir / "config.json", cfg, if_changed=True)
+                atomic.write_csv(workdir / "hparams.csv", grid, if_changed=True)
+            log.info("%s: complete (params.npz and metrics.csv match its checkpoints); nothing to train", workdir)
+            done.attrs["complete"] = True
+            return done
     ds = dataset if dataset is not None else data_lib.load_dataset(config)
     setup = train.make_setup(config, ds, model)
-    grid = config_lib.hyperparameter_grid(config)
     image_shape = tuple(ds.x_train.shape[1:])
     eval_batch = min(config.eval_batch_size, ds.x_test.shape[0])
     try:
@@ -133,8 +144,8 @@ def _train_group(config, workdir: Path, overwrite, progress, dataset, model) -> 
 
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(workdir / "config.json", cfg)
-        atomic.write_csv(workdir / "hparams.csv", grid)
+        atomic.write_json(workdir / "config.json", cfg, if_changed=True)
+        atomic.write_csv(workdir / "hparams.csv", grid, if_changed=True)
     data = train.shard(host_data, mesh, networks_axis=False)  # every device holds the data
     fns = train.make_zoo_fns(setup, image_shape, eval_batch, mesh)
     order = models.param_order(setup.model, image_shape)  # params.npz keeps the model's execution order
@@ -157,7 +168,8 @@ def _train_group(config, workdir: Path, overwrite, progress, dataset, model) -> 
         return pd.read_csv(workdir / "metrics.csv")
 
     if main:
-        atomic.write_json(workdir / "chunks" / "plan.json", plan._asdict())
+        atomic.write_json(workdir / "chunks" / "plan.json", plan._asdict(), if_changed=True)
+    head = _header(grid)
     frames = []
     for k in range(plan.num_chunks):
         rows = grid.iloc[k * plan.chunk_size : (k + 1) * plan.chunk_size]
@@ -170,21 +182,65 @@ def _train_group(config, workdir: Path, overwrite, progress, dataset, model) -> 
             rows.network.iloc[0],
             rows.network.iloc[-1],
         )
-        if resume and (cdir / "params.npz").exists():  # finished before an interruption
-            frames.append(train_chunk.float32_metrics(pd.read_csv(cdir / "metrics.csv")))
+        done = resume_lib.finished_chunk(cdir, head, train_chunk.float32_metrics, config.num_epochs) if resume else None
+        if done is not None:  # finished before an interruption, and checked
+            frames.append(done)
             continue
         frames.append(
             train_chunk.train_chunk(
                 config, cdir, rows, fns, data, mesh, plan.chunk_size, resume, progress, setup.num_classes, order
             )
         )
+    _combine_chunks(workdir, frames, plan.num_chunks, main)
+    return pd.read_csv(workdir / "metrics.csv")
+
+
+def _header(grid: pd.DataFrame) -> str:
+    """The `metrics.csv` header of a group's (or chunk's) table."""
+    return resume_lib.header([*grid.columns, "epoch", *train_chunk.METRIC_COLUMNS])
+
+
+def _combine_chunks(workdir: Path, frames: list[pd.DataFrame], num_chunks: int, main: bool) -> None:
+    """Writes the combined `metrics.csv` and `params.npz` of a chunked group, unless they already hold the chunks'."""
     metrics = pd.concat(frames).sort_values(["epoch", "network"], kind="stable").reset_index(drop=True)
+    parts = [workdir / "chunks" / f"{k:02d}" / "params.npz" for k in range(num_chunks)]
     if main:
-        atomic.write_csv(workdir / "metrics.csv", metrics)
-        train_chunk.concat_params(
-            [workdir / "chunks" / f"{k:02d}" / "params.npz" for k in range(plan.num_chunks)], workdir / "params.npz"
-        )
+        out = workdir / "metrics.csv"
+        existed = out.exists()
+        if atomic.write_csv(out, metrics, if_changed=True) and existed:
+            log.warning("%s: did not match its chunks' tables; rebuilt from them", out)
+        out = workdir / "params.npz"
+        bad = resume_lib.combined_mismatch(parts, out)
+        if bad:
+            if bad != "missing":
+                log.warning("%s: %s; rebuilt from its chunks' params.npz", out, bad)
+            train_chunk.concat_params(parts, out)
     train.sync("combined " + str(workdir))
+
+
+def _finished(config: ml_collections.ConfigDict, workdir: Path, grid: pd.DataFrame, main: bool) -> pd.DataFrame | None:
+    """The metrics table of a group that finished training, checked against its checkpoints; None if not finished.
+
+    Every chunk must be finished (`resume.finished_chunk`); derived files that do not match (a
+    chunk's or the combined `metrics.csv`, the combined `params.npz`) are rebuilt without
+    loading data or training, intact ones are left untouched.
+    """
+    head, parse = _header(grid), train_chunk.float32_metrics
+    plan_path = workdir / "chunks" / "plan.json"
+    if not plan_path.exists():
+        done = resume_lib.finished_chunk(workdir, head, parse, config.num_epochs)
+        return None if done is None else pd.read_csv(workdir / "metrics.csv")
+    try:
+        plan = train.MemoryPlan(**rundir.read_config(plan_path))
+    except (OSError, ValueError, TypeError):
+        return None
+    frames = []
+    for k in range(plan.num_chunks):
+        done = resume_lib.finished_chunk(workdir / "chunks" / f"{k:02d}", head, parse, config.num_epochs)
+        if done is None:
+            return None
+        frames.append(done)
+    _combine_chunks(workdir, frames, plan.num_chunks, main)
     return pd.read_csv(workdir / "metrics.csv")
 
 
@@ -278,7 +334,7 @@ def _train_groups(config, groups, workdir: Path, overwrite, progress, model) -> 
     _check_or_claim(workdir, cfg, overwrite)
     workdir.mkdir(parents=True, exist_ok=True)
     if main:
-        atomic.write_json(workdir / "config.json", cfg)
+        atomic.write_json(workdir / "config.json", cfg, if_changed=True)
     cache: dict[tuple, data_lib.Dataset] = {}
     frames, offset = [], 0
     for (name, g), overrides in zip(groups, config.groups):
@@ -295,6 +351,8 @@ def _train_groups(config, groups, workdir: Path, overwrite, progress, model) -> 
         df["network"] += offset
         offset += n_nets
         frames.append(df)
-        if main:
-            atomic.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True))
-    return pd.concat(frames, ignore_index=True)
+        if main:  # derived from the groups' tables: rebuilt when it does not match them
+            atomic.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True), if_changed=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["complete"] = all(f.attrs.get("complete", False) for f in frames)
+    return out

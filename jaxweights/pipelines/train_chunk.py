@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from jaxweights import train
-from jaxweights.io import atomic, checkpoints, rundir
+from jaxweights.io import atomic, checkpoints, digests, metrics_record, rundir
+from jaxweights.pipelines import resume as resume_lib
 
 log = logging.getLogger("jaxweights")
 
@@ -85,6 +86,10 @@ def train_chunk(
 
     Returns:
       The chunk's metrics table.
+
+    Raises:
+      CheckpointError: resuming, and no checkpoint is intact.
+      OSError: the disk refused a write (the message names the file or checkpoint).
     """
     main = jax.process_index() == 0
     x_train, y_train, x_test, y_test, m_test = data
@@ -95,16 +100,21 @@ def train_chunk(
     # the yardstick of the exploded rule, from the (deterministic) initialisation: resumes get the same
     w_ref = np.asarray(train.to_host(fns.reference_weight(hp)))[:n]
     state = fns.init(hp)
-    start, frames = 0, []
+    # metrics.csv is derived: the header, then each epoch's rows as kept in the record beside the checkpoints
+    head = resume_lib.header([*grid.columns, "epoch", *METRIC_COLUMNS])
+    record = ckpt.directory / metrics_record.RECORD
+    start, rows, digest = 0, [], None
     if resume and ckpt.latest_epoch() is not None:
-        start = ckpt.latest_epoch()
-        state = restore(ckpt, start, state, n, mesh)
-        if start > 0 and (workdir / "metrics.csv").exists():
-            old = float32_metrics(pd.read_csv(workdir / "metrics.csv"))
-            frames.append(old[old.epoch <= start])
+        like = state
+        start, state, rows, digest = resume_lib.resume_point(
+            ckpt, workdir, head, float32_metrics, lambda e: restore(ckpt, e, like, n, mesh)
+        )
         log.info("%s: resuming after epoch %d", workdir, start)
-    elif start == 0:
+    else:
+        if main:  # a record left without any checkpoint (deleted) describes nothing any more
+            record.unlink(missing_ok=True)
         ckpt.save(0, unpad(state, n, mesh))
+    shas = [digests.sha256_text(r) for r in rows]  # of each epoch's rows, in the next checkpoint's digest
 
     n_nets, steps = n_pad, x_train.shape[0] // config.batch_size
     bar = _progress(config.num_epochs, start, progress and main, str(config.model.name))
@@ -125,11 +135,13 @@ def train_chunk(
             float(config.explode_weight_factor),
         )
         dt = time.perf_counter() - t0
-        frames.append(_metrics_rows(grid, epoch, m))
-        if main:
-            atomic.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True))
+        rows.append(resume_lib.rows_text(_metrics_rows(grid, epoch, m)))
+        shas.append(digests.sha256_text(rows[-1]))
+        if main:  # the record first: metrics.csv is derived from it
+            metrics_record.append(record, epoch, rows[-1])
+            atomic.atomic_write_bytes(workdir / "metrics.csv", metrics_record.table(head, rows).encode())
         if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
-            ckpt.save(epoch, unpad(state, n, mesh))
+            ckpt.save(epoch, unpad(state, n, mesh), metrics=shas)
         ok = ~m["diverged"] & ~m["exploded"]
         best = float(np.max(m["test_acc"][ok])) if ok.any() else float("nan")
         bar.update(1)
@@ -149,11 +161,15 @@ def train_chunk(
         )
     bar.close()
     ckpt.close()
-    params = jax.tree.map(lambda x: np.asarray(x)[:n], train.to_host(state.params))
-    if main:
-        rundir.write_params(workdir / "params.npz", params, order=order)  # members in execution order
+    # a finished chunk resumed (its params.npz missing or damaged) keeps an intact params.npz as it is
+    intact = start == config.num_epochs and digest is not None
+    intact = intact and resume_lib.params_mismatch(workdir / "params.npz", digest) is None
+    if not intact:
+        params = jax.tree.map(lambda x: np.asarray(x)[:n], train.to_host(state.params))
+        if main:
+            rundir.write_params(workdir / "params.npz", params, order=order)  # members in execution order
     train.sync("trained " + str(workdir))
-    return pd.concat(frames, ignore_index=True)
+    return resume_lib.table(metrics_record.table(head, rows), float32_metrics)
 
 
 def unpad(state: Any, n: int, mesh) -> Any:
