@@ -208,6 +208,9 @@ def item_dir(path: str | os.PathLike, epoch: int | None = None) -> Path:
     if (p / "default").is_dir():
         p = p / "default"
     if not (p / "_METADATA").exists():
+        step = p.parent
+        if p.name == "default" and step.name.isdigit() and step_digest(step) is not None:
+            raise DamagedCheckpoint(step.parent, int(step.name), "its default/_METADATA is missing")
         raise CheckpointError(f"{path}: not an orbax checkpoint directory (no _METADATA in {p})")
     return p
 

@@ -250,10 +250,7 @@ def finished_chunk(workdir: Path, head: str, parse: Parse, num_epochs: int) -> p
         return None
     if len(rows) != num_epochs:
         return None
-    bad = params_mismatch(workdir / "params.npz", digest)
-    if bad is not None:
-        if bad != "missing":
-            log.warning("%s: %s; written again from checkpoint epoch %d", workdir / "params.npz", bad, num_epochs)
+    if params_mismatch(workdir / "params.npz", digest) is not None:  # written again from the checkpoint
         return None
     if jax.process_index() == 0:
         repair(workdir, ckdir / metrics_record.RECORD, head, rows, record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def train_group(
     *,
     overwrite: bool = False,
     progress: bool = True,
-    dataset: data_lib.Dataset | None = None,
+    dataset: data_lib.Dataset | Callable[[], data_lib.Dataset] | None = None,
     model: Any = None,
 ) -> pd.DataFrame:
     """Trains one compiled group (one static choice) and writes its run directory.
@@ -88,7 +89,8 @@ def train_group(
       workdir: the run directory; created if missing, resumed if it holds this config's partial run.
       overwrite: discard what `workdir` holds instead of resuming or refusing.
       progress: show a progress bar.
-      dataset: an already-loaded dataset (skips loading).
+      dataset: an already-loaded dataset (skips loading), or a function returning one (called
+        only when the group trains: a finished group is checked without its data).
       model: a Flax linen module of your own instead of `config.model` (see `train_and_evaluate`).
 
     Returns:
@@ -120,7 +122,7 @@ def _train_group(config, workdir: Path, overwrite, progress, dataset, model) -> 
             log.info("%s: complete (params.npz and metrics.csv match its checkpoints); nothing to train", workdir)
             done.attrs["complete"] = True
             return done
-    ds = dataset if dataset is not None else data_lib.load_dataset(config)
+    ds = dataset() if callable(dataset) else dataset if dataset is not None else data_lib.load_dataset(config)
     setup = train.make_setup(config, ds, model)
     image_shape = tuple(ds.x_train.shape[1:])
     eval_batch = min(config.eval_batch_size, ds.x_test.shape[0])
@@ -339,10 +341,14 @@ def _train_groups(config, groups, workdir: Path, overwrite, progress, model) -> 
     frames, offset = [], 0
     for (name, g), overrides in zip(groups, config.groups):
         key = (g.dataset, g.data_dir, g.max_train, g.max_test)
-        if key not in cache:
-            cache[key] = data_lib.load_dataset(g)
+
+        def load(g=g, key=key):  # only when the group trains (a finished group is only checked)
+            if key not in cache:
+                cache[key] = data_lib.load_dataset(g)
+            return cache[key]
+
         df = train_group(
-            g, workdir / "groups" / name, overwrite=overwrite, progress=progress, dataset=cache[key], model=model
+            g, workdir / "groups" / name, overwrite=overwrite, progress=progress, dataset=load, model=model
         )
         df.insert(0, "group", name)
         for k, v in dict(overrides).items():
@@ -351,8 +357,12 @@ def _train_groups(config, groups, workdir: Path, overwrite, progress, model) -> 
         df["network"] += offset
         offset += n_nets
         frames.append(df)
-        if main:  # derived from the groups' tables: rebuilt when it does not match them
-            atomic.write_csv(workdir / "metrics.csv", pd.concat(frames, ignore_index=True), if_changed=True)
+        complete = all(f.attrs.get("complete", False) for f in frames)
+        if main and (not complete or len(frames) == len(groups)):  # derived from the groups' tables
+            out = workdir / "metrics.csv"
+            existed = out.exists()
+            if atomic.write_csv(out, pd.concat(frames, ignore_index=True), if_changed=True) and complete and existed:
+                log.warning("%s: did not match its groups' tables; rebuilt from them", out)
     out = pd.concat(frames, ignore_index=True)
-    out.attrs["complete"] = all(f.attrs.get("complete", False) for f in frames)
+    out.attrs["complete"] = complete
     return out

@@ -161,10 +161,12 @@ def train_chunk(
         )
     bar.close()
     ckpt.close()
-    # a finished chunk resumed (its params.npz missing or damaged) keeps an intact params.npz as it is
-    intact = start == config.num_epochs and digest is not None
-    intact = intact and resume_lib.params_mismatch(workdir / "params.npz", digest) is None
-    if not intact:
+    # a finished chunk resumed keeps an intact params.npz as it is
+    done = start == config.num_epochs and digest is not None
+    bad = resume_lib.params_mismatch(workdir / "params.npz", digest) if done else "missing"
+    if bad is not None:
+        if bad != "missing" and main:
+            log.warning("%s: %s; written again from checkpoint epoch %d", workdir / "params.npz", bad, start)
         params = jax.tree.map(lambda x: np.asarray(x)[:n], train.to_host(state.params))
         if main:
             rundir.write_params(workdir / "params.npz", params, order=order)  # members in execution order
