@@ -186,8 +186,9 @@ def repair(workdir: Path, record_path: Path, head: str, rows: list[str], record:
     except OSError:
         have = b""
     if have != want:
-        if any(record.get(e) != r for e, r in enumerate(rows, 1)):
-            log.warning("%s: rows of %d epoch(s) lost or damaged; written again", record_path, len(rows))
+        lost = [str(e) for e, r in enumerate(rows, 1) if record.get(e) != r]
+        if lost:
+            log.warning("%s: rows of epoch(s) %s lost or damaged; written again", record_path, ", ".join(lost))
         metrics_record.write(record_path, rows)
     if not rows:  # no epoch trained yet: no table to check
         return
