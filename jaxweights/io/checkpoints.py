@@ -58,7 +58,8 @@ class DamagedCheckpoint(CheckpointError):
 
 def _first_line(e: BaseException, limit: int = 160) -> str:
     text = str(e).strip()
-    text = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    text = text.splitlines()[0].split(" See full TensorStore details")[0] if text else ""
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -1,6 +1,7 @@
 """Pipelines: the functions the command line calls, each running the stages left of it in the data flow.
 
 train.py            `train_and_evaluate`: a config's zoo trained into a run directory (train_chunk.py: one chunk)
+resume.py           resuming a chunk from its newest intact checkpoint; a finished one checked, not redone
 analyze.py          `analyze_workdir` / `report_workdir`: statistics, distances, dynamics, claims, figures, the report
 params.py           `analyze_params` / `analyze_files`: the same for stacked parameters or files trained elsewhere
 study.py            `run_study`: datasets × model families, each zoo trained and analysed, one combined report
