@@ -400,6 +400,10 @@ class Checkpoints:
         if jax.process_index() == 0:
             for e in epochs:
                 shutil.rmtree(self.directory / str(e), ignore_errors=True)
+        if jax.process_count() > 1:  # every process sees the deletions before listing the checkpoints again
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"discarded checkpoints {self.directory}")
         self.manager.reload()
 
     def restore_params(self, epoch: int | None = None) -> Any:
