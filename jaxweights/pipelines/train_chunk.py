@@ -255,7 +255,7 @@ def concat_params(paths: list[Path], out: Path) -> None:
         try:
             return np.load(paths[i], allow_pickle=False) if k is None else files[i][k]
         except rundir.NPZ_ERRORS as e:
-            hint = "delete it and run the same command again to rebuild it from the chunk's checkpoints"
+            hint = "run the same command again to rebuild it from the chunk's checkpoints"
             raise rundir.unreadable(paths[i], e, hint) from None
 
     try:

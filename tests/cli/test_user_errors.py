@@ -1,6 +1,7 @@
 """Damaged run-directory files and bad config files: one line on stderr naming the file or argument, exit
 status 2, and nothing already written lost."""
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -77,18 +78,20 @@ def test_a_flipped_byte_in_params_npz_in_analyze(chunked_run, tmp_path, capsys):
     one_line(capsys, f"{p}: cannot read", "CRC")
 
 
-def test_truncated_chunk_params_npz(chunked_run, tmp_path, data_dir, capsys):
+def test_truncated_chunk_params_npz_is_rebuilt_from_its_checkpoint(chunked_run, tmp_path, data_dir, caplog):
+    """A finished chunked run re-run: the chunk's params.npz is checked against its last checkpoint's
+    digest and written again from it (one warning line); nothing else is rewritten."""
     run = copy_of(chunked_run, tmp_path)
     chunk = run / "chunks" / "00" / "params.npz"
     chunk.write_bytes(chunk.read_bytes()[:1000])
-    before = snapshot(run)
-    assert train(tmp_path, data_dir, *CHUNKED) == 2  # the finished run, re-run: combines the chunks again
-    one_line(capsys, f"{chunk}: cannot read", "delete it and run the same command again")
-    assert snapshot(run) == before
-    chunk.unlink()  # as the message says: rebuilt from the chunk's last checkpoint
-    assert train(tmp_path, data_dir, *CHUNKED) == 0
-    assert (run / "params.npz").read_bytes() == (chunked_run / "params.npz").read_bytes()
-    assert chunk.read_bytes() == (chunked_run / "chunks" / "00" / "params.npz").read_bytes()
+    inode = (run / "params.npz").stat().st_ino
+    with caplog.at_level(logging.INFO, logger="jaxweights"):
+        assert train(tmp_path, data_dir, *CHUNKED) == 0
+    warned = [r.getMessage() for r in caplog.records if r.name == "jaxweights" and r.levelno == logging.WARNING]
+    assert len(warned) == 1 and f"{chunk}: not a readable .npz" in warned[0], warned
+    assert "written again from checkpoint epoch 1" in warned[0]
+    assert snapshot(run) == snapshot(chunked_run)  # every file as the uninterrupted run left it
+    assert (run / "params.npz").stat().st_ino == inode  # the combined file was intact: not written again
 
 
 @pytest.mark.parametrize(
