@@ -132,8 +132,11 @@ def resume_point(
     if not ckpt.verified():  # written before digests: trusted, as then
         epoch = ckpt.latest_epoch()
         log.warning("%s: checkpoints written without digests (an earlier version): restored unchecked", ckpt.directory)
-        rows = from_csv()
-        return epoch, restore(epoch), [rows[e] for e in range(1, epoch + 1) if e in rows], None
+        found = from_csv()
+        rows = [found[e] for e in range(1, epoch + 1) if e in found]
+        if main:  # the record starts here: later checkpoints carry digests
+            metrics_record.write(record_path, rows)
+        return epoch, restore(epoch), rows, None
     record = metrics_record.read(record_path)
     damaged: list[checkpoints.DamagedCheckpoint] = []
     for epoch in reversed(ckpt.epochs()):

@@ -178,3 +178,20 @@ def test_metrics_of_checkpoints_deleted_by_keep_checkpoints_survive(ref, tmp_pat
     (run / "metrics.csv").unlink()
     assert train(tmp_path, data_dir, *EPOCHS, "--config.keep_checkpoints=1") == 0
     assert same_results(run, ref)
+
+
+def test_checkpoints_of_an_earlier_version_without_digests_still_resume(partial, ref, data_dir, caplog):
+    """A run directory written before digests and the record existed: restored unchecked, as then."""
+    import json
+
+    (partial / "checkpoints" / metrics_record.RECORD).unlink()
+    for meta in (partial / "checkpoints").glob("*/_CHECKPOINT_METADATA"):
+        m = json.loads(meta.read_text())
+        m["custom_metadata"] = {}
+        meta.write_text(json.dumps(m))
+    with caplog.at_level(logging.INFO, logger="jaxweights"):
+        assert resume(partial, data_dir) == 0
+    warned = warnings(caplog)
+    assert len(warned) == 1 and "written without digests" in warned[0], warned
+    assert same_results(partial, ref)
+    assert metrics_record.read(partial / "checkpoints" / metrics_record.RECORD).keys() == {1, 2, 3}
