@@ -12,7 +12,11 @@
 2. The system location `/usr/share/datasets/<name with - for _>` (Debian's
    `dataset-fashion-mnist` package installs `/usr/share/datasets/fashion-mnist`).
 3. `digits` comes from scikit-learn's bundled copy; the others from `tfds.data_source`
-   (downloads only when no data directory was given).
+   (`tfds_source.from_tfds`: downloads only when no data directory was given, and only after a
+   quick check that the network answers, so that offline the loader fails in seconds).
+
+Not found anywhere, `DataError` is one line: every place looked in and why it was passed over, and
+the three ways to provide the data (a data folder, the system location, a tfds download).
 
 `max_train` / `max_test` keep a class-stratified draw (`stratified_indices` with the fixed seed
 `SUBSET_SEED`), never the first examples: a split stored grouped by class (CIFAR-10's test split
@@ -28,15 +32,16 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from jaxweights.data.readers import _FORMATS, _TFDS_NAMES, _from_sklearn, _from_tfds, _search_dir
-from jaxweights.data.specs import DataError, Dataset, DatasetSpec, spec
+from jaxweights.data.readers import _FORMATS, _from_sklearn, _search_dir
+from jaxweights.data.specs import ENV_VAR, DataError, Dataset, DatasetSpec, spec
 from jaxweights.data.subsets import SUBSET_SEED, stratified_indices
+from jaxweights.data.tfds_source import TfdsUnavailable, from_tfds
 
 __all__ = ["ENV_VAR", "SYSTEM_DIR", "load", "load_dataset"]
 
 _LOG = logging.getLogger("jaxweights.data")
-ENV_VAR = "JAXWEIGHTS_DATA_DIR"
 SYSTEM_DIR = Path("/usr/share/datasets")
+_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}  # Debian packages that fill SYSTEM_DIR
 
 
 def _finish(name: str, s: DatasetSpec, parts: dict, source: str, limits) -> Dataset:
@@ -119,29 +124,33 @@ def load(
         log.info("%s: loaded from scikit-learn load_digits", name)
         return _finish(name, s, _from_sklearn(), "sklearn.datasets.load_digits (first 1500 train, 297 test)", limits)
     if use_tfds:
-        if root is None:  # offline, the download only fails after its network timeouts (minutes)
-            log.warning(
-                "%s: not found locally; reading or downloading it with tensorflow-datasets (a download "
-                "needs internet access; give --data_dir or $%s to avoid it)",
-                name,
-                ENV_VAR,
-            )
         try:
-            parts = _from_tfds(name, s, root, limits)
-        except Exception as e:  # tfds raises many types: not found, no network, missing deps
-            msg = (str(e).strip().splitlines() or [""])[0][:200]
-            tried.append(f"tfds (data_dir={root or 'default'}, download={root is None}: {type(e).__name__}: {msg})")
+            parts, source = from_tfds(name, s, root, log)
+        except TfdsUnavailable as e:
+            tried.append(str(e))
             log.info("%s: not found with %s", name, tried[-1])
         else:
-            source = f"tfds.data_source({_TFDS_NAMES[name]!r}, data_dir={root or 'default'})"
             log.info("%s: loaded from %s", name, source)
             return _finish(name, s, parts, source, limits)
     else:
-        tried.append("tfds (disabled: use_tfds=False)")
-    raise DataError(
-        f"{name}: dataset not found; looked in: {'; '.join(tried)}. Provide it with --data_dir or "
-        f"{ENV_VAR} pointing to a folder with {name}.npz (or the IDX / CIFAR batch files), "
-        f"or install tensorflow-datasets and allow internet access"
+        tried.append("tensorflow-datasets (not used: use_tfds=False)")
+    given = "" if root else f" (no data folder given: --data_dir, ${ENV_VAR})"
+    raise DataError(f"{name}: dataset not found{given}; looked in {', '.join(tried)}. {_ways(name)}")
+
+
+def _ways(name: str) -> str:
+    """The three ways to provide dataset `name`, one sentence."""
+    system = SYSTEM_DIR / name.replace("_", "-")
+    package = _PACKAGES.get(name)
+    second = (
+        f"install Debian's {package} package (it fills {system})"
+        if package
+        else f"put them in {system} (no Debian package ships {name})"
+    )
+    return (
+        f"Provide it in one of three ways: (1) put {_FORMATS.get(name, name + '.npz')} in a folder given as "
+        f"--data_dir or ${ENV_VAR}; (2) {second}; (3) with internet access and no data folder given, "
+        "tensorflow-datasets downloads it"
     )
 
 

@@ -1,5 +1,5 @@
-"""Readers of the dataset files: Keras-style npz, IDX (gzipped or not), CIFAR-10 python batches,
-tensorflow-datasets and scikit-learn's digits. Every read error becomes a `DataError` naming the file."""
+"""Readers of the dataset files: Keras-style npz, IDX (gzipped or not), CIFAR-10 python batches
+and scikit-learn's digits (tensorflow-datasets: `tfds_source`). Every read error becomes a `DataError` naming the file."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from jaxweights.data.subsets import SUBSET_SEED, stratified_indices
 
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, pickle.UnpicklingError)
-_TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
 _IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -240,21 +239,6 @@ def _search_dir(name: str, s: DatasetSpec, root: Path, limits) -> tuple[dict, st
                 if (b / "data_batch_1").is_file():
                     return _load_batches(b, limits), f"{b} (CIFAR-10 python batches)"
     return None
-
-
-def _from_tfds(name: str, s: DatasetSpec, data_dir: Path | None, limits) -> dict:
-    """Read `name` with `tfds.data_source`, whole splits (a limit is drawn from all labels by
-    `_finish`); downloads only when `data_dir` is None."""
-    import tensorflow_datasets as tfds  # lazy: heavy, and only needed as a last resort
-
-    parts = {}
-    for split in ("train", "test"):
-        src = tfds.data_source(_TFDS_NAMES[name], split=split, data_dir=data_dir, download=data_dir is None)
-        recs = [src[i] for i in range(len(src))]  # one by one: the tfds mock's __getitems__ is broken
-        x = np.stack([np.asarray(r["image"]) for r in recs]) if recs else np.zeros((0, *s.image_shape), np.uint8)
-        y = np.asarray([r["label"] for r in recs], dtype=np.int64)
-        parts[f"x_{split}"], parts[f"y_{split}"] = (x, f"tfds:{name}/{split}"), (y, f"tfds:{name}/{split}")
-    return parts
 
 
 def _from_sklearn() -> dict:

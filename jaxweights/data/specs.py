@@ -6,7 +6,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["DATASETS", "SPECS", "DataError", "Dataset", "DatasetSpec", "normalization", "spec"]
+__all__ = ["DATASETS", "ENV_VAR", "SPECS", "DataError", "Dataset", "DatasetSpec", "normalization", "spec"]
+
+ENV_VAR = "JAXWEIGHTS_DATA_DIR"  # the data directory when no data_dir is given
 
 
 class DataError(ValueError):

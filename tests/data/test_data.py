@@ -6,7 +6,9 @@ import logging
 import os
 import pickle
 import shutil
+import socket
 import struct
+import time
 import zipfile
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxweights import data
-from jaxweights.data import DataError, datasets, readers
+from jaxweights.data import DataError, datasets, readers, tfds_source
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 CIFAR_TRAIN_MEANS = [125.31, 122.95, 113.87]
@@ -273,9 +275,24 @@ def test_env_var_and_explicit_dir(tmp_path, isolated, monkeypatch, caplog):
     assert_same(data.load("mnist", tmp_path / "b", use_tfds=False), b)
 
 
-def test_tfds_mock(isolated, monkeypatch, caplog):
+@pytest.fixture
+def tfds_home(tmp_path, monkeypatch) -> Path:
+    """tfds' own data folder (where it reads and downloads without a data_dir): an empty one."""
+    from tensorflow_datasets.core import constants
+
+    home = tmp_path / "tensorflow_datasets"
+    monkeypatch.setattr(constants, "DATA_DIR", str(home))
+    return home
+
+
+def test_tfds_mock(isolated, tfds_home, monkeypatch, caplog):
     import tensorflow_datasets as tfds
 
+    for name in ("mnist", "cifar10"):
+        (isolated / name / "1.0.0").mkdir(parents=True)  # what tfds prepares in a data_dir
+        (isolated / name / "1.0.0" / "dataset_info.json").write_text("{}")
+    probed = []
+    monkeypatch.setattr(tfds_source, "_connect", lambda address, timeout: probed.append(address))
     with tfds.testing.mock_data(num_examples=12), caplog.at_level(logging.INFO, logger="jaxweights.data"):
         for name, shape in [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))]:
             ds = data.load(name, isolated, max_test=5)
@@ -283,14 +300,69 @@ def test_tfds_mock(isolated, monkeypatch, caplog):
             assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
             assert ds.y_train.max() < 10 and "tfds" in ds.source
     assert f"not found in {isolated}" in caplog.text
-    # a data_dir was given: tfds reads it, never downloads, and nothing warns of one
+    # a data_dir was given: tfds reads it, never downloads, never probes the network, and nothing warns of one
+    assert not probed
     assert not [r for r in caplog.records if r.name == "jaxweights.data" and "download" in r.getMessage()]
     caplog.clear()
     with tfds.testing.mock_data(num_examples=12), caplog.at_level(logging.INFO, logger="jaxweights.data"):
-        data.load("mnist", max_test=5)  # no data_dir anywhere: tfds may download, and says so first
+        ds = data.load("mnist", max_test=5)  # no data_dir anywhere: the network answers, tfds downloads
+    assert ds.x_test.shape == (5, 28, 28, 1) and "tfds" in ds.source
+    assert probed == [tfds_source.PROBE_HOST]
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "jaxweights.data"]
-    assert len(warned) == 1 and "needs internet access" in warned[0].getMessage()
+    assert len(warned) == 1 and "downloading it with tensorflow-datasets" in warned[0].getMessage()
     assert data.ENV_VAR in warned[0].getMessage()
+
+
+def _offline(address, timeout):
+    raise socket.gaierror(-2, "Name or service not known")
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+def test_offline_fails_at_once_naming_the_three_ways(isolated, tfds_home, monkeypatch, caplog, name):
+    monkeypatch.setattr(socket, "create_connection", _offline)
+    start = time.perf_counter()
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(DataError) as info:
+            data.load(name)
+    elapsed = time.perf_counter() - start
+    msg = str(info.value)
+    assert elapsed < 10, elapsed
+    assert "\n" not in msg and "no data folder given: --data_dir, $JAXWEIGHTS_DATA_DIR" in msg
+    system = datasets.SYSTEM_DIR / name.replace("_", "-")
+    assert f"looked in {system} (no such directory)" in msg, msg
+    assert str(tfds_home / name) in msg and "cannot reach storage.googleapis.com:443 (Name or service not known)" in msg
+    assert "(1) put" in msg and "--data_dir or $JAXWEIGHTS_DATA_DIR" in msg
+    assert ("(2) install Debian's dataset-fashion-mnist package" in msg) == (name == "fashion_mnist"), msg
+    assert "(3) with internet access" in msg and "install tensorflow-datasets" not in msg
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")]  # no download was tried
+    assert not tfds_home.exists() or not any(tfds_home.rglob("*.array_record*"))
+
+
+def test_offline_with_an_empty_data_dir_never_asks_tfds_to_download(isolated, tfds_home, monkeypatch):
+    probed = []
+    monkeypatch.setattr(tfds_source, "_connect", lambda address, timeout: probed.append(address))
+    msg = raises_naming(isolated, "mnist", isolated)
+    assert f"looked in {isolated} (no mnist.npz or IDX files)" in msg
+    assert f"tensorflow-datasets (nothing it prepared in {isolated / 'mnist'}" in msg and not probed
+
+
+def test_network_probe_is_bounded_and_goes_through_the_proxy(monkeypatch):
+    tried = []
+
+    def hang(address, timeout):
+        tried.append(address)
+        time.sleep(5)
+
+    for var in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tfds_source, "_connect", hang)
+    start = time.perf_counter()
+    why = tfds_source.network_problem(timeout=0.2)
+    assert time.perf_counter() - start < 2 and why == "cannot reach storage.googleapis.com:443 (no answer within 0.2 s)"
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    monkeypatch.setattr(tfds_source, "_connect", lambda address, timeout: tried.append(address))
+    assert tfds_source.network_problem() is None
+    assert tried == [tfds_source.PROBE_HOST, ("proxy.example", 3128)]
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -305,7 +377,7 @@ def test_unknown_name():
 
 def test_not_found_lists_every_place(isolated):
     msg = raises_naming(isolated, "mnist", isolated, use_tfds=False)
-    assert str(datasets.SYSTEM_DIR / "mnist") in msg and "tfds" in msg and data.ENV_VAR in msg
+    assert str(datasets.SYSTEM_DIR / "mnist") in msg and "tensorflow-datasets (not used" in msg and data.ENV_VAR in msg
     raises_naming(isolated / "nope", "cifar10", isolated / "nope", use_tfds=False, match="no such directory")
 
 
@@ -313,7 +385,11 @@ def test_not_found_with_tfds(isolated):
     import tensorflow_datasets  # noqa: F401  (a dependency: the test must not skip)
 
     msg = raises_naming(isolated, "mnist", isolated)  # data_dir given: tfds must not download
-    assert "tfds (data_dir=" in msg and "download=False" in msg
+    assert f"tensorflow-datasets (nothing it prepared in {isolated / 'mnist'}" in msg, msg
+    (isolated / "mnist" / "3.0.1").mkdir(parents=True)
+    (isolated / "mnist" / "3.0.1" / "dataset_info.json").write_text("{not json")
+    msg = raises_naming(isolated, "mnist", isolated)  # a damaged tfds folder: tfds' own error, on one line
+    assert f"tensorflow-datasets (data_dir={isolated}: ParseError: " in msg, msg
 
 
 def _truncate(p: Path):
