@@ -21,6 +21,7 @@ run) print one line naming the key, file or value and exit with status 2, withou
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from ml_collections import config_flags
 
 from jaxweights import train as train_lib
 from jaxweights.claims import ClaimError
+from jaxweights.claims.summary import DEFAULT_METRICS
+from jaxweights.cli_help import command_help, usage
 from jaxweights.config import ConfigError, apply_overrides, last_overrides
 from jaxweights.data import DataError
 from jaxweights.dynamics import DynamicsError
@@ -44,24 +47,7 @@ from jaxweights.pipelines import train as train_pipeline
 from jaxweights.pipelines.errors import AnalysisError
 from jaxweights.pipelines.train import RunError
 
-USAGE = """usage: jaxweights COMMAND [options]
-
-commands:
-  train    --config configs/NAME.py --workdir DIR [--config.KEY=VALUE ...] [--data_dir DIR] [--overwrite]
-           train a zoo of networks and write its run directory
-  analyze  --workdir DIR
-           statistics, node strength and distances of a trained zoo, into DIR/analysis/; then
-           optimal vs suboptimal networks: tests, figures, report.html and summary.json; and the
-           learning dynamics over the per-epoch checkpoints (RWC, CKA, probes, modularity)
-  study    --config configs/studies/optimal_vs_suboptimal.py[:quick] --workdir DIR
-           train and analyse every dataset × model zoo of the study; one combined report
-  analyze-params PATH... --out DIR [--layout auto|torch|flax]
-           the same for networks trained elsewhere (orbax, Flax msgpack, .npz, .safetensors)
-  prune    --workdir DIR [--layers Dense_1,...] [--data_dir DIR]
-           remove the MLP hidden layers flagged by modularity, retrain, report the accuracy change
-
-Run `jaxweights COMMAND --help` for a command's options.
-"""
+USAGE = usage()
 
 
 # The errors a user can fix; each prints one line naming the key, flag, file or value, exit status 2.
@@ -86,19 +72,24 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 def _flag_values(command: str, argv: list[str]) -> flags.FlagValues:
     """The flags of ``command``; ``--config`` (train, study) is loaded from ``argv`` with its overrides."""
     fv = flags.FlagValues()
-    flags.DEFINE_string("workdir", None, "Run directory.", flag_values=fv)
+    if command != "analyze-params":  # it reads files and writes --out
+        flags.DEFINE_string("workdir", None, "Run directory.", flag_values=fv)
     if command == "train":
         config_flags.DEFINE_config_file(
             "config",
             None,
-            "Config file (a Python file with get_config).",
+            "Zoo config",
             flag_values=fv,
             lock_config=False,
             sys_argv=argv,
             accept_new_attributes=True,
         )  # checked by config.validate
         flags.DEFINE_string(
-            "data_dir", None, "Folder with the dataset files (overrides config.data_dir).", flag_values=fv
+            "data_dir",
+            None,
+            "Folder with the dataset files (default: config.data_dir, else $JAXWEIGHTS_DATA_DIR, else the system "
+            "location and tensorflow-datasets)",
+            flag_values=fv,
         )
         flags.DEFINE_bool("overwrite", False, "Discard what --workdir holds instead of resuming.", flag_values=fv)
         flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
@@ -124,13 +115,19 @@ def _flag_values(command: str, argv: list[str]) -> flags.FlagValues:
         flags.DEFINE_bool("overwrite", False, "Retrain DIR/pruned from scratch.", flag_values=fv)
         flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
     if command in ("analyze", "analyze-params"):
-        flags.DEFINE_list("metrics", None, "Distance metrics to compute (default: all built-in).", flag_values=fv)
+        flags.DEFINE_list(
+            "metrics",
+            None,
+            f"Distance metrics to compute (default: {','.join(DEFAULT_METRICS)}; energy, exact but "
+            "minutes at 256 networks, only when named)",
+            flag_values=fv,
+        )
         flags.DEFINE_integer("block_size", 64, "Rows and columns of the N×N distance blocks.", flag_values=fv)
     if command == "study":
         config_flags.DEFINE_config_file(
             "config",
             None,
-            "Study config (configs/studies/NAME.py[:quick]).",
+            "Study config",
             flag_values=fv,
             lock_config=False,
             sys_argv=argv,
@@ -218,6 +215,28 @@ def _config_file_error(e: BaseException) -> BaseException | None:
     return chain[-1] if wrapped and len(chain) > 1 else None
 
 
+def _unknown_override(e: BaseException, args: Sequence[str]) -> str:
+    """One line for ml_collections' error about an override of a key the config lacks.
+
+    Its message is the quoted key, then, when it has one, a line 'Did you mean "KEY" instead of ...?'
+    (a KeyError, sometimes inside an AttributeError); an override below a key that holds a value (not a
+    section) is an AttributeError ending "Attempting to lookup: KEY.SUB".
+    """
+    while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+    text = str(e.args[0]) if e.args else str(e)
+    below = re.search(r"Attempting to lookup: (\S+)", text)
+    if below:
+        dotted = below.group(1)
+        return f"--config.{dotted}: config.{dotted.rsplit('.', 1)[0]} is a value, not a section with keys"
+    key = (re.findall(r"[A-Za-z_][\w.]*", text) or ["?"])[0]
+    near = re.search(r'Did you mean "([^"]+)"', text)
+    names = [a.split("=", 1)[0].removeprefix("--config.") for a in args if a.startswith("--config.")]
+    dotted = next((n for n in reversed(names) if key in n.split(".")), key)
+    hint = f" (did you mean {near.group(1)}?)" if near else ""
+    return f"--config.{dotted}: the config has no key {key!r}{hint}"
+
+
 def _parse(command: str, args: Sequence[str]) -> flags.FlagValues:
     """Parses ``args`` of ``command``, raising ``flags.Error`` naming the flag, key or config file."""
     argv = [f"jaxweights {command}", *last_overrides(args)]
@@ -238,8 +257,7 @@ def _parse(command: str, args: Sequence[str]) -> flags.FlagValues:
             what = f"{type(cause).__name__}: {what}"
         raise flags.Error(f"--config {source}: {what}") from None
     except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config lacks
-        key = str(e).strip("\"'")
-        raise flags.Error(f"--config.{key}: the config has no key {key!r}") from None
+        raise flags.Error(_unknown_override(e, args)) from None
     except SyntaxError as e:
         if e.filename and source and Path(e.filename).resolve() == Path(source.split(":", 1)[0]).resolve():
             raise flags.Error(f"--config {source}: {e}") from None  # the config file itself
@@ -247,8 +265,8 @@ def _parse(command: str, args: Sequence[str]) -> flags.FlagValues:
     except (TypeError, ValueError) as e:
         raise flags.Error(f"bad --config override: {e}") from None
     if fv.help:
-        print(f"usage: jaxweights {command} [options]\n")
-        print(fv.main_module_help() or fv.get_help())
+        config = fv.config if source is not None else None
+        print(command_help(command, fv, config, source))
         raise SystemExit(0)
     if not fv.workdir:
         raise flags.Error("--workdir: required")
@@ -327,8 +345,7 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
     fv = _flag_values("analyze-params", argv)
     paths = fv(argv)[1:]
     if fv.help:
-        print("usage: jaxweights analyze-params PATH... --out DIR [options]\n")
-        print(fv.get_help())
+        print(command_help("analyze-params", fv))
         raise SystemExit(0)
     if not paths:
         raise flags.Error("PATH: give at least one parameter file (orbax checkpoint, .msgpack, .npz, .safetensors)")

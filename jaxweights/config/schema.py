@@ -8,8 +8,9 @@ network.
 
 from __future__ import annotations
 
+import difflib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import ml_collections
@@ -118,6 +119,21 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
 
 
+def closest(word: str, known: Iterable[str], n: int = 3) -> str:
+    """A hint naming the known words closest to a mistyped one (`difflib.get_close_matches`).
+
+    Args:
+      word: the unknown key, option or name.
+      known: the accepted ones.
+      n: at most this many suggestions.
+
+    Returns:
+      "did you mean num_seeds?" (or "a or b?"), or "" when nothing is close.
+    """
+    near = difflib.get_close_matches(word, sorted(set(known)), n=n, cutoff=0.6)
+    return f"did you mean {' or '.join(near)}?" if near else ""
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks a config, raising `ConfigError` naming the first bad key.
 
@@ -129,8 +145,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """
     unknown = sorted(set(config.keys()) - set(default_config().keys()))
     if unknown:
+        known = sorted(default_config().keys())
+        hint = closest(unknown[0], known)
         raise ConfigError(
-            f"config.{unknown[0]}: not a config key; known keys are {', '.join(sorted(default_config().keys()))}"
+            f"config.{unknown[0]}: not a config key{f' ({hint})' if hint else ''}; known keys are {', '.join(known)}"
         )
     for key in ("num_seeds", "num_epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
         v = config[key]

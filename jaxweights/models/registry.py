@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from jaxweights.config.schema import MODELS
+from jaxweights.config.schema import MODELS, closest
 from jaxweights.models.architectures import CNN, MLP, ViT
 from jaxweights.models.init import INITS
 from jaxweights.models.layers import ACTIVATIONS
@@ -53,8 +53,11 @@ def make_model(
     fields = set(cls.__dataclass_fields__) - {"parent", "name"}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
+        options = sorted(fields - {"num_classes", "init_scheme", "dtype"})
+        hint = closest(unknown[0], options)
         raise ValueError(
-            f"model.{unknown[0]}: not an option of model {name!r}; options are {', '.join(sorted(fields - {'num_classes', 'init_scheme', 'dtype'}))}"
+            f"model.{unknown[0]}: not an option of model {name!r}{f' ({hint})' if hint else ''}; "
+            f"options are {', '.join(options)}"
         )
     act = kwargs.get("activation")
     if act is not None and act not in ACTIVATIONS:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from jaxweights import cli
+from jaxweights.claims.summary import DEFAULT_METRICS
+from jaxweights.config import closest
 from tests.zoo import REPO
 
 
@@ -37,3 +40,89 @@ def test_train_without_data_and_network_fails_in_seconds(tmp_path):
     assert "(3) with internet access" in msg and "install tensorflow-datasets" not in msg
     assert "Retrying" not in out.stderr and "Dl Completed" not in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def help_of(capsys, *argv) -> str:
+    """What `jaxweights *argv --help` prints (it exits with status 0)."""
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+BOILERPLATE = ("--flagfile", "--undefok", "(default: 'None')", "(default: 'false')", "absl", "cli.py")
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_help_of_a_config_command_teaches_overrides_and_quick(capsys, command):
+    out = " ".join(help_of(capsys, command).split())
+    assert f"usage: jaxweights {command} --config configs/" in out and "[:quick]" in out
+    assert "--config.KEY=VALUE Override one key of the config" in out and ":quick passes ARG 'quick'" in out
+    assert "--workdir DIR Run directory. (required)" in out
+    assert "--[no]progress" in out and "(default: on)" in out
+    for junk in BOILERPLATE:
+        assert junk not in out, junk
+
+
+def test_train_help_with_a_config_lists_its_keys_and_values(capsys):
+    out = help_of(capsys, "train", "--config", str(REPO / "configs/quickstart.py:quick"))
+    keys = out.split("their values (override with --config.KEY=VALUE):\n", 1)[1]
+    rows = dict(line.split(None, 1) for line in keys.strip().splitlines())
+    # the values of the :quick variant, read from configs/quickstart.py
+    assert rows["num_seeds"] == "2" and rows["num_epochs"] == "1" and rows["max_train"] == "4096"
+    assert rows["model.hidden"] == "(128, 64)" and rows["learning_rates"] == "(0.001, 0.01, 0.1, 0.5, 2.0)"
+
+
+def test_analyze_help_names_the_real_default_metrics(capsys):
+    out = " ".join(help_of(capsys, "analyze").split())
+    assert f"(default: {','.join(DEFAULT_METRICS)};" in out and "energy" not in DEFAULT_METRICS
+    assert "energy, exact but minutes at 256 networks, only when named" in out
+    assert "all built-in" not in out
+    assert "--[no]report Test the claims; write figures, report.html and summary.json. (default: on)" in out
+    assert "--quantile X Optimal = top, suboptimal = bottom quantile by test accuracy. (default: 0.25)" in out
+    for junk in BOILERPLATE:
+        assert junk not in out, junk
+
+
+def test_analyze_params_help_has_no_workdir(capsys, tmp_path):
+    out = help_of(capsys, "analyze-params")
+    assert "--out DIR" in out and "--layout auto|torch|flax" in out and "<auto" not in out
+    assert "--workdir" not in out
+    for junk in BOILERPLATE:
+        assert junk not in out, junk
+    assert cli.main(["analyze-params", "x.npz", "--out", str(tmp_path), "--workdir", str(tmp_path)]) == 2
+    assert "workdir" in capsys.readouterr().err  # not a flag of analyze-params
+
+
+def test_top_level_usage_lists_every_command(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {c} " in out for c in cli.COMMANDS) and "[:quick]" in out and "--config.KEY=VALUE" in out
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.num_seed=2", "config.num_seed: not a config key (did you mean num_seeds or seed?); known keys"),
+        ("--config.modle.hidden=(8,)", "--config.modle.hidden: the config has no key 'modle' (did you mean model?)"),
+        ("--config.num_seeds.x=1", "--config.num_seeds.x: config.num_seeds is a value, not a section with keys"),
+    ],
+)
+def test_an_unknown_config_key_suggests_the_closest(tmp_path, capsys, override, message):
+    argv = ["train", "--config", str(REPO / "configs/quickstart.py:quick"), "--workdir", str(tmp_path / "r")]
+    assert cli.main([*argv, "--data_dir", str(tmp_path), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_an_unknown_study_key_suggests_the_closest(tmp_path, capsys):
+    argv = ["study", "--config", str(REPO / "configs/studies/optimal_vs_suboptimal.py:quick")]
+    assert cli.main([*argv, "--workdir", str(tmp_path / "s"), "--config.dataset=mnist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "jaxweights study: error: --config.dataset: the config has no key 'dataset' (did you mean datasets?)"
+
+
+def test_closest():
+    assert closest("num_seed", ["num_seeds", "seed", "num_epochs"]) == "did you mean num_seeds or seed?"
+    assert closest("hiden", ["hidden", "activation"]) == "did you mean hidden?"
+    assert closest("zzz", ["hidden", "activation"]) == ""
