@@ -69,6 +69,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1: "1 network", "3 networks"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _flag_values(command: str, argv: list[str]) -> flags.FlagValues:
     """The flags of ``command``; ``--config`` (train, study) is loaded from ``argv`` with its overrides."""
     fv = flags.FlagValues()
@@ -291,9 +296,11 @@ def cmd_train(args: Sequence[str]) -> int:
     diverged = last.diverged.astype(bool)
     exploded = last["exploded"].astype(bool) if "exploded" in last else diverged & False
     ok = last[~diverged & ~exploded]  # accuracy of the networks an analysis keeps
-    done = f"{fv.workdir} is complete, checked against its checkpoints (nothing trained): {len(last)} networks"
+    done = (
+        f"{fv.workdir} is complete, checked against its checkpoints (nothing trained): {_count(len(last), 'network')}"
+    )
     print(
-        (done if df.attrs.get("complete") else f"trained {len(last)} networks into {fv.workdir}")
+        (done if df.attrs.get("complete") else f"trained {_count(len(last), 'network')} into {fv.workdir}")
         + ": best test accuracy "
         f"{ok.test_acc.max():.4f}, median {ok.test_acc.median():.4f}, {int(diverged.sum())} diverged, "
         f"{int(exploded.sum())} exploded"
@@ -363,7 +370,7 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
         figures=fv.figures,
     )
     n = int(table.network.max()) + 1
-    print(f"analysed {n} networks from {len(paths)} file(s) into {fv.out}")
+    print(f"analysed {_count(n, 'network')} from {_count(len(paths), 'file')} into {fv.out}")
     return 0
 
 
@@ -380,7 +387,7 @@ def cmd_prune(args: Sequence[str]) -> int:
     print(
         f"pruned zoo in {fv.workdir}/pruned: best test accuracy {report.test_acc_original[ok].max():.4f} -> "
         f"{report.test_acc_pruned[ok].max():.4f}, median change {report.delta[ok].median():+.4f} "
-        f"over {int(ok.sum())} networks (prune.csv)"
+        f"over {_count(int(ok.sum()), 'network')} (prune.csv)"
     )
     return 0
 

@@ -76,8 +76,25 @@ def _run_dirs(workdir: Path) -> list[tuple[str, Path]]:
         else []
     )
     if not groups:
+        zoos = _zoo_dirs(workdir)
+        if zoos:  # a study folder (`jaxweights study`), or any folder of run directories
+            commands = " && ".join(f"jaxweights analyze --workdir {z}" for z in zoos)
+            report = workdir / "report.html"
+            combined = f"; their combined study report is {report}" if report.is_file() else ""
+            raise AnalysisError(
+                f"{workdir}: not one run directory but a folder of {len(zoos)} "
+                f"{'zoo' if len(zoos) == 1 else 'zoos'} ({', '.join(z.name for z in zoos)}); analyse "
+                f"{'it' if len(zoos) == 1 else 'them'} with: {commands}{combined}"
+            )
         raise AnalysisError(f"{workdir}: no params.npz (is this a finished `jaxweights train` run directory?)")
     return [(p.name, p) for p in groups]
+
+
+def _zoo_dirs(folder: Path) -> list[Path]:
+    """The run directories directly inside ``folder`` (a config.json or params.npz), sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if (p / "config.json").is_file() or (p / "params.npz").is_file())
 
 
 def analyze_workdir(

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxweights import cli
@@ -126,3 +127,37 @@ def test_closest():
     assert closest("num_seed", ["num_seeds", "seed", "num_epochs"]) == "did you mean num_seeds or seed?"
     assert closest("hiden", ["hidden", "activation"]) == "did you mean hidden?"
     assert closest("zzz", ["hidden", "activation"]) == ""
+
+
+def test_analyze_of_a_study_folder_lists_its_zoos_and_the_commands(tmp_path, capsys):
+    study = tmp_path / "study"
+    for zoo in ("mnist_mlp", "mnist_cnn"):
+        (study / zoo).mkdir(parents=True)
+        (study / zoo / "config.json").write_text("{}")
+    (study / "report.html").write_text("<html></html>")
+    (study / "figures").mkdir()  # not a zoo
+    before = sorted(p.relative_to(study) for p in study.rglob("*"))
+    assert cli.main(["analyze", "--workdir", str(study)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{study}: not one run directory but a folder of 2 zoos (mnist_cnn, mnist_mlp)" in err
+    commands = (
+        f"jaxweights analyze --workdir {study / 'mnist_cnn'} && jaxweights analyze --workdir {study / 'mnist_mlp'}"
+    )
+    assert f"analyse them with: {commands};" in err and f"combined study report is {study / 'report.html'}" in err
+    assert "no params.npz" not in err
+    assert sorted(p.relative_to(study) for p in study.rglob("*")) == before  # nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["analyze", "--workdir", str(empty)]) == 2
+    assert f"{empty}: no params.npz" in capsys.readouterr().err
+
+
+def test_summaries_say_1_network_not_1_networks(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    shapes = {"Dense_0/kernel": (8, 4), "Dense_0/bias": (4,), "Dense_1/kernel": (4, 3), "Dense_1/bias": (3,)}
+    np.savez(tmp_path / "one.npz", **{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()})
+    argv = ["analyze-params", str(tmp_path / "one.npz"), "--out", str(tmp_path / "o"), "--nofigures"]
+    assert cli.main([*argv, "--metrics", "wasserstein"]) == 0
+    assert f"analysed 1 network from 1 file into {tmp_path / 'o'}" in capsys.readouterr().out
+    assert [cli._count(n, "network") for n in (0, 1, 2)] == ["0 networks", "1 network", "2 networks"]

@@ -39,7 +39,7 @@ def test_pytorch_safetensors_statistics_equal_numpy(trained, tmp_path, capsys):
         save_file(_torch_state_dict(params, i), str(paths[-1]))
     out = tmp_path / "out"
     assert cli.main(["analyze-params", *map(str, paths), "--out", str(out), "--metrics", "wasserstein"]) == 0
-    assert "analysed 4 networks from 4 file(s)" in capsys.readouterr().out
+    assert "analysed 4 networks from 4 files" in capsys.readouterr().out
     df = pd.read_csv(out / "stats.csv")
     st = df[~df.undefined].set_index(["network", "layer", "statistic"]).value
     for i in range(4):
