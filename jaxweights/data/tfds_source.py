@@ -116,22 +116,25 @@ def from_tfds(name: str, s: DatasetSpec, data_dir: Path | None, log: logging.Log
         raise TfdsUnavailable(
             f"tensorflow-datasets (nothing it prepared in {data_dir / tname}; it downloads only without a data folder)"
         )
-    import tensorflow_datasets as tfds  # lazy: heavy, and only needed as a last resort
-
     with _quiet_absl():
-        if data_dir is None:
-            builder = tfds.builder(tname, file_format="array_record")
-            if not builder.is_prepared():
-                why = network_problem()
-                if why:
-                    raise TfdsUnavailable(f"tensorflow-datasets (not in {builder.data_dir}; no download: {why})")
-                log.warning(
-                    "%s: not found locally; downloading it with tensorflow-datasets into %s "
-                    "(give --data_dir or $%s to read local files instead)",
-                    name,
-                    builder.data_dir,
-                    ENV_VAR,
-                )
+        try:
+            import tensorflow_datasets as tfds  # lazy: heavy, and only needed as a last resort
+
+            builder = tfds.builder(tname, file_format="array_record") if data_dir is None else None
+            prepared = builder is None or builder.is_prepared()
+        except Exception as e:  # a broken installation, an unreadable folder
+            raise TfdsUnavailable(f"tensorflow-datasets ({_one_line(e)})") from e
+        if not prepared:
+            why = network_problem()
+            if why:
+                raise TfdsUnavailable(f"tensorflow-datasets (not in {builder.data_dir}; no download: {why})")
+            log.warning(
+                "%s: not found locally; downloading it with tensorflow-datasets into %s "
+                "(give --data_dir or $%s to read local files instead)",
+                name,
+                builder.data_dir,
+                ENV_VAR,
+            )
         try:
             parts = {}
             for split in ("train", "test"):

@@ -8,6 +8,7 @@ import pickle
 import shutil
 import socket
 import struct
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -344,6 +345,12 @@ def test_offline_with_an_empty_data_dir_never_asks_tfds_to_download(isolated, tf
     msg = raises_naming(isolated, "mnist", isolated)
     assert f"looked in {isolated} (no mnist.npz or IDX files)" in msg
     assert f"tensorflow-datasets (nothing it prepared in {isolated / 'mnist'}" in msg and not probed
+
+
+def test_a_broken_tfds_installation_is_one_line(isolated, tfds_home, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # `import tensorflow_datasets` fails
+    msg = raises_naming(datasets.SYSTEM_DIR / "mnist", "mnist")
+    assert "tensorflow-datasets (ModuleNotFoundError: import of tensorflow_datasets halted" in msg, msg
 
 
 def test_network_probe_is_bounded_and_goes_through_the_proxy(monkeypatch):
