@@ -30,7 +30,9 @@ def test_train_without_data_and_network_fails_in_seconds(tmp_path):
     )
     elapsed = time.perf_counter() - start
     assert out.returncode == 2, out.stderr
-    assert elapsed < 10, f"{elapsed:.1f} s"
+    # no minutes of retries; the 10 s budget itself is checked on the loader in tests/data (here Python's
+    # start-up and imports count too, and a loaded machine can stretch them)
+    assert elapsed < 30, f"{elapsed:.1f} s"
     errors = [ln for ln in out.stderr.splitlines() if ": error: " in ln]
     assert len(errors) == 1 and errors[0] == out.stderr.strip().splitlines()[-1], out.stderr
     msg = errors[0]
