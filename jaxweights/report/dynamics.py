@@ -140,6 +140,9 @@ def plot_cka(
 ) -> None:
     """CKA heatmaps of one network: layer × layer (last epoch) and epoch × epoch per layer (PNG + CSV).
 
+    The input's epoch × epoch panel is left out of the figure (the images do not change: 1 everywhere), not
+    out of the CSV. Panels wrap after 5 to a row, on one colour scale with one colour bar.
+
     Linear CKA (Kornblith et al. 2019); epoch × epoch after Sharon & Dar 2024 (arXiv 2405.17377).
 
     Args:
@@ -151,17 +154,19 @@ def plot_cka(
     """
     layers, epochs = list(cka["layers"]), [int(e) for e in cka["epochs"]]
     ll, ee = cka[f"{kind}_layers"][network], cka[f"{kind}_epochs"][network]
-    fig, axes = style.new_figure(1, 1 + len(layers), figsize=(3.2 * (1 + len(layers)), 3.6))
+    moving = [(l, m) for l, m in zip(layers, ee) if l != INPUT]
+    fig, axes = style.grid(1 + len(moving), cols=5, size=(2.7, 3.0))
+    panels = list(axes[: 1 + len(moving)])
+    bar = lambda ax: panels if ax is panels[-1] else False  # one colour bar, drawn with the last panel
     label = f"{kind} CKA (1 = same representation)"
-    style.heatmap(axes[0], ll, label, bar=False, vmin=0, vmax=1)
+    style.heatmap(axes[0], ll, label, bar=bar(axes[0]), vmin=0, vmax=1)
     axes[0].set(title=f"layer × layer, epoch {epochs[-1]}", xticks=range(len(layers)), yticks=range(len(layers)))
     axes[0].set_xticklabels(layers, rotation=90, fontsize=7)
     axes[0].set_yticklabels(layers, fontsize=7)
     axes[0].set(xlabel="layer", ylabel="layer")
     step = -(-len(epochs) // 8)  # at most 8 epoch ticks
-    for i, (ax, l, m) in enumerate(zip(axes[1:], layers, ee)):
-        last = i == len(layers) - 1
-        style.heatmap(ax, m, label, bar=list(axes) if last else False, vmin=0, vmax=1)
+    for ax, (l, m) in zip(axes[1:], moving):
+        style.heatmap(ax, m, label, bar=bar(ax), vmin=0, vmax=1)
         ticks = range(0, len(epochs), step)
         ax.set(title=f"{l}: epoch × epoch", xticks=ticks, yticks=ticks, xlabel="epoch", ylabel="epoch")
         ax.set_xticklabels([epochs[t] for t in ticks], fontsize=7)
@@ -169,7 +174,7 @@ def plot_cka(
     fig.suptitle(
         f"{kind.capitalize()} CKA of network {network}"
         + (f" ({which})" if which else "")
-        + ": how alike its layers' representations are, across layers and across epochs"
+        + ":\nhow alike its layers' representations are, across layers and across epochs"
     )
     path = Path(path)
     style.save(fig, path, dpi=110)
@@ -249,12 +254,12 @@ def plot_stats_over_epochs(
     for i, s in enumerate(statistics):
         for j, l in enumerate(layers):
             ax = axes[i, j]
-            for grp, color in (("optimal", "C0"), ("others", "C3")):
-                q = agg[(agg.statistic == s) & (agg.layer == l) & (agg.group == grp)]
-                ax.plot(q.epoch, q.value, color=color, marker=".", label=grp)
             if not ((agg.statistic == s) & (agg.layer == l)).any():
                 ax.axis("off")  # e.g. the input layer has node strength but no weights
                 continue
+            for grp, color in (("optimal", "C0"), ("others", "C3")):
+                q = agg[(agg.statistic == s) & (agg.layer == l) & (agg.group == grp)]
+                ax.plot(q.epoch, q.value, color=color, marker=".", label=grp)
             ax.set_title(l, fontsize=8)
             style.integer_axis(ax)
             ax.set_ylabel(s, fontsize=8)

@@ -28,6 +28,9 @@ def test_figures_and_sections_follow_the_callers_masks(dynamics_zoo, tmp_path, m
     assert cka_fig._suptitle.get_text().startswith("Linear CKA of network 0 (the first optimal network)")
     (bar,) = [a for a in cka_fig.axes if getattr(a, "_colorbar", None)]
     assert bar.get_ylabel() == "linear CKA (1 = same representation)" and tuple(bar.get_ylim()) == (0, 1)
+    # the input's epoch × epoch panel (1 everywhere: the images do not change) is left out of the figure only
+    titles = [a.get_title() for a in cka_fig.axes if a.get_title()]
+    assert titles == ["layer × layer, epoch 2", *(f"Dense_{k}: epoch × epoch" for k in range(3))]
     # epochs 0, 1, 2 on every epoch axis, never 0.5 or 1.5
     for name in ("rwc", "stats_over_epochs"):
         for ax in drawn[name].axes:
@@ -45,6 +48,8 @@ def test_figures_and_sections_follow_the_callers_masks(dynamics_zoo, tmp_path, m
         cka = pd.read_csv(d / "figures" / "cka_network0.csv")
         first = cka[cka.epoch_a.isna()].cka.to_numpy().reshape(4, 4)
         np.testing.assert_array_equal(first, z["linear_layers"][0])
+        inp = cka[(cka.layer_a == "input") & cka.epoch_a.notna()].cka.to_numpy().reshape(3, 3)
+        np.testing.assert_array_equal(inp, z["linear_epochs"][0][0])
     sections = report_dynamics.report_sections(d, prefix="group 01")
     assert [s.title for s in sections] == [
         "group 01: Learning dynamics: how much does each layer move?",
