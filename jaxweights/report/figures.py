@@ -201,10 +201,8 @@ def distance_heatmap(
     order = np.argsort(-np.asarray(acc_N), kind="stable")
     d = np.asarray(d_NxN)[np.ix_(order, order)]
     fig, ax = new_figure(figsize=(6, 5))
-    off = d[~np.eye(len(d), dtype=bool)]
-    vmax = np.nanpercentile(off, 90) if off.size else None  # a few blown-up networks would saturate the scale
     what = f"{metric} distance" if metric else "distance"
-    heatmap(ax, d, f"{what} (colour clipped at the 90th percentile)", extend="max", vmin=0, vmax=vmax)
+    heatmap(ax, d, f"{what} (colour clipped at the 90th percentile)", extend="max", vmin=0, vmax=style.distance_vmax(d))
     ax.set_title(title or "pairwise distance, networks by accuracy (best first)", fontsize=9)
     ax.set_xlabel("network rank by accuracy")
     ax.set_ylabel("network rank by accuracy")

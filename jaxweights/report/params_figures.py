@@ -73,11 +73,16 @@ def write_figures(
         what = f"{metric} distance" if metric else "distance"
         fig, axes = style.grid(len(dists), cols=4, size=(3.2, 3.0))
         for ax, (leaf, d) in zip(axes, dists.items()):
-            style.heatmap(ax, d, what, cmap=style.CMAP)
+            vmax = style.distance_vmax(d)  # a few blown-up networks would saturate the scale
+            style.heatmap(ax, d, what, extend="max", bar_format="%.3g", cmap=style.CMAP, vmin=0, vmax=vmax)
             ax.set_title(f"{what}: {'whole network' if leaf == stats.ALL else leaf}", fontsize=8)
             style.integer_axis(ax, "network", "x")
             style.integer_axis(ax, "network", "y")
             ax.tick_params(labelsize=7)
-        fig.suptitle(f"Pairwise {what} between the {n} networks (rows of networks.csv)", fontsize=9)
+        fig.suptitle(
+            f"Pairwise {what} between the {n} networks (rows of networks.csv); "
+            "colours clipped at each panel's 90th percentile",
+            fontsize=9,
+        )
         written.append(style.save(fig, out / "distances.png", dpi=100))
     return written

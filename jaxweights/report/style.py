@@ -27,6 +27,7 @@ __all__ = [
     "acc_norm",
     "cmap",
     "colorbar",
+    "distance_vmax",
     "empty",
     "grid",
     "heatmap",
@@ -146,6 +147,23 @@ def heatmap(
         cb.set_label(label, fontsize=8)
         cb.ax.tick_params(labelsize=7)
     return im
+
+
+def distance_vmax(d_NxN, q: float = 90) -> float | None:
+    """The top of a distance heatmap's colour scale: the `q`-th percentile of the finite off-diagonal distances,
+    so that a few blown-up networks do not saturate the scale (draw the colour bar with ``extend="max"``).
+
+    Args:
+      d_NxN: (N, N) distances.
+      q: the percentile.
+
+    Returns:
+      The value, or None (matplotlib's default) when there is no finite off-diagonal distance.
+    """
+    d = np.asarray(d_NxN, np.float64)
+    off = d[~np.eye(len(d), dtype=bool)]
+    off = off[np.isfinite(off)]
+    return float(np.percentile(off, q)) if off.size else None
 
 
 def integer_axis(ax, label: str = "epoch", axis: str = "x") -> None:

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from jaxweights.report import figures, params_figures, style
 from tests.report import figcheck
@@ -50,7 +51,10 @@ def test_analyze_params_figures_name_the_metric_and_read_well(tmp_path, monkeypa
     rng = np.random.default_rng(0)
     params = {"Dense_0": {"kernel": rng.normal(size=(5, 6, 4)), "bias": rng.normal(size=(5, 4))}}
     d = np.abs(rng.normal(size=(5, 5)))
-    dists = {"Dense_0/kernel": d + d.T, "Dense_0": d + d.T, "__all__": d + d.T}
+    d = d + d.T
+    np.fill_diagonal(d, 0)
+    d[3, 4] = d[4, 3] = 1e6  # one pair far apart
+    dists = {"Dense_0/kernel": d, "Dense_0": d, "__all__": d}
     paths = params_figures.write_figures(params, tmp_path, dists=dists, metric="wasserstein")
     assert [p.name for p in paths] == ["histograms.png", "distances.png"] and set(drawn) == {"histograms", "distances"}
     for name, fig in drawn.items():
@@ -64,7 +68,12 @@ def test_analyze_params_figures_name_the_metric_and_read_well(tmp_path, monkeypa
         "wasserstein distance: Dense_0",
         "wasserstein distance: whole network",
     ]
-    assert {a.get_ylabel() for a in dist.axes if getattr(a, "_colorbar", None)} == {"wasserstein distance"}
+    bars = [a._colorbar for a in dist.axes if getattr(a, "_colorbar", None)]
+    assert {b.ax.get_ylabel() for b in bars} == {"wasserstein distance"}
+    # the colour scale tops out at the 90th percentile of the 20 off-diagonal distances, not at 1e6
+    top = np.sort(d[~np.eye(5, dtype=bool)])
+    want = top[17] + 0.1 * (top[18] - top[17])  # numpy's linear percentile: position 0.9 * 19 = 17.1
+    assert top[18] == 1e6 and want < 2e5 and [b.norm.vmax for b in bars] == pytest.approx([want] * 3)
     assert "wasserstein" in dist._suptitle.get_text()
     # five networks: each named in the histograms' legend
     legend = drawn["histograms"].axes[0].get_legend()
