@@ -96,7 +96,7 @@ def weight_histograms(
             ax.plot(centres, h[i], color=cmap()(norm(acc_N[i])), lw=0.8, alpha=0.7)
         ax.set_title(leaf, fontsize=9)
         ax.set_yscale("log")
-        ax.set(xlabel="weight", ylabel="fraction of the network's weights")
+        ax.set(xlabel="weight", ylabel="fraction of weights")
         ids = np.arange(len(h)) if networks is None else np.asarray(networks)
         rows.append(
             pd.DataFrame(
@@ -111,7 +111,7 @@ def weight_histograms(
             )
         )
     colorbar(fig, axes[: len(leaves)], norm)
-    fig.suptitle("Weight histograms per layer, one line per network, coloured by its test accuracy")
+    fig.suptitle("Weight histograms per layer (fraction of each network's weights), one line per network")
     return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True))
 
 
