@@ -125,5 +125,5 @@ def analyze_files(
         if first.exists():
             with np.load(first) as z:
                 dists = {k: z[k] for k in z.files}
-        write_figures(params, out, dists=dists)
+        write_figures(params, out, dists=dists, metric=chosen[0])
     return params, table

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from jaxweights.dynamics import INPUT, network_masks
 from jaxweights.io import atomic, rundir
@@ -90,6 +90,12 @@ def report_sections(out_dir: str | Path, prefix: str = "") -> list:
     ]
 
 
+RWC_LABELS = {
+    "rwc_l1_ratio": r"RWC $\Vert w_t - w_{t-1}\Vert_1 / \Vert w_{t-1}\Vert_1$",
+    "rwc_mean_elementwise": r"RWC, mean of $|w_t - w_{t-1}| / |w_{t-1}|$",
+}
+
+
 def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str = "rwc_l1_ratio") -> pd.DataFrame:
     """RWC per layer over epochs, median of the optimal vs the other given networks (PNG + CSV of the plotted data).
 
@@ -112,26 +118,30 @@ def plot_rwc(rwc: pd.DataFrame, good: np.ndarray, path: str | Path, column: str 
         .reset_index()
     )
     layers = agg.sort_values("depth").layer.unique()
-    fig = Figure(figsize=(10, 3.5), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    fig, axes = style.new_figure(1, 2, figsize=(10, 3.5), sharey=True)
     for ax, grp in zip(axes, ("optimal", "others")):
         for l in layers:
             d = agg[(agg.group == grp) & (agg.layer == l)]
             ax.plot(d.epoch, d["median"], marker="o", label=l)
             ax.fill_between(d.epoch, d.q25, d.q75, alpha=0.2)
-        ax.set(
-            title="optimal networks" if grp == "optimal" else "other analysed networks", xlabel="epoch", yscale="log"
-        )
-    axes[0].set_ylabel(column)
-    axes[0].legend(fontsize=8)
+        ax.set(title="optimal networks" if grp == "optimal" else "other analysed networks", yscale="log")
+        style.integer_axis(ax)
+    axes[0].set_ylabel(RWC_LABELS.get(column, column))
+    axes[0].legend(title="layer", fontsize=8)
+    fig.suptitle("Relative weight change from the previous epoch: median and quartiles over networks")
     path = Path(path)
     style.save(fig, path, dpi=110)
     atomic.write_csv(path.with_suffix(".csv"), agg)
     return agg
 
 
-def plot_cka(cka: Mapping[str, np.ndarray], network: int, path: str | Path, kind: str = "linear") -> None:
+def plot_cka(
+    cka: Mapping[str, np.ndarray], network: int, path: str | Path, kind: str = "linear", which: str = ""
+) -> None:
     """CKA heatmaps of one network: layer × layer (last epoch) and epoch × epoch per layer (PNG + CSV).
+
+    The input's epoch × epoch panel is left out of the figure (the images do not change: 1 everywhere), not
+    out of the CSV. Panels wrap after 5 to a row, on one colour scale with one colour bar.
 
     Linear CKA (Kornblith et al. 2019); epoch × epoch after Sharon & Dar 2024 (arXiv 2405.17377).
 
@@ -140,20 +150,32 @@ def plot_cka(cka: Mapping[str, np.ndarray], network: int, path: str | Path, kind
       network: which network.
       path: the PNG to write (the CSV goes beside it).
       kind: "linear" or "unbiased" (minibatch CKA, Nguyen et al. 2021).
+      which: why this network was chosen, put in the figure's title (e.g. "the first optimal network").
     """
-    layers, epochs = list(cka["layers"]), list(cka["epochs"])
+    layers, epochs = list(cka["layers"]), [int(e) for e in cka["epochs"]]
     ll, ee = cka[f"{kind}_layers"][network], cka[f"{kind}_epochs"][network]
-    fig = Figure(figsize=(3.2 * (1 + len(layers)), 3), layout="constrained")
-    axes = fig.subplots(1, 1 + len(layers))
-    axes[0].imshow(ll, vmin=0, vmax=1, cmap="magma")
-    axes[0].set(title="layer × layer", xticks=range(len(layers)), yticks=range(len(layers)))
+    moving = [(l, m) for l, m in zip(layers, ee) if l != INPUT]
+    fig, axes = style.grid(1 + len(moving), cols=5, size=(2.7, 3.0))
+    panels = list(axes[: 1 + len(moving)])
+    bar = lambda ax: panels if ax is panels[-1] else False  # one colour bar, drawn with the last panel
+    label = f"{kind} CKA (1 = same representation)"
+    style.heatmap(axes[0], ll, label, bar=bar(axes[0]), vmin=0, vmax=1)
+    axes[0].set(title=f"layer × layer, epoch {epochs[-1]}", xticks=range(len(layers)), yticks=range(len(layers)))
     axes[0].set_xticklabels(layers, rotation=90, fontsize=7)
     axes[0].set_yticklabels(layers, fontsize=7)
-    for ax, l, m in zip(axes[1:], layers, ee):
-        ax.imshow(m, vmin=0, vmax=1, cmap="magma")
-        ax.set(title=f"{l}: epoch × epoch", xticks=range(len(epochs)), yticks=range(len(epochs)))
-        ax.set_xticklabels(epochs, fontsize=7)
-        ax.set_yticklabels(epochs, fontsize=7)
+    axes[0].set(xlabel="layer", ylabel="layer")
+    step = -(-len(epochs) // 8)  # at most 8 epoch ticks
+    for ax, (l, m) in zip(axes[1:], moving):
+        style.heatmap(ax, m, label, bar=bar(ax), vmin=0, vmax=1)
+        ticks = range(0, len(epochs), step)
+        ax.set(title=f"{l}: epoch × epoch", xticks=ticks, yticks=ticks, xlabel="epoch", ylabel="epoch")
+        ax.set_xticklabels([epochs[t] for t in ticks], fontsize=7)
+        ax.set_yticklabels([epochs[t] for t in ticks], fontsize=7)
+    fig.suptitle(
+        f"{kind.capitalize()} CKA of network {network}"
+        + (f" ({which})" if which else "")
+        + ":\nhow alike its layers' representations are, across layers and across epochs"
+    )
     path = Path(path)
     style.save(fig, path, dpi=110)
     rows = [
@@ -182,15 +204,23 @@ def plot_modularity(mod: pd.DataFrame, good: np.ndarray, path: str | Path) -> pd
       The plotted rows (the last epoch's).
     """
     last = mod[mod.epoch == mod.epoch.max()]
-    fig = Figure(figsize=(5, 3.5), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = style.new_figure(figsize=(5, 3.5))
     for n, d in last.groupby("network"):
         ok = bool(np.asarray(good)[n])
         ax.plot(d.depth, d.modularity, color="C0" if ok else "C3", alpha=0.6, lw=1.2 if ok else 0.8)
     names = last.sort_values("depth").drop_duplicates("depth")
     ax.set_xticks(names.depth)
     ax.set_xticklabels(names.layer, rotation=45, fontsize=8)
-    ax.set(ylabel="modularity (k-NN, k=3)", title="blue: optimal, red: other analysed networks")
+    ax.set(
+        xlabel="layer (input side first)",
+        ylabel="modularity (k-NN, k=3)",
+        title=f"Modularity over depth at epoch {int(last.epoch.max())}, one line per network",
+    )
+    ax.legend(
+        [Line2D([], [], color="C0"), Line2D([], [], color="C3")],
+        ["optimal", "other analysed networks"],
+        fontsize=8,
+    )
     path = Path(path)
     style.save(fig, path, dpi=110)
     atomic.write_csv(path.with_suffix(".csv"), last)
@@ -218,20 +248,24 @@ def plot_stats_over_epochs(
     d = d.assign(group=np.where(np.asarray(good)[d.network.to_numpy()], "optimal", "others"))
     agg = d.groupby(["statistic", "layer", "group", "epoch"]).value.median().reset_index()
     layers = sorted(d.layer.unique(), key=lambda l: l != INPUT)  # input first, then the table's (execution) order
-    fig = Figure(figsize=(2.8 * len(layers), 2.4 * len(statistics)), layout="constrained")
-    axes = fig.subplots(len(statistics), len(layers), squeeze=False)
+    fig, axes = style.new_figure(
+        len(statistics), len(layers), figsize=(2.8 * len(layers), 2.4 * len(statistics)), squeeze=False
+    )
     for i, s in enumerate(statistics):
         for j, l in enumerate(layers):
             ax = axes[i, j]
+            if not ((agg.statistic == s) & (agg.layer == l)).any():
+                ax.axis("off")  # e.g. the input layer has node strength but no weights
+                continue
             for grp, color in (("optimal", "C0"), ("others", "C3")):
                 q = agg[(agg.statistic == s) & (agg.layer == l) & (agg.group == grp)]
                 ax.plot(q.epoch, q.value, color=color, marker=".", label=grp)
-            if not ((agg.statistic == s) & (agg.layer == l)).any():
-                ax.axis("off")  # e.g. the input layer has node strength but no weights
-            ax.set_title(f"{l}: {s}", fontsize=8)
-            if i == len(statistics) - 1:
-                ax.set_xlabel("epoch", fontsize=8)
+            ax.set_title(l, fontsize=8)
+            style.integer_axis(ax)
+            ax.set_ylabel(s, fontsize=8)
+            ax.tick_params(labelsize=7)
     next(ax for ax in axes.ravel() if ax.lines).legend(fontsize=7)
+    fig.suptitle("Weight statistics over epochs: median of the optimal and of the other analysed networks")
     path = Path(path)
     style.save(fig, path, dpi=110)
     atomic.write_csv(path.with_suffix(".csv"), agg)
@@ -268,5 +302,6 @@ def write_figures(
         int(np.flatnonzero(good)[0]) if good.any() else int(np.flatnonzero(~exclude_N)[0]) if (~exclude_N).any() else 0
     )
     paths.append(fig_dir / f"cka_network{best}.png")
-    plot_cka(cka, best, paths[-1])
+    which = "the first optimal network" if good.any() else "the first analysed network"
+    plot_cka(cka, best, paths[-1], which=which)
     return paths

@@ -12,14 +12,24 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import matplotlib
-import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
 from jaxweights.claims import OPTIMAL, SUBOPTIMAL, divergence, layer_depths
 from jaxweights.io import rundir
 from jaxweights.report import style
-from jaxweights.report.style import CMAP, acc_norm, cmap, colorbar, empty, grid, new_figure, save_with_data
+from jaxweights.report.style import (
+    CMAP,
+    acc_norm,
+    cmap,
+    colorbar,
+    empty,
+    grid,
+    heatmap,
+    integer_axis,
+    new_figure,
+    save_with_data,
+)
 from jaxweights.weights import compute, units
 
 
@@ -86,7 +96,7 @@ def weight_histograms(
             ax.plot(centres, h[i], color=cmap()(norm(acc_N[i])), lw=0.8, alpha=0.7)
         ax.set_title(leaf, fontsize=9)
         ax.set_yscale("log")
-        ax.set_xlabel("weight")
+        ax.set(xlabel="weight", ylabel="fraction of weights")
         ids = np.arange(len(h)) if networks is None else np.asarray(networks)
         rows.append(
             pd.DataFrame(
@@ -100,8 +110,8 @@ def weight_histograms(
                 }
             )
         )
-    axes[0].set_ylabel("fraction of weights")
     colorbar(fig, axes[: len(leaves)], norm)
+    fig.suptitle("Weight histograms per layer (fraction of each network's weights), one line per network")
     return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True))
 
 
@@ -162,13 +172,16 @@ def kde_by_bin(
         if not ax.lines:
             empty(ax, "no accuracy bin has two distinct weights")
         ax.set_title(leaf, fontsize=9)
-        ax.set_xlabel("weight")
+        ax.set(xlabel="weight", ylabel="density (Gaussian KDE)")
     if axes[0].lines:
         axes[0].legend(title="test accuracy bin", fontsize=7)
+    fig.suptitle("Density of the weights of the networks in each test accuracy bin, per layer")
     return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
 
 
-def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem: str = "distance_heatmap") -> Path:
+def distance_heatmap(
+    out, d_NxN, acc_N, *, title: str = "", metric: str = "", networks=None, stem: str = "distance_heatmap"
+) -> Path:
     """The N×N distance matrix with networks ordered by test accuracy (best first).
 
     The colour scale is clipped at the 90th percentile of the off-diagonal distances.
@@ -178,6 +191,7 @@ def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem:
       d_NxN: (N, N) distances.
       acc_N: (N,) test accuracy per network.
       title: panel title (default a description of the ordering).
+      metric: the distance's name, on the colour bar.
       networks: the network id of each row of `d_NxN` in the CSV (default 0..N-1).
       stem: file stem.
 
@@ -187,10 +201,8 @@ def distance_heatmap(out, d_NxN, acc_N, *, title: str = "", networks=None, stem:
     order = np.argsort(-np.asarray(acc_N), kind="stable")
     d = np.asarray(d_NxN)[np.ix_(order, order)]
     fig, ax = new_figure(figsize=(6, 5))
-    off = d[~np.eye(len(d), dtype=bool)]
-    vmax = np.nanpercentile(off, 90) if off.size else None  # a few blown-up networks would saturate the scale
-    im = ax.imshow(d, cmap="magma", vmin=0, vmax=vmax)
-    fig.colorbar(im, ax=ax, label="distance (colour clipped at the 90th percentile)", extend="max")
+    what = f"{metric} distance" if metric else "distance"
+    heatmap(ax, d, f"{what} (colour clipped at the 90th percentile)", extend="max", vmin=0, vmax=style.distance_vmax(d))
     ax.set_title(title or "pairwise distance, networks by accuracy (best first)", fontsize=9)
     ax.set_xlabel("network rank by accuracy")
     ax.set_ylabel("network rank by accuracy")
@@ -259,10 +271,12 @@ def statistics_vs_accuracy(
         if typical > 0 and v.max() > 50 * typical:  # a few blown-up networks: keep the rest readable
             ax.set_yscale("symlog", linthresh=typical)
         ax.set_title(f"{s} · {l}", fontsize=8)
+        ax.set_xlabel("test accuracy", fontsize=7)
+        ax.set_ylabel(s, fontsize=7)
         ax.tick_params(labelsize=7)
     if panels:
         axes[0].legend(fontsize=6)
-        fig.supxlabel("test accuracy (analysed networks)", fontsize=9)
+        fig.suptitle("Weight statistics against test accuracy (analysed networks; one panel per statistic · layer)")
     return save_with_data(fig, out, stem, t[["network", "layer", "statistic", "value", "test_acc", "group"]])
 
 
@@ -334,13 +348,16 @@ def bin_divergence_heatmaps(out, mats: Mapping[str, np.ndarray], edges, *, stem:
             ax.set_title(name, fontsize=8)
             continue
         # symmetric log colours: the lowest-vs-highest bins can be 1e5 × the adjacent ones
-        im = ax.imshow(m, cmap="magma", norm=matplotlib.colors.SymLogNorm(linthresh=1.0, vmin=0))
+        norm = matplotlib.colors.SymLogNorm(linthresh=1.0, vmin=0)
+        heatmap(ax, m, "symmetric KL (symlog scale)", bar_format="%.3g", norm=norm)
         ax.set_xticks(range(len(m)), labels[: len(m)], rotation=45, fontsize=6)
         ax.set_yticks(range(len(m)), labels[: len(m)], fontsize=6)
+        ax.set_xlabel("test accuracy bin", fontsize=8)
+        ax.set_ylabel("test accuracy bin", fontsize=8)
         ax.set_title(name, fontsize=8)
-        fig.colorbar(im, ax=ax, shrink=0.8)
         i, j = np.meshgrid(range(len(m)), range(len(m)), indexing="ij")
         rows.append(pd.DataFrame({"quantity": name, "bin_a": i.ravel(), "bin_b": j.ravel(), "sym_kl": m.ravel()}))
+    fig.suptitle("Symmetric KL divergence of each quantity's distribution between test accuracy bins")
     return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
 
 
@@ -361,7 +378,7 @@ def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "wei
     best, worst = int(np.nanargmax(acc)), int(np.nanargmin(acc))
     leaves = kernel_leaves(params)[:max_layers]
     flat = compute.flatten(params)
-    fig, axes = new_figure(2, len(leaves), figsize=(3.2 * len(leaves), 6), squeeze=False)
+    fig, axes = new_figure(2, len(leaves), figsize=(3.6 * len(leaves), 6.4), squeeze=False)
     rows = []
     for r, (net, what) in enumerate(((best, "best"), (worst, "worst"))):
         for c, leaf in enumerate(leaves):
@@ -369,10 +386,11 @@ def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "wei
             m = m.reshape(-1, m.shape[-1])
             lim = np.nanmax(np.abs(m)) or 1.0
             ax = axes[r, c]
-            ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+            heatmap(ax, m, "weight", cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
             ax.set_title(f"{what} (net {net}, acc {acc[net]:.3f})\n{leaf} {m.shape[0]}×{m.shape[1]}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            integer_axis(ax, "output unit", "x")
+            integer_axis(ax, "input unit", "y")
+            ax.tick_params(labelsize=7)
             i, j = np.indices(m.shape)
             rows.append(
                 pd.DataFrame(
@@ -386,6 +404,7 @@ def weight_matrices(out, params, acc_N, *, max_layers: int = 4, stem: str = "wei
                     }
                 )
             )
+    fig.suptitle("Kernels of the best and the worst network (colours: weight, 0 white)")
     return save_with_data(fig, out, stem, pd.concat(rows, ignore_index=True))
 
 
@@ -431,8 +450,7 @@ def accuracy_over_epochs(
         f = final.test_acc.get(k, np.nan)
         colour, ls = LEFT_OUT_STYLE.get(left.get(k), (cmap()(norm(f)), "-"))
         ax.plot(g.epoch, g.test_acc, color=colour, ls=ls, lw=0.9, alpha=0.8)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    integer_axis(ax)
     ax.set_ylabel("test accuracy")
     counts = pd.Series(list(left.values()), dtype=object).value_counts()
     style = {

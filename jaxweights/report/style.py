@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.colors
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -20,7 +21,21 @@ from jaxweights.io import atomic
 CMAP = "viridis"  # test accuracy: dark = poor, yellow = good
 DPI = 90
 
-__all__ = ["CMAP", "DPI", "acc_norm", "cmap", "colorbar", "empty", "grid", "new_figure", "save", "save_with_data"]
+__all__ = [
+    "CMAP",
+    "DPI",
+    "acc_norm",
+    "cmap",
+    "colorbar",
+    "distance_vmax",
+    "empty",
+    "grid",
+    "heatmap",
+    "integer_axis",
+    "new_figure",
+    "save",
+    "save_with_data",
+]
 
 
 def cmap(name: str = CMAP) -> matplotlib.colors.Colormap:
@@ -38,6 +53,9 @@ def cmap(name: str = CMAP) -> matplotlib.colors.Colormap:
 def new_figure(nrows: int = 1, ncols: int = 1, *, figsize=(6, 4), squeeze: bool = True, **kwargs):
     """A `matplotlib.figure.Figure` (not registered with pyplot) and its axes, as ``plt.subplots`` returns them.
 
+    The figure has matplotlib's constrained layout: titles, axis labels and colour bars of neighbouring
+    panels are spaced so that none overlaps another.
+
     Args:
       nrows, ncols: the panel grid.
       figsize: inches.
@@ -47,7 +65,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, figsize=(6, 4), squeeze: bool 
     Returns:
       (fig, axes).
     """
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kwargs)
 
 
@@ -94,6 +112,71 @@ def colorbar(fig, axes, norm, label: str = "test accuracy") -> None:
     """
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=CMAP)
     fig.colorbar(sm, ax=list(axes), label=label, shrink=0.8)
+
+
+def heatmap(
+    ax,
+    m,
+    label: str,
+    *,
+    bar=True,
+    extend: str = "neither",
+    bar_format: str | None = None,
+    cmap: str = "magma",
+    **imshow,
+):
+    """A matrix drawn as an image, with a colour bar saying what its colours mean.
+
+    Args:
+      ax: the panel.
+      m: the (rows, cols) matrix.
+      label: the colour bar's label (the quantity and its unit or scale).
+      bar: True: a colour bar of its own beside `ax`; a list of axes: one bar beside all of them (for panels
+        drawn on one colour scale, the last one drawn passes them); False: none (another panel's bar says it).
+      extend: the colour bar's arrows ("max": values above the scale are clipped).
+      bar_format: the colour bar's tick format (e.g. "%.2g"); default matplotlib's for the norm.
+      cmap: the colour map.
+      **imshow: more `Axes.imshow` options (vmin, vmax, norm, aspect, ...).
+
+    Returns:
+      The image.
+    """
+    im = ax.imshow(m, cmap=cmap, **imshow)
+    if bar is not False:
+        cb = ax.figure.colorbar(im, ax=ax if bar is True else list(bar), extend=extend, format=bar_format, shrink=0.8)
+        cb.set_label(label, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+    return im
+
+
+def distance_vmax(d_NxN, q: float = 90) -> float | None:
+    """The top of a distance heatmap's colour scale: the `q`-th percentile of the finite off-diagonal distances,
+    so that a few blown-up networks do not saturate the scale (draw the colour bar with ``extend="max"``).
+
+    Args:
+      d_NxN: (N, N) distances.
+      q: the percentile.
+
+    Returns:
+      The value, or None (matplotlib's default) when there is no finite off-diagonal distance.
+    """
+    d = np.asarray(d_NxN, np.float64)
+    off = d[~np.eye(len(d), dtype=bool)]
+    off = off[np.isfinite(off)]
+    return float(np.percentile(off, q)) if off.size else None
+
+
+def integer_axis(ax, label: str = "epoch", axis: str = "x") -> None:
+    """Labels an axis of whole numbers (epochs, network numbers) and puts its ticks on whole numbers only
+    (no 1.25, 1.5).
+
+    Args:
+      ax: the panel.
+      label: the axis label.
+      axis: "x" or "y".
+    """
+    getattr(ax, f"set_{axis}label")(label)
+    getattr(ax, f"{axis}axis").set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
 def empty(ax, why: str) -> None:

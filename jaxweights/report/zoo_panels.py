@@ -41,7 +41,12 @@ def zoo_figures(out: str | Path, c: ClaimContext, *, epochs: pd.DataFrame | None
     figs["kde_by_bin"] = kde_by_bin(fd, kp, bins_n[keep], edges)
     d_all = dists[primary].get(stats.ALL, next(iter(dists[primary].values())))
     figs["distance_heatmap"] = distance_heatmap(
-        fd, d_all, acc[keep], networks=np.flatnonzero(keep), title=f"{primary} distance, whole network, best first"
+        fd,
+        d_all,
+        acc[keep],
+        networks=np.flatnonzero(keep),
+        metric=primary,
+        title=f"{primary} distance, whole network, best first",
     )
     figs["statistics_vs_accuracy"] = statistics_vs_accuracy(fd, t, a_plot, labels)
     wide = wide_statistics(t[t.statistic.isin(stats.SUMMARY) | t.statistic.str.startswith("q")])

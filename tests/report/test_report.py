@@ -2,6 +2,7 @@
 figures, report.html and summary.json; the report rendered in headless Chromium; the study command."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,8 @@ from jaxweights import cli, report
 from jaxweights.io import rundir
 from jaxweights.models import paths
 from jaxweights.pipelines import analyze, study
+from jaxweights.report import style
+from tests.report import figcheck
 from tests.zoo import QUICK_CLAIMS, REPO, train
 from tests.zoo import analyze as analyze_cli
 
@@ -36,8 +39,8 @@ FIGURES = (
     "weight_matrices",
     "accuracy_over_epochs",
 )
-DYNAMICS_FIGURES = 4  # rwc, statistics over epochs, CKA of one network, modularity over depth
-IMAGES = len(FIGURES) + DYNAMICS_FIGURES
+DYNAMICS_FIGURES = ("rwc", "stats_over_epochs", "cka_network", "modularity_depth")  # CKA: of one network
+IMAGES = len(FIGURES) + len(DYNAMICS_FIGURES)
 SUMMARY_KEYS = {
     "": [
         "zoo",
@@ -107,18 +110,26 @@ def extra_section(ctx):
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory, data_dir):
+def drawn():
+    """``{PNG stem: matplotlib Figure}`` of every figure the analysis of `analysed` drew."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory, data_dir, drawn):
     tmp = tmp_path_factory.mktemp("zoo")
     assert train(tmp, data_dir, *GRID) == 0
-    out = analyze.analyze_workdir(
-        tmp / "run",
-        metrics=["wasserstein", "ks", "euclidean"],
-        n_permutations=500,
-        n_boot=200,
-        extra_sections=[extra_section],
-        data_dir=str(data_dir),
-        dynamics_options=dict(probe_size=200, probe_steps=100, num_planes=2, resolution=8),
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(style, "save", figcheck.recording(drawn))
+        out = analyze.analyze_workdir(
+            tmp / "run",
+            metrics=["wasserstein", "ks", "euclidean"],
+            n_permutations=500,
+            n_boot=200,
+            extra_sections=[extra_section],
+            data_dir=str(data_dir),
+            dynamics_options=dict(probe_size=200, probe_steps=100, num_planes=2, resolution=8),
+        )
     return tmp / "run", out
 
 
@@ -229,6 +240,25 @@ def test_every_figure_and_its_data_exist(analysed):
     assert html.index("Grouping in force") < html.index("Networks and groups")  # the first paragraph
 
 
+def test_every_figure_reads_well(analysed, drawn):
+    """Each figure the analysis drew: every panel drawn on, labelled, each heatmap with its colour bar,
+    whole-epoch ticks, no title over another panel; each PNG of a readable size and not of one colour."""
+    _, out = analysed
+    assert {n.rstrip("0123456789") for n in drawn} == {*FIGURES, *DYNAMICS_FIGURES}
+    found = [p for name, fig in drawn.items() for p in figcheck.problems(fig, name)]
+    found += [p for png in sorted((out / "figures").glob("*.png")) for p in figcheck.png_problems(png)]
+    assert found == []
+    # what a reader could not tell from the file name is said in the figure itself
+    (cka,) = [f for n, f in drawn.items() if n.startswith("cka_network")]
+    assert "CKA of network" in cka._suptitle.get_text() and "optimal" in cka._suptitle.get_text()
+    epochs = [a for f in drawn.values() for a in f.axes if a.get_xlabel() == "epoch"]
+    assert len(epochs) >= 4  # accuracy, RWC, statistics over epochs and the CKA epoch × epoch panels
+    # heatmaps: every image has a colour bar with a label (the figure checks); here, that they exist at all
+    images = {n for n, f in drawn.items() for a in f.axes if a.images}
+    assert {"distance_heatmap", "bin_divergence", "weight_matrices"} <= images
+    assert any(n.startswith("cka_network") for n in images)
+
+
 def test_report_renders_in_headless_chromium_with_every_image_decoded(analysed, tmp_path):
     _, out = analysed
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -237,7 +267,9 @@ def test_report_renders_in_headless_chromium_with_every_image_decoded(analysed, 
     probe = (
         "<script>window.addEventListener('load', () => { const im = [...document.images];"
         "const ok = im.filter(i => i.complete && i.naturalWidth > 0).length;"
-        "document.body.insertAdjacentHTML('beforeend', `<pre id=probe>IMAGES ${ok}/${im.length}</pre>`); });"
+        "const sizes = im.map(i => `${i.naturalWidth}x${i.naturalHeight}`).join(' ');"
+        "document.body.insertAdjacentHTML('beforeend', `<pre id=probe>IMAGES ${ok}/${im.length} SIZES ${sizes};</pre>`);"
+        "});"
         "</script></body>"
     )
     page = tmp_path / "report.html"
@@ -257,6 +289,12 @@ def test_report_renders_in_headless_chromium_with_every_image_decoded(analysed, 
         timeout=120,
     )
     assert f"IMAGES {IMAGES}/{IMAGES}" in res.stdout, (res.stdout[-500:], res.stderr[-2000:])
+    # every figure as decoded by the browser: wide and high enough to read, not too heavy
+    (listed,) = re.findall(r"IMAGES \d+/\d+ SIZES ([\dx ]*);", res.stdout)
+    sizes = [tuple(map(int, s.split("x"))) for s in listed.split()]
+    assert len(sizes) == IMAGES
+    (lo_w, lo_h), (hi_w, hi_h) = figcheck.MIN_PX, figcheck.MAX_PX
+    assert all(lo_w <= w <= hi_w and lo_h <= h <= hi_h for w, h in sizes), sizes
 
 
 def test_cli_grouping_options_and_refusals(analysed, tmp_path, capsys):
