@@ -3,7 +3,7 @@
     state     TrainState, Hyper, hyper_from_grid, Setup, make_setup, make_optimizer, init_network, normalize
     step      loss_and_logits, epoch_indices, train_epoch, evaluate
     health    max_abs_weight, reference_max_abs_weight, exploded
-    zoo       ZooFns, make_zoo_fns, pad_split
+    zoo       ZooFns, make_zoo_fns, map_fixed_width, pad_split
     sharding  NETWORKS, networks_mesh, pad_networks, shard, shard_networks, to_host, default_vmap_chunk,
               init_distributed, sync
     memory    MemoryPlan, network_memory, device_memory_bytes, networks_bytes, plan_memory
@@ -40,7 +40,7 @@ from jaxweights.train.state import (
     normalize,
 )
 from jaxweights.train.step import epoch_indices, evaluate, loss_and_logits, train_epoch
-from jaxweights.train.zoo import ZooFns, make_zoo_fns, pad_split
+from jaxweights.train.zoo import ZooFns, make_zoo_fns, map_fixed_width, pad_split
 
 __all__ = [
     "NETWORKS",
@@ -61,6 +61,7 @@ __all__ = [
     "make_optimizer",
     "make_setup",
     "make_zoo_fns",
+    "map_fixed_width",
     "max_abs_weight",
     "network_memory",
     "networks_bytes",

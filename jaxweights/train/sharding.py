@@ -2,7 +2,9 @@
 
 The networks axis (first axis of every stacked leaf) is split over a 1-D mesh whose axis is named
 `NETWORKS`; a networks count that does not divide the devices is padded with copies of the last
-network, so padding never changes a number (reductions over networks included).
+network, so padding never changes a number (reductions over networks included). Training pads
+each device's share further, to a multiple of `vmap_chunk` (`pad_networks`), so that every
+vmapped program has the same width whatever the layout.
 """
 
 from __future__ import annotations
@@ -53,17 +55,23 @@ def networks_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
     return jax.make_mesh((n,), (NETWORKS,), (jax.sharding.AxisType.Auto,), devices=devices[:n])
 
 
-def pad_networks(n: int, num_devices: int) -> int:
-    """The padded networks count: the smallest multiple of `num_devices` that is >= n.
+def pad_networks(n: int, num_devices: int, vmap_chunk: int = 0) -> int:
+    """The padded networks count: the smallest multiple of `num_devices` × `vmap_chunk` that is >= n.
+
+    With `vmap_chunk` = k > 0 each device's share is a multiple of k, so every `lax.map` step of
+    every device runs the one program of width k (see `make_zoo_fns`): a network's numbers then do
+    not depend on the device count or on the other networks of the zoo.
 
     Args:
       n: networks.
       num_devices: devices the networks axis is split over.
+      vmap_chunk: networks vmapped at once (0: each device's share is vmapped whole, no constraint).
 
     Returns:
-      ceil(n / num_devices) * num_devices.
+      ceil(n / (num_devices · max(vmap_chunk, 1))) · num_devices · max(vmap_chunk, 1).
     """
-    return -(-n // num_devices) * num_devices
+    step = num_devices * max(vmap_chunk, 1)
+    return -(-n // step) * step
 
 
 def shard(x: np.ndarray | PyTree, mesh: jax.sharding.Mesh, networks_axis: bool = True) -> PyTree:
