@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxweights.train.health import reference_max_abs_weight
-from jaxweights.train.sharding import NETWORKS
+from jaxweights.train.sharding import NETWORKS, per_device
 from jaxweights.train.state import Hyper, Setup, TrainState, init_network
 from jaxweights.train.step import evaluate, train_epoch
 
@@ -88,10 +88,11 @@ def make_zoo_fns(
       setup: the static choices of the group.
       image_shape: one example's shape, e.g. (28, 28, 1).
       eval_batch: test examples per evaluation chunk.
-      mesh: a `networks_mesh`; when given, each function is a `jax.shard_map` over its
-        `networks` axis: stacked states, hyperparameters and metrics are split over the
-        devices (the networks count must be a multiple of the mesh size, see `pad_networks`),
-        data and the epoch number are replicated, and no device talks to another.
+      mesh: a `networks_mesh`; when given, stacked states, hyperparameters and metrics are split
+        over its `networks` axis (the networks count must be a multiple of the mesh size, see
+        `pad_networks`), data and the epoch number are replicated, and no device talks to
+        another. On CPU each device runs the single-device program (`per_device`: the numbers of
+        one device, bitwise); on accelerators each function is one `jax.shard_map` program.
 
     Returns:
       `ZooFns(init, train_epoch, evaluate, reference_weight)`.
@@ -114,6 +115,14 @@ def make_zoo_fns(
     else:
         epoch = jax.vmap(lambda s, hp, e, x, y: train_epoch(setup, s, hp, e, x, y), in_axes=(0, 0, None, None, None))
         ev = lambda p, x, y, m: evaluate(setup, p, x, y, m, eval_batch)
+    if mesh is not None and mesh.size > 1 and mesh.devices.flat[0].platform == "cpu":
+        # one single-device program per device: bitwise the numbers of one device (see `per_device`)
+        return ZooFns(
+            per_device(init, mesh, (True,)),
+            per_device(epoch, mesh, (True, True, False, False, False), donate_argnums=(0,)),
+            per_device(ev, mesh, (True, False, False, False)),
+            per_device(ref, mesh, (True,)),
+        )
     if mesh is not None:
         net, rep = jax.sharding.PartitionSpec(NETWORKS), jax.sharding.PartitionSpec()
         # check_vma=False: the per-device bodies are plain one-network code (zeros in scan carries
