@@ -350,14 +350,15 @@ def test_memory_estimate_bounds_the_compiled_epoch(mnist_slice):
 
 
 def _two_processes(code: str) -> list[str]:
-    """Runs `code` in two processes joined by `jax.distributed` on loopback, 2 CPU devices each."""
+    """Runs `code` in two processes joined by `jax.distributed` on loopback, one CPU device each
+    (several devices of one process are the 8-device test's)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
         subprocess_on(
             code,
-            devices=2,
+            devices=1,
             env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
         )
         for i in range(2)
@@ -373,7 +374,7 @@ def test_two_processes_equal_one_device(one_device, tmp_path, data_dir):
         print("process", jax.process_index(), "of", jax.process_count(), "devices", jax.device_count())
     """)
     for i, out in enumerate(outs):
-        assert f"process {i} of 2 devices 4" in out
+        assert f"process {i} of 2 devices 2" in out
     _assert_same_run(one_device, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "2" / "default").glob("ocdbt.process_*")) == [
         "ocdbt.process_0",
