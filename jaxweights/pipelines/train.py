@@ -8,6 +8,7 @@ of the same config is resumed from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Callable
@@ -83,6 +84,8 @@ def train_group(
     (all of them by default, on every host). A zoo larger than the memory plan allows
     (`train.plan_memory`) is split into equal chunks trained one after another, each into
     `workdir/chunks/<KK>/`, then combined into the top-level `metrics.csv` and `params.npz`.
+    Each device's share of a chunk is padded to a multiple of `vmap_chunk`, so every network
+    trains in the same program whatever the devices, the chunks or the other networks.
 
     Args:
       config: a validated config without `groups`.
@@ -143,6 +146,16 @@ def _train_group(config, workdir: Path, overwrite, progress, dataset, model) -> 
         workdir if resume else None,
     )
     log.info("%s: %s", workdir, plan.describe())
+    if plan.vmap_chunk != setup.vmap_chunk:  # config.chunk_size or the memory allow fewer at once
+        log.warning(
+            "%s: %d networks vmapped at once, not vmap_chunk=%d (a device holds no more at a time): the numbers "
+            "differ in the last bits from a run that vmaps %d",
+            workdir,
+            plan.vmap_chunk,
+            setup.vmap_chunk,
+            setup.vmap_chunk,
+        )
+        setup = dataclasses.replace(setup, vmap_chunk=plan.vmap_chunk)
 
     if main:
         workdir.mkdir(parents=True, exist_ok=True)

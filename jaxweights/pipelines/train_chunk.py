@@ -1,7 +1,8 @@
 """One chunk of a group's networks trained epoch by epoch: metrics rows, checkpoints, the final parameters.
 
-Padded networks (copies of the last real one) make the networks count a multiple of the devices;
-they are sliced off before anything is written (`unpad`) and added again on resume (`restore`).
+Padded networks (copies of the last real one) make each device's share a multiple of `vmap_chunk`
+(`train.pad_networks`); they are sliced off before anything is written (`unpad`) and added again
+on resume (`restore`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def train_chunk(
       fns: the group's compiled functions (`train.make_zoo_fns`).
       data: (x_train, y_train, x_test, y_test, test mask) on the mesh.
       mesh: the networks mesh.
-      n_pad: networks the compiled program takes (a multiple of the mesh size).
+      n_pad: networks the compiled program takes (`MemoryPlan.chunk_size`: a multiple of the mesh
+        size × the vmap width).
       resume: continue from the last checkpoint in `workdir`.
       progress: show a progress bar.
       num_classes: classes of the task.

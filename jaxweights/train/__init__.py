@@ -3,9 +3,9 @@
     state     TrainState, Hyper, hyper_from_grid, Setup, make_setup, make_optimizer, init_network, normalize
     step      loss_and_logits, epoch_indices, train_epoch, evaluate
     health    max_abs_weight, reference_max_abs_weight, exploded
-    zoo       ZooFns, make_zoo_fns, pad_split
-    sharding  NETWORKS, networks_mesh, pad_networks, shard, shard_networks, to_host, default_vmap_chunk,
-              init_distributed, sync
+    zoo       ZooFns, make_zoo_fns, map_fixed_width, pad_split
+    sharding  NETWORKS, networks_mesh, pad_networks, shard, shard_networks, per_device, to_host,
+              default_vmap_chunk, init_distributed, sync
     memory    MemoryPlan, network_memory, device_memory_bytes, networks_bytes, plan_memory
     cost      step_flops, step_cost
 
@@ -24,6 +24,7 @@ from jaxweights.train.sharding import (
     init_distributed,
     networks_mesh,
     pad_networks,
+    per_device,
     shard,
     shard_networks,
     sync,
@@ -40,7 +41,7 @@ from jaxweights.train.state import (
     normalize,
 )
 from jaxweights.train.step import epoch_indices, evaluate, loss_and_logits, train_epoch
-from jaxweights.train.zoo import ZooFns, make_zoo_fns, pad_split
+from jaxweights.train.zoo import ZooFns, make_zoo_fns, map_fixed_width, pad_split
 
 __all__ = [
     "NETWORKS",
@@ -61,6 +62,7 @@ __all__ = [
     "make_optimizer",
     "make_setup",
     "make_zoo_fns",
+    "map_fixed_width",
     "max_abs_weight",
     "network_memory",
     "networks_bytes",
@@ -68,6 +70,7 @@ __all__ = [
     "normalize",
     "pad_networks",
     "pad_split",
+    "per_device",
     "plan_memory",
     "reference_max_abs_weight",
     "shard",

@@ -27,9 +27,9 @@ class MemoryPlan(NamedTuple):
     network_bytes: int  # what one more network costs a device (state twice + temporaries)
     fixed_bytes: int  # what every device holds whatever N (the replicated data)
     budget_bytes: int  # usable memory per device
-    chunk_size: int  # networks per chunk, a multiple of `devices`
+    chunk_size: int  # networks per chunk, a multiple of `devices` × `vmap_chunk` (padded)
     num_chunks: int
-    vmap_chunk: int = 0  # networks whose step temporaries a device holds at once (0 = all of its networks)
+    vmap_chunk: int = 0  # the width compiled: networks vmapped at once (0 = all of a device's networks)
 
     def device_bytes(self) -> int:
         """The bytes this plan expects a device to hold: the data and its share of a chunk."""
@@ -144,10 +144,13 @@ def plan_memory(
     A network costs a device its state twice (the state in and the state out of an epoch, whose
     buffers XLA cannot always share) plus its step temporaries; every device also holds the
     replicated data (`fixed_bytes`). Chunks are equal, each a multiple of `num_devices`, so all
-    chunks run one compiled program and the padding stays below `num_devices` per chunk. With
-    `vmap_chunk` = k, a device's share of a chunk is a multiple of k when that fits (a remainder
-    makes `lax.map` concatenate its outputs: a third copy of the state, which is counted when
-    it cannot be avoided), so the padding then stays below k per device.
+    chunks run one compiled program. With `vmap_chunk` = k a device's share of a chunk is a
+    multiple of k (padded with copies of the last network), so every `lax.map` step of every
+    device and chunk runs the one program of width k, whatever N, the device count or the
+    chunking: on CPU a network's numbers are then bitwise the same in every layout. Only when a
+    device cannot hold k networks at once (or `chunk_size` asks for fewer per device) is the width
+    lowered to what fits (`MemoryPlan.vmap_chunk`; the numbers then differ in the last bits from a
+    run of width k).
 
     Args:
       n: networks in the zoo.
@@ -157,53 +160,46 @@ def plan_memory(
       budget_bytes: usable bytes per device.
       chunk_size: if > 0, at most this many networks per chunk (rounded up to a multiple of
         `num_devices`), whatever the memory says.
-      vmap_chunk: `Setup.vmap_chunk`; when > 0 a device holds the step temporaries of at most
-        that many networks at once (the rest of its networks wait in `lax.map`), so only the
-        state grows with the chunk.
+      vmap_chunk: `Setup.vmap_chunk`; when > 0 a device holds the step temporaries of that many
+        networks at once (the rest of its networks wait in `lax.map`), so only the state grows
+        with the chunk; 0 vmaps a device's whole share at once.
 
     Returns:
-      A `MemoryPlan`. Raises `ValueError` when not even one network per device fits.
+      A `MemoryPlan` whose `vmap_chunk` is the width to compile. Raises `ValueError` when not even
+      one network per device fits.
     """
     per_net = 2 * state_bytes + step_bytes
     room = budget_bytes - fixed_bytes
-    k = vmap_chunk
-    need = lambda m: networks_bytes(m, state_bytes, step_bytes, k)
-    if need(1) > room:
+    if per_net > room:
         raise ValueError(
             f"{budget_bytes / 2**20:,.1f} MiB per device cannot hold one network "
             f"({per_net / 2**20:,.1f} MiB) beside the data ({fixed_bytes / 2**20:,.1f} MiB)"
         )
-    cap = -(-pad_networks(chunk_size, num_devices) // num_devices) if chunk_size > 0 else None
-    every = -(-n // num_devices)  # networks per device with the whole zoo in one chunk
+    cap = -(-chunk_size // num_devices) if chunk_size > 0 else None  # networks per device at most
+    k = vmap_chunk
+    if k:  # the width: k, or fewer where a chunk may hold fewer or k networks do not fit at once
+        k = min(k, cap or k, room // per_net)
+    unit = max(k, 1)  # a device's share is a multiple of the width
+    need = lambda m: networks_bytes(m, state_bytes, step_bytes, k)
+    every = pad_networks(n, num_devices, k) // num_devices  # a device's share with the zoo in one chunk
     if need(every) <= room and (cap is None or every <= cap):
-        return MemoryPlan(
-            n,
-            num_devices,
-            state_bytes,
-            step_bytes,
-            per_net,
-            fixed_bytes,
-            budget_bytes,
-            pad_networks(n, num_devices),
-            1,
-            vmap_chunk,
-        )
-    # the most networks a device holds: all vmapped, a multiple of k, or any count (remainder and all)
-    candidates = {1, room // per_net}
-    if k:
-        candidates |= {
-            min(room // per_net, k),
-            max(room - k * step_bytes, 0) // (2 * state_bytes) // k * k,
-            max(room - k * step_bytes, 0) // (3 * state_bytes),
-        }
-    if cap is not None:
-        candidates = {min(c, cap) for c in candidates} | {cap, cap // k * k if k else cap}
-    per_device = max(c for c in candidates if c >= 1 and need(c) <= room)
-    num_chunks = -(-n // (per_device * num_devices))
-    per_chunk = -(-n // (num_chunks * num_devices))  # networks per device in equal chunks
-    if k and per_chunk > k and -(-per_chunk // k) * k <= per_device:
-        per_chunk = -(-per_chunk // k) * k  # no remainder chunk (a few more padding networks)
-    size = per_chunk * num_devices
+        per_device, num_chunks = every, 1
+    else:
+        # the most a device holds: a multiple of the width (all of them vmapped, or k at a time)
+        most = (room - k * step_bytes) // max(2 * state_bytes, 1) if k else room // per_net
+        most = min(most, cap) if cap is not None else most
+        most = most // unit * unit
+        num_chunks = -(-n // (most * num_devices))
+        per_device = -(-n // (num_chunks * num_devices * unit)) * unit  # equal chunks, each as small as can be
     return MemoryPlan(
-        n, num_devices, state_bytes, step_bytes, per_net, fixed_bytes, budget_bytes, size, num_chunks, vmap_chunk
+        n,
+        num_devices,
+        state_bytes,
+        step_bytes,
+        per_net,
+        fixed_bytes,
+        budget_bytes,
+        per_device * num_devices,
+        num_chunks,
+        k,
     )

@@ -2,7 +2,9 @@
 
 The networks axis (first axis of every stacked leaf) is split over a 1-D mesh whose axis is named
 `NETWORKS`; a networks count that does not divide the devices is padded with copies of the last
-network, so padding never changes a number (reductions over networks included).
+network, so padding never changes a number (reductions over networks included). Training pads
+each device's share further, to a multiple of `vmap_chunk` (`pad_networks`), so that every
+vmapped program has the same width whatever the layout.
 """
 
 from __future__ import annotations
@@ -53,17 +55,23 @@ def networks_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
     return jax.make_mesh((n,), (NETWORKS,), (jax.sharding.AxisType.Auto,), devices=devices[:n])
 
 
-def pad_networks(n: int, num_devices: int) -> int:
-    """The padded networks count: the smallest multiple of `num_devices` that is >= n.
+def pad_networks(n: int, num_devices: int, vmap_chunk: int = 0) -> int:
+    """The padded networks count: the smallest multiple of `num_devices` × `vmap_chunk` that is >= n.
+
+    With `vmap_chunk` = k > 0 each device's share is a multiple of k, so every `lax.map` step of
+    every device runs the one program of width k (see `make_zoo_fns`): a network's numbers then do
+    not depend on the device count or on the other networks of the zoo.
 
     Args:
       n: networks.
       num_devices: devices the networks axis is split over.
+      vmap_chunk: networks vmapped at once (0: each device's share is vmapped whole, no constraint).
 
     Returns:
-      ceil(n / num_devices) * num_devices.
+      ceil(n / (num_devices · max(vmap_chunk, 1))) · num_devices · max(vmap_chunk, 1).
     """
-    return -(-n // num_devices) * num_devices
+    step = num_devices * max(vmap_chunk, 1)
+    return -(-n // step) * step
 
 
 def shard(x: np.ndarray | PyTree, mesh: jax.sharding.Mesh, networks_axis: bool = True) -> PyTree:
@@ -137,6 +145,58 @@ def shard_networks(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
         return jax.make_array_from_callback((total, *x.shape[1:]), sharding, shard_of)
 
     return jax.tree.map(one, tree)
+
+
+def per_device(
+    f: Any, mesh: jax.sharding.Mesh, networks_args: tuple[bool, ...], donate_argnums: tuple[int, ...] = ()
+) -> Any:
+    """`f` run on every device of `mesh` as one single-device program, on that device's shard of the networks axis.
+
+    The same as `jax.jit(jax.shard_map(f, mesh=mesh, in_specs=..., out_specs=P("networks")))`, but
+    not compiled by the SPMD partitioner: each device (of this process) runs the program a single
+    device would run, dispatched asynchronously so the devices work at once, and the outputs are
+    assembled into global arrays split over the mesh. XLA simplifies a partitioned module in another
+    order than a single-device one (a division by a broadcast scalar becomes a multiplication by its
+    reciprocal in one and not the other, ...), so on CPU the numbers of an SPMD program differ in
+    the last bits from one device's; these do not. The price: the program is compiled once per
+    local device.
+
+    Args:
+      f: a function of arrays with, for the split arguments, the networks axis first.
+      mesh: the networks mesh.
+      networks_args: per positional argument, True when its leading axis is split over the mesh
+        (else every device gets the whole argument).
+      donate_argnums: arguments whose buffers the program may reuse (as `jax.jit`).
+
+    Returns:
+      A function of global arrays (numpy arrays are placed first) whose outputs (each with the
+      networks axis first) are global arrays split over `mesh`.
+    """
+    jf = jax.jit(f, donate_argnums=donate_argnums)
+    net = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(NETWORKS))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+    def pieces(x, sharding):
+        if not (isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim)):
+            x = jax.device_put(x, sharding)
+        return {s.device: s.data for s in x.addressable_shards}
+
+    def call(*args):
+        flat = [jax.tree.flatten(a) for a in args]
+        split = [[pieces(x, net if on else rep) for x in leaves] for (leaves, _), on in zip(flat, networks_args)]
+        outs = [
+            jf(*(tree.unflatten([p[d] for p in ps]) for (_, tree), ps in zip(flat, split)))
+            for d in local  # asynchronous: each device starts as soon as its program is dispatched
+        ]
+        return jax.tree.map(
+            lambda *xs: jax.make_array_from_single_device_arrays(
+                (xs[0].shape[0] * mesh.size, *xs[0].shape[1:]), net, list(xs)
+            ),
+            *outs,
+        )
+
+    return call
 
 
 def init_distributed(config: ml_collections.ConfigDict) -> None:

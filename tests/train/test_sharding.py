@@ -1,5 +1,6 @@
 """Scaling out: 8 devices == 1 device (training, statistics, distances), padding, chunks == no
-chunks, two processes, bf16, the memory plan.
+chunks, two processes, bf16, the memory plan. Training results are compared bitwise: on CPU a
+network's parameters and metrics do not depend on the devices, the chunks or the other networks.
 
 Runs on several devices happen in subprocesses, because the simulated device count
 (`XLA_FLAGS=--xla_force_host_platform_device_count`) must be set before JAX starts.
@@ -35,19 +36,36 @@ from tests.zoo import (
 )
 
 
-def _assert_same_run(a: Path, b: Path, rtol=1e-5, atol=1e-6):
+def _assert_same_networks(a: Path, b: Path, rows_b=None):
+    """Networks of run `b` (its networks `rows_b`, all by default) have bitwise the parameters and
+    metrics rows of the same networks of run `a`, matched by their hyperparameters."""
+    ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
+    grid_a, grid_b = pd.read_csv(a / "hparams.csv"), pd.read_csv(b / "hparams.csv")
+    keys = [c for c in grid_a.columns if c != "network"]
+    rows_b = range(len(grid_b)) if rows_b is None else rows_b
+    index_a = {tuple(r): i for i, r in enumerate(grid_a[keys].itertuples(index=False))}
+    rows_a = [index_a[tuple(grid_b[keys].iloc[j])] for j in rows_b]
+    assert len(set(rows_a)) == len(rows_a) > 0
+    pa, pb = dict(np.load(a / "params.npz")), dict(np.load(b / "params.npz"))
+    assert sorted(pa) == sorted(pb)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k][rows_a], pb[k][list(rows_b)], err_msg=k)
+    for i, j in zip(rows_a, rows_b):
+        ra = ma[ma.network == i].sort_values("epoch")
+        rb = mb[mb.network == j].sort_values("epoch")
+        assert len(ra) == len(rb) > 0
+        for col in ("train_loss", "train_acc", "test_loss", "test_acc", "max_abs_weight", "diverged", "exploded"):
+            np.testing.assert_array_equal(ra[col].to_numpy(), rb[col].to_numpy(), err_msg=f"{col} network {j}")
+
+
+def _assert_same_run(a: Path, b: Path):
+    """Two runs of the tiny zoo: the same networks, bitwise the same parameters and metrics."""
     ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
     assert list(ma.columns) == list(mb.columns) and len(ma) == len(mb) == N_NETS * 2
-    pd.testing.assert_frame_equal(
-        ma[["network", "seed", "epoch", "diverged"]], mb[["network", "seed", "epoch", "diverged"]]
-    )
-    for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        np.testing.assert_allclose(ma[col], mb[col], rtol=rtol, atol=atol, err_msg=col)
-    pa, pb = dict(np.load(a / "params.npz")), dict(np.load(b / "params.npz"))
-    assert {k: v.shape for k, v in pa.items()} == {k: v.shape for k, v in pb.items()}
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+    pa = dict(np.load(a / "params.npz"))
     assert pa["Dense_0/kernel"].shape[0] == N_NETS  # padding never reaches the outputs
-    for k in pa:
-        np.testing.assert_allclose(pa[k], pb[k], rtol=rtol, atol=atol, err_msg=k)
+    _assert_same_networks(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -177,28 +195,51 @@ def test_eight_devices_equal_one_device_training_and_statistics(one_device, tmp_
 
 
 def test_chunked_run_equals_unchunked(one_device, tmp_path, data_dir, caplog):
+    """Memory-plan chunks of 8 (13 = 8 + 5, the second chunk padded to 8): bitwise the unchunked run."""
     c = tiny(data_dir)
-    state_b, step_b = train.network_memory(train.make_setup(c, data_lib.load_dataset(c)), (28, 28, 1), 500)
-    per_net = 2 * state_b + step_b
-    # room for 3 networks beside the data (512 + 500 images and labels, the test mask)
+    setup = train.make_setup(c, data_lib.load_dataset(c))
+    assert setup.vmap_chunk == 8  # the CPU default
+    state_b, step_b = train.network_memory(setup, (28, 28, 1), 500)
+    # room for 8 networks at a time (their state twice, the temporaries of 8), not for 16, beside
+    # the data (512 + 500 images and labels, the test mask)
     data_b = 512 * 784 + 512 * 4 + 500 * 784 + 500 * 4 + 500 * 4
-    c.memory_limit_mb = (data_b + 3.5 * per_net) / 2**20
+    c.memory_limit_mb = (data_b + 17 * state_b + 8 * step_b) / 2**20
     with caplog.at_level("INFO", logger="jaxweights"):
         train_pipeline.train_and_evaluate(c, tmp_path / "run", progress=False)
     plan = json.loads((tmp_path / "run" / "chunks" / "plan.json").read_text())
-    assert (plan["chunk_size"], plan["num_chunks"]) == (3, 5)
-    assert any("5 chunk(s) of 3 networks" in r.getMessage() for r in caplog.records)
-    assert checkpoints.Checkpoints(tmp_path / "run" / "chunks" / "04").epochs() == [0, 1, 2]
+    assert (plan["chunk_size"], plan["num_chunks"], plan["vmap_chunk"]) == (8, 2, 8)
+    assert any("2 chunk(s) of 8 networks" in r.getMessage() for r in caplog.records)
+    assert checkpoints.Checkpoints(tmp_path / "run" / "chunks" / "01").epochs() == [0, 1, 2]
     _assert_same_run(one_device, tmp_path / "run")
     # a resumed chunked run (last chunk lost) ends with the same files
     import shutil
 
     first = (tmp_path / "run" / "params.npz").read_bytes()
-    shutil.rmtree(tmp_path / "run" / "chunks" / "04")
+    shutil.rmtree(tmp_path / "run" / "chunks" / "01")
     (tmp_path / "run" / "params.npz").unlink()
     train_pipeline.train_and_evaluate(c, tmp_path / "run", progress=False)
     _assert_same_run(one_device, tmp_path / "run")
     assert (tmp_path / "run" / "params.npz").read_bytes() == first  # fixed zip dates: byte-identical
+    # chunks of 3 cannot vmap 8 at a time: 3 are, with a warning (the last bits may then differ)
+    c.memory_limit_mb, c.chunk_size = 0, 3
+    caplog.clear()
+    with caplog.at_level("INFO", logger="jaxweights"):
+        df = train_pipeline.train_and_evaluate(c, tmp_path / "three", progress=False)
+    plan = json.loads((tmp_path / "three" / "chunks" / "plan.json").read_text())
+    assert (plan["chunk_size"], plan["num_chunks"], plan["vmap_chunk"]) == (3, 5, 3)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("3 networks vmapped at once, not vmap_chunk=8" in w for w in warned), warned
+    np.testing.assert_allclose(df.test_loss, pd.read_csv(one_device / "metrics.csv").test_loss, rtol=1e-4)
+
+
+def test_network_is_bitwise_the_same_whatever_networks_share_its_zoo(one_device, tmp_path, data_dir):
+    """The tiny zoo's 13 networks trained among 13 others (a larger grid, where they sit at positions
+    13-25, in other `lax.map` chunks) and 5 of them alone: bitwise the tiny zoo's numbers."""
+    train_pipeline.train_and_evaluate(tiny(data_dir, learning_rates=(0.01, 0.05)), tmp_path / "more", progress=False)
+    assert len(pd.read_csv(tmp_path / "more" / "hparams.csv")) == 2 * N_NETS
+    _assert_same_networks(tmp_path / "more", one_device)
+    train_pipeline.train_and_evaluate(tiny(data_dir, num_seeds=5), tmp_path / "five", progress=False)
+    _assert_same_networks(one_device, tmp_path / "five")
 
 
 def test_memory_limit_too_small_is_one_line_error(tmp_path, data_dir, capsys):
@@ -235,6 +276,12 @@ def test_plan_memory_chunks_are_equal_and_fit():
         assert (p.chunk_size, p.num_chunks) == want, (n, d, per_device, p)
     with pytest.raises(ValueError, match="cannot hold one network"):
         train.plan_memory(4, 1, 10, 10, fixed_bytes=100, budget_bytes=120)
+    # vmap width 8: 13 networks on 1 device -> 16 (2 lax.map steps of 8), on 8 devices -> 8 each
+    assert train.plan_memory(13, 1, 10, 10, 100, 10**6, vmap_chunk=8)[-3:] == (16, 1, 8)
+    assert train.plan_memory(13, 8, 10, 10, 100, 10**6, vmap_chunk=8)[-3:] == (64, 1, 8)
+    assert train.pad_networks(13, 8, 8) == 64 and train.pad_networks(13, 8) == 16
+    # a device that holds 5 networks at once (5 × 30 bytes) vmaps 5, never 8: chunks of 5
+    assert train.plan_memory(13, 1, 10, 10, 100, 100 + 160, vmap_chunk=8)[-3:] == (5, 3, 5)
     # Networks mapped in chunks of k hold the temporaries of k networks only: more fit per device.
     for k in (1, 8):
         for budget in (100 + 30, 100 + 30 * 8, 100 + 10_000):
@@ -268,8 +315,10 @@ def test_plan_memory_chunks_are_equal_and_fit():
                     assert p.num_chunks * p.chunk_size >= n and (p.num_chunks - 1) * p.chunk_size < n
                     if cap:
                         assert m <= -(-cap // d)
-                    if p.num_chunks > 1 and m > k and not cap:
-                        assert m % k == 0, (n, d, budget, p)  # no remainder: the padding is cheaper
+                    # every device's share of every chunk is a multiple of the one vmap width: k,
+                    # or the chunk_size's share where that is smaller
+                    assert p.vmap_chunk == (min(k, -(-cap // d)) if cap else k), (n, d, budget, cap, p)
+                    assert m % p.vmap_chunk == 0, (n, d, budget, cap, p)
 
 
 def test_memory_estimate_bounds_the_compiled_epoch(mnist_slice):
@@ -301,14 +350,15 @@ def test_memory_estimate_bounds_the_compiled_epoch(mnist_slice):
 
 
 def _two_processes(code: str) -> list[str]:
-    """Runs `code` in two processes joined by `jax.distributed` on loopback, 2 CPU devices each."""
+    """Runs `code` in two processes joined by `jax.distributed` on loopback, one CPU device each
+    (several devices of one process are the 8-device test's)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
         subprocess_on(
             code,
-            devices=2,
+            devices=1,
             env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
         )
         for i in range(2)
@@ -324,7 +374,7 @@ def test_two_processes_equal_one_device(one_device, tmp_path, data_dir):
         print("process", jax.process_index(), "of", jax.process_count(), "devices", jax.device_count())
     """)
     for i, out in enumerate(outs):
-        assert f"process {i} of 2 devices 4" in out
+        assert f"process {i} of 2 devices 2" in out
     _assert_same_run(one_device, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "2" / "default").glob("ocdbt.process_*")) == [
         "ocdbt.process_0",
