@@ -10,7 +10,12 @@ import pytest
 from jaxweights import cli
 from tests.zoo import REPO, train
 
-CHUNKED = ("--config.num_epochs=1", "--config.learning_rates=(0.05,)", "--config.chunk_size=1")  # 2 chunks of 1
+CHUNKED = (
+    "--config.num_epochs=1",
+    "--config.learning_rates=(0.05,)",
+    "--config.chunk_size=1",
+    "--config.vmap_chunk=1",
+)  # 2 chunks of 1, vmapped 1 at a time (no warning that the width was lowered)
 
 
 @pytest.fixture(scope="module")
