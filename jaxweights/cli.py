@@ -305,6 +305,7 @@ def cmd_train(args: Sequence[str]) -> int:
         f"{ok.test_acc.max():.4f}, median {ok.test_acc.median():.4f}, {int(diverged.sum())} diverged, "
         f"{int(exploded.sum())} exploded"
     )
+    print(f"next: jaxweights analyze --workdir {fv.workdir}")
     return 0
 
 
@@ -343,6 +344,9 @@ def cmd_analyze(args: Sequence[str]) -> int:
         dynamics_options={"probe_size": fv.probe_size},
     )
     print(f"analysis written to {out}")
+    report_html = Path(out) / "report.html"
+    if report_html.is_file():
+        print(f"report: {report_html}")
     return 0
 
 
@@ -371,6 +375,7 @@ def cmd_analyze_params(args: Sequence[str]) -> int:
     )
     n = int(table.network.max()) + 1
     print(f"analysed {_count(n, 'network')} from {_count(len(paths), 'file')} into {fv.out}")
+    print(f"tables in {fv.out}" + (f", figures in {Path(fv.out) / 'figures'}" if fv.figures else ""))
     return 0
 
 
@@ -387,8 +392,10 @@ def cmd_prune(args: Sequence[str]) -> int:
     print(
         f"pruned zoo in {fv.workdir}/pruned: best test accuracy {report.test_acc_original[ok].max():.4f} -> "
         f"{report.test_acc_pruned[ok].max():.4f}, median change {report.delta[ok].median():+.4f} "
-        f"over {_count(int(ok.sum()), 'network')} (prune.csv)"
+        f"over {_count(int(ok.sum()), 'network')}"
     )
+    pruned = Path(fv.workdir) / "pruned"
+    print(f"table: {pruned / 'prune.csv'}; next: jaxweights analyze --workdir {pruned}")
     return 0
 
 

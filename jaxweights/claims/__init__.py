@@ -114,6 +114,7 @@ from jaxweights.claims.undefined import (
     quiet_undefined,
     undefined_reasons,
     undefined_summary,
+    warn_undefined,
 )
 from jaxweights.models.paths import layer_depths  # depth of a layer in execution order, as the claims use it
 
@@ -189,6 +190,7 @@ __all__ = [
     "two_sided",
     "undefined_reasons",
     "undefined_summary",
+    "warn_undefined",
     "verdict",
     "verdict_counts",
     "weight_features",

@@ -3,42 +3,56 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pandas as pd
 
+from jaxweights.io import atomic
 from jaxweights.models import paths
-from jaxweights.weights import compute
+from jaxweights.weights import compute, units
 from jaxweights.weights.distances import vectors
+
+log = logging.getLogger(__name__)
 
 
 class DropUndefined(logging.Filter):
     """Drops (and counts) the per-(layer, statistic) "undefined" lines; the caller says it once."""
 
-    def __init__(self):
+    def __init__(self, non_finite: bool = False):
         super().__init__()
         self.dropped = 0
+        self.non_finite = non_finite
 
     def filter(self, record):
         msg = str(record.msg)
         drop = msg.startswith("%d statistic(s) undefined") or msg.startswith(
             "%s distance: %d statistic column(s) undefined"
         )
+        drop |= self.non_finite and "network(s) %s have NaN or infinite weights" in msg
         self.dropped += drop
         return not drop
 
 
 class quiet_undefined:
-    """Silences the statistics' and the distances' warnings about undefined statistics; the caller says why once."""
+    """Silences the statistics' and the distances' warnings about undefined statistics; the caller says why once.
+
+    With `non_finite`, also the lines naming networks with non-finite weights (`units.warn_non_finite`),
+    for a caller whose "networks" are (network, snapshot) rows and who reports them itself (`warn_undefined`).
+    """
+
+    def __init__(self, non_finite: bool = False):
+        self.names = (compute.__name__, vectors.__name__) + ((units.__name__,) if non_finite else ())
+        self.non_finite = non_finite
 
     def __enter__(self):
-        self.f = DropUndefined()
-        for name in (compute.__name__, vectors.__name__):
+        self.f = DropUndefined(self.non_finite)
+        for name in self.names:
             logging.getLogger(name).addFilter(self.f)
         return self.f
 
     def __exit__(self, *exc):
-        for name in (compute.__name__, vectors.__name__):
+        for name in self.names:
             logging.getLogger(name).removeFilter(self.f)
 
 
@@ -108,3 +122,59 @@ def undefined_summary(table: pd.DataFrame, params) -> str:
         f"{int(r.n_undefined.sum())} statistic values undefined (NaN, column `undefined` of stats.csv) in "
         + "; ".join(parts)
     )
+
+
+NON_FINITE, NO_VARIANCE = "non-finite weights", "zero variance or all-zero kernel"
+
+
+def undefined_details(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per undefined (reason, statistic, layer, network) of a statistics table.
+
+    A (network, layer) whose every statistic is undefined (at one epoch, when the table has an
+    `epoch` column) has non-finite weights: finite weights always give a mean and a norm. Otherwise
+    the undefined statistics are those of a layer with zero variance or an all-zero kernel.
+
+    Args:
+      table: statistics table (`network, layer, statistic, undefined`, optionally `epoch`), such as
+        stats.csv or stats_over_epochs.csv.
+
+    Returns:
+      DataFrame: reason, statistic, layer, network, rows (how many rows of `table`, e.g. epochs).
+    """
+    und = table.undefined.astype(bool)
+    keys = [table[k] for k in ("epoch", "network", "layer") if k in table]
+    every = und.groupby(keys).transform("all")
+    hit = table[und].assign(reason=np.where(every[und], NON_FINITE, NO_VARIANCE))
+    cols = ["reason", "statistic", "layer", "network"]
+    return hit.groupby(cols, sort=True).size().rename("rows").reset_index()
+
+
+def warn_undefined(
+    what: str, table: pd.DataFrame, path: str | os.PathLike, shown: str | os.PathLike | None = None
+) -> list[str]:
+    """Logs one warning per cause of undefined statistics, counting distinct networks and layers.
+
+    The details (`undefined_details`) are written to `path`; each line names that file.
+
+    Args:
+      what: what was computed (the start of each line).
+      table: statistics table with an `undefined` column.
+      path: the CSV of the details (written only when something is undefined).
+      shown: the path the lines name (default `path`), e.g. where the analysis folder will be moved.
+
+    Returns:
+      The lines logged (none when every statistic is defined).
+    """
+    d = undefined_details(table)
+    if d.empty:
+        return []
+    atomic.write_csv(path, d)
+    lines = []
+    for why, g in d.groupby("reason", sort=True):
+        lines.append(
+            f"{what}: {g.statistic.nunique()} statistic(s) undefined (NaN) in {g.network.nunique()} network(s) "
+            f"({', '.join(map(str, sorted(g.network.unique())[:8]))}{', ...' if g.network.nunique() > 8 else ''}) "
+            f"and {g.layer.nunique()} layer(s), because of {why}; details in {shown or path}"
+        )
+        log.warning("%s", lines[-1])
+    return lines

@@ -43,6 +43,7 @@ from jaxweights.claims import (
     quiet_undefined,
     records,
     same_pattern,
+    warn_undefined,
 )
 from jaxweights.claims.summary import DEFAULT_METRICS
 from jaxweights.io import atomic, rundir
@@ -220,7 +221,12 @@ def _analyze_runs(
                         ),
                     }
                 skipped = _dynamics(
-                    rd, out, dynamics is True, data_dir, {"model": model, **masks, **(dynamics_options or {})}
+                    rd,
+                    out,
+                    dynamics is True,
+                    data_dir,
+                    {"model": model, **masks, **(dynamics_options or {})},
+                    workdir / "analysis" / out.relative_to(tmp),
                 )
                 if skipped:
                     notes[name] = skipped
@@ -286,8 +292,10 @@ def _remove_stale_analyses(workdir: Path) -> None:
             pass
 
 
-def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options: Mapping[str, Any]) -> str | None:
-    """Writes the learning dynamics of run `rd` into `out`; returns why they were skipped, or None."""
+def _dynamics(
+    rd: Path, out: Path, required: bool, data_dir: str | None, options: Mapping[str, Any], final: Path
+) -> str | None:
+    """Writes the learning dynamics of run `rd` into `out` (`final` once the analysis is done); returns why skipped."""
 
     if not required:
         try:
@@ -305,14 +313,11 @@ def _dynamics(rd: Path, out: Path, required: bool, data_dir: str | None, options
             return why
     log.info("%s: learning dynamics", rd)
     try:
-        with quiet_undefined() as f:
+        with quiet_undefined(non_finite=True) as f:
             dyn.write_dynamics(rd, out, data_dir=data_dir, **{"figures": report_dynamics.write_figures, **options})
-        if f.dropped:
-            log.warning(
-                "learning dynamics: %d (checkpoint, layer, statistic) warnings of undefined statistics "
-                "folded into this line (stats_over_epochs.csv, column `undefined`)",
-                f.dropped,
-            )
+        if f.dropped and (out / "stats_over_epochs.csv").is_file():
+            table = pd.read_csv(out / "stats_over_epochs.csv")
+            warn_undefined("learning dynamics", table, out / "warnings.csv", shown=final / "warnings.csv")
     except (dyn.DynamicsError, data_lib.DataError, config_lib.ConfigError) as e:
         if required:
             raise

@@ -163,3 +163,21 @@ def test_summaries_say_1_network_not_1_networks(tmp_path, capsys):
     assert cli.main([*argv, "--metrics", "wasserstein"]) == 0
     assert f"analysed 1 network from 1 file into {tmp_path / 'o'}" in capsys.readouterr().out
     assert [cli._count(n, "network") for n in (0, 1, 2)] == ["0 networks", "1 network", "2 networks"]
+
+
+def test_train_and_analyze_end_with_what_they_wrote_and_the_next_command(tmp_path, data_dir, capsys):
+    """`train` ends naming the `analyze` command to run; `analyze` ends with the path of report.html."""
+    from tests.zoo import QUICK_CLAIMS, analyze, train
+
+    assert train(tmp_path, data_dir, "--config.num_epochs=1") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    workdir = tmp_path / "run"
+    assert lines[-2].startswith("trained ") and f" networks into {workdir}: best test accuracy" in lines[-2], lines
+    assert lines[-1] == f"next: jaxweights analyze --workdir {workdir}"
+    assert analyze(workdir, "--nodynamics", *QUICK_CLAIMS) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2:] == [
+        f"analysis written to {workdir / 'analysis'}",
+        f"report: {workdir / 'analysis' / 'report.html'}",
+    ]
+    assert (workdir / "analysis" / "report.html").is_file()
