@@ -216,6 +216,12 @@ def item_dir(path: str | os.PathLike, epoch: int | None = None) -> Path:
     return p
 
 
+def _no_item_metadata_warning(record: logging.LogRecord) -> bool:
+    """False for orbax's warning that an item folder (`<epoch>/default`) has no `_CHECKPOINT_METADATA`:
+    it never has one (its step folder holds it), so the warning says nothing when parameters are read."""
+    return not str(record.msg).startswith("Metadata file does not exist")
+
+
 def restore_params(checkpoint_dir: str | os.PathLike, epoch: int | None = None) -> Any:
     """Reads the parameters of one checkpoint into host memory, whatever devices wrote it.
 
@@ -247,6 +253,8 @@ def restore_params(checkpoint_dir: str | os.PathLike, epoch: int | None = None) 
         if expected is None:
             raise DamagedCheckpoint(step.parent, int(step.name), "no digest in its _CHECKPOINT_METADATA")
     ckpt = ocp.PyTreeCheckpointer()
+    absl_log = logging.getLogger("absl")
+    absl_log.addFilter(_no_item_metadata_warning)
     try:
         tree = ckpt.metadata(item).item_metadata.tree
         whole = not (isinstance(tree, dict) and "params" in tree)
@@ -260,6 +268,7 @@ def restore_params(checkpoint_dir: str | os.PathLike, epoch: int | None = None) 
             raise DamagedCheckpoint(step.parent, int(step.name), f"unreadable: {_first_line(e)}") from None
         raise CheckpointError(f"{checkpoint_dir}: not a readable orbax checkpoint ({_first_line(e)})") from None
     finally:
+        absl_log.removeFilter(_no_item_metadata_warning)
         ckpt.close()
     out = jax.tree.map(np.asarray, out)
     if expected is not None:
