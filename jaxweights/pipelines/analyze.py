@@ -48,6 +48,7 @@ from jaxweights.claims import (
 from jaxweights.claims.summary import DEFAULT_METRICS
 from jaxweights.io import atomic, rundir
 from jaxweights.io.lock import workdir_lock
+from jaxweights.pipelines import heartbeat
 from jaxweights.pipelines.errors import AnalysisError, check_metrics
 from jaxweights.pipelines.grouping import check_grouping, num_classes, run_groups
 from jaxweights.pipelines.params import analyze_params
@@ -194,8 +195,8 @@ def _analyze_runs(
             out = tmp / "groups" / name if name else tmp
             params = rundir.load_params(rd / "params.npz")
             n = len(next(iter(compute.flatten(params).values())))
-            log.info("%s: analysing %d networks", rd, n)
-            table = analyze_params(params, out, metrics=metrics, block_size=block_size)
+            with heartbeat.step(f"{rd}: analysing {n} networks (statistics, node strength, distances)"):
+                table = analyze_params(params, out, metrics=metrics, block_size=block_size)
             if dynamics is not False:
                 masks = {}
                 g = None
@@ -244,16 +245,17 @@ def _analyze_runs(
         if nets:
             atomic.write_csv(tmp / "networks.csv", pd.concat(nets, ignore_index=True))
         if report and all((rd / "metrics.csv").exists() for _, rd in runs):
-            report_workdir(
-                workdir,
-                tmp,
-                runs,
-                extra_sections=extra_sections,
-                metrics=metrics,
-                block_size=block_size,
-                dynamics_notes=notes,
-                **claim_options,
-            )
+            with heartbeat.step(f"{workdir}: claims, figures and report"):
+                report_workdir(
+                    workdir,
+                    tmp,
+                    runs,
+                    extra_sections=extra_sections,
+                    metrics=metrics,
+                    block_size=block_size,
+                    dynamics_notes=notes,
+                    **claim_options,
+                )
         final = workdir / "analysis"
         if main:
             old = workdir / ".analysis-old"
@@ -311,9 +313,8 @@ def _dynamics(
             )
             log.info("learning dynamics skipped: %s", why)
             return why
-    log.info("%s: learning dynamics", rd)
     try:
-        with quiet_undefined(non_finite=True) as f:
+        with heartbeat.step(f"{rd}: learning dynamics"), quiet_undefined(non_finite=True) as f:
             dyn.write_dynamics(rd, out, data_dir=data_dir, **{"figures": report_dynamics.write_figures, **options})
         if f.dropped and (out / "stats_over_epochs.csv").is_file():
             table = pd.read_csv(out / "stats_over_epochs.csv")

@@ -21,6 +21,7 @@ from jaxweights import train
 from jaxweights.claims.summary import DEFAULT_METRICS
 from jaxweights.claims.undefined import quiet_undefined, undefined_summary
 from jaxweights.io import atomic, importers
+from jaxweights.pipelines import heartbeat
 from jaxweights.pipelines.errors import check_metrics
 from jaxweights.report.params_figures import write_figures
 from jaxweights.weights import compute, distances, strength
@@ -113,10 +114,13 @@ def analyze_files(
       `(params, stats_table)`: the stacked parameters and the tidy statistics table.
     """
     out = Path(out)
-    params, srcs = importers.load(paths, layout=layout, stacked=stacked, layers=layers, with_sources=True)
-    log.info("analysing %d networks from %d file(s)", len(srcs), len(list(paths)))
+    paths = list(paths)
+    with heartbeat.step(f"{out}: reading {len(paths)} file{'' if len(paths) == 1 else 's'}"):
+        params, srcs = importers.load(paths, layout=layout, stacked=stacked, layers=layers, with_sources=True)
     out.mkdir(parents=True, exist_ok=True)
-    table = analyze_params(params, out, metrics=metrics, block_size=block_size, layers=layers)
+    n = len(srcs)
+    with heartbeat.step(f"{out}: analysing {n} network{'' if n == 1 else 's'} (statistics, node strength, distances)"):
+        table = analyze_params(params, out, metrics=metrics, block_size=block_size, layers=layers)
     atomic.write_csv(out / "networks.csv", pd.DataFrame({"network": np.arange(len(srcs)), "source": srcs}))
     if figures:
         chosen = list(metrics) if metrics else list(DEFAULT_METRICS)

@@ -165,16 +165,31 @@ def test_summaries_say_1_network_not_1_networks(tmp_path, capsys):
     assert [cli._count(n, "network") for n in (0, 1, 2)] == ["0 networks", "1 network", "2 networks"]
 
 
-def test_train_and_analyze_end_with_what_they_wrote_and_the_next_command(tmp_path, data_dir, capsys):
-    """`train` ends naming the `analyze` command to run; `analyze` ends with the path of report.html."""
+def test_train_and_analyze_end_with_what_they_wrote_and_the_next_command(
+    tmp_path, data_dir, capsys, caplog, monkeypatch
+):
+    """`train` ends naming the `analyze` command to run; `analyze` ends with the path of report.html; while it
+    runs, no step is silent for longer than the heartbeat's interval."""
+    import logging
+
+    from jaxweights.pipelines import heartbeat
     from tests.zoo import QUICK_CLAIMS, analyze, train
+
+    monkeypatch.setattr(heartbeat, "EVERY", 0.2)  # the steps of a tiny zoo take seconds, not minutes
 
     assert train(tmp_path, data_dir, "--config.num_epochs=1") == 0
     lines = capsys.readouterr().out.strip().splitlines()
     workdir = tmp_path / "run"
     assert lines[-2].startswith("trained ") and f" networks into {workdir}: best test accuracy" in lines[-2], lines
     assert lines[-1] == f"next: jaxweights analyze --workdir {workdir}"
-    assert analyze(workdir, "--nodynamics", *QUICK_CLAIMS) == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="jaxweights"):
+        assert analyze(workdir, "--nodynamics", *QUICK_CLAIMS) == 0
+    t = [r.created for r in caplog.records if r.name.startswith("jaxweights")]
+    steps = [r.getMessage() for r in caplog.records if "still running" in r.getMessage()]
+    assert any("networks (statistics, node strength, distances): still" in m for m in steps), steps
+    assert any("claims, figures and report: still" in m for m in steps), steps
+    assert max(b - a for a, b in zip(t, t[1:])) < 5, "a silent gap of 25 intervals"
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2:] == [
         f"analysis written to {workdir / 'analysis'}",
