@@ -93,6 +93,20 @@ def dynamics_zoo(tmp_path_factory, data_dir):
     return tmp / "run", tmp / "dyn"
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, data_dir) -> Path:
+    """A finished tiny run: 10 networks (`tests.zoo.train`'s quick start) × 3 epochs, checkpoints 0-3.
+
+    Shared by the checkpoint-digest and resume tests: read-only (copy it to damage it).
+    """
+    from tests.zoo import train
+
+    return built_once(tmp_path_factory, "finished-run", lambda tmp: train(tmp, data_dir, *FINISHED_RUN_ARGS)) / "run"
+
+
+FINISHED_RUN_ARGS = ("--config.num_epochs=3",)
+
+
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """A folder `build(folder)` fills once per test session, shared by the xdist workers (the first builds it
     while the others wait on a file lock, then read it)."""

@@ -14,17 +14,16 @@ import pytest
 
 from jaxweights import cli
 from jaxweights.io import checkpoints, digests, metrics_record
+from tests.conftest import FINISHED_RUN_ARGS
 from tests.zoo import train
 
-EPOCHS = ("--config.num_epochs=3",)
+EPOCHS = FINISHED_RUN_ARGS  # the arguments of the shared reference run
 
 
-@pytest.fixture(scope="module")
-def ref(tmp_path_factory, data_dir):
-    """A finished tiny run (10 networks, 3 epochs, checkpoints 0-3)."""
-    tmp = tmp_path_factory.mktemp("digests")
-    assert train(tmp, data_dir, *EPOCHS) == 0
-    return tmp / "run"
+@pytest.fixture
+def ref(finished_run):
+    """A finished tiny run (10 networks, 3 epochs, checkpoints 0-3; shared, read-only)."""
+    return finished_run
 
 
 @pytest.fixture

@@ -13,19 +13,18 @@ import shutil
 import pytest
 
 from jaxweights.io import checkpoints, metrics_record
+from tests.conftest import FINISHED_RUN_ARGS
 from tests.io.test_digests import flip, largest_data_file
 from tests.zoo import train
 
-EPOCHS = ("--config.num_epochs=3",)
+EPOCHS = FINISHED_RUN_ARGS  # the arguments of the shared reference run
 RESULTS = ("metrics.csv", "params.npz")
 
 
-@pytest.fixture(scope="module")
-def ref(tmp_path_factory, data_dir):
-    """An uninterrupted tiny run: 10 networks, 3 epochs, checkpoints 0-3."""
-    tmp = tmp_path_factory.mktemp("resume")
-    assert train(tmp, data_dir, *EPOCHS) == 0
-    return tmp / "run"
+@pytest.fixture
+def ref(finished_run):
+    """An uninterrupted tiny run: 10 networks, 3 epochs, checkpoints 0-3 (shared, read-only)."""
+    return finished_run
 
 
 @pytest.fixture
