@@ -17,7 +17,7 @@ def test_a_step_speaks_every_interval_and_says_when_it_is_done(caplog):
     lines = _lines(caplog)
     assert lines[0] == "zoo: distances" and lines[-1].startswith("zoo: distances: done in ")
     beats = [ln for ln in lines if ln.startswith("zoo: distances: still running (")]
-    assert 4 <= len(beats) <= 11, lines  # about one per 0.05 s of the 0.5 s
+    assert 2 <= len(beats) <= 11, lines  # about one per 0.05 s of the 0.5 s (fewer on a loaded machine)
 
 
 def test_a_short_step_is_one_line(caplog):
